@@ -47,7 +47,25 @@ _BUILTINS: dict[str, type[nn.Module]] = {
 
 def _register_all() -> None:
     """Fill ACTIVATIONS once, at import of this module (the registry is write-once)."""
-    ours: dict[str, type[nn.Module]] = {}  # the library's own activations are added as their files land
+    from foundation.layers.ash import ASH, HardASH
+    from foundation.layers.crrelu import CRReLU
+    from foundation.layers.dice import Dice
+    from foundation.layers.evo_norm import EvoNormB0, EvoNormS0
+    from foundation.layers.proact import ProAct
+    from foundation.layers.selu import SELU
+    from foundation.layers.topk import TopKReLU
+
+    ours: dict[str, type[nn.Module]] = {
+        "crrelu": CRReLU,
+        "ash": ASH,
+        "ash-hard": HardASH,
+        "selu": SELU,
+        "dice": Dice,
+        "proact": ProAct,
+        "topk-relu": TopKReLU,
+        "evonorm-b0": EvoNormB0,
+        "evonorm-s0": EvoNormS0,
+    }
     for name, cls in {**_BUILTINS, **ours}.items():
         if name not in ACTIVATIONS:
             ACTIVATIONS.register(name, cls)
