@@ -1,0 +1,17 @@
+"""Fused masked-patch attention (Triton + torch reference) and 8-bit activation storage.
+
+triton is imported lazily: only asking for ``backend="triton"`` imports it.
+"""
+from foundation.kernels.packing import pack_visible, seqlens_to_cu, unpack
+from foundation.kernels.varlen import BACKENDS, MODES, PACK_MAX_SEQLEN, resolve_backend, varlen_attention
+
+__all__ = [
+    "varlen_attention",
+    "resolve_backend",
+    "BACKENDS",
+    "MODES",
+    "PACK_MAX_SEQLEN",
+    "pack_visible",
+    "unpack",
+    "seqlens_to_cu",
+]
