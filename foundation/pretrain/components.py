@@ -1,0 +1,85 @@
+"""Build a recipe's model, dataset and objective, and the module DeepSpeed trains.
+
+Contract of registered components (each builder has a ``config_class`` dataclass):
+
+- model: ``Model(config) -> nn.Module`` with the hub mixin.
+- dataset: ``Dataset(config) -> torch Dataset``; optional ``Dataset.prepare(config)``
+  (classmethod, run once on local rank 0 before the others build: generate or
+  cache data), optional ``collate`` attribute (a collate_fn) and ``describe()``
+  (a one-paragraph data summary for the model card).
+- objective: ``Objective(config) -> nn.Module`` whose ``forward(model, batch)``
+  returns ``(loss, metrics)``: a scalar tensor and a dict of scalar tensors or
+  floats. It may hold trainable parameters (loss weights); it only calls the
+  model or its submodules (never reads a parameter outside its module's
+  forward), which keeps ZeRO-3 parameter gathering correct.
+- either may define ``on_step_end(step)`` (EMA targets, schedules).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from foundation.config import RecipeConfig
+from foundation.registry import DATASETS, MODELS, OBJECTIVES
+
+__all__ = ["TrainModule", "Components", "build_model", "build_components", "to_device"]
+
+
+class TrainModule(nn.Module):
+    """The model and its objective as one module, the unit DeepSpeed wraps and checkpoints.
+
+    State-dict keys are ``model.*`` and ``objective.*``; export keeps ``model.*``.
+    """
+
+    def __init__(self, model: nn.Module, objective: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.objective = objective
+
+    def forward(self, batch: Any) -> tuple[torch.Tensor, dict[str, Any]]:
+        return self.objective(self.model, batch)
+
+    def on_step_end(self, step: int) -> None:
+        for part in (self.model, self.objective):
+            hook = getattr(part, "on_step_end", None)
+            if hook is not None:
+                hook(step)
+
+
+@dataclass
+class Components:
+    model: nn.Module
+    objective: nn.Module
+    dataset: Any
+
+
+def build_model(recipe: RecipeConfig) -> nn.Module:
+    """The recipe's model, freshly initialised."""
+    return MODELS.get(recipe.model.name)(recipe.model.config)
+
+
+def build_components(recipe: RecipeConfig, prepare: bool = True) -> Components:
+    """Build model, objective and dataset (running ``prepare`` first when asked)."""
+    dataset_cls = DATASETS.get(recipe.data.name)
+    if prepare and hasattr(dataset_cls, "prepare"):
+        dataset_cls.prepare(recipe.data.config)
+    model = build_model(recipe)
+    objective = OBJECTIVES.get(recipe.objective.name)(recipe.objective.config)
+    return Components(model=model, objective=objective, dataset=dataset_cls(recipe.data.config))
+
+
+def to_device(batch: Any, device: torch.device, float_dtype: torch.dtype | None = None) -> Any:
+    """Move every tensor of a nested batch to ``device``; cast floating tensors to ``float_dtype`` when given."""
+    if isinstance(batch, torch.Tensor):
+        batch = batch.to(device, non_blocking=True)
+        if float_dtype is not None and batch.is_floating_point():
+            batch = batch.to(float_dtype)
+        return batch
+    if isinstance(batch, dict):
+        return {k: to_device(v, device, float_dtype) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(to_device(v, device, float_dtype) for v in batch)
+    return batch

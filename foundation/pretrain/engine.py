@@ -1,0 +1,289 @@
+"""The DeepSpeed training engine shared by pretraining and fine-tuning.
+
+One process::
+
+    python pretrain.py --recipe deeperbrain-tiny --output-dir runs/tiny
+
+N processes on one machine, or several machines listed in a hostfile::
+
+    deepspeed --num_gpus 8 pretrain.py --recipe slim-brain --set train.lr=3e-4
+    deepspeed --hostfile hosts.txt pretrain.py --recipe slim-brain
+
+What a run does: ``deepspeed.initialize`` with the recipe's DeepSpeed section
+(ZeRO 0-3, bf16, gradient accumulation and clipping), AdamW with warmup +
+cosine, a resumable distributed sampler seeded per epoch, a tqdm bar on rank 0,
+``metrics.jsonl`` and ``curves.png``, checkpoints every N steps (last K kept, an
+atomic ``latest``), exact ``--resume``, a checkpoint on SIGTERM/SIGINT, a clear
+stop on a non-finite loss, and at the end an fp32 export in
+``save_pretrained`` layout with a model card.
+"""
+from __future__ import annotations
+
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from foundation.config import RecipeConfig
+from foundation.errors import CheckpointError, TrainingError
+from foundation.pretrain.checkpoint import CheckpointDir
+from foundation.pretrain.components import TrainModule, build_components, to_device
+from foundation.pretrain.distributed import DistInfo, init_distributed
+from foundation.pretrain.export import export_run
+from foundation.pretrain.optim import WarmupCosineScheduler, build_optimizer
+from foundation.pretrain.run_log import RunLog
+from foundation.pretrain.sampler import ResumableDistributedSampler
+
+__all__ = ["RunResult", "Engine", "deepspeed_config"]
+
+
+@dataclass
+class RunResult:
+    """What a finished (or stopped) run left behind."""
+
+    output_dir: Path
+    step: int
+    stopped_early: bool
+    checkpoint: Path | None = None
+    export_dir: Path | None = None
+    curves: Path | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def deepspeed_config(recipe: RecipeConfig) -> dict[str, Any]:
+    """The DeepSpeed config dict of a recipe (micro batch, accumulation, clipping, ZeRO, bf16, extras)."""
+    ds = recipe.deepspeed
+    cfg: dict[str, Any] = {
+        "train_micro_batch_size_per_gpu": recipe.train.micro_batch_size,
+        "gradient_accumulation_steps": ds.gradient_accumulation_steps,
+        "gradient_clipping": ds.gradient_clipping,
+        "zero_optimization": {"stage": ds.zero_stage},
+        "bf16": {"enabled": ds.bf16},
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+    if ds.zero_stage == 3:
+        cfg["zero_optimization"].update(stage3_gather_16bit_weights_on_model_save=True)
+    cfg.update(ds.extra)
+    return cfg
+
+
+class _StopSignal:
+    """Remembers SIGTERM/SIGINT so the loop can checkpoint at the next step boundary."""
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopSignal:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.received = signum
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+class Engine:
+    """Train a recipe's model with DeepSpeed.
+
+    Args:
+        recipe: the validated recipe.
+        output_dir: run folder (checkpoints, logs, curves, export).
+        resume: continue from ``output_dir/checkpoints/latest``.
+        stop_after: stop (with a checkpoint) after this many optimizer steps of
+            this invocation; the schedule still spans ``train.steps``.
+        init_state_dict: weights for the model before training (fine-tuning);
+            loaded strictly.
+        export: write the ``save_pretrained`` folder at the end.
+        card_extra: extra model-card fields (e.g. ``base_model``).
+    """
+
+    def __init__(self, recipe: RecipeConfig, output_dir: str | Path, *, resume: bool = False,
+                 stop_after: int | None = None, init_state_dict: dict[str, torch.Tensor] | None = None,
+                 export: bool = True, card_extra: dict[str, Any] | None = None) -> None:
+        self.recipe = recipe
+        self.output_dir = Path(output_dir)
+        self.resume = resume
+        self.stop_after = stop_after
+        self.init_state_dict = init_state_dict
+        self.export = export
+        self.card_extra = dict(card_extra or {})
+
+    def run(self) -> RunResult:
+        """Train until ``train.steps`` (or a stop request) and return where the results are."""
+        import deepspeed
+
+        recipe, train = self.recipe, self.recipe.train
+        dist = init_distributed()
+        ckpts = CheckpointDir(self.output_dir / "checkpoints", keep_last=train.keep_last)
+        resume_tag = self._resume_tag(ckpts, dist)
+        torch.manual_seed(train.seed)  # same initial weights on every rank
+        if dist.local_rank == 0:
+            parts = build_components(recipe, prepare=True)
+            dist.barrier()
+        else:
+            dist.barrier()
+            parts = build_components(recipe, prepare=False)
+        if self.init_state_dict is not None:
+            parts.model.load_state_dict(self.init_state_dict, strict=True)
+        if recipe.memory.act_bits:
+            from foundation.kernels.mesa import apply_act_bits
+
+            apply_act_bits(parts.model, recipe.memory.act_bits)
+        module = TrainModule(parts.model, parts.objective)
+        optimizer = build_optimizer(module, train)
+        engine, _, _, _ = deepspeed.initialize(
+            model=module, optimizer=optimizer, config=deepspeed_config(recipe),
+            lr_scheduler=lambda opt: WarmupCosineScheduler(opt, train),
+        )
+        state = {"step": 0, "micro_batches": 0, "nonfinite_skips": 0}
+        if resume_tag is not None:
+            path, client = engine.load_checkpoint(str(ckpts.root), tag=resume_tag)
+            if path is None:
+                raise CheckpointError(f"DeepSpeed could not load {ckpts.root / resume_tag}; the folder is incomplete")
+            state.update({k: client[k] for k in state})
+            ckpts.load_rng(resume_tag, dist.rank)
+        log = RunLog(self.output_dir, recipe.name, train.tensorboard and dist.is_main,
+                     resume_step=state["step"]) if dist.is_main else None
+        if dist.is_main:
+            (self.output_dir / "recipe.yaml").write_text(recipe.to_yaml())
+        try:
+            with _StopSignal() as stop:
+                result = self._loop(engine, parts.dataset, dist, ckpts, state, log, stop)
+        finally:
+            if log is not None:
+                log.close()
+        if not result.stopped_early and self.export:
+            dist.barrier()
+            if dist.is_main:
+                result.export_dir = export_run(recipe, ckpts, result, parts.dataset, engine, self.card_extra)
+            dist.barrier()
+        return result
+
+    def _resume_tag(self, ckpts: CheckpointDir, dist: DistInfo) -> str | None:
+        if not self.resume:
+            return None
+        tag = ckpts.latest()
+        if tag is None:
+            raise CheckpointError(f"--resume: no checkpoint under {ckpts.root}; run without --resume to start anew")
+        return tag
+
+    def _loader(self, dataset: Any, dist: DistInfo) -> tuple[DataLoader, ResumableDistributedSampler]:
+        train = self.recipe.train
+        sampler = ResumableDistributedSampler(len(dataset), dist.world_size, dist.rank, seed=train.seed)
+        if sampler.per_rank < train.micro_batch_size:
+            raise TrainingError(
+                f"data: {len(dataset)} samples give {sampler.per_rank} per rank, fewer than "
+                f"train.micro_batch_size={train.micro_batch_size}; lower the batch size or add data"
+            )
+        loader = DataLoader(dataset, batch_size=train.micro_batch_size, sampler=sampler, drop_last=True,
+                            num_workers=train.num_workers, collate_fn=getattr(dataset, "collate", None))
+        return loader, sampler
+
+    def _loop(self, engine: Any, dataset: Any, dist: DistInfo, ckpts: CheckpointDir, state: dict[str, int],
+              log: RunLog | None, stop: _StopSignal) -> RunResult:
+        recipe, train = self.recipe, self.recipe.train
+        accum = recipe.deepspeed.gradient_accumulation_steps
+        loader, sampler = self._loader(dataset, dist)
+        per_epoch = sampler.per_rank // train.micro_batch_size
+        float_dtype = torch.bfloat16 if recipe.deepspeed.bf16 else None
+        start_step = state["step"]
+        last_tag = ckpts.latest() if self.resume else None
+        bar = tqdm(total=train.steps, initial=start_step, desc=recipe.name, dynamic_ncols=True,
+                   disable=not (dist.is_main and train.progress_bar))
+        result = RunResult(self.output_dir, start_step, stopped_early=False)
+        sums: dict[str, float] = {}
+        n_micro, t_step = 0, time.perf_counter()
+        keys: list[str] | None = None
+        while state["step"] < train.steps:
+            epoch, within = divmod(state["micro_batches"], per_epoch)
+            sampler.set_epoch(epoch, start=within * train.micro_batch_size)
+            for batch in loader:
+                state["micro_batches"] += 1
+                loss, metrics = engine(to_device(batch, engine.device, float_dtype))
+                keys = keys or sorted(metrics)
+                finite = bool(torch.isfinite(loss.detach()).item())
+                values = [loss.detach().float().item() if finite else 0.0, 0.0 if finite else 1.0,
+                          1.0 if stop.received is not None else 0.0]
+                values += [float(metrics[k]) if finite else 0.0 for k in keys]
+                reduced = dist.all_reduce_sum(torch.tensor(values, dtype=torch.float64)).tolist()
+                if reduced[1] > 0:
+                    state["nonfinite_skips"] += 1
+                    if state["nonfinite_skips"] > train.max_nonfinite_skips:
+                        where = f"last good checkpoint: {ckpts.root / last_tag}" if last_tag else "no checkpoint yet"
+                        raise TrainingError(
+                            f"non-finite loss at optimizer step {state['step'] + 1} (micro-batch "
+                            f"{state['micro_batches']}, {state['nonfinite_skips']} so far; {where}); lower train.lr, "
+                            "check the data for NaN/inf, or allow skips with train.max_nonfinite_skips"
+                        )
+                    continue
+                engine.backward(loss)
+                engine.step()
+                n_micro += 1
+                for k, v in zip(["loss", *keys], [reduced[0], *reduced[3:]]):
+                    sums[k] = sums.get(k, 0.0) + v / dist.world_size
+                if n_micro < accum:
+                    continue
+                state["step"] += 1
+                engine.module.on_step_end(state["step"])
+                record = self._record(state, sums, n_micro, engine, time.perf_counter() - t_step, dist,
+                                      per_epoch)
+                sums, n_micro, t_step = {}, 0, time.perf_counter()
+                bar.update(1)
+                bar.set_postfix(loss=f"{record['loss']:.4g}", sps=f"{record['samples_per_s']:.1f}")
+                if log is not None and (state["step"] % train.log_every == 0 or state["step"] == train.steps):
+                    log.log(record)
+                result.metrics = {k: v for k, v in record.items() if isinstance(v, float)}
+                stop_now = reduced[2] > 0 or (self.stop_after is not None
+                                              and state["step"] - start_step >= self.stop_after)
+                due = train.checkpoint_every and state["step"] % train.checkpoint_every == 0
+                if due or stop_now or state["step"] >= train.steps:
+                    last_tag = self._save(engine, ckpts, state, dist, log)
+                if stop_now:
+                    result.stopped_early = True
+                    break
+                if state["step"] >= train.steps:
+                    break
+            if result.stopped_early:
+                break
+        bar.close()
+        result.step = state["step"]
+        result.checkpoint = ckpts.root / last_tag if last_tag else None
+        result.curves = log.curves_path if log is not None and log.records else None
+        return result
+
+    def _record(self, state: dict[str, int], sums: dict[str, float], n_micro: int, engine: Any,
+                seconds: float, dist: DistInfo, per_epoch: int) -> dict[str, Any]:
+        samples = n_micro * self.recipe.train.micro_batch_size * dist.world_size
+        record: dict[str, Any] = {"step": state["step"]}
+        record.update({k: v / n_micro for k, v in sums.items()})
+        lrs = engine.get_lr()
+        record["lr"] = float(lrs[0]) if lrs else 0.0
+        norm = engine.get_global_grad_norm()
+        if norm is not None:
+            record["grad_norm"] = float(norm)
+        record["samples_per_s"] = samples / max(seconds, 1e-9)
+        record["epoch"] = state["micro_batches"] / per_epoch
+        return record
+
+    def _save(self, engine: Any, ckpts: CheckpointDir, state: dict[str, int], dist: DistInfo,
+              log: RunLog | None) -> str:
+        client = dict(state, recipe=self.recipe.to_yaml())
+
+        def save_states(root: Path, tag: str) -> None:
+            engine.save_checkpoint(str(root), tag=tag, client_state=client, save_latest=False)
+
+        tag = ckpts.save(save_states, state["step"], dist.rank, dist.barrier)
+        if log is not None:
+            log.plot()
+        return tag

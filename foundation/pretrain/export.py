@@ -1,0 +1,109 @@
+"""Turn a run's final checkpoint into a ``save_pretrained`` folder with a model card."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from foundation.config import RecipeConfig, load_recipe
+from foundation.errors import CheckpointError
+from foundation.pretrain.checkpoint import CheckpointDir
+from foundation.pretrain.components import build_model
+
+if TYPE_CHECKING:
+    from foundation.pretrain.engine import RunResult
+
+__all__ = ["consolidate_fp32", "export_checkpoint", "export_run", "data_summary"]
+
+
+def consolidate_fp32(ckpt_root: str | Path, tag: str) -> dict[str, torch.Tensor]:
+    """The full fp32 state dict of the trained module from a DeepSpeed checkpoint.
+
+    ZeRO 1-3 and bf16 runs keep fp32 master weights sharded in the optimizer
+    states; DeepSpeed's ``zero_to_fp32`` gathers them (all shards must be on this
+    file system). A stage-0 fp32 run stores whole weights in its model states.
+
+    Returns:
+        ``{name: fp32 tensor}`` with the trained module's keys (``model.*``, ``objective.*``).
+
+    Raises:
+        CheckpointError: the folder is missing or not a DeepSpeed checkpoint.
+    """
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    folder = Path(ckpt_root) / tag
+    if not folder.is_dir():
+        raise CheckpointError(f"checkpoint {folder} does not exist; list {ckpt_root} for the saved tags")
+    if any(folder.glob("*optim_states.pt")):
+        state = get_fp32_state_dict_from_zero_checkpoint(str(ckpt_root), tag=tag)
+        return {k: v.float().contiguous() for k, v in state.items()}
+    model_states = folder / "mp_rank_00_model_states.pt"
+    if not model_states.is_file():
+        raise CheckpointError(f"{folder} holds neither ZeRO optimizer shards nor {model_states.name}; "
+                              "is it a DeepSpeed checkpoint folder?")
+    saved = torch.load(model_states, map_location="cpu", weights_only=False)  # DeepSpeed's own pickle (trusted: written by this run)
+    return {k: v.float().contiguous() for k, v in saved["module"].items()}
+
+
+def data_summary(dataset: Any) -> str:
+    """One paragraph about the training data for the model card."""
+    describe = getattr(dataset, "describe", None)
+    if callable(describe):
+        return str(describe())
+    return f"{type(dataset).__name__} with {len(dataset)} samples."
+
+
+def export_checkpoint(recipe: RecipeConfig, ckpt_root: str | Path, tag: str, out_dir: str | Path,
+                      metrics: dict[str, float] | None = None, data: str = "",
+                      card_extra: dict[str, Any] | None = None) -> Path:
+    """Consolidate checkpoint ``tag`` and write ``out_dir`` (model.safetensors, config.json, README.md).
+
+    The model is rebuilt from the recipe and loaded strictly, so a checkpoint of
+    another architecture fails here rather than on a user's machine.
+    """
+    from foundation.hub import ModelCardInfo
+
+    state = consolidate_fp32(ckpt_root, tag)
+    model_state = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
+    model = build_model(recipe)
+    result = model.load_state_dict(model_state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise CheckpointError(
+            f"{Path(ckpt_root) / tag} does not match model {recipe.model.name!r}: missing keys "
+            f"{result.missing_keys}, unexpected keys {result.unexpected_keys}; export with the recipe it was trained with"
+        )
+    extra = dict(card_extra or {})
+    info = ModelCardInfo(
+        tags=[recipe.model.name, "foundation-suite", *extra.pop("tags", [])],
+        metrics=dict(metrics or {}),
+        recipe_yaml=recipe.to_yaml(),
+        data_summary=data,
+        **extra,
+    )
+    model.save_pretrained(out_dir, card=info)
+    return Path(out_dir)
+
+
+def export_run(recipe: RecipeConfig, ckpts: CheckpointDir, result: RunResult, dataset: Any, engine: Any,
+               card_extra: dict[str, Any] | None = None) -> Path:
+    """Export the final checkpoint of a finished run to ``<output_dir>/export``."""
+    tag = ckpts.latest()
+    if tag is None:
+        raise CheckpointError(f"no checkpoint under {ckpts.root} to export")
+    return export_checkpoint(recipe, ckpts.root, tag, result.output_dir / "export", result.metrics,
+                             data_summary(dataset), card_extra)
+
+
+def export_from_run_dir(run_dir: str | Path, out_dir: str | Path | None = None, tag: str | None = None) -> Path:
+    """Export a run folder's checkpoint (``latest`` by default) using the recipe saved beside it."""
+    run_dir = Path(run_dir)
+    recipe_path = run_dir / "recipe.yaml"
+    if not recipe_path.is_file():
+        raise CheckpointError(f"{run_dir} has no recipe.yaml; is it a run folder written by `foundation pretrain`?")
+    recipe = load_recipe(str(recipe_path))
+    ckpts = CheckpointDir(run_dir / "checkpoints")
+    tag = tag or ckpts.latest()
+    if tag is None:
+        raise CheckpointError(f"{ckpts.root} holds no complete checkpoint to export")
+    return export_checkpoint(recipe, ckpts.root, tag, out_dir or run_dir / "export")

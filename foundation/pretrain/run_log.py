@@ -1,0 +1,116 @@
+"""What a run writes as it goes: a JSONL metrics log, loss/LR curves as PNG, optional TensorBoard."""
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+__all__ = ["RunLog", "plot_curves", "read_jsonl"]
+
+
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    """Records of a JSONL metrics log, in order."""
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def plot_curves(records: list[dict[str, Any]], path: str | Path, title: str = "") -> Path:
+    """Draw loss (log scale when positive) and learning rate against the step; write a PNG atomically.
+
+    Args:
+        records: metrics records with ``step``, ``loss`` and ``lr``.
+        path: target PNG.
+        title: figure title (the recipe name).
+
+    Returns:
+        The path written.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    steps = [r["step"] for r in records]
+    loss = [r["loss"] for r in records]
+    lr = [r["lr"] for r in records]
+    fig, (ax_loss, ax_lr) = plt.subplots(1, 2, figsize=(10, 3.6))
+    ax_loss.plot(steps, loss, lw=1.2)
+    if loss and all(v > 0 and math.isfinite(v) for v in loss):
+        ax_loss.set_yscale("log")
+    ax_loss.set(xlabel="optimizer step", ylabel="training loss", title="loss")
+    ax_loss.grid(alpha=0.3)
+    ax_lr.plot(steps, lr, color="tab:orange", lw=1.2)
+    ax_lr.set(xlabel="optimizer step", ylabel="learning rate", title="learning rate")
+    ax_lr.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+class RunLog:
+    """Metrics writer of rank 0.
+
+    Appends one JSON line per logged step to ``metrics.jsonl``; when resuming,
+    lines beyond the resumed step are dropped first so the log reads as one run.
+
+    Args:
+        out_dir: the run's output folder.
+        title: name shown on the curves.
+        tensorboard: also write TensorBoard events under ``out_dir/tensorboard``.
+        resume_step: drop log lines with ``step > resume_step`` (None: start a new log).
+    """
+
+    def __init__(self, out_dir: str | Path, title: str, tensorboard: bool = False,
+                 resume_step: int | None = None) -> None:
+        self.out_dir = Path(out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.path = self.out_dir / "metrics.jsonl"
+        self.curves_path = self.out_dir / "curves.png"
+        self.title = title
+        self.records: list[dict[str, Any]] = []
+        if resume_step is not None and self.path.is_file():
+            self.records = [r for r in read_jsonl(self.path) if r["step"] <= resume_step]
+        self._rewrite()
+        self._tb = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError as err:
+                raise ImportError("train.tensorboard needs the 'tensorboard' package: "
+                                  "pip install 'foundation-suite[tensorboard]'") from err
+            self._tb = SummaryWriter(str(self.out_dir / "tensorboard"))
+
+    def _rewrite(self) -> None:
+        tmp = self.path.with_name(".metrics.jsonl.tmp")
+        with open(tmp, "w") as f:
+            for r in self.records:
+                f.write(json.dumps(r) + "\n")
+        os.replace(tmp, self.path)
+
+    def log(self, record: dict[str, Any]) -> None:
+        """Append one record (must hold ``step``; ``loss`` and ``lr`` for the curves)."""
+        self.records.append(record)
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self._tb is not None:
+            for key, value in record.items():
+                if key != "step" and isinstance(value, (int, float)):
+                    self._tb.add_scalar(key, value, record["step"])
+
+    def plot(self) -> Path | None:
+        """Write ``curves.png`` from the records so far (None when nothing is logged yet)."""
+        if not self.records:
+            return None
+        return plot_curves(self.records, self.curves_path, self.title)
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
