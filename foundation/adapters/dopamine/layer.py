@@ -1,0 +1,92 @@
+"""The Dopamine layer: per-unit threshold tau and gain gamma on the outputs of one frozen layer.
+
+Paper/REFERENCE: "Dopamine gate" (see :mod:`foundation.adapters.dopamine.config`).
+Shaped like peft's IA3 layer: it keeps ``base_layer``, stores its parameters
+in ``ParameterDict``s keyed by adapter name and lists their attribute names in
+``adapter_layer_names`` so saving can filter by name.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from foundation.adapters.dopamine.config import DopamineConfig
+
+__all__ = ["DopamineLayer"]
+
+
+class DopamineLayer(nn.Module):
+    """Gate the output units of ``base_layer``: h' = gamma * (1 - m + m * g) * h.
+
+    g = sigmoid((h - tau) / T) in training, g = 1[h > tau] in eval mode (with ``hard_in_eval``); m is the
+    warm-up mix (0 at step 0: exact identity). ``temperature`` and ``mix`` are set by
+    :class:`~foundation.adapters.dopamine.model.DopamineModel` from the step.
+
+    Args:
+        base_layer: the layer whose outputs are gated; must expose ``out_features`` (``nn.Linear``, a peft LoRA
+            ``Linear``, or :class:`~foundation.adapters.dopamine.conditional.SkipInactiveLinear`).
+        adapter_name: key of this adapter's parameters.
+        config: the adapter config (initial values, hard gate in eval).
+    """
+
+    adapter_layer_names = ("dopamine_tau", "dopamine_gamma")
+
+    def __init__(self, base_layer: nn.Module, adapter_name: str, config: DopamineConfig) -> None:
+        super().__init__()
+        self.base_layer = base_layer
+        self.out_features = int(base_layer.out_features)
+        self.dopamine_tau = nn.ParameterDict()
+        self.dopamine_gamma = nn.ParameterDict()
+        self.hard_in_eval: dict[str, bool] = {}
+        self.active_adapter = adapter_name
+        self.disabled = False
+        self.temperature = config.temperature_start
+        self.mix = 0.0 if config.warmup_steps > 0 else 1.0
+        self.recorded: list[torch.Tensor] | None = None
+        self.update_layer(adapter_name, config)
+
+    def update_layer(self, adapter_name: str, config: DopamineConfig) -> None:
+        """Create (or re-initialise) the parameters of ``adapter_name``: tau = tau_init, gamma = gamma_init."""
+        weight = next(self.base_layer.parameters(), None)
+        kw = {"device": weight.device, "dtype": weight.dtype} if weight is not None else {}
+        self.dopamine_tau[adapter_name] = nn.Parameter(torch.full((self.out_features,), float(config.tau_init), **kw))
+        self.dopamine_gamma[adapter_name] = nn.Parameter(
+            torch.full((self.out_features,), float(config.gamma_init), **kw))
+        self.hard_in_eval[adapter_name] = config.hard_in_eval
+
+    @property
+    def hard(self) -> bool:
+        """Whether the current forward uses the hard gate (eval mode with ``hard_in_eval``)."""
+        return (not self.training) and self.hard_in_eval[self.active_adapter]
+
+    def gate(self, h: torch.Tensor) -> torch.Tensor:
+        """The gate g in [0, 1] for pre-gate units ``h`` [B, ..., D] (before gamma and the warm-up mix)."""
+        tau = self.dopamine_tau[self.active_adapter]
+        if self.hard:
+            return (h > tau).to(h.dtype)
+        return torch.sigmoid((h - tau) / self.temperature)
+
+    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        """Base layer, then the gate on its output units.
+
+        Args:
+            x: [B, ..., D_in] input of the base layer.
+
+        Returns:
+            [B, ..., D] gated units, D = ``out_features``; equal to ``base_layer(x)`` when disabled or at step 0.
+        """
+        h = self.base_layer(x, *args, **kwargs)
+        if self.disabled:
+            return h
+        gamma = self.dopamine_gamma[self.active_adapter]
+        g = self.gate(h)
+        if self.recorded is not None:
+            fired = (h > self.dopamine_tau[self.active_adapter]).to(torch.float32)
+            self.recorded.append(fired.reshape(h.shape[0], -1, self.out_features).mean(1).detach().cpu())  # [B, D]
+        if self.mix != 1.0:
+            g = (1.0 - self.mix) + self.mix * g
+        return gamma * g * h
+
+    def extra_repr(self) -> str:
+        return (f"out_features={self.out_features}, adapters={list(self.dopamine_tau)}, "
+                f"temperature={self.temperature:.4g}, mix={self.mix:.3g}")
