@@ -1,0 +1,456 @@
+"""Hugging Face Hub integration: every model saves, loads and pushes itself the same way.
+
+``HubMixin`` builds on :class:`huggingface_hub.PyTorchModelHubMixin` (its class-level card metadata:
+``library_name="foundation-suite"`` and tags) and replaces its save/load with stricter versions:
+
+* ``save_pretrained(dir)`` writes ``model.safetensors``, ``config.json`` (the config dataclass plus
+  ``model_name``) and a ``README.md`` model card into a temporary sibling folder, then renames it over
+  ``dir``: an existing export is replaced only once the new one is complete.
+* ``from_pretrained(repo_id_or_dir, revision=...)`` refuses a folder of another model and loads strictly:
+  a :class:`~foundation.errors.CheckpointError` lists missing and unexpected keys and shape or dtype
+  mismatches. Tied weights are stored once (like ``safetensors.torch.save_model``) and restored by alias.
+* ``push_to_hub(repo_id)`` / :func:`push_folder` / :func:`download_folder` talk to ``HF_ENDPOINT``; every
+  network or HTTP failure becomes a :class:`~foundation.errors.HubError` naming the endpoint and repo.
+
+Usage::
+
+    @dataclass
+    class TinyConfig:
+        dim: int = 8
+
+    class Tiny(nn.Module, HubMixin, tags=["eeg"]):
+        model_name = "tiny"
+        config_class = TinyConfig
+
+        def __init__(self, config: TinyConfig) -> None:
+            super().__init__()
+            self.config = config
+            self.proj = nn.Linear(config.dim, config.dim)
+
+Note: like ``huggingface_hub.snapshot_download``, a download with the Hub unreachable returns the cached
+snapshot when one exists for that revision; pass ``local_files_only=True`` to stay offline on purpose.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
+import httpx2
+import torch
+from huggingface_hub import HfApi, PyTorchModelHubMixin, constants, snapshot_download
+from huggingface_hub.errors import (
+    HfHubHTTPError,
+    HFValidationError,
+    LocalEntryNotFoundError,
+    OfflineModeIsEnabled,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
+from huggingface_hub.utils import validate_repo_id
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
+
+import foundation
+from foundation.config import dataclass_from_dict, dataclass_to_dict
+from foundation.errors import CheckpointError, ConfigError, HubError
+from foundation.hub_card import LIBRARY_NAME, ModelCardInfo, write_model_card
+
+__all__ = [
+    "HubMixin",
+    "ModelCardInfo",
+    "write_model_card",
+    "push_folder",
+    "download_folder",
+    "hub_endpoint",
+    "WEIGHTS_NAME",
+    "ADAPTER_WEIGHTS_NAME",
+    "CONFIG_NAME",
+]
+
+WEIGHTS_NAME = "model.safetensors"
+ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
+CONFIG_NAME = "config.json"
+CARD_NAME = "README.md"
+_RESERVED_KEYS = ("model_name", "foundation_version")  # keys config.json adds to the config's fields
+_MODEL_NAME = re.compile(r"^[a-z0-9][a-z0-9.\-]*$")
+_MAX_LISTED = 20
+M = TypeVar("M", bound="HubMixin")
+
+
+def hub_endpoint(endpoint: str | None = None) -> str:
+    """The Hub base URL in use: ``endpoint`` if given, else ``HF_ENDPOINT`` now, else huggingface_hub's default."""
+    return (endpoint or os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
+
+
+def _scrub(text: str, token: str | None) -> str:
+    """Remove tokens from a message: the one in use and anything shaped like a Hub token."""
+    if token:
+        text = text.replace(token, "***")
+    return re.sub(r"hf_[A-Za-z0-9]{8,}", "hf_***", text)
+
+
+@contextmanager
+def _hub_errors(action: str, repo_id: str, endpoint: str, revision: str | None, token: str | None) -> Iterator[None]:
+    """Turn every client failure inside the block into a HubError naming the endpoint and repo."""
+    where = f"{action} {repo_id!r}" + (f" at revision {revision!r}" if revision else "") + f" on {endpoint}"
+    try:
+        yield
+    except RevisionNotFoundError as err:
+        raise HubError(f"{where}: revision not found; give an existing branch name or full commit sha "
+                       f"(server said: {_scrub(str(err), token).splitlines()[0]})") from err
+    except RepositoryNotFoundError as err:
+        raise HubError(f"{where}: repository not found (or private and the token has no access); check the repo "
+                       "id, HF_ENDPOINT and your token (HF_TOKEN or `hf auth login`)") from err
+    except HfHubHTTPError as err:
+        status = err.response.status_code if err.response is not None else "?"
+        raise HubError(f"{where}: HTTP {status}: {_scrub(str(err), token).splitlines()[0]}; check the repo id, "
+                       "your token's write access and HF_ENDPOINT") from err
+    except OfflineModeIsEnabled as err:
+        raise HubError(f"{where}: HF_HUB_OFFLINE is set, so the Hub cannot be reached; unset it to go online") from err
+    except (httpx2.HTTPError, LocalEntryNotFoundError, ConnectionError, TimeoutError) as err:
+        raise HubError(f"{where}: cannot reach the Hub ({type(err).__name__}: {_scrub(str(err), token)}); check "
+                       "HF_ENDPOINT, the network and proxy settings, then retry") from err
+
+
+def _check_repo_id(repo_id: str) -> None:
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as err:
+        raise ConfigError(f"repo id {repo_id!r} is not valid: {err}; write it as 'owner/name'") from err
+
+
+def _check_pushable(folder: Path) -> None:
+    """A pushable folder exists and holds config.json plus model or adapter weights."""
+    if not folder.is_dir():
+        raise CheckpointError(f"{folder}: no such folder; export the model with save_pretrained(folder) first")
+    names = {p.name for p in folder.iterdir()}
+    has_weights = WEIGHTS_NAME in names or ADAPTER_WEIGHTS_NAME in names
+    has_config = CONFIG_NAME in names or (ADAPTER_WEIGHTS_NAME in names and "adapter_config.json" in names)
+    if not (has_weights and has_config):
+        raise CheckpointError(
+            f"{folder}: not an exported model; expected {CONFIG_NAME} plus {WEIGHTS_NAME} or "
+            f"{ADAPTER_WEIGHTS_NAME}, found {sorted(names) or 'nothing'}; export with save_pretrained(folder)"
+        )
+
+
+def push_folder(folder: str | Path, repo_id: str, *, private: bool = False, commit_message: str | None = None,
+                revision: str | None = None, token: str | None = None, endpoint: str | None = None) -> str:
+    """Upload an exported folder to the Hub in one commit; return the commit sha.
+
+    The folder is checked first (it must hold config.json plus model.safetensors or
+    adapter_model.safetensors); the repo is created when missing; a ``revision`` other than main is
+    created as a branch when missing. The local folder is only read.
+
+    Raises:
+        CheckpointError: the folder is missing or is not an export.
+        ConfigError: ``repo_id`` is malformed.
+        HubError: the Hub is unreachable or refuses; also when ``private=True`` but the repo exists and is public.
+    """
+    folder = Path(folder)
+    _check_pushable(folder)
+    _check_repo_id(repo_id)
+    endpoint = hub_endpoint(endpoint)
+    api = HfApi(endpoint=endpoint, token=token)
+    with _hub_errors("push to", repo_id, endpoint, revision, token):
+        api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+        if private and not api.repo_info(repo_id).private:
+            raise HubError(f"push to {repo_id!r} on {endpoint}: the repo exists and is public but private=True was "
+                           "asked; make it private on the Hub first, or push with private=False")
+        if revision not in (None, "main"):
+            api.create_branch(repo_id, branch=revision, exist_ok=True)
+        info = api.upload_folder(repo_id=repo_id, folder_path=folder, revision=revision,
+                                 commit_message=commit_message or f"Upload {folder.name} with {LIBRARY_NAME}")
+    return info.oid
+
+
+def download_folder(repo_id: str, revision: str | None = None, cache_dir: str | Path | None = None, *,
+                    allow_patterns: list[str] | None = None, token: str | None = None,
+                    local_files_only: bool = False, endpoint: str | None = None) -> Path:
+    """Download a repo snapshot (all files, or those matching ``allow_patterns``) into the cache.
+
+    Returns:
+        The snapshot folder ``<cache>/models--owner--name/snapshots/<sha>``.
+
+    Raises:
+        ConfigError: ``repo_id`` is malformed.
+        HubError: the Hub is unreachable (and nothing is cached), the repo or revision does not exist.
+    """
+    _check_repo_id(repo_id)
+    endpoint = hub_endpoint(endpoint)
+    action = "download from the local cache" if local_files_only else "download"
+    with _hub_errors(action, repo_id, endpoint, revision, token):
+        path = snapshot_download(repo_id, revision=revision, cache_dir=cache_dir, allow_patterns=allow_patterns,
+                                 token=token, local_files_only=local_files_only, endpoint=endpoint)
+    return Path(path)
+
+
+def _alias_key(t: torch.Tensor) -> tuple | None:
+    """Identity of a tensor's memory: equal keys mean the same weights under two names (tied)."""
+    if t.numel() == 0 or t.device.type == "meta":
+        return None
+    return (t.device, t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), tuple(t.stride()), t.dtype)
+
+
+def _aliases(state: dict[str, torch.Tensor]) -> dict[str, str]:
+    """``{alias: first name}`` for every state-dict entry that is the same memory as an earlier one."""
+    first: dict[tuple, str] = {}
+    aliases = {}
+    for name, t in state.items():
+        key = _alias_key(t)
+        if key is None:
+            continue
+        if key in first:
+            aliases[name] = first[key]
+        else:
+            first[key] = name
+    return aliases
+
+
+def _weights_for_saving(module: torch.nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """State dict ready for safetensors: tied names stored once, other overlapping memory cloned."""
+    state = {k: v.detach() for k, v in module.state_dict().items()}
+    aliases = _aliases(state)
+    out = {k: v for k, v in state.items() if k not in aliases}
+    by_storage: dict[tuple, list[str]] = {}
+    for name, t in out.items():
+        if t.numel() and t.device.type != "meta":
+            by_storage.setdefault((t.device, t.untyped_storage().data_ptr()), []).append(name)
+    shared = {n for names in by_storage.values() if len(names) > 1 for n in names}
+    return {k: (v.clone() if k in shared else v).contiguous() for k, v in out.items()}, aliases
+
+
+def _listed(items: list[str]) -> str:
+    shown = ", ".join(items[:_MAX_LISTED])
+    return shown + (f", ... and {len(items) - _MAX_LISTED} more" if len(items) > _MAX_LISTED else "")
+
+
+def _load_weights(model: torch.nn.Module, file: Path, source: str, map_location: str | torch.device) -> None:
+    """Strictly load ``file`` into ``model``: check names, shapes and dtypes first, then copy."""
+    if not file.is_file():
+        raise CheckpointError(f"{source}: no {file.name}; the export is incomplete; re-export with save_pretrained")
+    expected = model.state_dict()
+    try:
+        with safe_open(str(file), framework="pt") as f:
+            stored = {k: (tuple(f.get_slice(k).get_shape()), f.get_slice(k).get_dtype()) for k in f.keys()}
+    except (SafetensorError, OSError) as err:
+        raise CheckpointError(f"{source}: {file.name} is not a readable safetensors file ({err}); re-export it") from err
+    aliases = _aliases(expected)
+    missing = sorted(k for k in expected if k not in stored and aliases.get(k) not in stored)
+    unexpected = sorted(k for k in stored if k not in expected)
+    dtype_names = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64",
+                   torch.int64: "I64", torch.int32: "I32", torch.int8: "I8", torch.uint8: "U8", torch.bool: "BOOL"}
+    mismatched = []
+    for k, (shape, dtype) in sorted(stored.items()):
+        if k in expected:
+            want = expected[k]
+            if shape != tuple(want.shape):
+                mismatched.append(f"{k}: checkpoint {list(shape)} vs model {list(want.shape)}")
+            elif want.dtype in dtype_names and dtype != dtype_names[want.dtype]:
+                mismatched.append(f"{k}: checkpoint dtype {dtype} vs model {want.dtype} (pass dtype= to load)")
+    if missing or unexpected or mismatched:
+        lines = [f"{source}: {file.name} does not match {type(model).__name__}"]
+        if missing:
+            lines.append(f"missing keys ({len(missing)}): {_listed(missing)}")
+        if unexpected:
+            lines.append(f"unexpected keys ({len(unexpected)}): {_listed(unexpected)}")
+        if mismatched:
+            lines.append(f"mismatched ({len(mismatched)}): {_listed(mismatched)}")
+        lines.append("the checkpoint was saved from a different architecture or config; load it with the matching "
+                     "config, or re-export it")
+        raise CheckpointError("; ".join(lines))
+    tensors = load_file(str(file), device=str(map_location))
+    for alias, name in aliases.items():
+        if alias not in tensors:
+            tensors[alias] = tensors[name]
+    model.load_state_dict(tensors, strict=True)
+
+
+class HubMixin(PyTorchModelHubMixin, library_name=LIBRARY_NAME, tags=[LIBRARY_NAME]):
+    """Save / load / push for a model built as ``Model(config)``.
+
+    A concrete model sets two class attributes: ``model_name`` (its registry name, written to
+    config.json so a loader refuses another model's folder) and ``config_class`` (the config dataclass).
+    Class keyword arguments (``tags=[...]``, ``license=...``, ``paper_url=...``) go to the Hub mixin.
+    """
+
+    model_name: ClassVar[str]
+    config_class: ClassVar[type]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        name, config_class = getattr(cls, "model_name", None), getattr(cls, "config_class", None)
+        if name is not None and not (isinstance(name, str) and _MODEL_NAME.match(name)):
+            raise TypeError(f"{cls.__name__}.model_name must be a lower-case, hyphen-joined name, got {name!r}")
+        if config_class is not None:
+            if not (isinstance(config_class, type) and dataclasses.is_dataclass(config_class)):
+                raise TypeError(f"{cls.__name__}.config_class must be a dataclass type, got {config_class!r}")
+            clash = [f.name for f in dataclasses.fields(config_class) if f.name in _RESERVED_KEYS]
+            if clash:
+                raise TypeError(f"{config_class.__name__} fields {clash} clash with config.json keys {_RESERVED_KEYS}")
+
+    @classmethod
+    def _hub_spec(cls) -> tuple[str, type]:
+        name, config_class = getattr(cls, "model_name", None), getattr(cls, "config_class", None)
+        if name is None or config_class is None:
+            raise TypeError(f"{cls.__name__} must set the class attributes model_name and config_class to use the Hub")
+        return name, config_class
+
+    def hub_config(self) -> Any:
+        """The config dataclass this model was built with (``Model(config)``)."""
+        _, config_class = self._hub_spec()
+        config = self._hub_mixin_config
+        if not isinstance(config, config_class):
+            raise TypeError(f"{type(self).__name__} was not built as {type(self).__name__}(config) with a "
+                            f"{config_class.__name__}; got {type(config).__name__}")
+        return config
+
+    def save_pretrained(self, save_directory: str | Path, *, card: ModelCardInfo | None = None) -> Path:
+        """Export to ``save_directory``: model.safetensors, config.json and a README.md model card.
+
+        The files are written to a temporary sibling folder which then replaces ``save_directory``; an
+        existing export is left untouched if anything fails. A folder holding other files is refused
+        rather than deleted.
+
+        Returns:
+            The folder written.
+
+        Raises:
+            CheckpointError: ``save_directory`` is a file, or a folder holding files other than an export.
+        """
+        folder = Path(save_directory)
+        name, _ = self._hub_spec()
+        config = self.hub_config()
+        if folder.exists():
+            if not folder.is_dir():
+                raise CheckpointError(f"{folder}: is a file; save_pretrained needs a folder path")
+            others = sorted(p.name for p in folder.iterdir() if p.name not in (WEIGHTS_NAME, CONFIG_NAME, CARD_NAME))
+            if others:
+                raise CheckpointError(f"{folder}: holds other files ({_listed(others)}) that replacing the export "
+                                      "would delete; save into an empty or new folder")
+        weights, aliases = _weights_for_saving(self)
+        config_json = {"model_name": name, "foundation_version": foundation.__version__, **dataclass_to_dict(config)}
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = folder.parent / f".{folder.name}.tmp-{uuid.uuid4().hex[:8]}"
+        tmp.mkdir()
+        try:
+            save_file(weights, str(tmp / WEIGHTS_NAME), metadata={"format": "pt", "aliases": json.dumps(aliases)})
+            (tmp / CONFIG_NAME).write_text(json.dumps(config_json, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+            write_model_card(tmp, self._card_info(card), name, config, class_name=type(self).__name__)
+            _replace_folder(tmp, folder)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp)
+        return folder
+
+    def _card_info(self, card: ModelCardInfo | None) -> ModelCardInfo:
+        """``card`` plus the class-level tags and license given to the Hub mixin."""
+        card = card or ModelCardInfo()
+        data = self._hub_mixin_info.model_card_data
+        tags = tuple(dict.fromkeys([*(data.tags or []), *card.tags]))
+        return dataclasses.replace(card, tags=tags, license=card.license or data.license)
+
+    @classmethod
+    def from_pretrained(cls: type[M], repo_id_or_dir: str | Path, revision: str | None = None,
+                        cache_dir: str | Path | None = None, *, token: str | None = None,
+                        local_files_only: bool = False, map_location: str | torch.device = "cpu",
+                        dtype: torch.dtype | None = None, endpoint: str | None = None) -> M:
+        """Build the model from an export folder or a Hub repo and load its weights strictly.
+
+        Args:
+            repo_id_or_dir: an existing folder, or a Hub repo id ``owner/name``.
+            revision: branch name or commit sha (Hub only); None means main.
+            cache_dir: Hub cache folder; None uses ``HF_HUB_CACHE``.
+            token: Hub token; None uses ``HF_TOKEN`` or the stored login.
+            local_files_only: use the Hub cache only, never the network.
+            map_location: device the weights load onto.
+            dtype: cast the model to this dtype before loading (the checkpoint must hold it).
+            endpoint: Hub URL; None uses ``HF_ENDPOINT``.
+
+        Returns:
+            The model in eval mode.
+
+        Raises:
+            CheckpointError: another model's folder, a bad config.json, missing/unexpected/mismatched keys.
+            HubError: the Hub is unreachable, or the repo or revision does not exist.
+        """
+        name, config_class = cls._hub_spec()
+        path = Path(repo_id_or_dir)
+        if path.is_dir():
+            if revision is not None:
+                raise ConfigError(f"{path}: revision={revision!r} applies to Hub repos only, and this is a local "
+                                  "folder; drop revision or give a repo id")
+            folder, source = path, str(path)
+        elif path.exists():
+            raise CheckpointError(f"{path}: is a file; give the export folder (holding {CONFIG_NAME} and {WEIGHTS_NAME})")
+        else:
+            repo_id = str(repo_id_or_dir)
+            try:
+                validate_repo_id(repo_id)
+            except HFValidationError as err:
+                raise CheckpointError(f"{repo_id!r}: no such folder, and not a Hub repo id ('owner/name')") from err
+            folder = download_folder(repo_id, revision, cache_dir, allow_patterns=[CONFIG_NAME, WEIGHTS_NAME],
+                                     token=token, local_files_only=local_files_only, endpoint=endpoint)
+            source = f"Hub repo {repo_id}@{folder.name} ({hub_endpoint(endpoint)})"
+        config = _read_config(folder / CONFIG_NAME, source, name, config_class)
+        model = cls(config)
+        if dtype is not None:
+            model.to(dtype)
+        _load_weights(model, folder / WEIGHTS_NAME, source, map_location)
+        model.eval()
+        return model
+
+    def push_to_hub(self, repo_id: str, *, private: bool = False, commit_message: str | None = None,
+                    revision: str | None = None, card: ModelCardInfo | None = None, token: str | None = None,
+                    endpoint: str | None = None) -> str:
+        """Export to a temporary folder and push it (see :func:`push_folder`); return the commit sha."""
+        _check_repo_id(repo_id)
+        with tempfile.TemporaryDirectory(prefix="foundation-push-") as tmp:
+            folder = self.save_pretrained(Path(tmp) / repo_id.split("/")[-1], card=card)
+            return push_folder(folder, repo_id, private=private, revision=revision, token=token, endpoint=endpoint,
+                               commit_message=commit_message or f"Upload {self._hub_spec()[0]} with {LIBRARY_NAME}")
+
+
+def _read_config(file: Path, source: str, name: str, config_class: type) -> Any:
+    """Read config.json, check it belongs to model ``name``, and build the config dataclass."""
+    if not file.is_file():
+        raise CheckpointError(f"{source}: no {CONFIG_NAME}; not an export of {LIBRARY_NAME}; re-export with save_pretrained")
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{source}: {CONFIG_NAME} is not valid JSON ({err}); re-export the model") from err
+    if not isinstance(data, dict) or "model_name" not in data:
+        raise CheckpointError(f"{source}: {CONFIG_NAME} has no 'model_name' key, so it was not written by "
+                              f"{LIBRARY_NAME}'s save_pretrained; re-export the model with it")
+    found = data.pop("model_name")
+    data.pop("foundation_version", None)
+    if found != name:
+        raise CheckpointError(f"{source}: holds a {found!r} model, not {name!r}; load it with the model class "
+                              f"registered as {found!r} (foundation.registry.MODELS.get({found!r}))")
+    try:
+        return dataclass_from_dict(config_class, data, where=f"{source}/{CONFIG_NAME}")
+    except ConfigError as err:
+        raise CheckpointError(f"{err}; the export does not fit this version of {config_class.__name__}") from err
+
+
+def _replace_folder(new: Path, target: Path) -> None:
+    """Move the complete folder ``new`` to ``target``; an existing ``target`` is removed only afterwards."""
+    if not target.exists():
+        os.rename(new, target)
+        return
+    old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
+    os.rename(target, old)
+    try:
+        os.rename(new, target)
+    except BaseException:
+        os.rename(old, target)
+        raise
+    shutil.rmtree(old)
