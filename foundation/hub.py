@@ -116,9 +116,21 @@ def _hub_errors(action: str, repo_id: str, endpoint: str, revision: str | None, 
                        "your token's write access and HF_ENDPOINT") from err
     except OfflineModeIsEnabled as err:
         raise HubError(f"{where}: HF_HUB_OFFLINE is set, so the Hub cannot be reached; unset it to go online") from err
-    except (httpx2.HTTPError, LocalEntryNotFoundError, ConnectionError, TimeoutError) as err:
-        raise HubError(f"{where}: cannot reach the Hub ({type(err).__name__}: {_scrub(str(err), token)}); check "
-                       "HF_ENDPOINT, the network and proxy settings, then retry") from err
+    except LocalEntryNotFoundError as err:
+        if err.__cause__ is None:  # local_files_only and nothing cached
+            raise HubError(f"{where}: not in the local cache; download it once online (without local_files_only "
+                           "or HF_HUB_OFFLINE)") from err
+        raise HubError(f"{where}: cannot reach the Hub and nothing is cached ({_cause(err.__cause__, token)}); "
+                       "check HF_ENDPOINT, the network and proxy settings, then retry") from err
+    except (httpx2.HTTPError, ConnectionError, TimeoutError) as err:
+        raise HubError(f"{where}: cannot reach the Hub ({_cause(err, token)}); check HF_ENDPOINT, the network "
+                       "and proxy settings, then retry") from err
+
+
+def _cause(err: BaseException, token: str | None) -> str:
+    """``"ConnectError: [Errno 111] Connection refused"``: the error's type and first line, token removed."""
+    lines = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {_scrub(lines[0] if lines else '', token)}"
 
 
 def _check_repo_id(repo_id: str) -> None:
@@ -397,8 +409,14 @@ class HubMixin(PyTorchModelHubMixin, library_name=LIBRARY_NAME, tags=[LIBRARY_NA
                 validate_repo_id(repo_id)
             except HFValidationError as err:
                 raise CheckpointError(f"{repo_id!r}: no such folder, and not a Hub repo id ('owner/name')") from err
-            folder = download_folder(repo_id, revision, cache_dir, allow_patterns=[CONFIG_NAME, WEIGHTS_NAME],
-                                     token=token, local_files_only=local_files_only, endpoint=endpoint)
+            try:
+                folder = download_folder(repo_id, revision, cache_dir, allow_patterns=[CONFIG_NAME, WEIGHTS_NAME],
+                                         token=token, local_files_only=local_files_only, endpoint=endpoint)
+            except HubError as err:
+                if isinstance(err.__cause__, RepositoryNotFoundError):
+                    raise HubError(f"{err}; if {repo_id!r} was meant as a local folder: {path.resolve()} does not "
+                                   "exist") from err.__cause__
+                raise
             source = f"Hub repo {repo_id}@{folder.name} ({hub_endpoint(endpoint)})"
         config = _read_config(folder / CONFIG_NAME, source, name, config_class)
         model = cls(config)
