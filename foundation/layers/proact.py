@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from foundation.errors import ConfigError, DataError
+from foundation.layers._batches import ForwardFn, run_batch
 from foundation.layers._shape import along, feature_axis, require_num_features
 
 __all__ = ["ProAct", "calibrate"]
@@ -90,20 +91,9 @@ class ProAct(nn.Module):
         return f"num_features={self.num_features}, per_neuron={self.per_neuron}, k={self.k}, dim={self.dim}"
 
 
-def _default_forward(model: nn.Module, batch: Any) -> Any:
-    if isinstance(batch, torch.Tensor):
-        return model(batch)
-    if isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], torch.Tensor):
-        return model(batch[0])
-    raise ConfigError(
-        f"calibrate: cannot feed a batch of type {type(batch).__name__} to the model; batches must be a tensor or "
-        f"a (input, ...) tuple, otherwise pass forward_fn=lambda model, batch: model(...)"
-    )
-
-
 @torch.no_grad()
 def calibrate(model: nn.Module, loader: Iterable[Any], per_neuron: bool | Literal["last"] | None = None,
-              forward_fn: Callable[[nn.Module, Any], Any] | None = None) -> dict[str, torch.Tensor]:
+              forward_fn: ForwardFn | None = None) -> dict[str, torch.Tensor]:
     """Set the threshold of every :class:`ProAct` in ``model`` to the largest input it sees on ``loader``.
 
     The model runs in eval mode without gradients; during the pass every ProAct acts as a plain ReLU (a forward hook
@@ -156,14 +146,13 @@ def calibrate(model: nn.Module, loader: Iterable[Any], per_neuron: bool | Litera
             return torch.relu(inputs[0])
         return _record
 
-    forward = forward_fn or _default_forward
     handles = [m.register_forward_hook(hook(name)) for name, m in layers.items()]
     was_training = model.training
     n_batches = 0
     try:
         model.eval()
         for batch in loader:
-            forward(model, batch)
+            run_batch(model, batch, forward_fn, "calibrate")
             n_batches += 1
     finally:
         for h in handles:
