@@ -1,0 +1,302 @@
+"""Triton kernels for packed variable-length attention, forward and backward.
+
+FlashAttention-2 (Dao 2023, "FlashAttention-2: Faster Attention with Better
+Parallelism and Work Partitioning", https://arxiv.org/abs/2307.08691) for packed
+visible tokens: online softmax in base 2 (exp2, scores pre-multiplied by
+scale * log2(e)), fp32 accumulators, the log-sum-exp of each row saved for the
+backward. The backward runs a Delta pre-pass (Delta = rowsum(dO * O)), then one
+kernel that owns a key block and accumulates dK, dV over query blocks, and one
+that owns a query block and accumulates dQ over key blocks: every output tile
+has exactly one writer, so there are no atomics.
+
+Two tilings of the same maths:
+
+* sequence mode: one program per (sequence, head, query block), keys from that
+  sequence only. Good for long sequences.
+* packed mode: programs tile the packed buffer itself (block i covers packed rows
+  [i*BM, (i+1)*BM) whatever sequences they belong to); the key range is the union
+  of the sequences in the tile and scores are masked where the segment ids of row
+  and column differ. Good for many short sequences, which would otherwise leave
+  most of every query block empty.
+
+Layout: q, k, v [T, H, Dh] (last dim contiguous), cu_seqlens [S + 1] int32,
+lse and Delta [H, T] fp32 (natural-log lse, the same as the reference). Set
+``TRITON_INTERPRET=1`` before triton is first imported to run on CPU tensors.
+Block sizes are fixed heuristics per head dim and dtype (unverified tuning; not
+autotuned).
+"""
+from __future__ import annotations
+
+import torch
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError as err:  # pragma: no cover - depends on the environment
+    raise ImportError(
+        "foundation.kernels.triton_varlen needs the 'triton' package (pip install triton); "
+        "use varlen_attention(..., backend='reference') without it"
+    ) from err
+
+__all__ = ["triton_varlen_fwd", "triton_varlen_bwd", "INTERPRETED"]
+
+_LOG2E = 1.4426950408889634
+
+
+@triton.jit
+def _mm(a, b, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+    """a @ b with fp32 accumulation. UPCAST (interpreter + bf16 only): the interpreter's bf16
+    dot is wrong, so operands go to fp32 first; bf16 x bf16 products are exact in fp32, so this
+    matches a bf16 tensor-core dot up to summation order."""
+    if UPCAST:
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
+    return tl.dot(a, b, input_precision=PRECISION)
+
+
+@triton.jit
+def _bounds(pid, CU, SEG, T, H, NUM_BLOCKS, BLOCK: tl.constexpr, PACKED: tl.constexpr):
+    """(head, first own row, end of own rows, lo, hi of the attended range) of a program."""
+    bh = pid // NUM_BLOCKS
+    blk = pid % NUM_BLOCKS
+    if PACKED:
+        h = bh
+        r0 = blk * BLOCK
+        r_end = tl.minimum(r0 + BLOCK, T)
+        first = tl.load(SEG + r0)
+        last = tl.load(SEG + r_end - 1)
+        lo = tl.load(CU + first)
+        hi = tl.load(CU + last + 1)
+    else:
+        b = bh // H
+        h = bh % H
+        lo = tl.load(CU + b)
+        hi = tl.load(CU + b + 1)
+        r0 = lo + blk * BLOCK
+        r_end = hi
+    return h, r0, r_end, lo, hi
+
+
+@triton.jit
+def _valid(rows, cols, row_ok, col_ok, SEG, PACKED: tl.constexpr):
+    """[rows, cols] mask of allowed (query, key) pairs."""
+    ok = row_ok[:, None] & col_ok[None, :]
+    if PACKED:
+        seg_r = tl.load(SEG + rows, mask=row_ok, other=-1)
+        seg_c = tl.load(SEG + cols, mask=col_ok, other=-2)
+        ok = ok & (seg_r[:, None] == seg_c[None, :])
+    return ok
+
+
+@triton.jit
+def _fwd_kernel(
+    Q, K, V, O, LSE, CU, SEG,
+    sqt, sqh, skt, skh, svt, svh, sot, soh,
+    T, H, NUM_BLOCKS, qk_scale,
+    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    PACKED: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+):
+    h, m0, m_end, lo, hi = _bounds(tl.program_id(0), CU, SEG, T, H, NUM_BLOCKS, BLOCK_M, PACKED)
+    if m0 < m_end:
+        offs_m = (m0 + tl.arange(0, BLOCK_M)).to(tl.int64)
+        offs_d = tl.arange(0, HEAD_DIM)
+        row_ok = offs_m < m_end
+        q = tl.load(Q + offs_m[:, None] * sqt + h * sqh + offs_d[None, :], mask=row_ok[:, None], other=0.0)
+        m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+        l_i = tl.zeros([BLOCK_M], tl.float32)
+        acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
+        for n0 in range(lo, hi, BLOCK_N):
+            offs_n = (n0 + tl.arange(0, BLOCK_N)).to(tl.int64)
+            col_ok = offs_n < hi
+            k = tl.load(K + offs_n[:, None] * skt + h * skh + offs_d[None, :], mask=col_ok[:, None], other=0.0)
+            v = tl.load(V + offs_n[:, None] * svt + h * svh + offs_d[None, :], mask=col_ok[:, None], other=0.0)
+            s = _mm(q, tl.trans(k), PRECISION, UPCAST) * qk_scale  # [BM, BN], log2 units
+            s = tl.where(_valid(offs_m, offs_n, row_ok, col_ok, SEG, PACKED), s, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(s, 1))
+            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with no key yet
+            p = tl.math.exp2(s - m_safe[:, None])
+            alpha = tl.math.exp2(m_i - m_safe)
+            l_i = l_i * alpha + tl.sum(p, 1)
+            acc = acc * alpha[:, None] + _mm(p.to(v.dtype), v, PRECISION, UPCAST)
+            m_i = m_new
+        l_safe = tl.where(l_i == 0.0, 1.0, l_i)
+        out = acc / l_safe[:, None]
+        tl.store(O + offs_m[:, None] * sot + h * soh + offs_d[None, :], out.to(O.dtype.element_ty), mask=row_ok[:, None])
+        lse = (m_i + tl.math.log2(l_safe)) * 0.6931471805599453  # back to natural log
+        tl.store(LSE + h * T + offs_m, lse, mask=row_ok)
+
+
+@triton.jit
+def _delta_kernel(O, DO, DELTA, sot, soh, T, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr):
+    """Delta [H, T] = rowsum(dO * O) in fp32 (O and dO share strides)."""
+    h = tl.program_id(1)
+    offs_m = (tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
+    offs_d = tl.arange(0, HEAD_DIM)
+    ok = offs_m < T
+    ptr = offs_m[:, None] * sot + h * soh + offs_d[None, :]
+    o = tl.load(O + ptr, mask=ok[:, None], other=0.0).to(tl.float32)
+    do = tl.load(DO + ptr, mask=ok[:, None], other=0.0).to(tl.float32)
+    tl.store(DELTA + h * T + offs_m, tl.sum(o * do, 1), mask=ok)
+
+
+@triton.jit
+def _bwd_dkdv_kernel(
+    Q, K, V, DO, LSE, DELTA, DK, DV, CU, SEG,
+    sqt, sqh, skt, skh, svt, svh, sot, soh,
+    T, H, NUM_BLOCKS, qk_scale, scale,
+    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    PACKED: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+):
+    h, n0, n_end, lo, hi = _bounds(tl.program_id(0), CU, SEG, T, H, NUM_BLOCKS, BLOCK_N, PACKED)
+    if n0 < n_end:
+        offs_n = (n0 + tl.arange(0, BLOCK_N)).to(tl.int64)
+        offs_d = tl.arange(0, HEAD_DIM)
+        col_ok = offs_n < n_end
+        k = tl.load(K + offs_n[:, None] * skt + h * skh + offs_d[None, :], mask=col_ok[:, None], other=0.0)
+        v = tl.load(V + offs_n[:, None] * svt + h * svh + offs_d[None, :], mask=col_ok[:, None], other=0.0)
+        dk = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
+        dv = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
+        for m0 in range(lo, hi, BLOCK_M):
+            offs_m = (m0 + tl.arange(0, BLOCK_M)).to(tl.int64)
+            row_ok = offs_m < hi
+            q = tl.load(Q + offs_m[:, None] * sqt + h * sqh + offs_d[None, :], mask=row_ok[:, None], other=0.0)
+            do = tl.load(DO + offs_m[:, None] * sot + h * soh + offs_d[None, :], mask=row_ok[:, None], other=0.0)
+            lse2 = tl.load(LSE + h * T + offs_m, mask=row_ok, other=0.0) * 1.4426950408889634
+            delta = tl.load(DELTA + h * T + offs_m, mask=row_ok, other=0.0)
+            s = _mm(q, tl.trans(k), PRECISION, UPCAST) * qk_scale  # [BM, BN]
+            p = tl.where(_valid(offs_m, offs_n, row_ok, col_ok, SEG, PACKED), tl.math.exp2(s - lse2[:, None]), 0.0)
+            dv += _mm(tl.trans(p.to(do.dtype)), do, PRECISION, UPCAST)
+            dp = _mm(do, tl.trans(v), PRECISION, UPCAST)
+            ds = p * (dp - delta[:, None])
+            dk += _mm(tl.trans(ds.to(q.dtype)), q, PRECISION, UPCAST)
+        ptr = offs_n[:, None] * skt + h * skh + offs_d[None, :]
+        tl.store(DK + ptr, (dk * scale).to(DK.dtype.element_ty), mask=col_ok[:, None])
+        tl.store(DV + ptr, dv.to(DV.dtype.element_ty), mask=col_ok[:, None])
+
+
+@triton.jit
+def _bwd_dq_kernel(
+    Q, K, V, DO, LSE, DELTA, DQ, CU, SEG,
+    sqt, sqh, skt, skh, svt, svh, sot, soh,
+    T, H, NUM_BLOCKS, qk_scale, scale,
+    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    PACKED: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+):
+    h, m0, m_end, lo, hi = _bounds(tl.program_id(0), CU, SEG, T, H, NUM_BLOCKS, BLOCK_M, PACKED)
+    if m0 < m_end:
+        offs_m = (m0 + tl.arange(0, BLOCK_M)).to(tl.int64)
+        offs_d = tl.arange(0, HEAD_DIM)
+        row_ok = offs_m < m_end
+        q = tl.load(Q + offs_m[:, None] * sqt + h * sqh + offs_d[None, :], mask=row_ok[:, None], other=0.0)
+        do = tl.load(DO + offs_m[:, None] * sot + h * soh + offs_d[None, :], mask=row_ok[:, None], other=0.0)
+        lse2 = tl.load(LSE + h * T + offs_m, mask=row_ok, other=0.0) * 1.4426950408889634
+        delta = tl.load(DELTA + h * T + offs_m, mask=row_ok, other=0.0)
+        dq = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
+        for n0 in range(lo, hi, BLOCK_N):
+            offs_n = (n0 + tl.arange(0, BLOCK_N)).to(tl.int64)
+            col_ok = offs_n < hi
+            k = tl.load(K + offs_n[:, None] * skt + h * skh + offs_d[None, :], mask=col_ok[:, None], other=0.0)
+            v = tl.load(V + offs_n[:, None] * svt + h * svh + offs_d[None, :], mask=col_ok[:, None], other=0.0)
+            s = _mm(q, tl.trans(k), PRECISION, UPCAST) * qk_scale
+            p = tl.where(_valid(offs_m, offs_n, row_ok, col_ok, SEG, PACKED), tl.math.exp2(s - lse2[:, None]), 0.0)
+            dp = _mm(do, tl.trans(v), PRECISION, UPCAST)
+            ds = p * (dp - delta[:, None])
+            dq += _mm(ds.to(k.dtype), k, PRECISION, UPCAST)
+        tl.store(DQ + offs_m[:, None] * sqt + h * sqh + offs_d[None, :], (dq * scale).to(DQ.dtype.element_ty),
+                 mask=row_ok[:, None])
+
+
+INTERPRETED: bool = type(_fwd_kernel).__name__ == "InterpretedFunction"
+"""True when the kernels run in the Triton interpreter (TRITON_INTERPRET=1 at import)."""
+
+
+def _blocks(head_dim: int, dtype: torch.dtype) -> tuple[int, int, int]:
+    """(BLOCK_M, BLOCK_N, num_warps): fixed heuristics (unverified tuning)."""
+    if INTERPRETED:
+        return 32, 32, 4
+    wide = head_dim > 64 or dtype == torch.float32
+    return (64, 32, 4) if wide and dtype == torch.float32 else (128, 64 if not wide else 32, 8 if wide else 4)
+
+
+def _upcast(dtype: torch.dtype) -> bool:
+    return INTERPRETED and dtype == torch.bfloat16
+
+
+def _prep(*ts: torch.Tensor) -> list[torch.Tensor]:
+    return [t if t.stride(-1) == 1 else t.contiguous() for t in ts]
+
+
+def _layout(cu_seqlens: torch.Tensor, total: int, heads: int, max_seqlen: int, block: int, mode: str):
+    """(grid size, NUM_BLOCKS, SEG) for a tiling."""
+    if mode == "packed":
+        seq_lens = (cu_seqlens[1:] - cu_seqlens[:-1]).long()
+        seg = torch.repeat_interleave(
+            torch.arange(seq_lens.numel(), device=cu_seqlens.device, dtype=torch.int32), seq_lens, output_size=total
+        )
+        nblk = triton.cdiv(total, block)
+        return nblk * heads, nblk, seg
+    nblk = max(triton.cdiv(max_seqlen, block), 1)
+    return (cu_seqlens.numel() - 1) * heads * nblk, nblk, cu_seqlens
+
+
+def _strides(q, k, v, o) -> tuple[int, ...]:
+    return (q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), o.stride(0), o.stride(1))
+
+
+def triton_varlen_fwd(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int, scale: float, mode: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward: ``(out [T, H, Dh], lse [H, T] fp32)``; mode "sequence" or "packed"."""
+    q, k, v = _prep(q, k, v)
+    T, H, D = q.shape
+    out = torch.empty((T, H, D), dtype=q.dtype, device=q.device)
+    lse = torch.empty((H, T), dtype=torch.float32, device=q.device)
+    if T == 0:
+        return out, lse
+    bm, bn, warps = _blocks(D, q.dtype)
+    packed = mode == "packed"
+    grid, nblk, seg = _layout(cu_seqlens, T, H, max_seqlen, bm, mode)
+    _fwd_kernel[(grid,)](
+        q, k, v, out, lse, cu_seqlens, seg, *_strides(q, k, v, out), T, H, nblk, scale * _LOG2E,
+        HEAD_DIM=D, BLOCK_M=bm, BLOCK_N=bn, PACKED=packed,
+        PRECISION="ieee" if q.dtype == torch.float32 else "tf32", UPCAST=_upcast(q.dtype), num_warps=warps,
+    )
+    return out, lse
+
+
+def triton_varlen_bwd(
+    grad_out: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    out: torch.Tensor,
+    lse: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    max_seqlen: int,
+    scale: float,
+    mode: str,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Backward: ``(dq, dk, dv)`` each [T, H, Dh]; Delta pre-pass, dK/dV kernel, dQ kernel."""
+    # All operands contiguous [T, H, Dh] so that inputs and gradients share one set of strides.
+    q, k, v, grad_out, out = (t.contiguous() for t in (q, k, v, grad_out, out))
+    T, H, D = q.shape
+    dq, dk, dv = (torch.empty((T, H, D), dtype=q.dtype, device=q.device) for _ in range(3))
+    if T == 0:
+        return dq, dk, dv
+    bm, bn, warps = _blocks(D, q.dtype)
+    st, sh = q.stride(0), q.stride(1)
+    delta = torch.empty((H, T), dtype=torch.float32, device=q.device)
+    _delta_kernel[(triton.cdiv(T, bm), H)](out, grad_out, delta, st, sh, T, HEAD_DIM=D, BLOCK_M=bm)
+    meta = {
+        "HEAD_DIM": D, "BLOCK_M": bm, "BLOCK_N": bn, "PACKED": mode == "packed",
+        "PRECISION": "ieee" if q.dtype == torch.float32 else "tf32", "UPCAST": _upcast(q.dtype), "num_warps": warps,
+    }
+    strides = (st, sh) * 4
+    grid_n, nblk_n, seg = _layout(cu_seqlens, T, H, max_seqlen, bn, mode)
+    _bwd_dkdv_kernel[(grid_n,)](
+        q, k, v, grad_out, lse, delta, dk, dv, cu_seqlens, seg, *strides, T, H, nblk_n, scale * _LOG2E, scale, **meta
+    )
+    grid_m, nblk_m, seg = _layout(cu_seqlens, T, H, max_seqlen, bm, mode)
+    _bwd_dq_kernel[(grid_m,)](
+        q, k, v, grad_out, lse, delta, dq, cu_seqlens, seg, *strides, T, H, nblk_m, scale * _LOG2E, scale, **meta
+    )
+    return dq, dk, dv
