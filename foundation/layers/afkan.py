@@ -31,6 +31,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from foundation.errors import ConfigError, did_you_mean
+from foundation.layers.create_act import make_activation
 from foundation.layers.kan import KANInputNorm
 from foundation.layers.kan_basis import check_grid
 
@@ -61,7 +62,7 @@ class AFKANLinear(nn.Module):
         spline_order: k, the bump width in intervals minus 1 (>= 1).
         grid_range: (lo, hi).
         input_norm: "tanh", "minmax" or "none".
-        act_layer: activation class after the LayerNorm (unverified default: SiLU).
+        act_layer: activation (name or class) after the LayerNorm (unverified default: SiLU).
         attention: use the attention over the basis axis.
         bias: bias of the output linear.
         device: parameter device.
@@ -81,7 +82,7 @@ class AFKANLinear(nn.Module):
         spline_order: int = 3,
         grid_range: tuple[float, float] = (-1.0, 1.0),
         input_norm: str = "tanh",
-        act_layer: type[nn.Module] | None = nn.SiLU,
+        act_layer: str | type[nn.Module] | None = "silu",
         attention: bool = True,
         bias: bool = True,
         device: torch.device | None = None,
@@ -110,7 +111,7 @@ class AFKANLinear(nn.Module):
         self.high = nn.Parameter(torch.empty(in_features, self.num_basis, **kw))
         self.attn = nn.Parameter(torch.empty(self.num_basis, self.num_basis, **kw)) if attention else None
         self.layer_norm = nn.LayerNorm(in_features * self.num_basis, **kw)
-        self.act = act_layer() if act_layer is not None else nn.Identity()
+        self.act = make_activation(act_layer, num_features=in_features * self.num_basis, where="AFKANLinear act_layer")
         self.linear = nn.Linear(in_features * self.num_basis, out_features, bias=bias, **kw)
         self.reset_parameters()
 

@@ -31,6 +31,7 @@ import torch
 import torch.nn as nn
 
 from foundation.errors import ConfigError, did_you_mean
+from foundation.layers.create_act import make_activation
 from foundation.layers.kan_basis import BASES, basis_size, check_grid, make_basis
 
 __all__ = ["INPUT_NORMS", "KANInputNorm", "KANLinear"]
@@ -113,8 +114,8 @@ class KANLinear(nn.Module):
         spline_order: B-spline degree k (bspline only); >= 1.
         grid_range: (lo, hi) of the grid; the Fourier basis takes it as one period.
         input_norm: "tanh", "minmax" or "none"; how inputs are kept on the grid.
-        base_act_layer: activation class of the residual base term (paper: SiLU);
-            None gives a linear base term.
+        base_act_layer: activation of the residual base term, a registered name or class
+            (paper: SiLU); None gives a linear base term.
         bias: add a learnable bias (in ``base``).
         spline_init_scale: std of the spline coefficients times sqrt(D_in)
             (unverified default 0.1, close to efficient-kan's noise scale).
@@ -135,7 +136,7 @@ class KANLinear(nn.Module):
         spline_order: int = 3,
         grid_range: tuple[float, float] = (-1.0, 1.0),
         input_norm: str = "tanh",
-        base_act_layer: type[nn.Module] | None = nn.SiLU,
+        base_act_layer: str | type[nn.Module] | None = "silu",
         bias: bool = True,
         spline_init_scale: float = 0.1,
         device: torch.device | None = None,
@@ -152,7 +153,7 @@ class KANLinear(nn.Module):
         self.spline_init_scale = spline_init_scale
         kw = {"device": device, "dtype": dtype}
         self.norm = KANInputNorm(in_features, input_norm, self.grid_range, **kw)
-        self.act = base_act_layer() if base_act_layer is not None else nn.Identity()
+        self.act = make_activation(base_act_layer, num_features=in_features, where="KANLinear base_act_layer")
         self.base = nn.Linear(in_features, out_features, bias=bias, **kw)
         self.spline = nn.Linear(in_features * self.num_basis, out_features, bias=False, **kw)
         self.reset_parameters()

@@ -26,6 +26,7 @@ import torch
 import torch.nn as nn
 
 from foundation.errors import ConfigError, did_you_mean
+from foundation.layers.create_act import make_activation
 from foundation.layers.kan import KANInputNorm
 from foundation.layers.kan_basis import BASES, basis_size, check_grid, make_basis
 
@@ -44,7 +45,7 @@ class SKANLinear(nn.Module):
         spline_order: B-spline degree (>= 1).
         grid_range: (lo, hi) shared by every space.
         input_norm: "tanh", "minmax" or "none" (see :class:`~foundation.layers.kan.KANInputNorm`).
-        base_act_layer: activation class of the base term; None for a linear base term.
+        base_act_layer: activation (name or class) of the base term; None for a linear base term.
         bias: learnable bias.
         spline_init_scale: std of the coefficients times sqrt(D_in) (unverified, 0.1).
         device: parameter device.
@@ -63,7 +64,7 @@ class SKANLinear(nn.Module):
         spline_order: int = 3,
         grid_range: tuple[float, float] = (-1.0, 1.0),
         input_norm: str = "tanh",
-        base_act_layer: type[nn.Module] | None = nn.SiLU,
+        base_act_layer: str | type[nn.Module] | None = "silu",
         bias: bool = True,
         spline_init_scale: float = 0.1,
         device: torch.device | None = None,
@@ -84,7 +85,7 @@ class SKANLinear(nn.Module):
         self.spline_init_scale = spline_init_scale
         kw = {"device": device, "dtype": dtype}
         self.norm = KANInputNorm(in_features, input_norm, self.grid_range, **kw)
-        self.act = base_act_layer() if base_act_layer is not None else nn.Identity()
+        self.act = make_activation(base_act_layer, num_features=in_features, where="SKANLinear base_act_layer")
         self.base = nn.Linear(in_features, out_features, bias=bias, **kw)
         self.coef = nn.Parameter(torch.empty(out_features, in_features, sum(self.sizes), **kw))
         self.selection = nn.Parameter(torch.empty(out_features, len(spaces), **kw))
