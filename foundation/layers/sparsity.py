@@ -346,7 +346,8 @@ def evaluate_channel_thresholds(model: nn.Module, thresholds: dict[str, torch.Te
     report = ThresholdReport(
         zero_share={n: z / max(t, 1) for n, (z, t) in sparse_counts.items()},
         dense_zero_share={n: z / max(t, 1) for n, (z, t) in dense_counts.items()},
-        overall_zero_share=sum(z for z, _ in sparse_counts.values()) / max(sum(t for _, t in sparse_counts.values()), 1),
+        overall_zero_share=sum(z for z, _ in sparse_counts.values())
+        / max(sum(t for _, t in sparse_counts.values()), 1),
         output_rel_error=rel_error,
     )
     if metric is not None:

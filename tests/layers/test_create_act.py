@@ -35,7 +35,8 @@ def test_every_activation_builds_runs_and_backprops_on_tokens(name: str) -> None
 def test_registered_classes_reset_parameters_convention(name: str) -> None:
     """Our layers with parameters allocate them and fill them in reset_parameters()."""
     cls = get_act_layer(name)
-    if cls.__module__.startswith("foundation.") and any(True for _ in make_activation(cls, num_features=64).parameters()):
+    has_params = any(True for _ in make_activation(cls, num_features=64).parameters())
+    if cls.__module__.startswith("foundation.") and has_params:
         assert callable(getattr(cls, "reset_parameters", None)), name
 
 

@@ -26,11 +26,11 @@ def test_b0_matches_timm_train_then_eval() -> None:
     _randomise(ours, theirs)
     for step in range(3):
         x = _x(4, 8, 5, 6, seed=step)
-        torch.testing.assert_close(ours(x), theirs(x))
+        torch.testing.assert_close(ours(x), theirs(x), rtol=0, atol=0)  # bit-identical
         torch.testing.assert_close(ours.running_var, theirs.running_var)
     ours.eval(), theirs.eval()
     x = _x(3, 8, 7, 7, seed=9)
-    torch.testing.assert_close(ours(x), theirs(x))
+    torch.testing.assert_close(ours(x), theirs(x), rtol=0, atol=0)  # bit-identical
 
 
 def test_s0_matches_timm_train_and_eval() -> None:
@@ -38,12 +38,12 @@ def test_s0_matches_timm_train_and_eval() -> None:
     assert ours.groups == theirs.groups == 32
     _randomise(ours, theirs)
     x = _x(2, 64, 5, 4)
-    torch.testing.assert_close(ours(x), theirs(x))
+    torch.testing.assert_close(ours(x), theirs(x), rtol=0, atol=0)  # bit-identical
     ours.eval(), theirs.eval()
-    torch.testing.assert_close(ours(x), theirs(x))
+    torch.testing.assert_close(ours(x), theirs(x), rtol=0, atol=0)  # bit-identical
     ours16, theirs16 = EvoNormS0(64, group_size=16, dim=1), EvoNorm2dS0(64, group_size=16)
     _randomise(ours16, theirs16)
-    torch.testing.assert_close(ours16(x), theirs16(x))
+    torch.testing.assert_close(ours16(x), theirs16(x), rtol=0, atol=0)
 
 
 def test_b0_and_s0_gradients_match_timm() -> None:
@@ -98,7 +98,9 @@ def test_bf16_input_keeps_dtype_and_is_close_to_float32() -> None:
         torch.testing.assert_close(out.float(), ref, atol=0.05, rtol=0.05)
 
 
-@pytest.mark.parametrize("make", [lambda: EvoNormB0(4, dtype=torch.float64), lambda: EvoNormS0(4, groups=2, dtype=torch.float64)])
+@pytest.mark.parametrize(
+    "make", [lambda: EvoNormB0(4, dtype=torch.float64), lambda: EvoNormS0(4, groups=2, dtype=torch.float64)]
+)
 def test_gradcheck_float64(make) -> None:
     layer = make()
     with torch.no_grad():
