@@ -146,21 +146,25 @@ class DopamineModel(nn.Module):
         """Remove the gates and skip wrappers; returns the base model (its parameters stay frozen)."""
         for name, layer in list(self.dopamine_layers()):
             _set_module(self.model, name, layer.base_layer)
-        for name in self.skip_names:
-            module = self.model.get_submodule(name)
-            if isinstance(module, SkipInactiveLinear):
-                _set_module(self.model, name, module.base_layer)
+        for name, module in list(self.skip_layers()):
+            _set_module(self.model, name, module.base_layer)
         return self.model
 
     # -- accounting ---------------------------------------------------------------------------------------
+    def skip_layers(self) -> Iterator[tuple[str, SkipInactiveLinear]]:
+        """(name, layer) of every column-skipping layer (inside a gate when a module is both target and skip)."""
+        for name, module in self.model.named_modules():
+            if isinstance(module, SkipInactiveLinear):
+                yield name, module
+
     def mac_counts(self) -> dict[str, tuple[int, int]]:
-        """name -> (multiply-adds done, dense multiply-adds) of every skip module since the last reset."""
-        return {n: (self.model.get_submodule(n).counts.done, self.model.get_submodule(n).counts.dense)
-                for n in self.skip_names}
+        """name -> (multiply-adds done, dense multiply-adds) of every skip layer since the last reset."""
+        return {n: (m.counts.done, m.counts.dense) for n, m in self.skip_layers()}
 
     def reset_mac_counts(self) -> None:
-        for n in self.skip_names:
-            self.model.get_submodule(n).counts.reset()
+        """Zero the multiply-add counters of every skip layer."""
+        for _, m in self.skip_layers():
+            m.counts.reset()
 
     # -- save / load --------------------------------------------------------------------------------------
     def _is_adapter_key(self, name: str) -> bool:
