@@ -27,6 +27,9 @@ Usage::
             self.config = config
             self.proj = nn.Linear(config.dim, config.dim)
 
+The endpoint is ``endpoint=`` when given, else ``HF_ENDPOINT`` as set when the call is made (huggingface_hub
+itself reads it once, at import), else https://huggingface.co.
+
 Note: like ``huggingface_hub.snapshot_download``, a download with the Hub unreachable returns the cached
 snapshot when one exists for that revision; pass ``local_files_only=True`` to stay offline on purpose.
 """
@@ -56,13 +59,13 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 from huggingface_hub.utils import validate_repo_id
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 import foundation
 from foundation.config import dataclass_from_dict, dataclass_to_dict
 from foundation.errors import CheckpointError, ConfigError, HubError
-from foundation.hub_card import LIBRARY_NAME, ModelCardInfo, write_model_card
+from foundation.hub_card import LIBRARY_NAME, ModelCardInfo, check_card_front_matter, write_model_card
+from foundation.hub_weights import listed, load_weights, weights_for_saving
 
 __all__ = [
     "HubMixin",
@@ -82,7 +85,6 @@ CONFIG_NAME = "config.json"
 CARD_NAME = "README.md"
 _RESERVED_KEYS = ("model_name", "foundation_version")  # keys config.json adds to the config's fields
 _MODEL_NAME = re.compile(r"^[a-z0-9][a-z0-9.\-]*$")
-_MAX_LISTED = 20
 M = TypeVar("M", bound="HubMixin")
 
 
@@ -117,6 +119,8 @@ def _hub_errors(action: str, repo_id: str, endpoint: str, revision: str | None, 
     except OfflineModeIsEnabled as err:
         raise HubError(f"{where}: HF_HUB_OFFLINE is set, so the Hub cannot be reached; unset it to go online") from err
     except LocalEntryNotFoundError as err:
+        if isinstance(err.__cause__, OfflineModeIsEnabled):
+            raise HubError(f"{where}: HF_HUB_OFFLINE is set and nothing is cached; unset it to go online") from err
         if err.__cause__ is None:  # local_files_only and nothing cached
             raise HubError(f"{where}: not in the local cache; download it once online (without local_files_only "
                            "or HF_HUB_OFFLINE)") from err
@@ -152,6 +156,8 @@ def _check_pushable(folder: Path) -> None:
             f"{folder}: not an exported model; expected {CONFIG_NAME} plus {WEIGHTS_NAME} or "
             f"{ADAPTER_WEIGHTS_NAME}, found {sorted(names) or 'nothing'}; export with save_pretrained(folder)"
         )
+    if CARD_NAME in names:  # the Hub rejects a card whose front matter is not a YAML mapping
+        check_card_front_matter(folder / CARD_NAME)
 
 
 def push_folder(folder: str | Path, repo_id: str, *, private: bool = False, commit_message: str | None = None,
@@ -203,87 +209,6 @@ def download_folder(repo_id: str, revision: str | None = None, cache_dir: str | 
         path = snapshot_download(repo_id, revision=revision, cache_dir=cache_dir, allow_patterns=allow_patterns,
                                  token=token, local_files_only=local_files_only, endpoint=endpoint)
     return Path(path)
-
-
-def _alias_key(t: torch.Tensor) -> tuple | None:
-    """Identity of a tensor's memory: equal keys mean the same weights under two names (tied)."""
-    if t.numel() == 0 or t.device.type == "meta":
-        return None
-    return (t.device, t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), tuple(t.stride()), t.dtype)
-
-
-def _aliases(state: dict[str, torch.Tensor]) -> dict[str, str]:
-    """``{alias: first name}`` for every state-dict entry that is the same memory as an earlier one."""
-    first: dict[tuple, str] = {}
-    aliases = {}
-    for name, t in state.items():
-        key = _alias_key(t)
-        if key is None:
-            continue
-        if key in first:
-            aliases[name] = first[key]
-        else:
-            first[key] = name
-    return aliases
-
-
-def _weights_for_saving(module: torch.nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """State dict ready for safetensors: tied names stored once, other overlapping memory cloned."""
-    state = {k: v.detach() for k, v in module.state_dict().items()}
-    aliases = _aliases(state)
-    out = {k: v for k, v in state.items() if k not in aliases}
-    by_storage: dict[tuple, list[str]] = {}
-    for name, t in out.items():
-        if t.numel() and t.device.type != "meta":
-            by_storage.setdefault((t.device, t.untyped_storage().data_ptr()), []).append(name)
-    shared = {n for names in by_storage.values() if len(names) > 1 for n in names}
-    return {k: (v.clone() if k in shared else v).contiguous() for k, v in out.items()}, aliases
-
-
-def _listed(items: list[str]) -> str:
-    shown = ", ".join(items[:_MAX_LISTED])
-    return shown + (f", ... and {len(items) - _MAX_LISTED} more" if len(items) > _MAX_LISTED else "")
-
-
-def _load_weights(model: torch.nn.Module, file: Path, source: str, map_location: str | torch.device) -> None:
-    """Strictly load ``file`` into ``model``: check names, shapes and dtypes first, then copy."""
-    if not file.is_file():
-        raise CheckpointError(f"{source}: no {file.name}; the export is incomplete; re-export with save_pretrained")
-    expected = model.state_dict()
-    try:
-        with safe_open(str(file), framework="pt") as f:
-            stored = {k: (tuple(f.get_slice(k).get_shape()), f.get_slice(k).get_dtype()) for k in f.keys()}
-    except (SafetensorError, OSError) as err:
-        raise CheckpointError(f"{source}: {file.name} is not a readable safetensors file ({err}); re-export it") from err
-    aliases = _aliases(expected)
-    missing = sorted(k for k in expected if k not in stored and aliases.get(k) not in stored)
-    unexpected = sorted(k for k in stored if k not in expected)
-    dtype_names = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64",
-                   torch.int64: "I64", torch.int32: "I32", torch.int8: "I8", torch.uint8: "U8", torch.bool: "BOOL"}
-    mismatched = []
-    for k, (shape, dtype) in sorted(stored.items()):
-        if k in expected:
-            want = expected[k]
-            if shape != tuple(want.shape):
-                mismatched.append(f"{k}: checkpoint {list(shape)} vs model {list(want.shape)}")
-            elif want.dtype in dtype_names and dtype != dtype_names[want.dtype]:
-                mismatched.append(f"{k}: checkpoint dtype {dtype} vs model {want.dtype} (pass dtype= to load)")
-    if missing or unexpected or mismatched:
-        lines = [f"{source}: {file.name} does not match {type(model).__name__}"]
-        if missing:
-            lines.append(f"missing keys ({len(missing)}): {_listed(missing)}")
-        if unexpected:
-            lines.append(f"unexpected keys ({len(unexpected)}): {_listed(unexpected)}")
-        if mismatched:
-            lines.append(f"mismatched ({len(mismatched)}): {_listed(mismatched)}")
-        lines.append("the checkpoint was saved from a different architecture or config; load it with the matching "
-                     "config, or re-export it")
-        raise CheckpointError("; ".join(lines))
-    tensors = load_file(str(file), device=str(map_location))
-    for alias, name in aliases.items():
-        if alias not in tensors:
-            tensors[alias] = tensors[name]
-    model.load_state_dict(tensors, strict=True)
 
 
 class HubMixin(PyTorchModelHubMixin, library_name=LIBRARY_NAME, tags=[LIBRARY_NAME]):
@@ -346,9 +271,9 @@ class HubMixin(PyTorchModelHubMixin, library_name=LIBRARY_NAME, tags=[LIBRARY_NA
                 raise CheckpointError(f"{folder}: is a file; save_pretrained needs a folder path")
             others = sorted(p.name for p in folder.iterdir() if p.name not in (WEIGHTS_NAME, CONFIG_NAME, CARD_NAME))
             if others:
-                raise CheckpointError(f"{folder}: holds other files ({_listed(others)}) that replacing the export "
+                raise CheckpointError(f"{folder}: holds other files ({listed(others)}) that replacing the export "
                                       "would delete; save into an empty or new folder")
-        weights, aliases = _weights_for_saving(self)
+        weights, aliases = weights_for_saving(self)
         config_json = {"model_name": name, "foundation_version": foundation.__version__, **dataclass_to_dict(config)}
         folder.parent.mkdir(parents=True, exist_ok=True)
         tmp = folder.parent / f".{folder.name}.tmp-{uuid.uuid4().hex[:8]}"
@@ -422,7 +347,7 @@ class HubMixin(PyTorchModelHubMixin, library_name=LIBRARY_NAME, tags=[LIBRARY_NA
         model = cls(config)
         if dtype is not None:
             model.to(dtype)
-        _load_weights(model, folder / WEIGHTS_NAME, source, map_location)
+        load_weights(model, folder / WEIGHTS_NAME, source, map_location)
         model.eval()
         return model
 

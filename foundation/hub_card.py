@@ -20,9 +20,9 @@ import yaml
 from huggingface_hub import EvalResult, ModelCardData
 
 from foundation.config import dataclass_to_dict
-from foundation.errors import ConfigError
+from foundation.errors import CheckpointError, ConfigError
 
-__all__ = ["ModelCardInfo", "LIBRARY_NAME", "render_model_card", "write_model_card"]
+__all__ = ["ModelCardInfo", "LIBRARY_NAME", "check_card_front_matter", "render_model_card", "write_model_card"]
 
 LIBRARY_NAME = "foundation-suite"
 _TAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:\-]*$")
@@ -148,3 +148,21 @@ def write_model_card(folder: str | Path, info: ModelCardInfo | None, model_name:
     tmp.write_text(text, encoding="utf-8")
     tmp.replace(path)  # an existing card is replaced only once the new one is complete
     return path
+
+
+def check_card_front_matter(path: str | Path) -> None:
+    """Check that a README.md's front matter (if any) is a YAML mapping, as the Hub requires.
+
+    Raises:
+        CheckpointError: the front matter does not parse, or is not a mapping.
+    """
+    text = Path(path).read_text(encoding="utf-8")
+    front = re.match(r"^---\s*\n(.*?)\n---\s*(\n|$)", text, re.DOTALL)
+    try:
+        meta = yaml.safe_load(front[1]) if front else {}
+    except yaml.YAMLError as err:
+        raise CheckpointError(f"{path}: the front matter is not valid YAML ({err}); fix or regenerate the model "
+                              "card") from err
+    if not isinstance(meta, (dict, type(None))):
+        raise CheckpointError(f"{path}: the front matter must be a YAML mapping, got {type(meta).__name__}; fix or "
+                              "regenerate the model card")

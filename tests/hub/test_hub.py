@@ -157,3 +157,32 @@ def test_local_folder_argument_errors(tmp_path):
     (tmp_path / "x" / WEIGHTS_NAME).write_bytes(b"not safetensors")
     with pytest.raises(CheckpointError, match="is not a readable safetensors file"):
         ToyNet.from_pretrained(tmp_path / "x")
+
+
+class _ViewNet(ToyNet):
+    """A buffer that is a view into rows of a parameter: shared memory that is not a plain tie."""
+
+    model_name = "hub-view"
+
+    def __init__(self, config: ToyConfig) -> None:
+        super().__init__(config)
+        self.register_buffer("head_rows", self.head.weight.detach()[1:3])
+
+
+def test_overlapping_views_are_cloned_not_refused(tmp_path):
+    torch.manual_seed(0)
+    model = _ViewNet(ToyConfig())
+    with pytest.raises(RuntimeError, match="share memory"):  # what plain safetensors does with it
+        safetensors.torch.save_file(model.state_dict(), str(tmp_path / "plain.safetensors"))
+    model.save_pretrained(tmp_path / "view")
+    loaded = _ViewNet.from_pretrained(tmp_path / "view")
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+
+
+def test_model_class_contract_is_checked():
+    with pytest.raises(TypeError, match="model_name must be a lower-case, hyphen-joined name"):
+        type("Bad", (ToyNet,), {"model_name": "Bad Name"})
+    with pytest.raises(TypeError, match=r"fields \['model_name'\] clash"):
+        from dataclasses import make_dataclass
+        type("Clash", (ToyNet,), {"config_class": make_dataclass("C", [("model_name", str, "x")])})

@@ -110,3 +110,27 @@ def test_repo_without_weights_is_a_checkpoint_error(hub_endpoint, tmp_path):
     HfApi().upload_folder(repo_id="lab/cfg-only", folder_path=folder)
     with pytest.raises(CheckpointError, match=r"Hub repo lab/cfg-only@[0-9a-f]{40} .*no model\.safetensors"):
         ToyNet.from_pretrained("lab/cfg-only", cache_dir=hub_endpoint.fresh_cache())
+
+
+def test_invalid_card_front_matter_is_refused_before_any_request(hub_endpoint, tmp_path):
+    randomized().save_pretrained(tmp_path / "m")
+    (tmp_path / "m" / "README.md").write_text("---\ntags: [unclosed\n---\n# card\n")
+    with pytest.raises(CheckpointError, match=r"README\.md: the front matter is not valid YAML"):
+        push_folder(tmp_path / "m", "lab/card")
+    assert hub_endpoint.server.requests == []
+
+
+def test_server_error_becomes_hub_error_and_leaves_the_branch(hub_endpoint, tmp_path, monkeypatch):
+    from tests._support.hub_server import _HttpError
+
+    randomized(seed=5).save_pretrained(tmp_path / "m")
+    sha = push_folder(tmp_path / "m", "lab/flaky")
+    randomized(seed=6).save_pretrained(tmp_path / "m")
+
+    def failing_commit(repo_id, rev, raw):
+        raise _HttpError(500, "storage backend unavailable")
+
+    monkeypatch.setattr(hub_endpoint.server, "commit", failing_commit)
+    with pytest.raises(HubError, match=rf"push to 'lab/flaky' on {hub_endpoint.url}: HTTP 500"):
+        push_folder(tmp_path / "m", "lab/flaky")
+    assert hub_endpoint.server.repos["lab/flaky"].branches["main"] == sha
