@@ -6,12 +6,11 @@ import json
 import pytest
 import safetensors.torch
 import torch
-from huggingface_hub import ModelCard
 from safetensors import safe_open
 
 import foundation.hub
 from foundation.errors import CheckpointError, ConfigError
-from foundation.hub import CONFIG_NAME, WEIGHTS_NAME, ModelCardInfo
+from foundation.hub import CONFIG_NAME, WEIGHTS_NAME
 from tests.hub._helpers import OtherNet, ToyConfig, ToyNet, folder_digest, inputs, randomized
 
 
@@ -122,30 +121,6 @@ def test_save_refuses_a_folder_holding_other_files(tmp_path):
     with pytest.raises(CheckpointError, match=r"holds other files \(optimizer\.pt\)"):
         randomized().save_pretrained(tmp_path / "run")
     assert (tmp_path / "run" / "optimizer.pt").read_bytes() == b"keep me"
-
-
-def test_model_card_front_matter_and_sections(tmp_path):
-    info = ModelCardInfo(description="A toy.", tags=("eeg",), metrics={"balanced_accuracy": 0.625, "kappa": 0.5},
-                         recipe_yaml="model:\n  name: hub-toy\n", data_summary="12 synthetic subjects.",
-                         base_model="lab/base-toy", dataset_name="faced", task_type="text-classification")
-    randomized().save_pretrained(tmp_path / "carded", card=info)
-    card = ModelCard.load(tmp_path / "carded" / "README.md")
-    assert card.data.library_name == "foundation-suite"
-    assert {"foundation-suite", "hub-toy", "eeg", "hub-test"} <= set(card.data.tags)
-    assert card.data.base_model == "lab/base-toy"
-    assert {r.metric_type: r.metric_value for r in card.data.eval_results} == info.metrics
-    assert all(r.dataset_name == "faced" and r.task_type == "text-classification" for r in card.data.eval_results)
-    for section in ("## Training recipe", "name: hub-toy", "## Data", "12 synthetic subjects.", "| kappa | 0.5 |"):
-        assert section in card.text
-
-
-def test_card_info_rejects_bad_values():
-    with pytest.raises(ConfigError, match=r"metrics\['loss'\]: expected a finite number, got nan"):
-        ModelCardInfo(metrics={"loss": float("nan")})
-    with pytest.raises(ConfigError, match="recipe_yaml: not valid YAML"):
-        ModelCardInfo(recipe_yaml="a: [1, 2")
-    with pytest.raises(ConfigError, match="got the string 'eeg'"):
-        ModelCardInfo(tags="eeg")
 
 
 def test_local_folder_argument_errors(tmp_path):
