@@ -113,7 +113,7 @@ def read_adapter_config(folder: str | os.PathLike) -> dict[str, Any]:
 
 
 def push_adapter(folder: str | os.PathLike, repo_id: str, private: bool = False,
-                 commit_message: str | None = None) -> Any:
+                 commit_message: str | None = None) -> str:
     """Push a saved adapter folder to the Hub through :func:`foundation.hub.push_folder`.
 
     Args:
@@ -123,7 +123,7 @@ def push_adapter(folder: str | os.PathLike, repo_id: str, private: bool = False,
         commit_message: defaults to "Upload <peft_type> adapter".
 
     Returns:
-        What ``push_folder`` returns (the commit information).
+        The commit sha returned by ``push_folder``.
     """
     cfg = read_adapter_config(folder)
     from foundation.hub import push_folder  # the hub layer is optional at import time
@@ -135,18 +135,17 @@ def push_adapter(folder: str | os.PathLike, repo_id: str, private: bool = False,
 def download_adapter(repo_id: str, revision: str | None = None, cache_dir: str | os.PathLike | None = None) -> Path:
     """Download an adapter folder (``adapter_config.json`` + ``adapter_model.safetensors``) from the Hub.
 
-    Raises:
-        HubError: the endpoint refused or the repository does not hold an adapter.
-    """
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError
+    Uses :func:`foundation.hub.download_folder` (``HF_ENDPOINT`` is honoured).
 
-    try:
-        path = snapshot_download(repo_id, revision=revision, cache_dir=cache_dir,
-                                 allow_patterns=[CONFIG_NAME, WEIGHTS_NAME])
-    except HfHubHTTPError as err:
-        raise HubError(f"Hub repo {repo_id!r}: download of the adapter failed ({err}); check the repo id, "
-                       f"HF_ENDPOINT and your token") from err
-    if not (Path(path) / CONFIG_NAME).is_file():
-        raise HubError(f"Hub repo {repo_id!r} holds no {CONFIG_NAME}; it is not an adapter repository")
-    return Path(path)
+    Raises:
+        ConfigError: ``repo_id`` is malformed.
+        HubError: the endpoint refused, or the repository holds no adapter.
+    """
+    from foundation.hub import download_folder
+
+    path = download_folder(repo_id, revision=revision, cache_dir=cache_dir,
+                           allow_patterns=[CONFIG_NAME, WEIGHTS_NAME])
+    if not (path / CONFIG_NAME).is_file() or not (path / WEIGHTS_NAME).is_file():
+        raise HubError(f"Hub repo {repo_id!r} holds no {CONFIG_NAME} + {WEIGHTS_NAME}; it is not an adapter "
+                       f"repository (push one with push_adapter)")
+    return path
