@@ -5,7 +5,10 @@ The entropy-based activation function optimisation (EAFO) of the paper derives a
 
     CRReLU(x) = relu(x) + eps * x * exp(-x^2 / 2)
 
-with one learnable scalar ``eps`` per layer, initialised to 0.01.
+with one learnable scalar ``eps`` per layer, initialised to 0.01. The gradient is written out by hand so that only
+``x`` is saved for backward (as for GELU), instead of the four intermediates plain autograd would keep:
+
+    dy/dx = 1[x > 0] + eps * exp(-x^2 / 2) * (1 - x^2),    dy/deps = x * exp(-x^2 / 2)
 """
 from __future__ import annotations
 
@@ -13,6 +16,23 @@ import torch
 from torch import nn
 
 __all__ = ["CRReLU"]
+
+
+class _CRReLUFn(torch.autograd.Function):
+    """relu(x) + eps * x * exp(-x^2 / 2), saving only x and eps; backward uses differentiable ops (double backward)."""
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x, eps)
+        return torch.relu(x) + eps * x * torch.exp(-0.5 * x * x)
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x, eps = ctx.saved_tensors
+        bump = torch.exp(-0.5 * x * x)
+        grad_x = grad * ((x > 0).to(x.dtype) + eps * bump * (1 - x * x))
+        grad_eps = (grad * x * bump).sum().reshape(eps.shape) if ctx.needs_input_grad[1] else None
+        return grad_x, grad_eps
 
 
 class CRReLU(nn.Module):
@@ -46,8 +66,7 @@ class CRReLU(nn.Module):
         Returns:
             Output of the same shape [...].
         """
-        eps = self.eps.to(x.dtype)
-        return torch.relu(x) + eps * x * torch.exp(-0.5 * x * x)
+        return _CRReLUFn.apply(x, self.eps.to(x.dtype))
 
     def extra_repr(self) -> str:
         return f"eps_init={self.eps_init}"

@@ -227,3 +227,18 @@ def test_gradcheck_float64(name: str, layer: nn.Module, shape: tuple[int, ...]) 
     if name == "dice-train":  # running stats change every call; gradcheck calls many times
         layer.momentum = 0.0
     assert torch.autograd.gradcheck(lambda inp, *ps: layer(inp), (x, *params), eps=1e-6, atol=1e-5)
+
+
+def test_crrelu_hand_written_gradient_matches_autograd_and_double_backward() -> None:
+    act = CRReLU(dtype=torch.float64)
+    with torch.no_grad():
+        act.eps.fill_(0.3)
+    x = _x(50, dtype=torch.float64).requires_grad_(True)
+    gx, geps = torch.autograd.grad(act(x).sum(), (x, act.eps))
+    x2 = x.detach().requires_grad_(True)
+    eps2 = torch.tensor(0.3, dtype=torch.float64, requires_grad=True)
+    ref = torch.relu(x2) + eps2 * x2 * torch.exp(-(x2**2) / 2)
+    rx, reps = torch.autograd.grad(ref.sum(), (x2, eps2))
+    torch.testing.assert_close(gx, rx)
+    torch.testing.assert_close(geps, reps)
+    assert torch.autograd.gradgradcheck(lambda inp, e: act(inp), (x[:5].detach().requires_grad_(True), act.eps))
