@@ -7,19 +7,23 @@ module adds what the suite needs around them: presets by module-name pattern
 (:mod:`foundation.adapters.targets`), checks that run before the model is
 touched, ZeRO-3 gathering on save, atomic writes and our error classes.
 
-The default rank 8 / alpha 16 are common peft defaults for ViTs (unverified for
+Base biases stay frozen (peft's ``bias="none"``), so an adapter file holds LoRA
+tensors only. The default rank 8 / alpha 16 are common peft defaults for ViTs (unverified for
 the suite's models).
 """
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from safetensors.torch import save_file
 from torch import nn
 
 from foundation.adapters.io import (
     CONFIG_NAME,
+    WEIGHTS_NAME,
     gathered_state_dict,
     read_adapter_config,
     staged_folder,
@@ -29,7 +33,6 @@ from foundation.errors import CheckpointError, ConfigError, did_you_mean
 
 __all__ = ["LoraAdapterConfig", "LoraAdapterModel"]
 
-_BIAS = ("none", "all", "lora_only")
 
 
 @dataclass
@@ -43,7 +46,6 @@ class LoraAdapterConfig:
         r: rank of the update.
         alpha: scale numerator; the update is scaled by alpha / r (alpha / sqrt(r) with use_rslora).
         dropout: dropout on the LoRA branch input.
-        bias: which biases train: "none", "all", "lora_only".
         use_rslora: scale by alpha / sqrt(r) (rank-stabilised LoRA).
     """
 
@@ -53,7 +55,6 @@ class LoraAdapterConfig:
     r: int = field(default=8, metadata={"help": "LoRA rank (>= 1)"})
     alpha: float = field(default=16.0, metadata={"help": "LoRA alpha; update scale alpha / r"})
     dropout: float = field(default=0.0, metadata={"help": "dropout on the LoRA input, in [0, 1)"})
-    bias: str = field(default="none", metadata={"help": "trainable biases: none | all | lora_only"})
     use_rslora: bool = field(default=False, metadata={"help": "scale alpha / sqrt(r) instead of alpha / r"})
 
     def __post_init__(self) -> None:
@@ -76,8 +77,6 @@ class LoraAdapterConfig:
             raise ConfigError(f"LoraAdapterConfig.alpha: expected > 0, got {self.alpha!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"LoraAdapterConfig.dropout: expected a value in [0, 1), got {self.dropout!r}")
-        if self.bias not in _BIAS:
-            raise ConfigError(f"LoraAdapterConfig.bias: unknown value {self.bias!r}; {did_you_mean(self.bias, _BIAS)}")
 
     def to_peft(self, model: nn.Module):
         """Resolve the targets on ``model`` (no mutation) and build peft's ``LoraConfig``.
@@ -90,7 +89,7 @@ class LoraAdapterConfig:
         names = resolve_targets(model, None if self.preset == "custom" else self.preset, self.target_modules,
                                 self.exclude_modules, where="LoraAdapterConfig")
         regex = "^(" + "|".join(n.replace(".", r"\.") for n in names) + ")$"
-        return LoraConfig(r=self.r, lora_alpha=self.alpha, lora_dropout=self.dropout, bias=self.bias,
+        return LoraConfig(r=self.r, lora_alpha=self.alpha, lora_dropout=self.dropout, bias="none",
                           target_modules=regex, use_rslora=self.use_rslora, init_lora_weights=True)
 
 
@@ -125,37 +124,62 @@ class LoraAdapterModel:
     def save(peft_model, folder: str | os.PathLike, adapter_name: str = "default") -> Path:
         """Write ``adapter_config.json`` + ``adapter_model.safetensors`` (adapter tensors only), atomically.
 
-        ZeRO-3 shards are gathered first (:func:`gathered_state_dict`; call on every rank).
+        The keys and files are peft's (``base_model.model.<module>.lora_A.weight``, adapter name stripped), so
+        ``PeftModel.from_pretrained`` reads the folder too. ZeRO-3 shards are gathered first
+        (:func:`gathered_state_dict`; call on every rank). Gates stacked on LoRA layers (a Dopamine layer's
+        ``base_layer`` hop) are seen through.
         """
-        state = gathered_state_dict(peft_model, _is_lora_param)
+        state = _through_wrappers(peft_model, gathered_state_dict(peft_model, _is_lora_param))
+        marker = re.compile(rf"\.(lora_\w+?)\.{re.escape(adapter_name)}(?=\.|$)")
+        state = {marker.sub(r".\1", k): v for k, v in state.items() if marker.search(k)}
+        if not state:
+            raise CheckpointError(f"LoRA save to {str(folder)!r}: the model holds no LoRA tensors of adapter "
+                                  f"{adapter_name!r}; inject it first")
         with staged_folder(folder) as tmp:
-            peft_model.save_pretrained(str(tmp), state_dict=state, selected_adapters=[adapter_name],
-                                       safe_serialization=True)
-            nested = tmp / adapter_name
-            if adapter_name != "default" and nested.is_dir():  # peft nests non-default adapters
-                for path in nested.iterdir():
-                    path.rename(tmp / path.name)
-                nested.rmdir()
+            peft_model.peft_config[adapter_name].save_pretrained(str(tmp))
+            save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
         return Path(folder)
 
     @staticmethod
     def load(model: nn.Module, folder: str | os.PathLike, adapter_name: str = "default", is_trainable: bool = False):
-        """Wrap ``model`` with the LoRA adapter saved in ``folder``; strict: every saved tensor must land.
+        """Wrap ``model`` with the LoRA adapter saved in ``folder``; strict: every LoRA tensor must land.
+
+        Returns:
+            A ``peft.PeftModel``; its LoRA parameters train only with ``is_trainable``.
 
         Raises:
             CheckpointError: the folder is not a LoRA adapter, or its keys do not match the model.
         """
-        from peft import PeftModel
+        from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
+        from safetensors.torch import load_file
 
         cfg = read_adapter_config(folder)
         if cfg["peft_type"] != "LORA":
             raise CheckpointError(f"adapter folder {str(folder)!r}: {CONFIG_NAME} says peft_type "
                                   f"{cfg['peft_type']!r}; expected 'LORA'; load it with its own method")
-        missing_targets = [t for t in _target_names(cfg) if t not in dict(model.named_modules())]
+        modules = dict(model.named_modules())
+        missing_targets = [t for t in _target_names(cfg) if t not in modules]
         if missing_targets:
             raise CheckpointError(f"adapter folder {str(folder)!r}: the adapter targets modules the model lacks: "
                                   f"{missing_targets[:5]}; load it onto the model it was trained on")
-        return PeftModel.from_pretrained(model, str(folder), adapter_name=adapter_name, is_trainable=is_trainable)
+        peft_config = LoraConfig.from_pretrained(str(folder))
+        state = load_file(str(Path(folder) / WEIGHTS_NAME))
+        peft_model = get_peft_model(model, peft_config, adapter_name=adapter_name)
+        try:
+            result = set_peft_model_state_dict(peft_model, state, adapter_name=adapter_name)
+        except RuntimeError as err:  # shape mismatch
+            peft_model.unload()
+            raise CheckpointError(f"adapter folder {str(folder)!r} does not fit the model: {err}") from err
+        missing = [k for k in result.missing_keys if "lora_" in k]
+        unexpected = list(result.unexpected_keys)
+        if missing or unexpected:
+            peft_model.unload()
+            raise CheckpointError(f"adapter folder {str(folder)!r} does not match the model: missing {missing[:5]}, "
+                                  f"unexpected {unexpected[:5]}; load it onto the model it was trained on")
+        for name, p in peft_model.named_parameters():
+            if "lora_" in name:
+                p.requires_grad_(is_trainable)
+        return peft_model
 
     @staticmethod
     def merge(peft_model) -> nn.Module:
@@ -171,6 +195,19 @@ class LoraAdapterModel:
             return peft_model.merge_and_unload(safe_merge=True)
         except ValueError as err:
             raise CheckpointError(f"LoRA merge refused: {err}; the adapter holds non-finite values") from err
+
+
+def _through_wrappers(model: nn.Module, state: dict) -> dict:
+    """Rename ``<gate>.base_layer.<rest>`` to ``<gate>.<rest>`` for every gate wrapped around a LoRA layer."""
+    gates = [n for n, m in model.named_modules() if "dopamine_tau" in getattr(m, "adapter_layer_names", ())]
+    renamed = {}
+    for key, value in state.items():
+        for gate in gates:
+            if key.startswith(gate + ".base_layer."):
+                key = gate + "." + key[len(gate) + len(".base_layer."):]
+                break
+        renamed[key] = value
+    return renamed
 
 
 def _target_names(cfg: dict) -> list[str]:

@@ -51,6 +51,10 @@ def match_name(name: str, patterns: Sequence[str] | str) -> bool:
     return any(name == p or name.endswith("." + p) for p in patterns)
 
 
+def _qualname(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
 def _is_pointwise(module: nn.Module) -> bool:
     return isinstance(module, nn.Conv2d) and tuple(module.kernel_size) == (1, 1) and module.groups == 1
 
@@ -112,8 +116,8 @@ def resolve_targets(
         if not hit:
             continue
         if not isinstance(module, allowed):
-            kinds = ", ".join(t.__name__ for t in allowed)
-            raise ConfigError(f"{where}: module {name!r} matches the targets but is a {type(module).__name__}; "
+            kinds = ", ".join(_qualname(t) for t in allowed)
+            raise ConfigError(f"{where}: module {name!r} matches the targets but is a {_qualname(type(module))}; "
                               f"expected one of {kinds}; narrow target_modules or add it to exclude_modules")
         if isinstance(module, nn.Conv2d) and module.groups != 1:
             raise ConfigError(f"{where}: module {name!r} is a grouped Conv2d (groups={module.groups}); adapters "
