@@ -186,8 +186,11 @@ class Engine:
                 f"data: {len(dataset)} samples give {sampler.per_rank} per rank, fewer than "
                 f"train.micro_batch_size={train.micro_batch_size}; lower the batch size or add data"
             )
+        # a private generator: starting an epoch's iterator must not draw from the global RNG, or a
+        # resumed run (which starts mid-epoch) would see other masks than the uninterrupted one
         loader = DataLoader(dataset, batch_size=train.micro_batch_size, sampler=sampler, drop_last=True,
-                            num_workers=train.num_workers, collate_fn=getattr(dataset, "collate", None))
+                            num_workers=train.num_workers, collate_fn=getattr(dataset, "collate", None),
+                            generator=torch.Generator().manual_seed(train.seed + dist.rank))
         return loader, sampler
 
     def _loop(self, engine: Any, dataset: Any, dist: DistInfo, ckpts: CheckpointDir, state: dict[str, int],
@@ -243,7 +246,7 @@ class Engine:
                 bar.set_postfix(loss=f"{record['loss']:.4g}", sps=f"{record['samples_per_s']:.1f}")
                 if log is not None and (state["step"] % train.log_every == 0 or state["step"] == train.steps):
                     log.log(record)
-                result.metrics = {k: v for k, v in record.items() if isinstance(v, float)}
+                result.metrics = {k: record[k] for k in ["loss", *keys]}
                 stop_now = reduced[2] > 0 or (self.stop_after is not None
                                               and state["step"] - start_step >= self.stop_after)
                 due = train.checkpoint_every and state["step"] % train.checkpoint_every == 0

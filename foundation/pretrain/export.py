@@ -9,7 +9,7 @@ import torch
 from foundation.config import RecipeConfig, load_recipe
 from foundation.errors import CheckpointError
 from foundation.pretrain.checkpoint import CheckpointDir
-from foundation.pretrain.components import build_model
+from foundation.pretrain.components import TrainModule, build_model
 
 if TYPE_CHECKING:
     from foundation.pretrain.engine import RunResult
@@ -17,12 +17,14 @@ if TYPE_CHECKING:
 __all__ = ["consolidate_fp32", "export_checkpoint", "export_run", "data_summary"]
 
 
-def consolidate_fp32(ckpt_root: str | Path, tag: str) -> dict[str, torch.Tensor]:
+def consolidate_fp32(ckpt_root: str | Path, tag: str, recipe: RecipeConfig) -> dict[str, torch.Tensor]:
     """The full fp32 state dict of the trained module from a DeepSpeed checkpoint.
 
-    ZeRO 1-3 and bf16 runs keep fp32 master weights sharded in the optimizer
-    states; DeepSpeed's ``zero_to_fp32`` gathers them (all shards must be on this
-    file system). A stage-0 fp32 run stores whole weights in its model states.
+    ZeRO 1-3 runs keep fp32 master weights sharded in the optimizer states;
+    DeepSpeed's ``zero_to_fp32`` gathers them (all shards must be on this file
+    system). A stage-0 fp32 run stores whole weights in its model states; a
+    stage-0 bf16 run keeps its fp32 masters in the optimizer's ``fp32_groups``,
+    ordered like the optimizer groups, which are rebuilt from the recipe to name them.
 
     Returns:
         ``{name: fp32 tensor}`` with the trained module's keys (``model.*``, ``objective.*``).
@@ -42,8 +44,26 @@ def consolidate_fp32(ckpt_root: str | Path, tag: str) -> dict[str, torch.Tensor]
     if not model_states.is_file():
         raise CheckpointError(f"{folder} holds neither ZeRO optimizer shards nor {model_states.name}; "
                               "is it a DeepSpeed checkpoint folder?")
-    saved = torch.load(model_states, map_location="cpu", weights_only=False)  # DeepSpeed's own pickle (trusted: written by this run)
-    return {k: v.float().contiguous() for k, v in saved["module"].items()}
+    saved = torch.load(model_states, map_location="cpu", weights_only=True)
+    state = {k: v.float().contiguous() for k, v in saved["module"].items()}
+    masters = (saved.get("optimizer") or {}).get("fp32_groups")
+    if masters is not None:
+        state.update(_name_masters(masters, recipe, folder))
+    return state
+
+
+def _name_masters(masters: list[list[torch.Tensor]], recipe: RecipeConfig, folder: Path) -> dict[str, torch.Tensor]:
+    from foundation.pretrain.components import build_components
+    from foundation.pretrain.optim import param_groups
+
+    parts = build_components(recipe, prepare=False)
+    module = TrainModule(parts.model, parts.objective)
+    names = {id(p): n for n, p in module.named_parameters()}
+    groups = param_groups(module, recipe.train)
+    if [len(g["params"]) for g in groups] != [len(m) for m in masters]:
+        raise CheckpointError(f"{folder}: optimizer groups {[len(m) for m in masters]} do not match the recipe's "
+                              f"{[len(g['params']) for g in groups]}; export with the recipe the run used")
+    return {names[id(p)]: m.float().contiguous() for g, ms in zip(groups, masters) for p, m in zip(g["params"], ms)}
 
 
 def data_summary(dataset: Any) -> str:
@@ -64,7 +84,7 @@ def export_checkpoint(recipe: RecipeConfig, ckpt_root: str | Path, tag: str, out
     """
     from foundation.hub import ModelCardInfo
 
-    state = consolidate_fp32(ckpt_root, tag)
+    state = consolidate_fp32(ckpt_root, tag, recipe)
     model_state = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
     model = build_model(recipe)
     result = model.load_state_dict(model_state, strict=False)
@@ -75,7 +95,7 @@ def export_checkpoint(recipe: RecipeConfig, ckpt_root: str | Path, tag: str, out
         )
     extra = dict(card_extra or {})
     info = ModelCardInfo(
-        tags=[recipe.model.name, "foundation-suite", *extra.pop("tags", [])],
+        tags=tuple(extra.pop("tags", ())),
         metrics=dict(metrics or {}),
         recipe_yaml=recipe.to_yaml(),
         data_summary=data,

@@ -1,0 +1,47 @@
+"""Run the real launchers (``python pretrain.py`` and ``deepspeed --num_gpus 2 pretrain.py``) from tests."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from foundation.pretrain.distributed import free_port
+from foundation.pretrain.run_log import read_jsonl
+
+ROOT = Path(__file__).resolve().parents[2]
+TOY_RECIPE = ROOT / "tests" / "fixtures" / "recipes" / "toy-mae.yaml"
+
+
+def env() -> dict[str, str]:
+    e = dict(os.environ)
+    e["PYTHONPATH"] = str(ROOT) + os.pathsep + e.get("PYTHONPATH", "")
+    e.setdefault("OMP_NUM_THREADS", "1")
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        e.pop(key, None)
+    return e
+
+
+def run_pretrain(out: Path, *overrides: str, ranks: int = 1, extra: tuple[str, ...] = (),
+                 recipe: Path = TOY_RECIPE, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run pretraining of ``recipe`` into ``out``; 1 rank with plain python, more with the deepspeed launcher."""
+    args = ["--recipe", str(recipe), "--output-dir", str(out), "--set", "train.progress_bar=false"]
+    for o in overrides:
+        args += ["--set", o]
+    args += list(extra)
+    if ranks == 1:
+        cmd = [sys.executable, str(ROOT / "pretrain.py"), *args]
+    else:
+        launcher = Path(sys.executable).parent / "deepspeed"
+        cmd = [str(launcher), "--num_gpus", str(ranks), "--master_port", str(free_port()),
+               str(ROOT / "pretrain.py"), *args]
+    return subprocess.run(cmd, cwd=ROOT, env=env(), capture_output=True, text=True, timeout=timeout)
+
+
+def check(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    assert proc.returncode == 0, f"exit {proc.returncode}\nSTDOUT:\n{proc.stdout[-4000:]}\nSTDERR:\n{proc.stderr[-6000:]}"
+    return proc
+
+
+def losses(out: Path) -> dict[int, float]:
+    return {r["step"]: r["loss"] for r in read_jsonl(out / "metrics.jsonl")}
