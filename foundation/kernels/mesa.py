@@ -277,7 +277,10 @@ def apply_act_bits(model: nn.Module, bits: int | None) -> list[str]:
             nn.Softmax has dim=None (the implicit legacy axis).
     """
     if bits not in (None, 0, 8) or isinstance(bits, bool):
-        raise ConfigError(f"memory.act_bits: expected None, 0 or 8, received {bits!r}; use 8 or leave it unset")
+        raise ConfigError(
+            f"act_bits (recipe key memory.act_bits): expected None, 0 or 8, received {bits!r}; "
+            "use 8 or leave it unset"
+        )
     if not isinstance(model, nn.Module):
         raise ConfigError(f"apply_act_bits: expected an nn.Module, received {type(model).__name__}")
     table = _SWAPS if bits == 8 else _UNSWAPS

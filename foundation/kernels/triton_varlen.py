@@ -54,6 +54,18 @@ def _mm(a, b, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
 
 
 @triton.jit
+def _to(x, dtype: tl.constexpr, UPCAST: tl.constexpr):
+    """Cast fp32 x to dtype with round-to-nearest-even. On the GPU that is what ``.to`` does;
+    the interpreter truncates fp32 -> bf16 (doubling the rounding error), so with UPCAST
+    (interpreter + bf16) the rounding is done on the bits first and the cast is then exact."""
+    if UPCAST:
+        bits = x.to(tl.uint32, bitcast=True)
+        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+        x = bits.to(tl.float32, bitcast=True)
+    return x.to(dtype)
+
+
+@triton.jit
 def _bounds(pid, CU, SEG, T, H, NUM_BLOCKS, BLOCK: tl.constexpr, PACKED: tl.constexpr):
     """(head, first own row, end of own rows, lo, hi of the attended range) of a program."""
     bh = pid // NUM_BLOCKS
@@ -116,11 +128,11 @@ def _fwd_kernel(
             p = tl.math.exp2(s - m_safe[:, None])
             alpha = tl.math.exp2(m_i - m_safe)
             l_i = l_i * alpha + tl.sum(p, 1)
-            acc = acc * alpha[:, None] + _mm(p.to(v.dtype), v, PRECISION, UPCAST)
+            acc = acc * alpha[:, None] + _mm(_to(p, v.dtype, UPCAST), v, PRECISION, UPCAST)
             m_i = m_new
         l_safe = tl.where(l_i == 0.0, 1.0, l_i)
         out = acc / l_safe[:, None]
-        tl.store(O + offs_m[:, None] * sot + h * soh + offs_d[None, :], out.to(O.dtype.element_ty), mask=row_ok[:, None])
+        tl.store(O + offs_m[:, None] * sot + h * soh + offs_d[None, :], _to(out, O.dtype.element_ty, UPCAST), mask=row_ok[:, None])
         lse = (m_i + tl.math.log2(l_safe)) * 0.6931471805599453  # back to natural log
         tl.store(LSE + h * T + offs_m, lse, mask=row_ok)
 
@@ -164,13 +176,13 @@ def _bwd_dkdv_kernel(
             delta = tl.load(DELTA + h * T + offs_m, mask=row_ok, other=0.0)
             s = _mm(q, tl.trans(k), PRECISION, UPCAST) * qk_scale  # [BM, BN]
             p = tl.where(_valid(offs_m, offs_n, row_ok, col_ok, SEG, PACKED), tl.math.exp2(s - lse2[:, None]), 0.0)
-            dv += _mm(tl.trans(p.to(do.dtype)), do, PRECISION, UPCAST)
+            dv += _mm(tl.trans(_to(p, do.dtype, UPCAST)), do, PRECISION, UPCAST)
             dp = _mm(do, tl.trans(v), PRECISION, UPCAST)
             ds = p * (dp - delta[:, None])
-            dk += _mm(tl.trans(ds.to(q.dtype)), q, PRECISION, UPCAST)
+            dk += _mm(tl.trans(_to(ds, q.dtype, UPCAST)), q, PRECISION, UPCAST)
         ptr = offs_n[:, None] * skt + h * skh + offs_d[None, :]
-        tl.store(DK + ptr, (dk * scale).to(DK.dtype.element_ty), mask=col_ok[:, None])
-        tl.store(DV + ptr, dv.to(DV.dtype.element_ty), mask=col_ok[:, None])
+        tl.store(DK + ptr, _to(dk * scale, DK.dtype.element_ty, UPCAST), mask=col_ok[:, None])
+        tl.store(DV + ptr, _to(dv, DV.dtype.element_ty, UPCAST), mask=col_ok[:, None])
 
 
 @triton.jit
@@ -200,8 +212,8 @@ def _bwd_dq_kernel(
             p = tl.where(_valid(offs_m, offs_n, row_ok, col_ok, SEG, PACKED), tl.math.exp2(s - lse2[:, None]), 0.0)
             dp = _mm(do, tl.trans(v), PRECISION, UPCAST)
             ds = p * (dp - delta[:, None])
-            dq += _mm(ds.to(k.dtype), k, PRECISION, UPCAST)
-        tl.store(DQ + offs_m[:, None] * sqt + h * sqh + offs_d[None, :], (dq * scale).to(DQ.dtype.element_ty),
+            dq += _mm(_to(ds, k.dtype, UPCAST), k, PRECISION, UPCAST)
+        tl.store(DQ + offs_m[:, None] * sqt + h * sqh + offs_d[None, :], _to(dq * scale, DQ.dtype.element_ty, UPCAST),
                  mask=row_ok[:, None])
 
 

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from foundation.errors import ConfigError
-from foundation.kernels import pack_visible, varlen_attention
+from foundation.kernels import apply_act_bits, pack_visible, varlen_attention
 from foundation.kernels.reference import reference_varlen_dropout
 from foundation.kernels.varlen import BACKENDS
 
@@ -47,10 +47,14 @@ class Attention(nn.Module):
         dtype: parameter dtype.
         backend: varlen attention backend for packed / masked inputs, "auto",
             "triton" or "reference" (see :func:`foundation.kernels.varlen_attention`).
+        act_bits: None/0 for full-precision saved activations, 8 to keep the inputs of
+            ``qkv`` and ``proj`` as int8 for the backward pass (Mesa,
+            :func:`foundation.kernels.apply_act_bits`). The fused attention core stores
+            no softmax matrix, so there is nothing else to quantise.
 
     Raises:
         ConfigError: dim not divisible by num_heads, dropout outside [0, 1), unknown
-            backend, or backend="triton" with attn_drop > 0.
+            backend, backend="triton" with attn_drop > 0, or act_bits not None/0/8.
     """
 
     def __init__(
@@ -65,6 +69,7 @@ class Attention(nn.Module):
         dtype: torch.dtype | None = None,
         *,
         backend: str = "auto",
+        act_bits: int | None = None,
     ) -> None:
         super().__init__()
         if num_heads < 1 or dim % num_heads:
@@ -87,6 +92,7 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias, **factory)
         self.proj = nn.Linear(dim, dim, bias=proj_bias, **factory)
         self.proj_drop = nn.Dropout(proj_drop) if proj_drop > 0 else nn.Identity()
+        apply_act_bits(self, act_bits)
 
     def reset_parameters(self) -> None:
         """Re-initialise both projections (PyTorch's nn.Linear default)."""
