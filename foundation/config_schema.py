@@ -121,7 +121,7 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
         if args:
             if len(args) != len(value):
                 raise ConfigError(f"{where}: expected {len(args)} values ({_type_name(tp)}), got {len(value)}: {value!r}")
-            return tuple(_convert(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(args, value)))
+            return tuple(_convert(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
         return tuple(value)
     if origin is list or tp is list:
         if not isinstance(value, (list, tuple)):
