@@ -1,0 +1,65 @@
+"""The `foundation` command line: info, export, push (to the loopback Hub) and finetune --from a Hub id."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from foundation.cli import main
+from tests._support.hub_fixtures import dead_endpoint, hub_endpoint  # noqa: F401
+from tests.fixtures.toy_mae import ToyMAE
+from tests.pretrain._launch import ROOT, TOY_RECIPE, check, env, run_pretrain
+
+
+def test_info_lists_components(capsys):
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert "deepspeed" in out and "activations:" in out and "mlps:" in out
+
+
+def test_bad_recipe_is_a_clean_error(capsys):
+    assert main(["pretrain", "--recipe", str(TOY_RECIPE), "--set", "train.lrr=1"]) == 2
+    assert "did you mean 'lr'" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_export_push_and_finetune_from_hub(tmp_path, hub_endpoint):  # noqa: F811
+    run = tmp_path / "run"
+    check(run_pretrain(run, "train.steps=3", "train.warmup_steps=1", "train.checkpoint_every=0",
+                       extra=("--no-export",)))
+    out = tmp_path / "exported"
+    assert main(["export", str(run), "--out", str(out)]) == 0
+    assert {p.name for p in out.iterdir()} == {"model.safetensors", "config.json", "README.md"}
+
+    sub_env = {**env(), **hub_endpoint.env}
+    push = subprocess.run([sys.executable, "-m", "foundation.cli", "push", str(out), "me/toy"], cwd=ROOT,
+                          env=sub_env, capture_output=True, text=True, timeout=120)
+    assert push.returncode == 0, push.stderr
+    assert "pushed" in push.stdout and hub_endpoint.env.get("HF_TOKEN", "~none~") not in push.stdout + push.stderr
+
+    local = ToyMAE.from_pretrained(out)
+    remote = ToyMAE.from_pretrained("me/toy", cache_dir=hub_endpoint.fresh_cache())
+    x, keep = torch.randn(2, 16, 8), torch.arange(0, 16, 2).expand(2, -1)
+    torch.testing.assert_close(remote(x, keep), local(x, keep), rtol=0, atol=0)
+
+    ft = tmp_path / "ft"
+    proc = subprocess.run([sys.executable, str(ROOT / "finetune.py"), "--from", "me/toy", "--recipe", str(TOY_RECIPE),
+                           "--output-dir", str(ft), "--set", "train.steps=2", "--set", "train.warmup_steps=1",
+                           "--set", "train.progress_bar=false"],
+                          cwd=ROOT, env=sub_env, capture_output=True, text=True, timeout=300)
+    check(proc)
+    assert "base_model: me/toy" in (ft / "export" / "README.md").read_text()
+
+
+def test_push_to_a_dead_hub_names_the_endpoint(tmp_path, dead_endpoint):  # noqa: F811
+    folder = tmp_path / "m"
+    ToyMAE(ToyMAE.config_class()).save_pretrained(folder)
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    sub_env = {**os.environ, **dead_endpoint.env}
+    proc = subprocess.run([sys.executable, "-m", "foundation.cli", "push", str(folder), "me/toy"], cwd=ROOT,
+                          env=sub_env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and dead_endpoint.url in proc.stderr
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
