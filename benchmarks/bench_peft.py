@@ -16,8 +16,15 @@ each method gets the same steps and batch, Adam, and its own fixed learning rate
 (printed). Reported: accuracy on the rotated test pool (mean +- std over seeds),
 trainable parameters, share of active hidden units (ReLU output > 0, both hidden
 layers; for Dopamine this is after the hard gate), and for Dopamine the
-multiply-adds done with column skipping against dense, plus wall time of the
-skipping forward vs the dense forward (same model, same inputs, side by side).
+multiply-adds done with column skipping against dense (strategies "union": the
+batch's union of active columns through index_select, and "per-row": each
+sample's own active units through embedding_bag), the same for ReLU zeros alone
+on the frozen model, a Dopamine variant trained with a sparsity term (weight
+--sparsity on the mean soft gate, DopamineModel.gate_activity), wall time of the skipping forward vs the dense forward
+(same model, same inputs, side by side), and
+the same ratio for one 4096x4096 layer at Dopamine's measured active share (where
+the per-call overhead of finding and gathering columns no longer dominates).
+The neuron attribution of seed 0 (which units fire per digit) is written to --out.
 Memory: process peak RSS from resource.getrusage (whole run), and per method the
 bytes of trainable parameters + Adam state (exact, from the parameter counts).
 """
@@ -36,7 +43,7 @@ from sklearn.datasets import load_digits
 from torch import nn
 
 from foundation.adapters import DopamineConfig, DopamineModel, LoraAdapterConfig, LoraAdapterModel
-from foundation.adapters.dopamine import SkipInactiveLinear
+from foundation.adapters.dopamine import SkipInactiveLinear, neuron_attribution, write_attribution
 
 torch.set_num_threads(1)
 
@@ -69,11 +76,14 @@ def batches(x: torch.Tensor, y: torch.Tensor, steps: int, batch: int, gen: torch
         yield x[idx], y[idx]
 
 
-def train(model: nn.Module, params: list[nn.Parameter], x, y, steps: int, lr: float, gen, on_step=None) -> None:
+def train(model: nn.Module, params: list[nn.Parameter], x, y, steps: int, lr: float, gen, on_step=None,
+          extra_loss=None) -> None:
     opt = torch.optim.Adam(params, lr=lr)
     model.train()
     for xb, yb in batches(x, y, steps, 64, gen):
         loss = F.cross_entropy(model(xb), yb)
+        if extra_loss is not None:
+            loss = loss + extra_loss()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -139,45 +149,75 @@ def run_seed(seed: int, images, args) -> dict[str, dict]:
         p.requires_grad_(False)
     out["frozen"] = dict(zip(("acc", "active"), evaluate(base, base, x_test, y_test)), params=0)
 
-    base = fresh()
     cfg = DopamineConfig(target_modules=("fc1", "fc2"), skip_modules=("fc2", "head"), tau_init=args.tau_init,
                          temperature_start=1.0, temperature_end=0.05, anneal_steps=args.steps, warmup_steps=10)
+    fc1_macs = len(x_test) * 256 * args.hidden
+    # Dopamine with a sparsity term on the soft gates (weight args.sparsity): trades accuracy for skipped work.
+    base = fresh()
+    sparse = DopamineModel(base, cfg)
+    train(sparse, trainable(sparse), x_spec, y_spec, args.steps, args.lr_dopamine, torch.Generator().manual_seed(seed),
+          on_step=sparse.advance, extra_loss=lambda: args.sparsity * sparse.gate_activity())
+    acc, active = evaluate(sparse, base, x_test, y_test)
+    out[f"dopamine+sparsity{args.sparsity:g}"] = dict(acc=acc, active=active, params=sum(p.numel() for p in trainable(sparse)))
+    sparse.eval()
+    for m in (m for _, m in sparse.skip_layers()):
+        m.strategy, m.skipping = "per-row", True
+    sparse.reset_mac_counts()
+    with torch.no_grad():
+        for i in range(len(x_test)):
+            sparse(x_test[i:i + 1])
+    counts = sparse.mac_counts().values()
+    out[f"dopamine+sparsity{args.sparsity:g}"]["mac_per-row_b1"] = (
+        (sum(d for d, _ in counts) + fc1_macs) / (sum(n for _, n in counts) + fc1_macs))
+    out[f"dopamine+sparsity{args.sparsity:g}"]["consumer_per-row_b1"] = (
+        sum(d for d, _ in counts) / sum(n for _, n in counts))
+
+    base = fresh()
     dop = DopamineModel(base, cfg)
     gen = torch.Generator().manual_seed(seed)
     train(dop, trainable(dop), x_spec, y_spec, args.steps, args.lr_dopamine, gen, on_step=dop.advance)
     acc, active = evaluate(dop, base, x_test, y_test)
     out["dopamine"] = dict(acc=acc, active=active, params=sum(p.numel() for p in trainable(dop)))
     dop.eval()
-    dop.reset_mac_counts()
-    with torch.no_grad():
-        for i in range(len(x_test)):  # batch 1: per-sample skipping
-            dop(x_test[i:i + 1])
-    fc1_macs = len(x_test) * 256 * args.hidden
-    done1 = sum(d for d, _ in dop.mac_counts().values()) + fc1_macs
-    dense1 = sum(n for _, n in dop.mac_counts().values()) + fc1_macs
-    dop.reset_mac_counts()
-    with torch.no_grad():
-        for i in range(0, len(x_test), 256):
-            dop(x_test[i:i + 256])
-    done256 = sum(d for d, _ in dop.mac_counts().values()) + fc1_macs
-    t_skip1, t_skip256 = time_forward(dop, x_test, 1), time_forward(dop, x_test, 256)
-    for m in dop.modules():
-        if isinstance(m, SkipInactiveLinear):
+    skips = [m for _, m in dop.skip_layers()]
+
+    def macs(batch: int, strategy: str) -> tuple[int, int]:
+        dop.reset_mac_counts()
+        with torch.no_grad():
+            for i in range(0, len(x_test), batch):
+                dop(x_test[i:i + batch])
+        counts = dop.mac_counts().values()
+        out["dopamine"][f"consumer_{strategy}_b{batch}"] = sum(d for d, _ in counts) / sum(n for _, n in counts)
+        return sum(d for d, _ in counts) + fc1_macs, sum(n for _, n in counts) + fc1_macs
+
+    for strategy in ("union", "per-row"):
+        for m in skips:
+            m.strategy, m.skipping = strategy, True
+        (done1, dense), (done256, _) = macs(1, strategy), macs(256, strategy)
+        share = sum(m.counts.active_entries for m in skips) / sum(m.counts.entries for m in skips)
+        t1, t256 = time_forward(dop, x_test, 1), time_forward(dop, x_test, 256)
+        for m in skips:
             m.skipping = False
-    t_dense1, t_dense256 = time_forward(dop, x_test, 1), time_forward(dop, x_test, 256)
-    out["dopamine"].update(mac_ratio_b1=done1 / dense1, mac_ratio_b256=done256 / dense1,
-                           time_ratio_b1=t_skip1 / t_dense1, time_ratio_b256=t_skip256 / t_dense256)
+        d1, d256 = time_forward(dop, x_test, 1), time_forward(dop, x_test, 256)
+        out["dopamine"].update({f"mac_{strategy}_b1": done1 / dense, f"mac_{strategy}_b256": done256 / dense,
+                                f"time_{strategy}_b1": t1 / d1, f"time_{strategy}_b256": t256 / d256,
+                                "entry_share": share})
+    out["dopamine"]["attribution"] = neuron_attribution(dop, [(x_test, y_test)], 10) if seed == 0 else None
+    dense1 = dense
 
     # ReLU-only skipping on the frozen baseline, for reference (same skip layers, no gate).
     base = fresh()
     base.fc2, base.head = SkipInactiveLinear(base.fc2), SkipInactiveLinear(base.head)
     base.eval()
-    base.fc2.skipping = base.head.skipping = True
-    with torch.no_grad():
-        for i in range(len(x_test)):
-            base(x_test[i:i + 1])
-    relu_done = base.fc2.counts.done + base.head.counts.done + fc1_macs
-    out["frozen"]["mac_ratio_b1"] = relu_done / dense1
+    for strategy in ("union", "per-row"):
+        for m in (base.fc2, base.head):
+            m.skipping, m.strategy = True, strategy
+            m.counts.reset()
+        with torch.no_grad():
+            for i in range(len(x_test)):
+                base(x_test[i:i + 1])
+        relu_done = base.fc2.counts.done + base.head.counts.done + fc1_macs
+        out["frozen"][f"mac_{strategy}_b1"] = relu_done / dense1
 
     for r in args.ranks:
         base = fresh()
@@ -195,6 +235,23 @@ def run_seed(seed: int, images, args) -> dict[str, dict]:
     return out
 
 
+def wide_layer_timing(share: float, strategy: str, width: int = 4096, repeats: int = 100) -> tuple[float, float]:
+    """Skipping vs dense wall time of one width x width layer at batch 1, ``share`` of input entries active."""
+    torch.manual_seed(0)
+    layer = SkipInactiveLinear(nn.Linear(width, width), strategy)
+    x = torch.rand(repeats, 1, width)
+    x[torch.rand(repeats, 1, width) >= share] = 0.0
+    times: dict[bool, float] = {}
+    with torch.no_grad():
+        for skipping in (False, True, False, True):
+            layer.skipping = skipping
+            t0 = time.perf_counter()
+            for row in x:
+                layer(row)
+            times[skipping] = min(times.get(skipping, float("inf")), time.perf_counter() - t0)
+    return times[True] / times[False], layer.counts.done / max(layer.counts.dense, 1)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, default=5)
@@ -206,6 +263,8 @@ def main() -> None:
     parser.add_argument("--lr-dopamine", type=float, default=3e-2)
     parser.add_argument("--lr-lora", type=float, default=3e-3)
     parser.add_argument("--lr-full", type=float, default=1e-3)
+    parser.add_argument("--sparsity", type=float, default=1.0, help="weight of the gate-activity term (2nd row)")
+    parser.add_argument("--out", default="/tmp/bench_peft", help="folder for the attribution CSV/markdown/PNG")
     args = parser.parse_args()
     t0 = time.perf_counter()
     images = make_images()
@@ -229,12 +288,36 @@ def main() -> None:
     print()
     print("| hard-gate conditional compute (test pool) | value (mean +- std over seeds) |")
     print("|---|---|")
-    print(f"| MACs done / dense, Dopamine, batch 1 | {ms('mac_ratio_b1', 'dopamine')} |")
-    print(f"| MACs done / dense, Dopamine, batch 256 (union of active units) | {ms('mac_ratio_b256', 'dopamine')} |")
-    print(f"| MACs done / dense, frozen + ReLU-zero skipping only, batch 1 | {ms('mac_ratio_b1', 'frozen')} |")
-    print(f"| wall time skipping / dense, Dopamine, batch 1 | {ms('time_ratio_b1', 'dopamine')} |")
-    print(f"| wall time skipping / dense, Dopamine, batch 256 | {ms('time_ratio_b256', 'dopamine')} |")
+    for strategy in ("union", "per-row"):
+        for b in ("b1", "b256"):
+            print(f"| MACs done / dense, whole MLP, Dopamine, {strategy}, batch {b[1:]} | "
+                  f"{ms(f'mac_{strategy}_{b}', 'dopamine')} |")
+    print(f"| MACs done / dense, gated consumers only (fc2 + head), Dopamine, per-row, batch 1 | "
+          f"{ms('consumer_per-row_b1', 'dopamine')} |")
+    sparse_name = f"dopamine+sparsity{args.sparsity:g}"
+    print(f"| MACs done / dense, gated consumers only (fc2 + head), {sparse_name}, per-row, batch 1 | "
+          f"{ms('consumer_per-row_b1', sparse_name)} |")
+    print(f"| MACs done / dense, whole MLP, {sparse_name}, per-row, batch 1 | {ms('mac_per-row_b1', sparse_name)} |")
+    for strategy in ("union", "per-row"):
+        print(f"| MACs done / dense, whole MLP, frozen + ReLU-zero skipping only, {strategy}, batch 1 | "
+              f"{ms(f'mac_{strategy}_b1', 'frozen')} |")
+    for strategy in ("union", "per-row"):
+        for b in ("b1", "b256"):
+            print(f"| wall time skipping / dense, Dopamine MLP, {strategy}, batch {b[1:]} | "
+                  f"{ms(f'time_{strategy}_{b}', 'dopamine')} |")
+    share = statistics.mean(r["dopamine"]["entry_share"] for r in runs)
+    for strategy in ("union", "per-row"):
+        t_ratio, m_ratio = wide_layer_timing(share, strategy)
+        print(f"| wall time skipping / dense, one 4096x4096 layer, {strategy}, batch 1, {share:.0%} of inputs "
+              f"active (Dopamine's measured share) | {t_ratio:.3f} (MACs {m_ratio:.3f}) |")
     print()
+    rates = runs[0]["dopamine"]["attribution"]
+    paths = write_attribution(rates, args.out)
+    print(f"neuron attribution of seed 0 (rotated test pool): {paths['markdown']}, {paths['png']}, {paths['csv']}")
+    for name, r in rates.items():
+        per_class = (r > 0.5).float().mean(1)
+        print(f"  {name}: units firing on > 50% of a class's samples, per class 0-9: "
+              + " ".join(f"{float(v):.0%}" for v in per_class))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak RSS (getrusage, whole run): {peak:.0f} MiB; total time {time.perf_counter() - t0:.0f} s")
 

@@ -51,6 +51,7 @@ class DopamineConfig:
         schedule: temperature schedule, one of ``SCHEDULES``.
         warmup_steps: steps over which the gate is mixed in (0 at step 0: exact identity); 0 = gate on at once.
         hard_in_eval: in eval mode use the hard gate 1[h > tau] (and enable column skipping).
+        skip_strategy: "union" (batch-union of active columns) or "per-row" (each row's own active units).
     """
 
     target_modules: tuple[str, ...] | str = field(default=("mlp.fc1",),
@@ -66,6 +67,8 @@ class DopamineConfig:
     schedule: str = field(default="cosine", metadata={"help": "cosine | exponential | linear | constant"})
     warmup_steps: int = field(default=10, metadata={"help": "steps to mix the gate in; > 0 gives exact identity"})
     hard_in_eval: bool = field(default=True, metadata={"help": "eval mode uses the hard gate 1[h > tau]"})
+    skip_strategy: str = field(default="union",
+                               metadata={"help": "column skipping: union (index_select) | per-row (embedding_bag)"})
 
     def __post_init__(self) -> None:
         if not isinstance(self.target_modules, str):
@@ -76,6 +79,9 @@ class DopamineConfig:
         if not self.target_modules:
             raise ConfigError("DopamineConfig.target_modules: empty; name the linear layers to gate, e.g. "
                               "('mlp.fc1',)")
+        if self.skip_strategy not in ("union", "per-row"):
+            raise ConfigError(f"DopamineConfig.skip_strategy: unknown value {self.skip_strategy!r}; "
+                              f"{did_you_mean(self.skip_strategy, ('union', 'per-row'))}")
         if self.schedule not in SCHEDULES:
             raise ConfigError(f"DopamineConfig.schedule: unknown value {self.schedule!r}; "
                               f"{did_you_mean(self.schedule, SCHEDULES)}")

@@ -43,6 +43,7 @@ class DopamineLayer(nn.Module):
         self.temperature = config.temperature_start
         self.mix = 0.0 if config.warmup_steps > 0 else 1.0
         self.recorded: list[torch.Tensor] | None = None
+        self.gate_mean: torch.Tensor | None = None
         self.update_layer(adapter_name, config)
 
     def update_layer(self, adapter_name: str, config: DopamineConfig) -> None:
@@ -85,6 +86,7 @@ class DopamineLayer(nn.Module):
             self.recorded.append(fired.reshape(h.shape[0], -1, self.out_features).mean(1).detach().cpu())  # [B, D]
         if self.mix != 1.0:
             g = (1.0 - self.mix) + self.mix * g
+        self.gate_mean = g.mean() if self.training else None  # for DopamineModel.gate_activity (sparsity loss)
         return gamma * g * h
 
     def extra_repr(self) -> str:

@@ -28,7 +28,7 @@ from foundation.adapters.dopamine.config import DopamineConfig, gate_mix_at, tem
 from foundation.adapters.dopamine.layer import DopamineLayer
 from foundation.adapters.io import CONFIG_NAME, WEIGHTS_NAME, gathered_state_dict, read_adapter_config, staged_folder
 from foundation.adapters.targets import resolve_targets
-from foundation.errors import CheckpointError, ConfigError
+from foundation.errors import CheckpointError, ConfigError, TrainingError
 
 __all__ = ["DopamineModel", "PEFT_TYPE"]
 
@@ -72,7 +72,7 @@ class DopamineModel(nn.Module):
             if not any(m in name for m in _OTHER_ADAPTER_MARKERS):
                 p.requires_grad_(False)
         for name in skips:
-            _set_module(model, name, SkipInactiveLinear(model.get_submodule(name)))
+            _set_module(model, name, SkipInactiveLinear(model.get_submodule(name), config.skip_strategy))
         for name in targets:
             _set_module(model, name, DopamineLayer(model.get_submodule(name), adapter_name, config))
         self.target_names = targets
@@ -126,6 +126,21 @@ class DopamineModel(nn.Module):
             if isinstance(module, SkipInactiveLinear):
                 module.skipping = (not mode) and self.config.hard_in_eval
         return self
+
+    def gate_activity(self) -> torch.Tensor:
+        """Mean soft gate over every gated unit of the last training forward, a scalar with gradient.
+
+        Add ``weight * model.gate_activity()`` to the loss to push thresholds up and make the hard gate sparser
+        (fewer multiply-adds at inference).
+
+        Raises:
+            TrainingError: called before any training-mode forward.
+        """
+        means = [layer.gate_mean for _, layer in self.dopamine_layers() if layer.gate_mean is not None]
+        if not means:
+            raise TrainingError("DopamineModel.gate_activity: no training-mode forward since the last eval one; "
+                                "call model.train() and run a forward pass first")
+        return torch.stack(means).mean()
 
     # -- adapter switches ---------------------------------------------------------------------------------
     def set_adapter_enabled(self, enabled: bool) -> None:
