@@ -158,7 +158,8 @@ def run_seed(seed: int, images, args) -> dict[str, dict]:
     train(sparse, trainable(sparse), x_spec, y_spec, args.steps, args.lr_dopamine, torch.Generator().manual_seed(seed),
           on_step=sparse.advance, extra_loss=lambda: args.sparsity * sparse.gate_activity())
     acc, active = evaluate(sparse, base, x_test, y_test)
-    out[f"dopamine+sparsity{args.sparsity:g}"] = dict(acc=acc, active=active, params=sum(p.numel() for p in trainable(sparse)))
+    out[f"dopamine+sparsity{args.sparsity:g}"] = dict(acc=acc, active=active,
+                                                      params=sum(p.numel() for p in trainable(sparse)))
     sparse.eval()
     for m in (m for _, m in sparse.skip_layers()):
         m.strategy, m.skipping = "per-row", True
@@ -218,6 +219,7 @@ def run_seed(seed: int, images, args) -> dict[str, dict]:
                 base(x_test[i:i + 1])
         relu_done = base.fc2.counts.done + base.head.counts.done + fc1_macs
         out["frozen"][f"mac_{strategy}_b1"] = relu_done / dense1
+        out["frozen"][f"consumer_{strategy}_b1"] = (relu_done - fc1_macs) / (dense1 - fc1_macs)
 
     for r in args.ranks:
         base = fresh()
@@ -276,7 +278,8 @@ def main() -> None:
         if not vals:
             return "-"
         sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
-        return f"{statistics.mean(vals):.1f} +- {sd:.1f}" if scale == 100 else f"{statistics.mean(vals):.3f} +- {sd:.3f}"
+        digits = 1 if scale == 100 else 3
+        return f"{statistics.mean(vals):.{digits}f} +- {sd:.{digits}f}"
 
     print(f"lr: dopamine {args.lr_dopamine}, lora {args.lr_lora}, full {args.lr_full}; steps {args.steps}, batch 64, "
           f"seeds {args.seeds}")
@@ -294,6 +297,8 @@ def main() -> None:
                   f"{ms(f'mac_{strategy}_{b}', 'dopamine')} |")
     print(f"| MACs done / dense, gated consumers only (fc2 + head), Dopamine, per-row, batch 1 | "
           f"{ms('consumer_per-row_b1', 'dopamine')} |")
+    print(f"| MACs done / dense, gated consumers only (fc2 + head), frozen + ReLU-zero skipping only, per-row, "
+          f"batch 1 | {ms('consumer_per-row_b1', 'frozen')} |")
     sparse_name = f"dopamine+sparsity{args.sparsity:g}"
     print(f"| MACs done / dense, gated consumers only (fc2 + head), {sparse_name}, per-row, batch 1 | "
           f"{ms('consumer_per-row_b1', sparse_name)} |")

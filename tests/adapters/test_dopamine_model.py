@@ -19,8 +19,8 @@ def test_lora_plus_dopamine_train_and_round_trip(tmp_path):
     pristine = clone(base)
     peft_model = LoraAdapterModel.inject(base, LoraAdapterConfig(preset="custom", target_modules=("mlp.fc1", "mlp.fc2"),
                                                                  r=2))
-    with pytest.raises(ConfigError, match=r"skip_modules: module 'base_model.model.blocks.0.mlp.fc2' .* is a peft\.tuners\.lora.*Linear; "
-                       r"expected one of torch\.nn\.modules\.linear\.Linear"):
+    with pytest.raises(ConfigError, match=r"skip_modules: module 'base_model.model.blocks.0.mlp.fc2' .* is a "
+                       r"peft\.tuners\.lora.*Linear; expected one of torch\.nn\.modules\.linear\.Linear"):
         DopamineModel(peft_model, DopamineConfig(target_modules=("mlp.fc1",), skip_modules=("mlp.fc2",)))
     both = DopamineModel(peft_model, DopamineConfig(target_modules=("mlp.fc1",), skip_modules=(), warmup_steps=1))
     trainable = {n: p.detach().clone() for n, p in both.named_parameters() if p.requires_grad}

@@ -46,9 +46,10 @@ def neuron_attribution(model: DopamineModel, loader: Iterable, num_classes: int)
             layer.recorded = []
         for inputs, labels in loader:
             labels = torch.as_tensor(labels).long().reshape(-1)
-            if labels.numel() and (labels.min() < 0 or labels.max() >= num_classes):
-                raise DataError(f"neuron_attribution: label {int(labels.max() if labels.max() >= num_classes else labels.min())} "
-                                f"outside [0, {num_classes}); pass the right num_classes")
+            bad = labels[(labels < 0) | (labels >= num_classes)]
+            if bad.numel():
+                raise DataError(f"neuron_attribution: label {int(bad[0])} outside [0, {num_classes}); pass the "
+                                f"right num_classes or fix the loader's labels")
             model(inputs)
             onehot = torch.nn.functional.one_hot(labels, num_classes).to(torch.float64)  # [B, C]
             counts += onehot.sum(0)

@@ -191,8 +191,8 @@ class DopamineModel(nn.Module):
         ZeRO-3 shards are gathered first; call on every rank.
         """
         state = gathered_state_dict(self.model, self._is_adapter_key)
-        return {k.replace(f".{self.adapter_name}", "", 1) if k.endswith(f".{self.adapter_name}") else k: v
-                for k, v in state.items()}
+        suffix = f".{self.adapter_name}"
+        return {(k[: -len(suffix)] if k.endswith(suffix) else k): v for k, v in state.items()}
 
     def save_adapter(self, folder: str | os.PathLike) -> Path:
         """Write ``adapter_config.json`` (``peft_type`` "DOPAMINE", config, step) and ``adapter_model.safetensors``."""
