@@ -27,8 +27,9 @@ modules compute exactly their base class's forward.
 its 8-bit form in place (by class swap: parameters, hooks and optimiser
 references are untouched); ``apply_act_bits(model, None)`` turns them back.
 The fused attention core (:func:`foundation.kernels.varlen_attention` /
-``scaled_dot_product_attention``) stores no softmax matrix, only q, k, v, the
-output and a per-row log-sum-exp, so it is left as is.
+``scaled_dot_product_attention``) stores no softmax matrix but keeps q, k, v, the
+output and a per-row log-sum-exp; :func:`attention_core_8bit` replaces all of
+that by int8 q, k, v (per-head scales) and recomputes the core in backward.
 """
 from __future__ import annotations
 
@@ -46,6 +47,7 @@ __all__ = [
     "LayerNorm8",
     "Softmax8",
     "softmax_8bit",
+    "attention_core_8bit",
     "MOMENTUM",
 ]
 
@@ -150,6 +152,46 @@ class _SoftmaxFn(torch.autograd.Function):
         gf = g.float()
         gx = p * (gf - (gf * p).sum(ctx.dim, keepdim=True))
         return gx.to(ctx.p_dtype), None
+
+
+class _CoreFn(torch.autograd.Function):
+    """Attention core recomputed in backward from int8 q, k, v (one scale per head, axis 1)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, fn):
+        saved = []
+        for t in (q, k, v):
+            dims = tuple(d for d in range(t.dim()) if d != 1)
+            scale = t.detach().abs().float().amax(dim=dims, keepdim=True).clamp_min(1e-12)
+            saved += [_quantize(t, scale), scale]
+        ctx.save_for_backward(*saved)
+        ctx.fn, ctx.dtype = fn, q.dtype
+        return fn(q, k, v)
+
+    @staticmethod
+    def backward(ctx, g):
+        qq, sq, qk, sk, qv, sv = ctx.saved_tensors
+        with torch.enable_grad():
+            leaves = [_dequantize(t, s, ctx.dtype).requires_grad_(True) for t, s in ((qq, sq), (qk, sk), (qv, sv))]
+            grads = torch.autograd.grad(ctx.fn(*leaves), leaves, g)
+        return (*grads, None)
+
+
+def attention_core_8bit(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, fn) -> torch.Tensor:
+    """Run an attention core ``fn(q, k, v)`` keeping only int8 q, k, v (per-head scales) for backward.
+
+    The backward dequantises q, k, v and runs ``fn`` again under autograd (one extra
+    attention forward), so nothing of the core's own saved state (output, log-sum-exp)
+    outlives the forward.
+
+    Args:
+        q, k, v: [K, H, Dh] packed or [B, H, N, Dh] dense; the head axis is 1.
+        fn: the attention core, e.g. a ``varlen_attention`` or ``scaled_dot_product_attention`` call.
+
+    Returns:
+        ``fn(q, k, v)``, computed in full precision.
+    """
+    return _CoreFn.apply(q, k, v, fn)
 
 
 def softmax_8bit(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
@@ -260,7 +302,9 @@ def apply_act_bits(model: nn.Module, bits: int | None) -> list[str]:
     """Switch 8-bit activation storage on (bits=8) or off (None or 0) for every supported submodule.
 
     Supported: modules whose type is exactly nn.Linear, nn.GELU, nn.SiLU, nn.LayerNorm
-    or nn.Softmax (subclasses are left alone, since their forward may differ). The
+    or nn.Softmax (subclasses are left alone, since their forward may differ), plus
+    any module that declares an ``act_bits`` attribute (it is set to ``bits``; e.g.
+    :class:`foundation.layers.attention.Attention` then keeps int8 q, k, v). The
     swap changes the module's class in place, so parameters, state-dict keys,
     hooks and optimiser references stay the same. Everything is checked before
     any module changes.
@@ -285,12 +329,15 @@ def apply_act_bits(model: nn.Module, bits: int | None) -> list[str]:
         raise ConfigError(f"apply_act_bits: expected an nn.Module, received {type(model).__name__}")
     table = _SWAPS if bits == 8 else _UNSWAPS
     targets = [(name, m) for name, m in model.named_modules() if type(m) in table]
+    declared = [(name, m) for name, m in model.named_modules() if hasattr(m, "act_bits") and m.act_bits != bits]
     for name, m in targets:
         if isinstance(m, nn.Softmax) and m.dim is None:
             raise ConfigError(
                 f"apply_act_bits: softmax module {name or '<model>'} has dim=None; give it an explicit dim "
                 "(e.g. nn.Softmax(dim=-1)) before enabling 8-bit storage"
             )
+    for _, m in declared:
+        m.act_bits = bits
     for _, m in targets:
         if bits == 8:
             m.__class__ = table[type(m)]
@@ -298,4 +345,4 @@ def apply_act_bits(model: nn.Module, bits: int | None) -> list[str]:
         else:
             m._undo_act_bits()
             m.__class__ = table[type(m)]
-    return [name for name, _ in targets]
+    return sorted({name for name, _ in targets + declared})

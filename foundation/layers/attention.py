@@ -25,6 +25,7 @@ from torch import nn
 
 from foundation.errors import ConfigError
 from foundation.kernels import apply_act_bits, pack_visible, varlen_attention
+from foundation.kernels.mesa import attention_core_8bit
 from foundation.kernels.reference import reference_varlen_dropout
 from foundation.kernels.varlen import BACKENDS
 
@@ -47,10 +48,12 @@ class Attention(nn.Module):
         dtype: parameter dtype.
         backend: varlen attention backend for packed / masked inputs, "auto",
             "triton" or "reference" (see :func:`foundation.kernels.varlen_attention`).
-        act_bits: None/0 for full-precision saved activations, 8 to keep the inputs of
-            ``qkv`` and ``proj`` as int8 for the backward pass (Mesa,
-            :func:`foundation.kernels.apply_act_bits`). The fused attention core stores
-            no softmax matrix, so there is nothing else to quantise.
+        act_bits: None/0 for full-precision saved activations, 8 to keep only 8-bit
+            copies for the backward pass (Mesa, :func:`foundation.kernels.apply_act_bits`):
+            the inputs of ``qkv`` and ``proj``, and q, k, v of the attention core
+            (per-head scales; the core is recomputed in backward). While attention
+            dropout is active the core keeps its full-precision state, since a
+            recomputation would draw a different dropout mask.
 
     Raises:
         ConfigError: dim not divisible by num_heads, dropout outside [0, 1), unknown
@@ -92,12 +95,16 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias, **factory)
         self.proj = nn.Linear(dim, dim, bias=proj_bias, **factory)
         self.proj_drop = nn.Dropout(proj_drop) if proj_drop > 0 else nn.Identity()
-        apply_act_bits(self, act_bits)
+        self.act_bits: int | None = None
+        apply_act_bits(self, act_bits)  # validates, swaps qkv / proj, sets self.act_bits
 
     def reset_parameters(self) -> None:
         """Re-initialise both projections (PyTorch's nn.Linear default)."""
         self.qkv.reset_parameters()
         self.proj.reset_parameters()
+
+    def _core_8bit(self) -> bool:
+        return self.act_bits == 8 and self.training and torch.is_grad_enabled() and self.attn_drop_p == 0
 
     def _attend_packed(self, x: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int) -> torch.Tensor:
         K, D = x.shape
@@ -106,7 +113,11 @@ class Attention(nn.Module):
         if self.training and self.attn_drop_p > 0:
             o = reference_varlen_dropout(q, k, v, cu_seqlens, self.scale, self.attn_drop_p)
         else:
-            o = varlen_attention(q, k, v, cu_seqlens, max_seqlen, scale=self.scale, backend=self.backend)
+
+            def core(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+                return varlen_attention(q, k, v, cu_seqlens, max_seqlen, scale=self.scale, backend=self.backend)
+
+            o = attention_core_8bit(q, k, v, core) if self._core_8bit() else core(q, k, v)
         o = o.reshape(K, D)  # [K, H, Dh] -> [K, D]
         return self.proj_drop(self.proj(o))
 
@@ -159,7 +170,10 @@ class Attention(nn.Module):
             return out.masked_scatter(key_padding_mask.unsqueeze(-1), y)  # [K, D] -> [B, N, D]
         qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim)  # [B, N, 3D] -> [B, N, 3, H, Dh]
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # -> 3 x [B, H, N, Dh]
-        drop = self.attn_drop_p if self.training else 0.0
-        o = F.scaled_dot_product_attention(q, k, v, dropout_p=drop, scale=self.scale)
+        if self._core_8bit():
+            o = attention_core_8bit(q, k, v, lambda q, k, v: F.scaled_dot_product_attention(q, k, v, scale=self.scale))
+        else:
+            drop = self.attn_drop_p if self.training else 0.0
+            o = F.scaled_dot_product_attention(q, k, v, dropout_p=drop, scale=self.scale)
         o = o.transpose(1, 2).reshape(B, N, D)  # [B, H, N, Dh] -> [B, N, D]
         return self.proj_drop(self.proj(o))

@@ -9,3 +9,16 @@ on CPU (``backend="auto"`` picks the reference for CPU tensors).
 import os
 
 os.environ["TRITON_INTERPRET"] = "1"
+
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors: one intra-op thread avoids spin contention on a shared 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
