@@ -118,6 +118,7 @@ class Engine:
         self.init_state_dict = init_state_dict
         self.export = export
         self.card_extra = dict(card_extra or {})
+        self.ds_engine: Any = None  # the DeepSpeed engine, set by run() (for inspection and benchmarks)
 
     def run(self) -> RunResult:
         """Train until ``train.steps`` (or a stop request) and return where the results are."""
@@ -146,6 +147,7 @@ class Engine:
             model=module, optimizer=optimizer, config=deepspeed_config(recipe),
             lr_scheduler=lambda opt: WarmupCosineScheduler(opt, train),
         )
+        self.ds_engine = engine
         state = {"step": 0, "micro_batches": 0, "nonfinite_skips": 0}
         if resume_tag is not None:
             path, client = engine.load_checkpoint(str(ckpts.root), tag=resume_tag)
