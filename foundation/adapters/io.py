@@ -28,6 +28,7 @@ __all__ = [
     "CONFIG_NAME",
     "WEIGHTS_NAME",
     "gathered_state_dict",
+    "is_writer_rank",
     "staged_folder",
     "read_adapter_config",
     "push_adapter",
@@ -67,6 +68,12 @@ def gathered_state_dict(model: nn.Module, keep: Callable[[str], bool]) -> dict[s
         state = {n: p.detach().to("cpu", copy=True).contiguous() for n, p in params}
     state.update({n: b.detach().to("cpu", copy=True).contiguous() for n, b in model.named_buffers() if keep(n)})
     return state
+
+
+def is_writer_rank() -> bool:
+    """True unless torch.distributed runs and this is not rank 0 (every rank gathers; rank 0 writes)."""
+    dist = torch.distributed
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
 @contextmanager

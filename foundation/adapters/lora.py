@@ -25,6 +25,7 @@ from foundation.adapters.io import (
     CONFIG_NAME,
     WEIGHTS_NAME,
     gathered_state_dict,
+    is_writer_rank,
     read_adapter_config,
     staged_folder,
 )
@@ -126,7 +127,7 @@ class LoraAdapterModel:
 
         The keys and files are peft's (``base_model.model.<module>.lora_A.weight``, adapter name stripped), so
         ``PeftModel.from_pretrained`` reads the folder too. ZeRO-3 shards are gathered first
-        (:func:`gathered_state_dict`; call on every rank). Gates stacked on LoRA layers (a Dopamine layer's
+        (:func:`gathered_state_dict`; call on every rank, rank 0 writes). Gates stacked on LoRA layers (a Dopamine layer's
         ``base_layer`` hop) are seen through.
         """
         state = _through_wrappers(peft_model, gathered_state_dict(peft_model, _is_lora_param))
@@ -135,6 +136,8 @@ class LoraAdapterModel:
         if not state:
             raise CheckpointError(f"LoRA save to {str(folder)!r}: the model holds no LoRA tensors of adapter "
                                   f"{adapter_name!r}; inject it first")
+        if not is_writer_rank():
+            return Path(folder)
         with staged_folder(folder) as tmp:
             peft_model.peft_config[adapter_name].save_pretrained(str(tmp))
             save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})

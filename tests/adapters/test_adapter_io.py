@@ -140,3 +140,19 @@ def test_method_table_is_write_once():
 def test_lora_config_checks(kwargs, match):
     with pytest.raises(ConfigError, match=match):
         LoraAdapterConfig(**kwargs)
+
+
+def test_only_rank_zero_writes(monkeypatch, tmp_path):
+    base, _ = make_model("toy")
+    wrapped = LoraAdapterModel.inject(base, LoraAdapterConfig(preset="custom", target_modules=("mlp.fc1",), r=2))
+    dop = DopamineModel(make_model("toy")[0], DopamineConfig(target_modules=("mlp.fc1",)))
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.distributed, "get_rank", lambda: 1)
+    LoraAdapterModel.save(wrapped, tmp_path / "lora")
+    dop.save_adapter(tmp_path / "dop")
+    assert not (tmp_path / "lora").exists() and not (tmp_path / "dop").exists()
+    monkeypatch.setattr(torch.distributed, "get_rank", lambda: 0)
+    LoraAdapterModel.save(wrapped, tmp_path / "lora")
+    dop.save_adapter(tmp_path / "dop")
+    assert read_adapter_config(tmp_path / "lora")["peft_type"] == "LORA"
+    assert read_adapter_config(tmp_path / "dop")["peft_type"] == "DOPAMINE"

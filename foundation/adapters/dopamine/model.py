@@ -26,7 +26,14 @@ from torch import nn
 from foundation.adapters.dopamine.conditional import SkipInactiveLinear
 from foundation.adapters.dopamine.config import DopamineConfig, gate_mix_at, temperature_at
 from foundation.adapters.dopamine.layer import DopamineLayer
-from foundation.adapters.io import CONFIG_NAME, WEIGHTS_NAME, gathered_state_dict, read_adapter_config, staged_folder
+from foundation.adapters.io import (
+    CONFIG_NAME,
+    WEIGHTS_NAME,
+    gathered_state_dict,
+    is_writer_rank,
+    read_adapter_config,
+    staged_folder,
+)
 from foundation.adapters.targets import resolve_targets
 from foundation.errors import CheckpointError, ConfigError, TrainingError
 
@@ -195,8 +202,13 @@ class DopamineModel(nn.Module):
         return {(k[: -len(suffix)] if k.endswith(suffix) else k): v for k, v in state.items()}
 
     def save_adapter(self, folder: str | os.PathLike) -> Path:
-        """Write ``adapter_config.json`` (``peft_type`` "DOPAMINE", config, step) and ``adapter_model.safetensors``."""
+        """Write ``adapter_config.json`` (``peft_type`` "DOPAMINE", config, step) and ``adapter_model.safetensors``.
+
+        ZeRO-3 shards are gathered first: call on every rank; rank 0 writes, atomically.
+        """
         state = self.adapter_state_dict()
+        if not is_writer_rank():
+            return Path(folder)
         meta = {"peft_type": PEFT_TYPE, "method": "dopamine", "step": self.step, "targets": self.target_names,
                 **{k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self.config).items()}}
         with staged_folder(folder) as tmp:
