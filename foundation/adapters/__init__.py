@@ -48,6 +48,4 @@ def load_adapter(model: nn.Module, folder: str | os.PathLike, adapter_name: str 
     """
     cfg = read_adapter_config(folder)
     method = get_adapter_method(cfg["peft_type"], where=f"{folder}/adapter_config.json, key peft_type")
-    if method.name == "lora":
-        return LoraAdapterModel.load(model, folder, adapter_name, is_trainable=is_trainable)
     return method.model_cls.from_adapter(model, folder, adapter_name, is_trainable=is_trainable)

@@ -184,6 +184,8 @@ class LoraAdapterModel:
                 p.requires_grad_(is_trainable)
         return peft_model
 
+    from_adapter = load  # the method table's common name (DopamineModel.from_adapter)
+
     @staticmethod
     def merge(peft_model) -> nn.Module:
         """Fold the LoRA update into the base weights (``safe_merge``: refuses non-finite results).
