@@ -158,7 +158,7 @@ def speed_table(sizes: tuple[int, ...], batch: int, repeats: int, pykan_batch: i
     PyKAN = load_pykan()
     for d in sizes:
         torch.manual_seed(0)
-        x = torch.randn(batch, d)
+        x = torch.randn(batch, d).requires_grad_()  # a hidden layer: input gradients are needed too
         for basis in BASES:
             kan = KANLinear(d, d, basis, grid_size=5, spline_order=3)
             mlp = mlp_like(d, n_params(kan))

@@ -33,6 +33,7 @@ __all__ = [
     "basis_size",
     "bspline_basis",
     "cardinal_bspline",
+    "check_grid",
     "chebyshev_basis",
     "fourier_basis",
     "make_basis",
@@ -95,13 +96,79 @@ def cardinal_bspline(u: torch.Tensor, k: int) -> torch.Tensor:
     return torch.where(inside, out / math.factorial(k), torch.zeros_like(u))
 
 
+def _bspline_pieces(
+    x: torch.Tensor, grid_size: int, k: int, lo: float, hi: float, derivative: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k+1 non-zero B-spline values (or d/dx) of every x and where they go.
+
+    Returns:
+        (values [..., D, k+1], index [..., D, k+1] into the G+k basis slots); values
+        of slots outside [0, G+k) are 0 and their index is clamped into range.
+    """
+    m = grid_size + k
+    h = (hi - lo) / grid_size
+    u = (x - lo) / h + k  # position in knot units from t_0, [..., D]
+    cell = torch.floor(u)  # x in [t_cell, t_cell+1)
+    frac = (u - cell).unsqueeze(-1)  # [..., D, 1], in [0, 1)
+    # basis j = cell - k + r equals M_k(frac + k - r): a degree-k polynomial in frac, Horner's rule
+    table = torch.tensor(_piece_coefficients(k), device=x.device, dtype=x.dtype)  # [k+1 powers, k+1 pieces]
+    if derivative:  # d/dx = (1/h) d/dfrac: shift the table one power down, times p / h
+        table = table[1:] * torch.arange(1, k + 1, device=x.device, dtype=x.dtype).unsqueeze(-1) / h
+    values = table[-1].expand(*frac.shape[:-1], k + 1)
+    for p in range(table.shape[0] - 2, -1, -1):
+        values = torch.addcmul(table[p], values, frac)  # [..., D, k+1]
+    lowest, highest = torch.aminmax(cell)
+    if lowest >= k and highest <= m - 1:  # every x inside [lo, hi): all k+1 slots are in range (the usual case)
+        return values, cell.long().unsqueeze(-1) + torch.arange(-k, 1, device=x.device)  # [..., D, k+1]
+    # slot j = cell - k + r; cells below 0 or above G+2k-1 have no slot inside [0, G+k): clamp the cell and
+    # read (slot, in-range) from a small [G+2k+2, k+1] table
+    row = cell.clamp_(-1, m + k).add_(1).long().flatten()  # [B'] rows of the table
+    slots, inside = _slot_tables(grid_size, k, x.device, x.dtype)
+    shape = (*frac.shape[:-1], k + 1)
+    return values * inside.index_select(0, row).view(shape), slots.index_select(0, row).view(shape)
+
+
+def _slot_tables(grid_size: int, k: int, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row c + 1 (c = -1..G+2k) gives the k+1 slots of cell c (clamped) and whether each is in range."""
+    m = grid_size + k
+    j = torch.arange(-1, m + k + 1, device=device).unsqueeze(-1) - k + torch.arange(k + 1, device=device)
+    return j.clamp(0, m - 1), ((j >= 0) & (j < m)).to(dtype)
+
+
+class _BSplineBasis(torch.autograd.Function):
+    """B-spline basis whose backward recomputes the local derivative from x.
+
+    Autograd of the closed form would keep the int64 slot index, the powers and
+    the pieces of every input; this keeps only x [..., D] (the caller's matmul
+    keeps the basis itself). First derivatives only.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, grid_size: int, k: int, lo: float, hi: float) -> torch.Tensor:
+        values, index = _bspline_pieces(x, grid_size, k, lo, hi)
+        ctx.save_for_backward(x)
+        ctx.args = (grid_size, k, lo, hi)
+        out = torch.zeros(*x.shape, grid_size + k, device=x.device, dtype=x.dtype)  # [..., D, G+k]
+        return out.scatter_add_(-1, index, values)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        (x,) = ctx.saved_tensors
+        dvalues, index = _bspline_pieces(x, *ctx.args, derivative=True)
+        grad_x = (grad.gather(-1, index) * dvalues).sum(-1)  # [..., D, k+1] -> [..., D]
+        return grad_x, None, None, None, None
+
+
 def bspline_basis(x: torch.Tensor, grid_size: int, spline_order: int, grid_range: tuple[float, float]) -> torch.Tensor:
     """B-spline basis on a uniform grid extended by k knots on each side.
 
     Knots t_j = lo + (j - k) h, j = 0..G+2k, h = (hi - lo) / G; basis j is
     M_k((x - t_j) / h), j = 0..G+k-1. The basis is a partition of unity on
     [lo, hi]; outside [t_0, t_{G+2k}] every value is 0 (the same as Cox-de Boor
-    on the extended knot vector, as in pykan and efficient-kan).
+    on the extended knot vector, as in pykan and efficient-kan). Only the k+1
+    non-zero values per input are computed (a degree-k polynomial of the position
+    inside its grid cell) and scattered into place.
 
     Args:
         x: inputs [..., D].
@@ -112,23 +179,7 @@ def bspline_basis(x: torch.Tensor, grid_size: int, spline_order: int, grid_range
     Returns:
         Basis [..., D, G+k].
     """
-    lo, hi = grid_range
-    k, m = spline_order, grid_size + spline_order
-    h = (hi - lo) / grid_size
-    u = (x - lo) / h + k  # position in knot units from t_0, [..., D]
-    cell = torch.floor(u).detach()  # x in [t_cell, t_cell+1)
-    frac = u - cell  # [..., D], in [0, 1)
-    # basis j = cell - k + r equals M_k(frac + k - r): a degree-k polynomial in frac
-    powers = torch.stack([frac**p for p in range(k + 1)], dim=-1)  # [..., D] -> [..., D, k+1]
-    coef = torch.tensor(_piece_coefficients(k), device=x.device, dtype=x.dtype)  # [k+1 powers, k+1 pieces]
-    pieces = powers @ coef  # [..., D, k+1]
-    r = torch.arange(k + 1, device=x.device)
-    index = cell.long().unsqueeze(-1) - k + r  # [..., D, k+1]
-    valid = (index >= 0) & (index < m)
-    pieces = torch.where(valid, pieces, torch.zeros_like(pieces))
-    index = index.clamp(0, m - 1)
-    out = torch.zeros(*x.shape, m, device=x.device, dtype=x.dtype)  # [..., D, G+k]
-    return out.scatter_add(-1, index, pieces)
+    return _BSplineBasis.apply(x, grid_size, spline_order, float(grid_range[0]), float(grid_range[1]))
 
 
 @functools.lru_cache(maxsize=None)
@@ -150,6 +201,83 @@ def _piece_coefficients(k: int) -> tuple[tuple[float, ...], ...]:
     return tuple(tuple(row) for row in table)
 
 
+def _smooth(name: str, x: torch.Tensor, grid_size: int, lo: float, hi: float) -> torch.Tensor:
+    """Values of the rbf, wavelet, chebyshev or fourier basis: [..., D] -> [..., D, M]."""
+    if name in ("rbf", "wavelet"):
+        h = (hi - lo) / max(grid_size - 1, 1)
+        centres = torch.linspace(lo / h, hi / h, grid_size, device=x.device, dtype=x.dtype)
+        z2 = (x / h).unsqueeze(-1).sub(centres).square_()  # ((x - g_i) / h)^2, [..., D] -> [..., D, G]
+        if name == "rbf":
+            return z2.neg_().exp_()
+        return torch.exp(z2 * -0.5).mul_(z2.neg_().add_(1.0))  # (1 - z^2) exp(-z^2 / 2)
+    if name == "chebyshev":
+        theta = torch.acos(x.clamp(-CHEBYSHEV_CLAMP, CHEBYSHEV_CLAMP)).unsqueeze(-1)  # [..., D, 1]
+        n = torch.arange(grid_size + 1, device=x.device, dtype=x.dtype)
+        return torch.cos_(theta * n)  # [..., D, degree+1]
+    m = torch.arange(1, grid_size + 1, device=x.device, dtype=x.dtype)
+    out = torch.empty(*x.shape, 2 * grid_size, device=x.device, dtype=x.dtype)  # [..., D, 2G]
+    mx = torch.mul(x.unsqueeze(-1), m, out=out[..., grid_size:])  # m x, written where sin(m x) will go
+    torch.cos(mx, out=out[..., :grid_size])
+    mx.sin_()
+    return out
+
+
+def _smooth_grad(
+    name: str, x: torch.Tensor, basis: torch.Tensor, grad: torch.Tensor, grid_size: int, lo: float, hi: float
+) -> torch.Tensor:
+    """sum_m grad_m * dB_m/dx, from x, the saved basis B and grad [..., D, M] -> [..., D].
+
+    rbf: dB/dx = -2 z / h * B; fourier: d cos(mx) = -m sin(mx), d sin(mx) = m cos(mx);
+    chebyshev: (1 - x^2) T_n' = n (T_{n-1} - x T_n) (T_0' = 0), zero outside the clamp;
+    wavelet (B can vanish, so recomputed): d/dx = z (z^2 - 3) exp(-z^2 / 2) / h.
+    """
+    if name == "rbf":
+        h = (hi - lo) / max(grid_size - 1, 1)
+        centres = torch.linspace(lo / h, hi / h, grid_size, device=x.device, dtype=x.dtype)
+        z = (x / h).unsqueeze(-1).sub(centres)  # [..., D, G]
+        return z.mul_(basis).mul_(grad).sum(-1).mul_(-2.0 / h)
+    if name == "wavelet":
+        h = (hi - lo) / max(grid_size - 1, 1)
+        centres = torch.linspace(lo / h, hi / h, grid_size, device=x.device, dtype=x.dtype)
+        z = (x / h).unsqueeze(-1).sub(centres)  # [..., D, G]
+        z2 = z * z
+        return (torch.exp(z2 * -0.5).mul_(z2.sub_(3.0)).mul_(z).mul_(grad)).sum(-1) / h
+    if name == "chebyshev":
+        n = torch.arange(1, grid_size + 1, device=x.device, dtype=x.dtype)
+        xc = x.clamp(-CHEBYSHEV_CLAMP, CHEBYSHEV_CLAMP).unsqueeze(-1)  # [..., D, 1]
+        d = torch.addcmul(basis[..., :-1], xc, basis[..., 1:], value=-1.0)  # T_{n-1} - x T_n, [..., D, degree]
+        inside = (x.abs() <= CHEBYSHEV_CLAMP).to(x.dtype)
+        return (d.mul_(grad[..., 1:]) @ n) * inside / (1 - xc.squeeze(-1) ** 2)
+    g = grid_size
+    m = torch.arange(1, g + 1, device=x.device, dtype=x.dtype)
+    prod = basis[..., :g] * grad[..., g:]  # cos(mx) * grad_sin
+    prod.addcmul_(basis[..., g:], grad[..., :g], value=-1.0)  # - sin(mx) * grad_cos
+    return prod @ m  # [..., D, G] @ [G] -> [..., D]
+
+
+class _SmoothBasis(torch.autograd.Function):
+    """rbf / wavelet / chebyshev / fourier basis with a closed-form backward.
+
+    Saves x and the output basis; the basis is the very tensor the caller's matmul
+    keeps for its own backward, so saving it costs no memory, and the derivative
+    comes from it in a few elementwise passes. First derivatives only.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, name: str, grid_size: int, lo: float, hi: float) -> torch.Tensor:
+        out = _smooth(name, x, grid_size, lo, hi)
+        ctx.save_for_backward(x, out)
+        ctx.args = (name, grid_size, lo, hi)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        x, basis = ctx.saved_tensors
+        name, grid_size, lo, hi = ctx.args
+        return _smooth_grad(name, x, basis, grad, grid_size, lo, hi), None, None, None, None
+
+
 def rbf_basis(x: torch.Tensor, grid_size: int, grid_range: tuple[float, float]) -> torch.Tensor:
     """Gaussian RBF basis exp(-((x - g_i) / h)^2), G centres spread over ``grid_range``.
 
@@ -158,10 +286,7 @@ def rbf_basis(x: torch.Tensor, grid_size: int, grid_range: tuple[float, float]) 
     Returns:
         Basis [..., D, G].
     """
-    lo, hi = grid_range
-    centres = torch.linspace(lo, hi, grid_size, device=x.device, dtype=x.dtype)
-    h = (hi - lo) / max(grid_size - 1, 1)
-    return torch.exp(-(((x.unsqueeze(-1) - centres) / h) ** 2))  # [..., D] -> [..., D, G]
+    return _SmoothBasis.apply(x, "rbf", grid_size, float(grid_range[0]), float(grid_range[1]))
 
 
 def wavelet_basis(x: torch.Tensor, grid_size: int, grid_range: tuple[float, float]) -> torch.Tensor:
@@ -170,11 +295,7 @@ def wavelet_basis(x: torch.Tensor, grid_size: int, grid_range: tuple[float, floa
     Returns:
         Basis [..., D, G].
     """
-    lo, hi = grid_range
-    centres = torch.linspace(lo, hi, grid_size, device=x.device, dtype=x.dtype)
-    h = (hi - lo) / max(grid_size - 1, 1)
-    z2 = ((x.unsqueeze(-1) - centres) / h) ** 2  # [..., D] -> [..., D, G]
-    return (1 - z2) * torch.exp(-0.5 * z2)
+    return _SmoothBasis.apply(x, "wavelet", grid_size, float(grid_range[0]), float(grid_range[1]))
 
 
 def chebyshev_basis(x: torch.Tensor, degree: int) -> torch.Tensor:
@@ -186,9 +307,7 @@ def chebyshev_basis(x: torch.Tensor, degree: int) -> torch.Tensor:
     Returns:
         Basis [..., D, degree+1].
     """
-    theta = torch.acos(x.clamp(-CHEBYSHEV_CLAMP, CHEBYSHEV_CLAMP))  # [..., D]
-    n = torch.arange(degree + 1, device=x.device, dtype=x.dtype)
-    return torch.cos(theta.unsqueeze(-1) * n)  # [..., D] -> [..., D, degree+1]
+    return _SmoothBasis.apply(x, "chebyshev", degree, -1.0, 1.0)
 
 
 def fourier_basis(x: torch.Tensor, grid_size: int) -> torch.Tensor:
@@ -197,9 +316,7 @@ def fourier_basis(x: torch.Tensor, grid_size: int) -> torch.Tensor:
     Returns:
         Basis [..., D, 2G].
     """
-    m = torch.arange(1, grid_size + 1, device=x.device, dtype=x.dtype)
-    mx = x.unsqueeze(-1) * m  # [..., D] -> [..., D, G]
-    return torch.cat([torch.cos(mx), torch.sin(mx)], dim=-1)  # -> [..., D, 2G]
+    return _SmoothBasis.apply(x, "fourier", grid_size, -1.0, 1.0)
 
 
 def make_basis(

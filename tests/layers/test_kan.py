@@ -179,3 +179,20 @@ def test_no_batch_by_in_by_out_tensor_is_saved() -> None:
         layer(x).sum().backward()
     assert max(sizes) < 64 * 32 * 48
     assert math.prod((64, 32, 4)) in sizes  # the basis [B, D_in, G+k] itself is what is kept
+
+
+@pytest.mark.parametrize("basis", BASES)
+def test_basis_gradcheck_including_outside_the_grid(basis: str) -> None:
+    """The recomputing backward of every basis against finite differences, in and out of the grid."""
+    x = torch.tensor([[-2.3, -0.93, -0.41, 0.07, 0.52, 0.9993, 1.7]], dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: make_basis(basis, t, 4, 3, (-1.0, 1.0)), (x,))
+
+
+def test_bspline_fast_path_inside_the_grid_matches_scipy() -> None:
+    """All inputs inside [lo, hi) take the path without range masks; same values as scipy."""
+    g, k, lo, hi = 6, 3, -1.0, 1.0
+    t = _knots(g, k, lo, hi)
+    x = np.linspace(lo, hi - 1e-9, 97)
+    ours = bspline_basis(torch.tensor(x)[:, None], g, k, (lo, hi))[:, 0].numpy()
+    ref = np.stack([np.nan_to_num(BSpline.basis_element(t[j : j + k + 2], extrapolate=False)(x)) for j in range(g + k)], -1)
+    np.testing.assert_allclose(ours, ref, atol=1e-12)
