@@ -6,9 +6,10 @@ matrix multiply, so no [B, D_in, D_out] tensor is ever built.
 
 * B-spline on a uniform grid (Liu et al., "KAN: Kolmogorov-Arnold Networks",
   https://arxiv.org/abs/2404.19756). On a uniform grid every basis function is a
-  shifted cardinal B-spline, so we evaluate the k+1 non-zero pieces directly from
-  the truncated-power closed form and scatter them into place; no Cox-de Boor
-  recursion over the whole [..., D, G+k] tensor.
+  shifted cardinal B-spline, so the k+1 non-zero values of each input are fixed
+  degree-k polynomials of its position inside its grid cell (coefficients expanded
+  once from the truncated-power closed form); we evaluate them by Horner's rule and
+  scatter them into place; no Cox-de Boor recursion over the [..., D, G+k] tensor.
 * RBF (Li, "Kolmogorov-Arnold Networks are Radial Basis Function Networks",
   https://arxiv.org/abs/2405.06721): exp(-((x - g_i) / h)^2).
 * Chebyshev (SS et al., "Chebyshev Polynomial-Based Kolmogorov-Arnold Networks",
@@ -18,6 +19,12 @@ matrix multiply, so no [B, D_in, D_out] tensor is ever built.
 * Wavelet (Bozorgasl & Chen, "Wav-KAN", https://arxiv.org/abs/2405.12832):
   Mexican-hat wavelets on a uniform grid of translations, one fixed width
   (the fixed width is our simplification (unverified)).
+
+Memory. Each basis is a ``torch.autograd.Function`` with a closed-form backward:
+the B-spline keeps only x and recomputes the local derivative; the smooth bases
+keep x and their output (which the caller's matmul keeps anyway) and derive from
+it. Autograd of the plain formulas would keep several [..., D, M] intermediates.
+These Functions give first derivatives only (no double backward).
 """
 from __future__ import annotations
 
