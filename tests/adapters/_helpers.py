@@ -56,6 +56,22 @@ class ToyConvNet(nn.Module):
         return self.classifier(x.mean((2, 3)))
 
 
+class SuiteNet(nn.Module):
+    """Two suite Blocks (``blocks.i.attn.qkv`` ... ``blocks.i.mlp.fc2``) + head: [B, N, 16] -> [B, 3]."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from foundation.layers.block import Block
+
+        self.blocks = nn.ModuleList([Block(16, num_heads=2, mlp_ratio=2.0) for _ in range(2)])
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for block in self.blocks:
+            x = block(x)
+        return self.head(x.mean(1))
+
+
 def tiny_vit() -> nn.Module:
     return timm.create_model("test_vit", pretrained=False, num_classes=3, img_size=32, patch_size=8)
 
@@ -67,6 +83,8 @@ def make_model(kind: str, seed: int = 0) -> tuple[nn.Module, torch.Tensor]:
         return ToyNet().eval(), torch.randn(4, 5, 8)
     if kind == "vit":
         return tiny_vit().eval(), torch.randn(2, 3, 32, 32)
+    if kind == "suite":
+        return SuiteNet().eval(), torch.randn(2, 5, 16)
     if kind == "conv":
         return ToyConvNet().eval(), torch.randn(2, 3, 12, 12)
     raise ValueError(kind)

@@ -17,8 +17,10 @@ CASES = [
     ("lora-toy", "toy", lora_method, dict(preset="custom", target_modules=("mlp.fc1", "mlp.fc2"), r=2)),
     ("lora-vit", "vit", lora_method, dict(preset="attention-mlp", r=4)),
     ("lora-conv", "conv", lora_method, dict(preset="pointwise", r=2)),
+    ("lora-suite", "suite", lora_method, dict(preset="attention-mlp", r=2)),
     ("dopamine-toy", "toy", dopamine_method, dict(target_modules=("mlp.fc1",), skip_modules=("mlp.fc2",))),
     ("dopamine-vit", "vit", dopamine_method, dict()),
+    ("dopamine-suite", "suite", dopamine_method, dict()),
 ]
 CONFIGS = {lora_method: LoraAdapterConfig, dopamine_method: DopamineConfig}
 IDS = [c[0] for c in CASES]
@@ -104,6 +106,7 @@ HALF = {
     "toy": ("mlp.fc1", "mlp.act"),
     "vit": ("mlp.fc1", "mlp.act"),
     "conv": ("conv_pw", "conv_dw"),
+    "suite": ("mlp.fc1", "attn.proj_drop"),
 }
 
 
