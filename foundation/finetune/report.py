@@ -1,0 +1,75 @@
+"""Downstream reports: a markdown results table, a confusion-matrix PNG, a predicted-vs-true PNG."""
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = ["markdown_table", "save_confusion_matrix", "save_pred_vs_true"]
+
+
+def markdown_table(rows: list[dict[str, Any]], floatfmt: str = ".4f") -> str:
+    """A markdown table of ``rows`` (columns in first-seen key order; floats formatted with ``floatfmt``)."""
+    cols: list[str] = []
+    for r in rows:
+        cols += [k for k in r if k not in cols]
+    fmt = lambda v: format(v, floatfmt) if isinstance(v, float) else ("" if v is None else str(v))  # noqa: E731
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(fmt(r.get(c)) for c in cols) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _save(fig: Any, path: str | Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
+    fig.tight_layout()
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def save_confusion_matrix(y_true: torch.Tensor | np.ndarray, y_pred: torch.Tensor | np.ndarray,
+                          labels: Sequence[str], path: str | Path, title: str = "") -> Path:
+    """Row-normalised confusion matrix (rows = true class) with counts in the cells, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    y, p = np.asarray(y_true).astype(int), np.asarray(y_pred).astype(int)
+    k = len(labels)
+    cm = np.zeros((k, k), dtype=int)
+    np.add.at(cm, (y, p), 1)
+    norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.6 * k, 0.8 + 0.6 * k))
+    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    for i in range(k):
+        for j in range(k):
+            ax.text(j, i, str(cm[i, j]), ha="center", va="center", color="white" if norm[i, j] > 0.5 else "black")
+    ax.set(xticks=range(k), yticks=range(k), xticklabels=labels, yticklabels=labels, xlabel="predicted",
+           ylabel="true", title=title or "confusion matrix")
+    return _save(fig, path)
+
+
+def save_pred_vs_true(y_true: torch.Tensor | np.ndarray, y_pred: torch.Tensor | np.ndarray, path: str | Path,
+                      title: str = "") -> Path:
+    """Scatter of predictions against targets with the identity line, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    y, p = np.asarray(y_true, dtype=float).ravel(), np.asarray(y_pred, dtype=float).ravel()
+    fig, ax = plt.subplots(figsize=(4, 4))
+    ax.scatter(y, p, s=10, alpha=0.7)
+    lo, hi = min(y.min(), p.min()), max(y.max(), p.max())
+    ax.plot([lo, hi], [lo, hi], "k--", lw=1)
+    ax.set(xlabel="true", ylabel="predicted", title=title or "predicted vs true")
+    return _save(fig, path)
