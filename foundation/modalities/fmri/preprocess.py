@@ -1,0 +1,164 @@
+"""Preprocessing of a 4D scan to the recipe's grid: resample voxels and TR, crop/pad, z-score in a brain mask.
+
+Steps (all pure functions of a :class:`~foundation.modalities.fmri.reader.Scan`):
+
+1. spatial resampling to ``voxel_size`` mm (trilinear, ``scipy.ndimage.zoom``);
+2. temporal resampling to ``tr`` seconds (linear interpolation between volumes);
+3. centre crop / zero pad to the spatial ``grid`` (X, Y, Z);
+4. a brain mask: ``"mni"`` (nilearn's MNI152 brain mask, shipped in the package,
+   resampled by nearest neighbour into the scan's world space), ``"compute"``
+   (mean image above ``compute_threshold`` x its 98th percentile) or a mask file;
+5. per-voxel z-score over time inside the mask; zero outside.
+
+Output layout is time first, [T, Z, Y, X] (the encoder's (time, z, y, x)).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from foundation.errors import DataError
+from foundation.modalities.fmri.reader import Scan
+
+__all__ = ["PreprocessSpec", "preprocess_scan", "resample_tr", "crop_or_pad", "zscore_in_mask", "brain_mask", "mni_mask_like"]
+
+
+@dataclass(frozen=True)
+class PreprocessSpec:
+    """What a scan is turned into.
+
+    Attributes:
+        grid: spatial grid (X, Y, Z) in voxels after crop/pad.
+        voxel_size: target isotropic voxel size in mm (0: keep the scan's).
+        tr: target repetition time in seconds (0: keep the scan's).
+        mask: "mni", "compute" or a path to a 3D mask NIfTI in the scans' world space.
+        compute_threshold: for mask="compute", fraction of the mean image's 98th percentile.
+    """
+
+    grid: tuple[int, int, int] = (24, 28, 24)
+    voxel_size: float = 8.0
+    tr: float = 2.0
+    mask: str = "mni"
+    compute_threshold: float = 0.3
+
+
+def _zoom(data: np.ndarray, factors: tuple[float, ...], order: int) -> np.ndarray:
+    from scipy import ndimage
+
+    return ndimage.zoom(data, factors, order=order, mode="nearest", grid_mode=True)
+
+
+def resample_tr(data: np.ndarray, tr: float, new_tr: float) -> np.ndarray:
+    """Linear interpolation of [..., T] sampled every ``tr`` s onto a ``new_tr`` s grid starting at 0.
+
+    Returns:
+        [..., T'] with T' = floor((T - 1) * tr / new_tr) + 1.
+    """
+    T = data.shape[-1]
+    n_new = int(np.floor((T - 1) * tr / new_tr + 1e-9)) + 1
+    pos = np.arange(n_new) * new_tr / tr  # fractional source index of each new sample
+    lo = np.minimum(np.floor(pos).astype(np.int64), T - 1)
+    hi = np.minimum(lo + 1, T - 1)
+    w = (pos - lo).astype(data.dtype)
+    return data[..., lo] * (1 - w) + data[..., hi] * w
+
+
+def crop_or_pad(data: np.ndarray, grid: tuple[int, ...]) -> np.ndarray:
+    """Centre-crop or zero-pad the leading ``len(grid)`` axes of ``data`` to ``grid``."""
+    out = data
+    for axis, size in enumerate(grid):
+        n = out.shape[axis]
+        if n > size:
+            start = (n - size) // 2
+            out = np.take(out, np.arange(start, start + size), axis=axis)
+        elif n < size:
+            before = (size - n) // 2
+            pad = [(0, 0)] * out.ndim
+            pad[axis] = (before, size - n - before)
+            out = np.pad(out, pad)
+    return out
+
+
+def zscore_in_mask(data: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Per-voxel z-score over time [X, Y, Z, T] inside ``mask`` [X, Y, Z]; zero outside (and for flat voxels)."""
+    mean = data.mean(axis=-1, keepdims=True)
+    std = data.std(axis=-1, keepdims=True)
+    z = np.where(std > 1e-6 * (np.abs(mean) + 1), (data - mean) / np.maximum(std, 1e-12), 0.0)
+    return (z * mask[..., None]).astype(np.float32)
+
+
+def mni_mask_like(affine: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
+    """nilearn's MNI152 brain mask resampled (nearest) onto a grid with ``affine`` and ``shape``: [X, Y, Z] bool."""
+    try:
+        from nilearn.datasets import load_mni152_brain_mask
+    except ImportError as err:
+        raise ImportError("mask='mni' needs nilearn (it ships the MNI152 mask): pip install nilearn") from err
+    from scipy import ndimage
+
+    mni = load_mni152_brain_mask(resolution=2)
+    # voxel of the target -> world -> voxel of the MNI mask
+    to_mni = np.linalg.inv(mni.affine) @ affine
+    out = ndimage.affine_transform(
+        np.asarray(mni.get_fdata(), dtype=np.float32), to_mni[:3, :3], offset=to_mni[:3, 3], output_shape=shape, order=0
+    )
+    return out > 0.5
+
+
+def brain_mask(kind: str, data: np.ndarray, affine: np.ndarray, threshold: float = 0.3, where: str = "") -> np.ndarray:
+    """A brain mask [X, Y, Z] bool for ``data`` [X, Y, Z, T] with ``affine``.
+
+    Raises:
+        DataError: an empty mask, a mask file of another grid, or an unknown kind.
+    """
+    shape = data.shape[:3]
+    if kind == "mni":
+        mask = mni_mask_like(affine, shape)
+    elif kind == "compute":
+        mean = np.abs(data).mean(axis=-1)
+        mask = mean > threshold * np.percentile(mean, 98)
+    else:
+        import nibabel
+
+        path = Path(kind)
+        if not path.exists():
+            raise DataError(f"{where}mask {kind!r} is neither 'mni', 'compute' nor an existing mask file")
+        img = nibabel.as_closest_canonical(nibabel.load(str(path)))
+        if img.shape[:3] != shape:
+            raise DataError(f"{where}mask {path} has shape {img.shape[:3]}, the scan {shape}; resample the mask to the scans")
+        mask = np.asarray(img.get_fdata()) > 0.5
+    if not mask.any():
+        raise DataError(
+            f"{where}brain mask {kind!r} covers no voxel of the scan; is the scan in MNI space? use mask='compute' otherwise"
+        )
+    return mask
+
+
+def preprocess_scan(scan: Scan, spec: PreprocessSpec) -> tuple[np.ndarray, np.ndarray]:
+    """Resample, mask, z-score and crop/pad one scan.
+
+    Args:
+        scan: a scan from :func:`~foundation.modalities.fmri.reader.read_scan`.
+        spec: the target grid, voxel size, TR and mask.
+
+    Returns:
+        (volume [T, Z, Y, X] float32 z-scored inside the mask, mask [Z, Y, X] bool).
+
+    Raises:
+        DataError: an empty brain mask.
+    """
+    data, affine = scan.data, scan.affine
+    if spec.voxel_size > 0:
+        factors = tuple(v / spec.voxel_size for v in scan.voxel_size)
+        if any(abs(f - 1) > 1e-3 for f in factors):
+            data = _zoom(data, factors + (1.0,), order=1)
+            affine = affine.copy()
+            affine[:3, :3] = affine[:3, :3] / np.asarray(factors)[None, :]
+    if spec.tr > 0 and abs(scan.tr - spec.tr) > 1e-6:
+        data = resample_tr(data, scan.tr, spec.tr)
+    mask = brain_mask(spec.mask, data, affine, spec.compute_threshold, where=f"{scan.path}: ")
+    vol = zscore_in_mask(data, mask)
+    vol, mask = crop_or_pad(vol, spec.grid), crop_or_pad(mask, spec.grid)
+    # [X, Y, Z, T] -> [T, Z, Y, X]
+    return np.ascontiguousarray(vol.transpose(3, 2, 1, 0)), np.ascontiguousarray(mask.transpose(2, 1, 0))

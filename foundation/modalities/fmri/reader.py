@@ -1,0 +1,176 @@
+"""Read 4D fMRI scans (NIfTI-1/2, plain folders or BIDS ``func/`` trees) with nibabel.
+
+SLIM-Brain (the suite's fMRI model; REFERENCE.md "SLIM-Brain (fMRI)") starts from
+4D BOLD volumes. This module turns one file into a :class:`Scan`: float32 data in
+the canonical RAS+ orientation (``nibabel.as_closest_canonical``), time last
+[X, Y, Z, T], voxel sizes in mm and the repetition time (TR) in seconds.
+
+TR rules (the nibabel pitfall: ``header.get_zooms()[3]`` with units from
+``header.get_xyzt_units()``; files exist whose TR reads 2000 with units "sec"):
+
+1. a BIDS sidecar JSON ``RepetitionTime`` (seconds by the BIDS spec) wins;
+2. else the header: units "msec" are divided by 1000, "usec" by 1e6; units "sec"
+   or "unknown" with a value above :data:`MS_THRESHOLD` are read as milliseconds
+   (the assumption is written to ``Scan.tr_note`` and to the cache report);
+3. the result must lie in [:data:`TR_MIN`, :data:`TR_MAX`] seconds, else DataError.
+
+Every problem a user can cause raises :class:`~foundation.errors.DataError`
+naming the file, what was found and the fix.
+"""
+from __future__ import annotations
+
+import gzip
+import json
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from foundation.errors import DataError
+
+__all__ = ["Scan", "read_scan", "find_scans", "bids_sidecar", "TR_MIN", "TR_MAX", "MS_THRESHOLD", "NIFTI_SUFFIXES"]
+
+TR_MIN = 0.1  # seconds; below: not a BOLD repetition time
+TR_MAX = 20.0  # seconds; above: not a BOLD repetition time (a units error)
+MS_THRESHOLD = 100.0  # a TR above this, labelled seconds, is read as milliseconds
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+
+
+def _nib():
+    try:
+        import nibabel
+    except ImportError as err:  # pragma: no cover - nibabel is a dependency of the fmri extra
+        raise ImportError("reading fMRI scans needs nibabel: pip install nibabel") from err
+    return nibabel
+
+
+@dataclass
+class Scan:
+    """One 4D scan in canonical (RAS+) orientation.
+
+    Attributes:
+        path: the source file.
+        data: float32 volume [X, Y, Z, T].
+        affine: voxel -> world (mm) affine [4, 4] of ``data``.
+        voxel_size: (x, y, z) in mm.
+        tr: repetition time in seconds.
+        tr_note: where the TR came from and any assumption made.
+    """
+
+    path: Path
+    data: np.ndarray
+    affine: np.ndarray
+    voxel_size: tuple[float, float, float]
+    tr: float
+    tr_note: str
+
+    @property
+    def n_times(self) -> int:
+        return int(self.data.shape[3])
+
+
+def bids_sidecar(path: Path) -> Path | None:
+    """The BIDS sidecar JSON next to ``path`` (``sub-01_task-x_bold.nii.gz`` -> ``sub-01_task-x_bold.json``)."""
+    name = path.name
+    for suffix in NIFTI_SUFFIXES[::-1]:
+        if name.endswith(suffix):
+            side = path.with_name(name[: -len(suffix)] + ".json")
+            return side if side.exists() else None
+    return None
+
+
+def _tr_from_header(path: Path, header) -> tuple[float, str]:
+    zooms = header.get_zooms()
+    if len(zooms) < 4:
+        raise DataError(f"{path}: the header has no 4th zoom (TR); give the TR in a BIDS sidecar JSON (RepetitionTime)")
+    raw = float(zooms[3])
+    _, t_unit = header.get_xyzt_units()
+    if t_unit == "msec":
+        return raw / 1000.0, f"header {raw} msec"
+    if t_unit == "usec":
+        return raw / 1e6, f"header {raw} usec"
+    if raw > MS_THRESHOLD:
+        return raw / 1000.0, f"header reads {raw} with units {t_unit!r}; assumed milliseconds -> {raw / 1000.0} s"
+    return raw, f"header {raw} {t_unit}" + ("" if t_unit == "sec" else " (assumed seconds)")
+
+
+def _read_tr(path: Path, header) -> tuple[float, str]:
+    side = bids_sidecar(path)
+    if side is not None:
+        try:
+            meta = json.loads(side.read_text())
+        except json.JSONDecodeError as err:
+            raise DataError(f"{side}: not valid JSON ({err}); fix or delete the sidecar") from err
+        if "RepetitionTime" in meta:
+            tr, note = float(meta["RepetitionTime"]), f"BIDS sidecar {side.name} RepetitionTime"
+        else:
+            tr, note = _tr_from_header(path, header)
+    else:
+        tr, note = _tr_from_header(path, header)
+    if not TR_MIN <= tr <= TR_MAX:
+        raise DataError(
+            f"{path}: repetition time {tr} s ({note}) is outside [{TR_MIN}, {TR_MAX}] s; fix pixdim[4] and "
+            "xyzt_units in the header or set RepetitionTime (seconds) in a BIDS sidecar JSON"
+        )
+    return tr, note
+
+
+def read_scan(path: str | Path) -> Scan:
+    """Read one 4D NIfTI file.
+
+    Args:
+        path: a ``.nii`` or ``.nii.gz`` file (NIfTI-1 or NIfTI-2).
+
+    Returns:
+        The scan in RAS+ orientation, data [X, Y, Z, T] float32.
+
+    Raises:
+        DataError: missing, unreadable or truncated file; not 4D; NaN/inf voxels;
+            a TR outside [TR_MIN, TR_MAX] seconds.
+    """
+    nib = _nib()
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: no such file")
+    try:
+        img = nib.load(str(path))
+    except Exception as err:  # nibabel raises ImageFileError, OSError, EOFError, ...
+        raise DataError(f"{path}: nibabel cannot read it ({type(err).__name__}: {err}); is it a NIfTI file?") from err
+    if img.ndim != 4:
+        raise DataError(
+            f"{path}: expected a 4D (x, y, z, time) scan, received {img.ndim}D shape {tuple(img.shape)}; "
+            "pass BOLD time series, not anatomical or single volumes"
+        )
+    try:
+        img = nib.as_closest_canonical(img)
+        data = np.asarray(img.get_fdata(dtype=np.float32))
+    except (EOFError, OSError, zlib.error, gzip.BadGzipFile, ValueError) as err:
+        raise DataError(f"{path}: the file is truncated or corrupt ({type(err).__name__}: {err}); re-copy or re-export it") from err
+    bad = ~np.isfinite(data)
+    if bad.any():
+        t_bad = sorted(set(np.nonzero(bad)[3].tolist()))
+        raise DataError(
+            f"{path}: {int(bad.sum())} NaN/inf voxel values (in volumes {t_bad[:10]}{'...' if len(t_bad) > 10 else ''}); "
+            "fix the preprocessing that produced them or drop those volumes"
+        )
+    tr, note = _read_tr(path, img.header)
+    zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
+    return Scan(path=path, data=data, affine=np.asarray(img.affine, dtype=np.float64), voxel_size=zooms, tr=tr, tr_note=note)
+
+
+def find_scans(root: str | Path) -> list[Path]:
+    """NIfTI files under ``root``: BIDS ``func/*_bold.nii[.gz]`` when it is a BIDS tree, else every NIfTI file.
+
+    Raises:
+        DataError: ``root`` does not exist or holds no NIfTI file.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"{root}: not a folder; point data.source at a folder of 4D NIfTI files or a BIDS tree")
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.name.endswith(NIFTI_SUFFIXES))
+    if (root / "dataset_description.json").exists():
+        files = [p for p in files if p.parent.name == "func" and "_bold." in p.name]
+    if not files:
+        raise DataError(f"{root}: no .nii / .nii.gz files found (BIDS: sub-*/func/*_bold.nii.gz)")
+    return files
