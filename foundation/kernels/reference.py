@@ -12,9 +12,13 @@ Layout: packed tokens of all sequences one after another, ``q, k, v`` of shape
 each of the S sequences and ``cu_seqlens[-1] == T``. Attention is non-causal and
 never crosses a sequence boundary.
 
-Every segment is computed with fp32 accumulation (inputs are upcast to fp32,
-outputs cast back to the input dtype), the same numerics as the kernels. The
-log-sum-exp of each row (natural log, fp32, [H, T]) is returned for the backward.
+Every segment is computed with fp32 accumulation (fp64 for fp64 inputs) and
+outputs cast back to the input dtype, the numerics of the kernels. On CPU each
+segment goes through ATen's CPU flash-attention kernels
+(``aten::_scaled_dot_product_flash_attention_for_cpu`` and its backward, which
+return and take the same log-sum-exp); elsewhere through explicit matmuls and
+``logsumexp``. The log-sum-exp of each row (natural log, fp32, [H, T]) is
+returned for the backward.
 """
 from __future__ import annotations
 
@@ -28,13 +32,21 @@ def _segments(cu_seqlens: torch.Tensor) -> list[tuple[int, int]]:
     return [(s, e) for s, e in zip(bounds[:-1], bounds[1:]) if e > s]
 
 
+_CPU_FLASH = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+_CPU_FLASH_BWD = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
+
+
+def _bhnd(t: torch.Tensor) -> torch.Tensor:
+    return t.transpose(0, 1).unsqueeze(0)  # [n, H, Dh] -> [1, H, n, Dh]
+
+
 def _acc_dtype(q: torch.Tensor) -> torch.dtype:
     """fp32 accumulation (fp64 for fp64 inputs, used by tests as the exact answer)."""
     return torch.float64 if q.dtype == torch.float64 else torch.float32
 
 
 def reference_varlen_fwd(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor, scale: float
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor, scale: float, aten_cpu: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Forward of packed attention.
 
@@ -44,6 +56,8 @@ def reference_varlen_fwd(
         v: values [T, H, Dh].
         cu_seqlens: sequence starts [S + 1], int32, ``cu_seqlens[-1] == T``.
         scale: factor applied to q.k (usually Dh ** -0.5).
+        aten_cpu: for CPU tensors use ATen's CPU flash kernel (False: explicit
+            matmuls, the path of other devices).
 
     Returns:
         ``(out [T, H, Dh] in q.dtype, lse [H, T] fp32, fp64 for fp64 inputs)``: the attention output and the
@@ -53,6 +67,13 @@ def reference_varlen_fwd(
     acc = _acc_dtype(q)
     out = torch.empty_like(q)
     lse = torch.empty(H, T, dtype=acc, device=q.device)
+    if q.device.type == "cpu" and aten_cpu:
+        for s, e in _segments(cu_seqlens):
+            qs, ks, vs = (_bhnd(t[s:e]) for t in (q, k, v))  # [n, H, Dh] -> [1, H, n, Dh]
+            o, seg_lse = _CPU_FLASH(qs, ks, vs, 0.0, False, scale=scale)
+            out[s:e] = o[0].transpose(0, 1)  # [1, H, n, Dh] -> [n, H, Dh]
+            lse[:, s:e] = seg_lse[0]
+        return out, lse
     for s, e in _segments(cu_seqlens):
         qs = q[s:e].to(acc).transpose(0, 1)  # [n, H, Dh] -> [H, n, Dh]
         ks = k[s:e].to(acc).transpose(0, 1)
@@ -74,6 +95,7 @@ def reference_varlen_bwd(
     lse: torch.Tensor,
     cu_seqlens: torch.Tensor,
     scale: float,
+    aten_cpu: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Backward of packed attention from the saved log-sum-exp.
 
@@ -87,6 +109,7 @@ def reference_varlen_bwd(
         lse: the forward log-sum-exp [H, T] fp32.
         cu_seqlens: sequence starts [S + 1].
         scale: the forward scale.
+        aten_cpu: for CPU tensors use ATen's CPU flash backward (False: explicit matmuls).
 
     Returns:
         ``(dq, dk, dv)``, each [T, H, Dh] in the dtype of q.
@@ -95,6 +118,14 @@ def reference_varlen_bwd(
     dq = torch.zeros_like(q)
     dk = torch.zeros_like(k)
     dv = torch.zeros_like(v)
+    if q.device.type == "cpu" and aten_cpu:
+        for s, e in _segments(cu_seqlens):
+            qs, ks, vs, os_, dos = (_bhnd(t[s:e]) for t in (q, k, v, out, grad_out))  # [n, H, Dh] -> [1, H, n, Dh]
+            seg_lse = lse[:, s:e].unsqueeze(0).contiguous()  # [H, n] -> [1, H, n]
+            grads = _CPU_FLASH_BWD(dos, qs, ks, vs, os_, seg_lse, 0.0, False, scale=scale)
+            for buf, g in zip((dq, dk, dv), grads):
+                buf[s:e] = g[0].transpose(0, 1)  # [1, H, n, Dh] -> [n, H, Dh]
+        return dq, dk, dv
     delta = (grad_out.to(acc) * out.to(acc)).sum(-1).transpose(0, 1)  # [T, H] -> [H, T]
     for s, e in _segments(cu_seqlens):
         qs = q[s:e].to(acc).transpose(0, 1)  # [n, H, Dh] -> [H, n, Dh]

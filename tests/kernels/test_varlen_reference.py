@@ -79,3 +79,17 @@ def test_pack_then_attend_equals_attention_on_each_sample():
         xs = x[b, idx].transpose(0, 1)  # [K_b, H, Dh] -> [H, K_b, Dh]
         expected = F.scaled_dot_product_attention(xs, xs, xs).transpose(0, 1)
         torch.testing.assert_close(out[cu[b] : cu[b + 1]], expected)
+
+
+def test_explicit_matmul_path_equals_aten_cpu_path():
+    from foundation.kernels.reference import reference_varlen_bwd, reference_varlen_fwd
+
+    q, k, v, do, cu = packed_case([4, 1, 11], 2, 8, torch.float64, seed=7)
+    out_a, lse_a = reference_varlen_fwd(q, k, v, cu, 0.4)
+    out_m, lse_m = reference_varlen_fwd(q, k, v, cu, 0.4, aten_cpu=False)
+    torch.testing.assert_close(out_m, out_a)
+    torch.testing.assert_close(lse_m, lse_a)
+    grads_a = reference_varlen_bwd(do, q, k, v, out_a, lse_a, cu, 0.4)
+    grads_m = reference_varlen_bwd(do, q, k, v, out_a, lse_a, cu, 0.4, aten_cpu=False)
+    for a, m in zip(grads_a, grads_m):
+        torch.testing.assert_close(m, a)

@@ -1,0 +1,265 @@
+"""Packed (varlen) attention over visible tokens vs padded attention, at 70% masking.
+
+Commands:
+    .venv/bin/python benchmarks/bench_attention.py                  # CPU: reference backend vs padded SDPA (~3 min)
+    .venv/bin/python benchmarks/bench_attention.py --device cuda    # GPU: Triton vs padded SDPA / FlexAttention /
+                                                                    # flash_attn_varlen_func (if installed)
+    .venv/bin/python benchmarks/bench_attention.py --device cuda --check   # GPU correctness (Triton vs fp64)
+
+Workload: B samples of N tokens (196 = 14x14 ViT patches, 1568 = 8x14x14 video
+patches), each keeping a random 20-40% of its tokens (mean 30%, i.e. 70%
+masking), H = 12 heads of Dh = 64. "packed" attends inside each sample's visible
+tokens (``foundation.kernels.varlen_attention``); "padded SDPA" gets the same
+tokens already padded to the largest visible count, [B, H, Kmax, Dh] (as an
+encoder without packing would carry them, so padding is not timed), and a
+boolean key-padding mask for ``torch.nn.functional.scaled_dot_product_attention``.
+
+Time: on CPU the best of R runs (the machine is shared, so the minimum is the
+least disturbed measurement), alternating implementations in one process, one
+intra-op thread by default (--threads); on CUDA the median of R runs. Peak memory on CPU: torch.profiler with ``profile_memory=True``, the
+running sum of every event's own allocations minus frees in time order, i.e.
+the peak of tensor memory allocated during the call above what existed before
+it, at op granularity (``ru_maxrss`` is useless here: importing torch already
+sets a higher high-water mark). On CUDA: ``torch.cuda.max_memory_allocated``
+after ``reset_peak_memory_stats``.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from foundation.kernels import seqlens_to_cu, unpack, varlen_attention  # noqa: E402
+
+HEADS, HEAD_DIM = 12, 64
+
+
+def make_inputs(batch: int, tokens: int, device: str, dtype: torch.dtype, seed: int = 0):
+    """Packed q, k, v [T, H, Dh] of the visible tokens, cu_seqlens, max_seqlen and the key-padding mask [B, Kmax].
+
+    Each sample keeps round(N * U(0.2, 0.4)) tokens; which ones does not matter to attention, so
+    the visible tokens are drawn directly in packed form (no padded [B, N, ...] temporary).
+    """
+    gen = torch.Generator().manual_seed(seed)
+    counts = (tokens * (0.2 + 0.2 * torch.rand(batch, generator=gen))).round().long().clamp_min(1)
+    cu = seqlens_to_cu(counts).to(device)
+    total, longest = int(counts.sum()), int(counts.max())
+    q, k, v = (torch.randn(total, HEADS, HEAD_DIM, generator=gen).to(device=device, dtype=dtype) for _ in range(3))
+    mask = (torch.arange(longest)[None, :] < counts[:, None]).to(device)  # True = real token
+    return q, k, v, cu, longest, mask
+
+
+def packed_fn(backend: str):
+    def run(q, k, v, cu, longest, mask):
+        return varlen_attention(q, k, v, cu, longest, backend=backend)
+
+    return run
+
+
+def padded(inputs):
+    """The same tokens as a padded batch [B, H, Kmax, Dh], as an encoder without packing would carry them."""
+    q, k, v, cu, longest, mask = inputs
+    qp, kp, vp = (unpack(t, cu, longest)[0].transpose(1, 2).contiguous() for t in (q, k, v))  # -> [B, H, Kmax, Dh]
+    return qp, kp, vp, cu, longest, mask
+
+
+def padded_sdpa(qp, kp, vp, cu, longest, mask):
+    """SDPA over the padded batch with the boolean key-padding mask (True = real token)."""
+    return F.scaled_dot_product_attention(qp, kp, vp, attn_mask=mask[:, None, None, :])
+
+
+def padded_sdpa_flash_nomask(qp, kp, vp, cu, longest, mask):
+    """Speed bound: flash SDPA over the padded batch with no mask (padded keys are attended; not a correct result)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+        return F.scaled_dot_product_attention(qp, kp, vp)
+
+
+def flex_document(q, k, v, cu, longest, mask):
+    """FlexAttention over the packed buffer with a document mask; the block-mask build is included."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    T = q.shape[0]
+    doc = torch.repeat_interleave(torch.arange(cu.numel() - 1, device=q.device), (cu[1:] - cu[:-1]).long(), output_size=T)
+
+    def same_doc(b, h, qi, ki):
+        return doc[qi] == doc[ki]
+
+    block_mask = create_block_mask(same_doc, None, None, T, T, device=q.device)
+    qf, kf, vf = (t.transpose(0, 1)[None] for t in (q, k, v))  # [T, H, Dh] -> [1, H, T, Dh]
+    return _compiled_flex()(qf, kf, vf, block_mask=block_mask)[0].transpose(0, 1)
+
+
+_FLEX = []
+
+
+def _compiled_flex():
+    if not _FLEX:
+        from torch.nn.attention.flex_attention import flex_attention
+
+        _FLEX.append(torch.compile(flex_attention, dynamic=False))
+    return _FLEX[0]
+
+
+def flash_attn_varlen(q, k, v, cu, longest, mask):
+    from flash_attn import flash_attn_varlen_func
+
+    return flash_attn_varlen_func(q, k, v, cu, cu, longest, longest)
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(fn, inputs, backward: bool, device: str, repeats: int) -> list[float]:
+    q, k, v, *rest = inputs
+    times = []
+    for _ in range(repeats):
+        leaves = [t.detach().requires_grad_(backward) for t in (q, k, v)]
+        _sync(device)
+        start = time.perf_counter()
+        out = fn(*leaves, *rest)
+        if backward:
+            out.backward(torch.ones_like(out))
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def attention_flops(cu: torch.Tensor, backward: bool) -> float:
+    lens = (cu[1:] - cu[:-1]).double()
+    fwd = 4 * float((lens**2).sum()) * HEADS * HEAD_DIM
+    return fwd * (3.5 if backward else 1.0)  # backward = 2.5 x forward (FlashAttention convention)
+
+
+def profiler_peak(fn) -> int:
+    """Peak bytes allocated above the starting point while fn() runs, from torch.profiler memory events.
+
+    Every profiler event carries the bytes its own code allocated minus freed
+    (``self_cpu_memory_usage``; frees outside any op come as "[memory]" events); their
+    running sum in start-time order is the live allocation timeline at op granularity.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    running = peak = 0
+    for event in sorted(prof.events(), key=lambda e: e.time_range.start):
+        running += event.self_cpu_memory_usage
+        peak = max(peak, running)
+    return peak
+
+
+CPU_IMPLS = {"packed (reference)": (packed_fn("reference"), False), "padded SDPA + mask": (padded_sdpa, True)}
+
+
+def run_cpu(repeats: int) -> None:
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, fp32, H={HEADS}, Dh={HEAD_DIM}, 70% masking")
+    print("| N | B | pass | packed ms | padded SDPA ms | speed-up (padded/packed) | packed peak MiB | padded peak MiB "
+          "| memory ratio (packed/padded) |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for tokens, batch in ((196, 32), (1568, 8)):
+        packed_inputs = make_inputs(batch, tokens, "cpu", torch.float32)
+        padded_inputs = padded(packed_inputs)
+        for backward in (False, True):
+            ms = {name: [] for name in CPU_IMPLS}
+            for name, (fn, pad) in CPU_IMPLS.items():
+                timed(fn, padded_inputs if pad else packed_inputs, backward, "cpu", 1)  # warm-up
+            for _ in range(repeats):  # alternate so that load from other jobs hits both alike
+                for name, (fn, pad) in CPU_IMPLS.items():
+                    ms[name] += timed(fn, padded_inputs if pad else packed_inputs, backward, "cpu", 1)
+            t_packed, t_padded = (min(ms[n]) * 1e3 for n in CPU_IMPLS)
+            m_packed, m_padded = (
+                profiler_peak(lambda fn=fn, pad=pad: timed(fn, padded_inputs if pad else packed_inputs, backward, "cpu", 1))
+                / 2**20
+                for fn, pad in CPU_IMPLS.values()
+            )
+            label = "fwd+bwd" if backward else "fwd"
+            print(f"| {tokens} | {batch} | {label} | {t_packed:.1f} | {t_padded:.1f} | {t_padded / t_packed:.2f}x "
+                  f"| {m_packed:.1f} | {m_padded:.1f} | {m_packed / max(m_padded, 1e-9):.2f} |")
+
+
+def run_cuda(repeats: int) -> None:
+    impls = {"triton varlen": (packed_fn("triton"), False), "padded SDPA + mask": (padded_sdpa, True),
+             "padded SDPA flash (no mask)": (padded_sdpa_flash_nomask, True),
+             "FlexAttention doc mask (+build)": (flex_document, False)}
+    try:
+        import flash_attn  # noqa: F401
+
+        impls["flash_attn_varlen_func"] = (flash_attn_varlen, False)
+    except ImportError:
+        print("flash_attn not installed: no flash_attn_varlen_func column")
+    print(f"torch {torch.__version__}, {torch.cuda.get_device_name()}, bf16, H={HEADS}, Dh={HEAD_DIM}, 70% masking")
+    print("| N | B | pass | implementation | ms | TFLOP/s | peak MiB | time vs triton |")
+    print("|---|---|---|---|---|---|---|---|")
+    for tokens, batch in ((196, 256), (1568, 32)):
+        inputs = make_inputs(batch, tokens, "cuda", torch.bfloat16)
+        padded_inputs = padded(inputs)
+        for backward in (False, True):
+            rows = {}
+            for name, (fn, pad) in impls.items():
+                args = padded_inputs if pad else inputs
+                timed(fn, args, backward, "cuda", 3)  # warm-up / compile
+                torch.cuda.reset_peak_memory_stats()
+                base = torch.cuda.memory_allocated()
+                t = statistics.median(timed(fn, args, backward, "cuda", repeats))
+                rows[name] = (t, (torch.cuda.max_memory_allocated() - base) / 2**20)
+            ref = rows["triton varlen"][0]
+            for name, (t, mem) in rows.items():
+                tflops = attention_flops(inputs[3], backward) / t / 1e12
+                print(f"| {tokens} | {batch} | {'fwd+bwd' if backward else 'fwd'} | {name} | {t * 1e3:.3f} "
+                      f"| {tflops:.1f} | {mem:.0f} | {t / ref:.2f} |")
+
+
+def run_check() -> None:
+    """Triton on CUDA against fp64: error <= 2x plain torch error (+1e-6 for fp32), fwd and grads."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from tests.kernels._helpers import forward_backward, max_errors, packed_case, plain_attention
+
+    failures = 0
+    for lens, heads, dim, dtype in (([1, 50, 7, 300, 3], 4, 64, torch.bfloat16), ([1, 2, 9, 40] * 8, 2, 32, torch.float16),
+                                    ([129, 1, 700], 3, 128, torch.float32), ([5] * 60, 4, 64, torch.bfloat16)):
+        q, k, v, do, cu = (t.cuda() for t in packed_case(lens, heads, dim, dtype, seed=len(lens)))
+        scale = dim**-0.5
+        exact = forward_backward(lambda a, b, c: plain_attention(a, b, c, cu, scale), q.double(), k.double(), v.double(), do)
+        plain = forward_backward(lambda a, b, c: plain_attention(a, b, c, cu, scale), q, k, v, do)
+        for mode in ("sequence", "packed"):
+            got = forward_backward(lambda a, b, c: varlen_attention(a, b, c, cu, max(lens), backend="triton", mode=mode),
+                                   q, k, v, do)
+            errs, base = max_errors(got, exact), max_errors(plain, exact)
+            floor = 1e-6 if dtype == torch.float32 else 0.0
+            ok = all(e <= 2 * b + floor for e, b in zip(errs, base))
+            failures += not ok
+            print(f"{'ok  ' if ok else 'FAIL'} {dtype} Dh={dim} H={heads} S={len(lens)} {mode}: kernel "
+                  f"{[f'{e:.2e}' for e in errs]} vs plain {[f'{b:.2e}' for b in base]}")
+    if failures:
+        raise SystemExit(f"{failures} check(s) failed")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--threads", type=int, default=1, help="CPU intra-op threads")
+    parser.add_argument("--check", action="store_true", help="CUDA correctness check instead of timing")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.check:
+        run_check()
+    elif args.device == "cuda":
+        run_cuda(args.repeats)
+    else:
+        run_cpu(args.repeats)
+
+
+if __name__ == "__main__":
+    main()
