@@ -1,0 +1,270 @@
+"""The multi-task ultrasound dataset: challenge CSVs -> validated records -> cached resized arrays -> batches.
+
+``prepare(config)`` (rank 0, once) generates the demo corpus when asked and builds the
+cache: every image fitted to ``image_size x image_size`` (stretched or letterboxed) as
+uint8 in a ``.npy`` memmap, segmentation masks alongside, under ``cache_dir/<key>``
+(the key hashes the records, sizes and file times, so a changed corpus gets a new cache).
+
+One item of the dataset is one whole batch drawn by the task sampler (single-task or
+mixed), so the engine's micro-batch of k items concatenates k planned batches
+(``collate``). Batch layout (B images, S = image_size, P = most keypoints of any task):
+
+- ``image`` [B, 3, S, S] float in [0, 1]; ``task`` [B] index into the task table;
+- ``label`` [B] class (-1: not a classification sample);
+- ``mask`` [B, S, S] class per pixel (-1 everywhere: not a segmentation sample);
+- ``box`` [B, 4] (x_min, y_min, x_max, y_max) / S; ``box_state`` [B]: 1 object, 0 negative, -1 n/a;
+- ``points`` [B, P, 2] (x, y) / S; ``point_valid`` [B, P];
+- ``index`` [B] record index.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from foundation.errors import ConfigError, DataError
+from foundation.modalities.ultrasound.augment import Geometry, fit_geometry, jitter_intensity, random_geometry, warp
+from foundation.modalities.ultrasound.csv_reader import Record, read_csv_folder
+from foundation.modalities.ultrasound.images import read_image, read_mask
+from foundation.modalities.ultrasound.sampler import SAMPLING_MODES, BatchPlanner
+from foundation.modalities.ultrasound.tasks import TaskSpec, task_table
+
+__all__ = ["UltrasoundDataConfig", "UltrasoundDataset", "collate_batches", "split_records"]
+
+
+def _h(text: str) -> dict[str, str]:
+    return {"help": text}
+
+
+@dataclass
+class UltrasoundDataConfig:
+    """Where the CSVs are, which tasks and split, image geometry, sampling and augmentation."""
+
+    data_root: str = field(default="runs/cache/ultrasound-demo/csv_files", metadata=_h("folder of the challenge CSVs (paths in them are relative to it)"))
+    demo: bool = field(default=False, metadata=_h("generate the demo corpus at data_root's parent when data_root has no CSV"))
+    demo_images_per_task: int = field(default=24, metadata=_h("demo corpus: images per task"))
+    demo_seed: int = field(default=0, metadata=_h("demo corpus: seed"))
+    tasks: tuple[str, ...] = field(default=(), metadata=_h("task table (empty: all 27 built-in + extra tasks); must match the model's"))
+    extra_tasks: dict[str, Any] = field(default_factory=dict, metadata=_h("user tasks: id -> {type, num_classes, num_points, flip_safe}"))
+    train_tasks: tuple[str, ...] = field(default=(), metadata=_h("tasks to read and train on (empty: the whole table); e.g. one task for a single-task model"))
+    split: str = field(default="train", metadata=_h("train | val | all: patient-disjoint split of every task"))
+    val_fraction: float = field(default=0.25, metadata=_h("share of patients (groups) per task held out as val"))
+    split_seed: int = field(default=0, metadata=_h("seed of the patient split"))
+    image_size: int = field(default=256, metadata=_h("network input side S"))
+    keep_aspect: bool = field(default=False, metadata=_h("letterbox (keep the aspect ratio, pad) instead of stretching"))
+    batch_size: int = field(default=8, metadata=_h("images per planned batch (one dataset item)"))
+    sampling: str = field(default="uniform", metadata=_h("task sampling: uniform | proportional | temperature"))
+    temperature: float = field(default=2.0, metadata=_h("tau of temperature sampling (p ~ n^(1/tau))"))
+    mixed_tasks: bool = field(default=False, metadata=_h("draw a task per image (needed by GradNorm) instead of per batch"))
+    augment: bool = field(default=True, metadata=_h("random zoom/shift/flip and intensity jitter (split train only)"))
+    zoom: float = field(default=0.15, metadata=_h("maximum zoom-in minus one"))
+    shift: float = field(default=0.05, metadata=_h("maximum shift as a fraction of S"))
+    intensity: float = field(default=0.15, metadata=_h("brightness / contrast / gamma jitter strength"))
+    flip: bool = field(default=True, metadata=_h("horizontal flips for tasks whose spec is flip_safe"))
+    cache_dir: str = field(default="runs/cache/ultrasound-prep", metadata=_h("folder of the resized-array cache"))
+
+    def __post_init__(self) -> None:
+        if self.split not in ("train", "val", "all"):
+            raise ConfigError(f"data.split must be train, val or all, got {self.split!r}")
+        if self.sampling not in SAMPLING_MODES:
+            raise ConfigError(f"data.sampling must be one of {', '.join(SAMPLING_MODES)}, got {self.sampling!r}")
+        if not 0 < self.val_fraction < 1:
+            raise ConfigError(f"data.val_fraction must be in (0, 1), got {self.val_fraction}")
+        for name in ("image_size", "batch_size", "demo_images_per_task"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"data.{name} must be >= 1, got {getattr(self, name)}")
+        if self.image_size % 32:
+            raise ConfigError(f"data.image_size must be a multiple of 32 (the backbone's stride), got {self.image_size}")
+        if self.temperature <= 0 or self.zoom < 0 or self.shift < 0 or self.intensity < 0:
+            raise ConfigError("data.temperature must be > 0 and data.zoom, data.shift, data.intensity >= 0")
+        task_table(self.tasks, self.extra_tasks, "data")
+        if self.train_tasks:
+            task_table(self.train_tasks, self.extra_tasks, "data.train_tasks")
+
+
+def split_records(records: list[Record], val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Patient-disjoint train / val indices, split within each task (a task of one patient stays in train)."""
+    from foundation.finetune.splits import group_split
+
+    train, val = [], []
+    by_task: dict[str, list[int]] = {}
+    for i, r in enumerate(records):
+        by_task.setdefault(r.task_id, []).append(i)
+    for idx in by_task.values():
+        groups = [records[i].group for i in idx]
+        if len(set(groups)) < 2:
+            train.extend(idx)
+            continue
+        tr, te = group_split(groups, val_fraction, seed)
+        train.extend(idx[j] for j in tr)
+        val.extend(idx[j] for j in te)
+    return sorted(train), sorted(val)
+
+
+def collate_batches(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Concatenate planned batches along the batch axis."""
+    return {k: torch.cat([it[k] for it in items]) for k in items[0]}
+
+
+class UltrasoundDataset(torch.utils.data.Dataset):
+    """Multi-task ultrasound batches from challenge CSVs (see the module docstring for the layout)."""
+
+    config_class = UltrasoundDataConfig
+    collate = staticmethod(collate_batches)
+
+    def __init__(self, config: UltrasoundDataConfig) -> None:
+        self.config = config
+        self.table: dict[str, TaskSpec] = task_table(config.tasks, config.extra_tasks, "data")
+        self.task_ids = list(self.table)
+        self.max_points = max([s.num_points for s in self.table.values()] + [1])
+        self.records = self._read(config)
+        self.cache = self._cache(config, self.records, build=True)
+        by_task: dict[str, list[int]] = {}
+        for i, r in enumerate(self.records):
+            by_task.setdefault(r.task_id, []).append(i)
+        self.by_task = by_task
+        self.planner = BatchPlanner(by_task, config.batch_size, config.sampling, config.temperature,
+                                    config.mixed_tasks)
+
+    @classmethod
+    def prepare(cls, config: UltrasoundDataConfig) -> None:
+        """Generate the demo corpus (``demo: true`` and no CSV yet) and build the cache."""
+        root = Path(config.data_root)
+        if config.demo and not any(root.glob("*.csv")):
+            from foundation.modalities.ultrasound.demo_corpus import make_demo_corpus
+
+            make_demo_corpus(root.parent, task_table(config.tasks, config.extra_tasks, "data"),
+                             config.demo_images_per_task, config.demo_seed)
+        cls._cache(config, cls._read(config), build=True)
+
+    @staticmethod
+    def _read(config: UltrasoundDataConfig) -> list[Record]:
+        table = task_table(config.tasks, config.extra_tasks, "data")
+        keep = set(config.train_tasks or table)
+        root = Path(config.data_root)
+        if not root.is_dir() or not any(root.glob("*.csv")):
+            hint = " or set data.demo: true to generate the demo corpus" if not config.demo else ""
+            raise DataError(f"data.data_root {str(root)!r}: no CSV files there; point it at the challenge's "
+                            f"csv_files folder{hint}")
+        records = [r for r in read_csv_folder(root, table) if r.task_id in keep]
+        missing = sorted(keep - {r.task_id for r in records})
+        if missing:
+            raise DataError(f"data.data_root {str(root)!r}: no rows for task(s) {', '.join(missing)}; add their "
+                            "CSVs or leave them out of data.train_tasks / data.tasks")
+        if config.split == "all":
+            return records
+        train, val = split_records(records, config.val_fraction, config.split_seed)
+        return [records[i] for i in (train if config.split == "train" else val)]
+
+    @staticmethod
+    def _cache(config: UltrasoundDataConfig, records: list[Record], build: bool) -> dict[str, np.ndarray]:
+        key = hashlib.sha1()
+        key.update(f"{config.image_size}|{config.keep_aspect}".encode())
+        for r in records:
+            key.update(f"{r.image}|{r.image.stat().st_mtime_ns}|{r.mask}".encode())
+        folder = Path(config.cache_dir) / key.hexdigest()[:16]
+        if not (folder / "done").is_file():
+            tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            S, n = config.image_size, len(records)
+            images = np.lib.format.open_memmap(tmp / "images.npy", "w+", np.uint8, (n, S, S, 3))
+            masks = np.lib.format.open_memmap(tmp / "masks.npy", "w+", np.uint8, (n, S, S))
+            sizes = np.zeros((n, 2), np.int64)
+            table = task_table(config.tasks, config.extra_tasks, "data")
+            for i, r in enumerate(records):
+                img = read_image(r.image)
+                H, W = img.shape[:2]
+                g = fit_geometry(H, W, S, config.keep_aspect)
+                images[i] = (warp(torch.from_numpy(img).permute(2, 0, 1), g).permute(1, 2, 0)  # [3,S,S] -> [S,S,3]
+                             .clamp(0, 1).mul(255).round().to(torch.uint8).numpy())
+                if r.mask is not None:
+                    m = read_mask(r.mask, table[r.task_id].num_classes)
+                    if m.shape != (H, W):
+                        raise DataError(f"{r.source}: mask {r.mask_path!r} is {m.shape[1]}x{m.shape[0]} but the image "
+                                        f"is {W}x{H}; masks must match their image")
+                    masks[i] = warp(torch.from_numpy(m)[None].float(), g, mode="nearest")[0].to(torch.uint8).numpy()
+                sizes[i] = (H, W)
+            images.flush()
+            masks.flush()
+            np.save(tmp / "sizes.npy", sizes)
+            (tmp / "done").write_text(str(n))
+            if (folder / "done").is_file():  # another process finished first
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:
+                shutil.rmtree(folder, ignore_errors=True)
+                tmp.rename(folder)
+        return {name: np.load(folder / f"{name}.npy", mmap_mode="r") for name in ("images", "masks", "sizes")}
+
+    def __len__(self) -> int:
+        return len(self.planner)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        """One planned batch (drawn from torch's global RNG; ``i`` only counts batches)."""
+        return collate_batches([self.sample(j, train=self.config.split == "train") for j in self.planner.plan()])
+
+    def geometry(self, j: int) -> Geometry:
+        """The original -> network map of record ``j`` (without augmentation)."""
+        H, W = (int(v) for v in self.cache["sizes"][j])
+        return fit_geometry(H, W, self.config.image_size, self.config.keep_aspect)
+
+    def sample(self, j: int, train: bool = False) -> dict[str, torch.Tensor]:
+        """Record ``j`` as a batch of one (augmented when ``train`` and ``augment``)."""
+        c, r = self.config, self.records[j]
+        spec, S, P = self.table[r.task_id], c.image_size, self.max_points
+        base = self.geometry(j)
+        image = torch.from_numpy(np.array(self.cache["images"][j])).permute(2, 0, 1).float() / 255  # [S,S,3] -> [3,S,S]
+        pts = torch.tensor(r.points, dtype=torch.float32).reshape(-1, 2)
+        box = torch.tensor(r.box, dtype=torch.float32) if r.box is not None else None
+        inside = torch.cat([pts, box.view(2, 2)]) if box is not None else pts
+        H, W = base.height, base.width
+        if box is not None and (box[2] > W or box[3] > H):
+            raise DataError(f"{r.source}: box {r.box} reaches outside the {W}x{H} image")
+        if len(pts) and bool(((pts < 0) | (pts > torch.tensor([W, H]))).any()):
+            raise DataError(f"{r.source}: keypoints {r.points} fall outside the {W}x{H} image")
+        g = base
+        if train and c.augment:
+            identity = Geometry(1.0, 0.0, 1.0, 0.0, S, S, S)
+            aug = random_geometry(identity, flip=c.flip and spec.flip_safe, zoom=c.zoom, shift=c.shift,
+                                  keep_inside=base.to_net(inside) if len(inside) else None)
+            image = jitter_intensity(warp(image, aug), c.intensity)
+            g = base.then(aug.sx, aug.ox, aug.sy, aug.oy)
+        mask = torch.full((S, S), -1, dtype=torch.long)
+        if spec.type == "segmentation":
+            m = torch.from_numpy(np.array(self.cache["masks"][j])).long()
+            if train and c.augment:
+                m = warp(m[None].float(), aug, mode="nearest")[0].long()
+            mask = m
+        points = torch.zeros(P, 2)
+        valid = torch.zeros(P, dtype=torch.bool)
+        if len(pts):
+            points[: len(pts)] = g.to_net(pts) / S
+            valid[: len(pts)] = True
+        box_state, box_net = -1, torch.zeros(4)
+        if spec.type == "detection":
+            box_state = 0 if box is None else 1
+            if box is not None:
+                box_net = g.box_to_net(box) / S
+        return {
+            "image": image[None], "task": torch.tensor([self.task_ids.index(r.task_id)]),
+            "label": torch.tensor([r.label]), "mask": mask[None], "box": box_net[None],
+            "box_state": torch.tensor([box_state]), "points": points[None], "point_valid": valid[None],
+            "index": torch.tensor([j]),
+        }
+
+    def describe(self) -> str:
+        c = self.config
+        types: dict[str, int] = {}
+        for r in self.records:
+            types[self.table[r.task_id].type] = types.get(self.table[r.task_id].type, 0) + 1
+        parts = ", ".join(f"{n} {t}" for t, n in sorted(types.items()))
+        return (f"{len(self.records)} ultrasound images ({parts}) over {len(self.by_task)} tasks from "
+                f"{c.data_root} (split {c.split}), {c.image_size}x{c.image_size} "
+                f"{'letterboxed' if c.keep_aspect else 'stretched'}, {c.sampling} task sampling"
+                f"{', mixed-task batches' if c.mixed_tasks else ''}.")

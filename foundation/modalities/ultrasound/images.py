@@ -1,0 +1,137 @@
+"""Reading ultrasound images (grayscale or RGB PNG/JPEG, DICOM) and label masks.
+
+Images come back as float32 arrays ``[H, W, 3]`` in [0, 1] (grayscale repeated on
+the three channels, so ImageNet-style backbones see the layout they were built
+for); masks as int64 arrays ``[H, W]`` whose pixel value is the class index.
+DICOM goes through pydicom (imported lazily): one frame per file, photometric
+interpretation converted to RGB where needed (YBR, palette), MONOCHROME1 inverted.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from foundation.errors import DataError
+
+__all__ = ["read_image", "read_mask", "image_size", "DICOM_SUFFIXES"]
+
+DICOM_SUFFIXES = (".dcm", ".dicom")
+
+
+def _pydicom():
+    try:
+        import pydicom
+    except ImportError as err:  # pragma: no cover - depends on the environment
+        raise ImportError("reading DICOM needs pydicom: pip install pydicom") from err
+    return pydicom
+
+
+def _is_dicom(path: Path) -> bool:
+    return path.suffix.lower() in DICOM_SUFFIXES
+
+
+def _read_dicom(path: Path) -> np.ndarray:
+    pydicom = _pydicom()
+    from pydicom.pixels import apply_color_lut
+
+    try:
+        ds = pydicom.dcmread(str(path))
+        arr = ds.pixel_array
+    except Exception as err:
+        raise DataError(f"{path}: not a readable DICOM image ({err}); check the file") from err
+    frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
+    if frames > 1:
+        raise DataError(f"{path}: DICOM with {frames} frames; the challenge layout expects one image per file "
+                        "(export the frame you want to its own file)")
+    photometric = str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2"))
+    if photometric == "PALETTE COLOR":
+        arr = apply_color_lut(arr, ds)  # (YBR data arrive as RGB: pydicom converts by default)
+    arr = arr.astype(np.float32)
+    if arr.ndim == 2:
+        if photometric == "MONOCHROME1":
+            arr = arr.max() - arr
+        arr = arr[..., None]
+    bits = int(getattr(ds, "BitsStored", 8) or 8)
+    if photometric == "PALETTE COLOR":
+        bits = 16 if arr.max() > 255 else 8
+    return arr / float(2**bits - 1)
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Read an image as float32 ``[H, W, 3]`` in [0, 1].
+
+    Raises:
+        DataError: missing or unreadable file, or an unsupported channel count.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: image file not found; check image_path in the CSV (relative to the CSV folder)")
+    if _is_dicom(path):
+        arr = _read_dicom(path)
+    else:
+        from PIL import Image
+
+        try:
+            with Image.open(path) as im:
+                im.load()
+                if im.mode in ("I;16", "I;16B", "I"):
+                    arr = np.asarray(im, dtype=np.float32) / 65535.0
+                elif im.mode in ("L", "RGB"):
+                    arr = np.asarray(im, dtype=np.float32) / 255.0
+                elif im.mode in ("LA", "RGBA", "P"):
+                    arr = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
+                else:
+                    raise DataError(f"{path}: unsupported image mode {im.mode!r}; save it as grayscale or RGB")
+        except DataError:
+            raise
+        except Exception as err:
+            raise DataError(f"{path}: not a readable image ({err}); check the file") from err
+        if arr.ndim == 2:
+            arr = arr[..., None]
+    if arr.shape[-1] == 1:
+        arr = np.repeat(arr, 3, axis=-1)
+    if arr.shape[-1] != 3:
+        raise DataError(f"{path}: expected 1 or 3 channels, got {arr.shape[-1]}")
+    return np.ascontiguousarray(arr, dtype=np.float32)
+
+
+def read_mask(path: str | Path, num_classes: int) -> np.ndarray:
+    """Read a label mask (pixel value = class index) as int64 ``[H, W]``.
+
+    Raises:
+        DataError: missing/unreadable file, colour mask, or a value >= ``num_classes``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: mask file not found; check mask_path in the CSV (relative to the CSV folder)")
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            im.load()
+            if im.mode not in ("L", "P", "I", "I;16", "1"):
+                raise DataError(f"{path}: mask has mode {im.mode!r}; expected a single-channel PNG whose pixel "
+                                "value is the class index")
+            arr = np.asarray(im).astype(np.int64)
+    except DataError:
+        raise
+    except Exception as err:
+        raise DataError(f"{path}: not a readable mask ({err}); check the file") from err
+    top = int(arr.max()) if arr.size else 0
+    if top >= num_classes or int(arr.min()) < 0:
+        raise DataError(f"{path}: mask value {top} outside [0, {num_classes - 1}] for a task with {num_classes} "
+                        "classes (pixel value = class index, background 0)")
+    return arr
+
+
+def image_size(path: str | Path) -> tuple[int, int]:
+    """``(height, width)`` of an image without decoding its pixels (DICOM: Rows/Columns)."""
+    path = Path(path)
+    if _is_dicom(path):
+        ds = _pydicom().dcmread(str(path), stop_before_pixels=True)
+        return int(ds.Rows), int(ds.Columns)
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return im.height, im.width
