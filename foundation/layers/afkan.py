@@ -94,7 +94,9 @@ class AFKANLinear(nn.Module):
             raise ConfigError("AFKANLinear: functions must name at least one function, e.g. ('silu',)")
         for f in functions:
             if f not in AF_FUNCTIONS:
-                raise ConfigError(f"AFKANLinear: unknown function {f!r} in functions; {did_you_mean(str(f), AF_FUNCTIONS)}")
+                raise ConfigError(
+                    f"AFKANLinear: unknown function {f!r} in functions; {did_you_mean(str(f), AF_FUNCTIONS)}"
+                )
         if combination not in COMBINATIONS:
             raise ConfigError(
                 f"AFKANLinear: unknown combination {combination!r}; {did_you_mean(str(combination), COMBINATIONS)}"

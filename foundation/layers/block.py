@@ -78,7 +78,8 @@ class BlockConfig:
     def __post_init__(self) -> None:
         if self.attention not in ATTENTIONS:
             raise ConfigError(
-                f"BlockConfig.attention: unknown attention {self.attention!r}; {did_you_mean(str(self.attention), ATTENTIONS)}"
+                f"BlockConfig.attention: unknown attention {self.attention!r}; "
+                f"{did_you_mean(str(self.attention), ATTENTIONS)}"
             )
         if not 0.0 <= self.drop_path < 1.0:
             raise ConfigError(f"BlockConfig.drop_path must be in [0, 1), received {self.drop_path}")
@@ -134,10 +135,14 @@ class Block(nn.Module):
         if not 0.0 <= drop_path < 1.0:
             raise ConfigError(f"Block: drop_path must be in [0, 1), received {drop_path}")
         attn_cls = ATTENTIONS[attention]
-        accepted = set(inspect.signature(attn_cls).parameters) - {"dim", "num_heads", "qkv_bias", "attn_drop", "proj_drop"}
+        fixed = {"dim", "num_heads", "qkv_bias", "attn_drop", "proj_drop", "device", "dtype"}  # set by the block
+        accepted = set(inspect.signature(attn_cls).parameters) - fixed
         unknown = sorted(set(attn_kwargs or {}) - accepted)
         if unknown:
-            raise ConfigError(f"Block: attention {attention!r} does not take {unknown}; attn_kwargs may hold: {', '.join(sorted(accepted))}")
+            raise ConfigError(
+                f"Block: attention {attention!r} does not take {unknown}; "
+                f"attn_kwargs may hold: {', '.join(sorted(accepted))}"
+            )
         kw = {"device": device, "dtype": dtype}
         self.drop_path = drop_path
         self.norm1 = norm_layer(dim, **kw)
@@ -146,11 +151,14 @@ class Block(nn.Module):
         )
         self.norm2 = norm_layer(dim, **kw)
         self.mlp = make_mlp(
-            mlp, dim, round(dim * mlp_ratio), dim, activation, where="Block mlp", drop=proj_drop, **kw, **(mlp_kwargs or {})
+            mlp, dim, round(dim * mlp_ratio), dim, activation, where="Block mlp", drop=proj_drop,
+            **kw, **(mlp_kwargs or {}),
         )
 
     @classmethod
-    def from_config(cls, cfg: BlockConfig, device: torch.device | None = None, dtype: torch.dtype | None = None) -> "Block":
+    def from_config(
+        cls, cfg: BlockConfig, device: torch.device | None = None, dtype: torch.dtype | None = None
+    ) -> "Block":
         """Build a block from a :class:`BlockConfig`."""
         d = asdict(cfg)
         return cls(**d, device=device, dtype=dtype)

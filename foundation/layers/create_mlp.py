@@ -40,7 +40,9 @@ Range = tuple[float, float]
 def _mlp(in_features: int, hidden_features: int, out_features: int, activation: Act, *, bias: bool = True,
          drop: float = 0.0, norm_layer: type[nn.Module] | None = None, device: torch.device | None = None,
          dtype: torch.dtype | None = None) -> Mlp:
-    return Mlp(in_features, hidden_features, out_features, activation, norm_layer, bias, drop, device=device, dtype=dtype)
+    return Mlp(
+        in_features, hidden_features, out_features, activation, norm_layer, bias, drop, device=device, dtype=dtype
+    )
 
 
 def _noble(in_features: int, hidden_features: int, out_features: int, activation: Act, *, rank: int = 32,

@@ -50,6 +50,7 @@ __all__ = [
 
 BASES = ("bspline", "chebyshev", "fourier", "rbf", "wavelet")
 CHEBYSHEV_CLAMP = 1.0 - 1e-4
+_CHUNK = 1 << 22  # basis values per chunk of a backward pass
 
 
 def check_grid(grid_size: int, spline_order: int, grid_range: tuple[float, float], where: str) -> None:
@@ -162,9 +163,14 @@ class _BSplineBasis(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         (x,) = ctx.saved_tensors
-        dvalues, index = _bspline_pieces(x, *ctx.args, derivative=True)
-        grad_x = (grad.gather(-1, index) * dvalues).sum(-1)  # [..., D, k+1] -> [..., D]
-        return grad_x, None, None, None, None
+        d, m = grad.shape[-2:]
+        xs, gs = x.reshape(-1, d), grad.reshape(-1, d, m)  # [..., D(, M)] -> [B', D(, M)]
+        step = max(1, _CHUNK // (d * m))
+        parts = []
+        for i in range(0, xs.shape[0], step):  # row chunks keep the temporaries small
+            dvalues, index = _bspline_pieces(xs[i : i + step], *ctx.args, derivative=True)
+            parts.append((gs[i : i + step].gather(-1, index) * dvalues).sum(-1))  # [b, D, k+1] -> [b, D]
+        return torch.cat(parts).reshape(x.shape), None, None, None, None
 
 
 def bspline_basis(x: torch.Tensor, grid_size: int, spline_order: int, grid_range: tuple[float, float]) -> torch.Tensor:
@@ -282,7 +288,15 @@ class _SmoothBasis(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         x, basis = ctx.saved_tensors
         name, grid_size, lo, hi = ctx.args
-        return _smooth_grad(name, x, basis, grad, grid_size, lo, hi), None, None, None, None
+        # row chunks of about 4M basis values: the derivative's temporaries stay small next to the basis
+        d, m = basis.shape[-2:]
+        xs, bs, gs = x.reshape(-1, d), basis.reshape(-1, d, m), grad.reshape(-1, d, m)  # [..., D(, M)] -> [B', D(, M)]
+        step = max(1, _CHUNK // (d * m))
+        parts = [
+            _smooth_grad(name, xs[i : i + step], bs[i : i + step], gs[i : i + step], grid_size, lo, hi)
+            for i in range(0, xs.shape[0], step)
+        ]
+        return torch.cat(parts).reshape(x.shape), None, None, None, None
 
 
 def rbf_basis(x: torch.Tensor, grid_size: int, grid_range: tuple[float, float]) -> torch.Tensor:

@@ -172,7 +172,9 @@ class KArAt(nn.Module):
             padded, mask = unpack(x, cu_seqlens, max_seqlen)  # [K, D] -> [B, N, D], [B, N]
             return self._attend(padded, mask)[mask]  # [B, N, D] -> [K, D]
         if x.dim() != 3:
-            raise ConfigError(f"KArAt: x must be [B, N, D] (or packed [K, D] with cu_seqlens), received {list(x.shape)}")
+            raise ConfigError(
+                f"KArAt: x must be [B, N, D] (or packed [K, D] with cu_seqlens), received {list(x.shape)}"
+            )
         if key_padding_mask is not None and (
             key_padding_mask.dtype != torch.bool or tuple(key_padding_mask.shape) != tuple(x.shape[:2])
         ):
@@ -183,4 +185,7 @@ class KArAt(nn.Module):
         return self._attend(x, key_padding_mask)
 
     def extra_repr(self) -> str:
-        return f"dim={self.dim}, num_heads={self.num_heads}, max_tokens={self.max_tokens}, grid_size={self.grid_size}, rank={self.rank}"
+        return (
+            f"dim={self.dim}, num_heads={self.num_heads}, max_tokens={self.max_tokens}, "
+            f"grid_size={self.grid_size}, rank={self.rank}"
+        )

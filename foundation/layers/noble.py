@@ -190,11 +190,13 @@ def noble_param_groups(
         ConfigError: a non-positive learning rate or multiplier, or a negative decay.
     """
     if base_lr <= 0 or branch_lr_mult <= 0:
-        raise ConfigError(f"noble_param_groups: base_lr and branch_lr_mult must be > 0, got {base_lr}, {branch_lr_mult}")
+        raise ConfigError(
+            f"noble_param_groups: base_lr and branch_lr_mult must be > 0, got {base_lr}, {branch_lr_mult}"
+        )
     bwd = weight_decay if branch_weight_decay is None else branch_weight_decay
     if weight_decay < 0 or bwd < 0:
         raise ConfigError(f"noble_param_groups: weight decays must be >= 0, got {weight_decay}, {bwd}")
-    buckets: dict[str, list[torch.nn.Parameter]] = {"base": [], "base_no_decay": [], "branch": [], "branch_no_decay": []}
+    buckets: dict[str, list[nn.Parameter]] = {k: [] for k in ("base", "base_no_decay", "branch", "branch_no_decay")}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue

@@ -106,7 +106,8 @@ class SKANLinear(nn.Module):
     def compute_basis(self, x: torch.Tensor) -> torch.Tensor:
         """Concatenated basis of every space: x [B, D_in] -> [B, D_in, sum_s M_s]."""
         z = self.norm(x)
-        return torch.cat([make_basis(s, z, self.grid_size, self.spline_order, self.grid_range) for s in self.spaces], -1)
+        bases = [make_basis(s, z, self.grid_size, self.spline_order, self.grid_range) for s in self.spaces]
+        return torch.cat(bases, -1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Apply the layer: x [..., D_in] -> [..., D_out]."""
@@ -143,7 +144,10 @@ class SKANLinear(nn.Module):
         return PrunedSKANLinear(self, tuple(kept_spaces), nodes, weights)
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, spaces={self.spaces}, grid_size={self.grid_size}"
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, spaces={self.spaces}, "
+            f"grid_size={self.grid_size}"
+        )
 
 
 class PrunedSKANLinear(nn.Module):

@@ -196,3 +196,13 @@ def test_bspline_fast_path_inside_the_grid_matches_scipy() -> None:
     ours = bspline_basis(torch.tensor(x)[:, None], g, k, (lo, hi))[:, 0].numpy()
     ref = np.stack([np.nan_to_num(BSpline.basis_element(t[j : j + k + 2], extrapolate=False)(x)) for j in range(g + k)], -1)
     np.testing.assert_allclose(ours, ref, atol=1e-12)
+
+
+@pytest.mark.parametrize("basis", BASES)
+def test_chunked_backward_matches_finite_differences(basis: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Backward passes split into row chunks (tiny chunks forced here) give the same gradients."""
+    import foundation.layers.kan_basis as kan_basis
+
+    monkeypatch.setattr(kan_basis, "_CHUNK", 64)
+    x = torch.randn(7, 3, 4, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: make_basis(basis, t, 4, 3, (-1.0, 1.0)), (x,))
