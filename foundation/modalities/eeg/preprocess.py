@@ -31,7 +31,7 @@ class PreprocessConfig:
     scale: float = field(default=1e4, metadata={"help": "multiplier from volts to model units (1e4: 100 uV units)"})
     clip: float = field(default=10.0, metadata={"help": "clip scaled values to +-clip (10 = +-1 mV at 100 uV units; 0: off)"})
     flat_uv: float = field(default=0.1, metadata={"help": "a channel whose std is below this (uV) is flat and dropped"})
-    bad_z: float = field(default=5.0, metadata={"help": "drop a channel whose log-std robust z-score exceeds this (0: off)"})
+    bad_ratio: float = field(default=8.0, metadata={"help": "drop a channel whose std exceeds this many times the median channel std (0: off)"})
     min_channels: int = field(default=2, metadata={"help": "a recording with fewer good channels is left out"})
 
     def __post_init__(self) -> None:
@@ -45,9 +45,9 @@ class PreprocessConfig:
         bad = [f for f in self.notch if not 0 < f < self.sfreq / 2]
         if bad:
             raise ConfigError(f"preprocess.notch: {bad} Hz outside (0, {self.sfreq / 2}) Hz")
-        if self.scale <= 0 or self.clip < 0 or self.flat_uv < 0 or self.bad_z < 0 or self.min_channels < 1:
-            raise ConfigError("preprocess: scale must be > 0, clip/flat_uv/bad_z >= 0 and min_channels >= 1; got "
-                              f"scale={self.scale}, clip={self.clip}, flat_uv={self.flat_uv}, bad_z={self.bad_z}, "
+        if self.scale <= 0 or self.clip < 0 or self.flat_uv < 0 or self.bad_ratio < 0 or self.min_channels < 1:
+            raise ConfigError("preprocess: scale must be > 0, clip/flat_uv/bad_ratio >= 0 and min_channels >= 1; got "
+                              f"scale={self.scale}, clip={self.clip}, flat_uv={self.flat_uv}, bad_ratio={self.bad_ratio}, "
                               f"min_channels={self.min_channels}")
 
 
@@ -92,15 +92,11 @@ def preprocess(rec: Recording, cfg: PreprocessConfig) -> Preprocessed:
     good = std_uv >= cfg.flat_uv
     for n in np.asarray(rec.names)[~good]:
         dropped[str(n)] = f"flat (std below {cfg.flat_uv} uV)"
-    if cfg.bad_z > 0 and good.sum() >= 3:
-        logs = np.log(std_uv[good])
-        med = np.median(logs)
-        mad = np.median(np.abs(logs - med)) * 1.4826 + 1e-6
-        z = np.zeros_like(std_uv)
-        z[good] = (logs - med) / mad
-        noisy = good & (np.abs(z) > cfg.bad_z)
-        for n, zz in zip(np.asarray(rec.names)[noisy], z[noisy]):
-            dropped[str(n)] = f"bad (log-std robust z = {zz:.1f}, limit {cfg.bad_z})"
+    if cfg.bad_ratio > 0 and good.sum() >= 3:
+        ratio = std_uv / np.median(std_uv[good])
+        noisy = good & (ratio > cfg.bad_ratio)
+        for n, q in zip(np.asarray(rec.names)[noisy], ratio[noisy]):
+            dropped[str(n)] = f"bad (std {q:.1f}x the median channel, limit preprocess.bad_ratio={cfg.bad_ratio})"
         good &= ~noisy
     if good.sum() < cfg.min_channels:
         raise DataError(f"{where}: {int(good.sum())} good EEG channel(s) left, fewer than preprocess.min_channels="
