@@ -1,0 +1,29 @@
+"""Ultrasound multi-head multi-task model over the 27 challenge tasks: task table, CSV reader, timm backbone + FPN
++ heads, losses and balancing, official metrics, submission writer, demo corpus.
+
+Registers ``ultrasound-mtl`` (model), ``ultrasound-csv`` (dataset) and ``ultrasound-mtl`` (objective).
+Importing is cheap: timm, MONAI and pydicom load inside the functions that need them.
+"""
+from __future__ import annotations
+
+from foundation.modalities.ultrasound.dataset import UltrasoundDataConfig, UltrasoundDataset
+from foundation.modalities.ultrasound.model import UltrasoundMTL, UltrasoundMTLConfig
+from foundation.modalities.ultrasound.objective import MultiTaskObjective, MultiTaskObjectiveConfig
+from foundation.modalities.ultrasound.tasks import BUILTIN_TASKS, TaskSpec, task_table
+from foundation.registry import DATASETS, MODELS, OBJECTIVES
+
+__all__ = [
+    "BUILTIN_TASKS",
+    "TaskSpec",
+    "task_table",
+    "UltrasoundDataConfig",
+    "UltrasoundDataset",
+    "UltrasoundMTL",
+    "UltrasoundMTLConfig",
+    "MultiTaskObjective",
+    "MultiTaskObjectiveConfig",
+]
+
+MODELS.register("ultrasound-mtl", UltrasoundMTL)
+DATASETS.register("ultrasound-csv", UltrasoundDataset)
+OBJECTIVES.register("ultrasound-mtl", MultiTaskObjective)

@@ -14,6 +14,7 @@ A recipe adds tasks with ``extra_tasks`` (a mapping of id -> fields), e.g.::
 """
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -123,6 +124,8 @@ def task_table(tasks: tuple[str, ...] = (), extra_tasks: Mapping[str, Mapping[st
     for task_id, fields in (extra_tasks or {}).items():
         if task_id in table:
             raise ConfigError(f"{where}.extra_tasks.{task_id}: already a built-in task; pick another id")
+        if not re.fullmatch(r"[A-Za-z0-9_\-]+", task_id):
+            raise ConfigError(f"{where}.extra_tasks: task id {task_id!r} may hold only letters, digits, '_' and '-'")
         if not isinstance(fields, Mapping):
             raise ConfigError(f"{where}.extra_tasks.{task_id}: expected a mapping of TaskSpec fields, got {fields!r}")
         allowed = ("type", "num_classes", "num_points", "flip_safe", "loss", "metric")

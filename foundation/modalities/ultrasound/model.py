@@ -1,0 +1,190 @@
+"""Multi-head multi-task ultrasound model: a timm backbone (``features_only``) + FPN + one head per task.
+
+The baseline of the ultrasound multi-task challenge (EfficientNet-B4 with an FPN, global
+tasks on the deepest features, dense tasks on the FPN; Tan & Le, "EfficientNet",
+https://arxiv.org/abs/1905.11946). Unlike the published baseline, the FPN is a submodule
+whose parameters the optimiser sees (``param_groups``), so it trains.
+
+Routing: classification heads read the deepest backbone map (stride 32); segmentation,
+detection and keypoint heads read the finest FPN map (stride 4). ImageNet weights come
+only from a file or a Hub id the user names in ``pretrained`` (nothing is downloaded
+unless asked); the head multipliers default to the baseline's 10x (verified against the
+reference notes: encoder LR 1e-4, heads 10x).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from foundation.errors import CheckpointError, ConfigError, did_you_mean
+from foundation.hub import HubMixin
+from foundation.modalities.ultrasound.fpn import FPN
+from foundation.modalities.ultrasound.heads import ClassificationHead, DetectionHead, KeypointHead, SegmentationHead
+from foundation.modalities.ultrasound.tasks import TaskSpec, task_table
+
+__all__ = ["UltrasoundMTLConfig", "UltrasoundMTL"]
+
+_MEAN, _STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def _h(text: str) -> dict[str, str]:
+    return {"help": text}
+
+
+@dataclass
+class UltrasoundMTLConfig:
+    """Backbone, FPN, heads and per-part learning-rate multipliers."""
+
+    backbone: str = field(default="efficientnet_b4", metadata=_h("timm model name (built with features_only=True)"))
+    pretrained: str = field(default="", metadata=_h("ImageNet weights: a local .safetensors/.pth file or 'hf-hub:org/name' ('' = random init)"))
+    act_layer: str = field(default="", metadata=_h("backbone/head activation from the layer library ('' = the backbone's own)"))
+    fpn_dim: int = field(default=128, metadata=_h("FPN width"))
+    head_dim: int = field(default=64, metadata=_h("hidden width of the dense heads"))
+    drop: float = field(default=0.2, metadata=_h("dropout before classification layers"))
+    tasks: tuple[str, ...] = field(default=(), metadata=_h("task table (empty: all 27 built-in + extra tasks)"))
+    extra_tasks: dict[str, Any] = field(default_factory=dict, metadata=_h("user tasks: id -> {type, num_classes, num_points, flip_safe}"))
+    encoder_lr_scale: float = field(default=1.0, metadata=_h("learning-rate multiplier of the backbone"))
+    fpn_lr_scale: float = field(default=10.0, metadata=_h("learning-rate multiplier of the FPN"))
+    head_lr_scale: float = field(default=10.0, metadata=_h("learning-rate multiplier of every head"))
+    task_lr_scales: dict[str, float] = field(default_factory=dict, metadata=_h("extra per-task head multipliers, task id -> factor"))
+
+    def __post_init__(self) -> None:
+        table = task_table(self.tasks, self.extra_tasks, "model")
+        bad = [t for t in self.task_lr_scales if t not in table]
+        if bad:
+            raise ConfigError(f"model.task_lr_scales.{bad[0]}: unknown task; {did_you_mean(bad[0], table)}")
+        for name in ("encoder_lr_scale", "fpn_lr_scale", "head_lr_scale"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"model.{name} must be >= 0, got {getattr(self, name)}")
+        for task_id, value in self.task_lr_scales.items():
+            if value < 0:
+                raise ConfigError(f"model.task_lr_scales.{task_id} must be >= 0, got {value}")
+        if self.fpn_dim < 1 or self.head_dim < 1 or not 0 <= self.drop < 1:
+            raise ConfigError("model.fpn_dim and model.head_dim must be >= 1 and model.drop in [0, 1)")
+
+
+def _backbone(config: UltrasoundMTLConfig) -> nn.Module:
+    import timm
+
+    if config.backbone not in timm.list_models():
+        raise ConfigError(f"model.backbone: unknown timm model {config.backbone!r}; "
+                          f"{did_you_mean(config.backbone, timm.list_models('*' + config.backbone[:4] + '*'))}")
+    kwargs: dict[str, Any] = {"features_only": True, "out_indices": (1, 2, 3, 4)}
+    if config.act_layer:
+        from foundation.layers.create_act import get_act_layer
+
+        kwargs["act_layer"] = get_act_layer(config.act_layer, where="model.act_layer")
+    if config.pretrained:
+        if config.pretrained.startswith("hf-hub:"):
+            overlay = {"hf_hub_id": config.pretrained[len("hf-hub:"):]}
+        else:
+            path = Path(config.pretrained)
+            if not path.is_file():
+                raise CheckpointError(f"model.pretrained: weights file {str(path)!r} not found; give an existing "
+                                      ".safetensors/.pth file of the backbone, 'hf-hub:org/name', or '' for random init")
+            overlay = {"file": str(path.resolve())}
+        try:
+            return timm.create_model(config.backbone, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
+        except (RuntimeError, OSError) as err:
+            raise CheckpointError(f"model.pretrained {config.pretrained!r}: could not load weights into "
+                                  f"{config.backbone} ({err})") from err
+    try:
+        return timm.create_model(config.backbone, pretrained=False, **kwargs)
+    except TypeError as err:
+        raise ConfigError(f"model.act_layer: backbone {config.backbone} does not take an act_layer ({err}); "
+                          "leave model.act_layer empty") from err
+
+
+class UltrasoundMTL(nn.Module, HubMixin):
+    """One backbone, one FPN, one head per task.
+
+    ``forward(image [B, 3, S, S] in [0, 1], task [B])`` returns ``{task_id: (rows [n], output)}`` for
+    the tasks present: segmentation logits ``[n, C, S, S]``, classification logits ``[n, C]``,
+    detection ``{"box": [n, 4], "objectness": [n]}``, keypoints ``{"points": [n, P, 2], "heatmaps"}``.
+    """
+
+    model_name = "ultrasound-mtl"
+    config_class = UltrasoundMTLConfig
+
+    def __init__(self, config: UltrasoundMTLConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.table: dict[str, TaskSpec] = task_table(config.tasks, config.extra_tasks, "model")
+        self.task_ids = list(self.table)
+        self.backbone = _backbone(config)
+        channels = self.backbone.feature_info.channels()
+        self.fpn = FPN(channels, config.fpn_dim)
+        self.embed_dim = channels[-1]
+        act: type[nn.Module] = nn.ReLU
+        if config.act_layer:
+            from foundation.layers.create_act import get_act_layer
+
+            act = get_act_layer(config.act_layer, where="model.act_layer")
+        heads = {}
+        for tid, spec in self.table.items():
+            if spec.type == "segmentation":
+                heads[tid] = SegmentationHead(config.fpn_dim, spec.num_classes, config.head_dim, 4, act)
+            elif spec.type == "classification":
+                heads[tid] = ClassificationHead(self.embed_dim, spec.num_classes, config.drop)
+            elif spec.type == "detection":
+                heads[tid] = DetectionHead(config.fpn_dim, config.head_dim, act)
+            else:
+                heads[tid] = KeypointHead(config.fpn_dim, spec.num_points, config.head_dim, act)
+        self.heads = nn.ModuleDict(heads)
+        self.register_buffer("mean", torch.tensor(_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(_STD).view(1, 3, 1, 1), persistent=False)
+
+    def features(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``image [B, 3, S, S]`` -> ``(deepest [B, C5, S/32, S/32], fpn [B, D, S/4, S/4])``."""
+        x = (image - self.mean.to(image.dtype)) / self.std.to(image.dtype)
+        feats = self.backbone(x)
+        return feats[-1], self.fpn(feats)[0]
+
+    def forward_features(self, x: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+        """Tokens of the deepest map: ``[B, 3, S, S]`` -> ``[B, N, C5]`` with ``N = (S/32)^2``.
+
+        Raises:
+            ConfigError: ``keep`` given (a CNN sees whole images; token deletion does not apply).
+        """
+        if keep is not None:
+            raise ConfigError("UltrasoundMTL.forward_features: keep is not supported by a CNN backbone; pass None")
+        x = (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
+        deep = self.backbone(x)[-1]
+        return deep.flatten(2).transpose(1, 2)  # [B, C5, h, w] -> [B, h*w, C5]
+
+    def run_heads(self, deep: torch.Tensor, fpn: torch.Tensor, task: torch.Tensor) -> dict[str, tuple[torch.Tensor, Any]]:
+        """Route each task's rows to its head: classification from ``deep``, the rest from ``fpn``."""
+        out: dict[str, tuple[torch.Tensor, Any]] = {}
+        for t in torch.unique(task).tolist():
+            tid = self.task_ids[t]
+            rows = (task == t).nonzero(as_tuple=True)[0]
+            source = deep if self.table[tid].type == "classification" else fpn
+            out[tid] = (rows, self.heads[tid](source[rows]))
+        return out
+
+    def forward(self, image: torch.Tensor, task: torch.Tensor) -> dict[str, tuple[torch.Tensor, Any]]:
+        deep, fpn = self.features(image)
+        return self.run_heads(deep, fpn, task)
+
+    def param_groups(self, lr: float, weight_decay: float) -> list[dict[str, Any]]:
+        """Optimizer groups with ``lr_scale``: backbone, FPN, each head (head scale x its task's factor).
+
+        Matrices and convolutions get ``weight_decay``; biases and norms none.
+        """
+        c = self.config
+        parts: list[tuple[str, nn.Module, float]] = [("backbone", self.backbone, c.encoder_lr_scale),
+                                                     ("fpn", self.fpn, c.fpn_lr_scale)]
+        parts += [(f"head.{t}", self.heads[t], c.head_lr_scale * c.task_lr_scales.get(t, 1.0)) for t in self.task_ids]
+        groups = []
+        for name, module, scale in parts:
+            params = [p for p in module.parameters() if p.requires_grad]
+            decay = [p for p in params if p.ndim >= 2]
+            no_decay = [p for p in params if p.ndim < 2]
+            for suffix, ps, wd in (("decay", decay, weight_decay), ("no_decay", no_decay, 0.0)):
+                if ps:
+                    groups.append({"params": ps, "lr_scale": scale, "weight_decay": wd, "name": f"{name}.{suffix}"})
+        return groups
