@@ -55,13 +55,20 @@ MOMENTUM = 0.9
 """EMA momentum of the running max|x| estimate (unverified)."""
 
 
+def _absmax(x: torch.Tensor, dims: tuple[int, ...] | None = None) -> torch.Tensor:
+    """max|x| (over dims, kept): max(amax, -amin), two vectorised passes and no |x| temporary."""
+    if dims is None:
+        return torch.maximum(x.amax(), -x.amin())
+    return torch.maximum(x.amax(dim=dims, keepdim=True), -x.amin(dim=dims, keepdim=True))
+
+
 def _quantize(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """Symmetric int8: round(x / scale * 127) clamped to [-127, 127]."""
-    return torch.clamp(torch.round(x.float() * (127.0 / scale)), -127, 127).to(torch.int8)
+    return (x.float() * (127.0 / scale)).round_().clamp_(-127, 127).to(torch.int8)
 
 
 def _dequantize(qx: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    return (qx.float() * (scale / 127.0)).to(dtype)
+    return qx.to(dtype).mul_((scale / 127.0).to(dtype))
 
 
 class _LinearFn(torch.autograd.Function):
@@ -85,50 +92,43 @@ class _LinearFn(torch.autograd.Function):
 
 
 class _ActFn(torch.autograd.Function):
+    """GELU (approximate "none" / "tanh") or SiLU; the derivative comes from ATen's fused backward ops."""
+
     @staticmethod
-    def forward(ctx, x, scale, fn):
+    def forward(ctx, x, scale, kind):
         ctx.save_for_backward(_quantize(x, scale), scale)
-        ctx.fn, ctx.x_dtype = fn, x.dtype
-        return fn(x)
+        ctx.kind, ctx.x_dtype = kind, x.dtype
+        return F.silu(x) if kind == "silu" else F.gelu(x, approximate=kind)
 
     @staticmethod
     def backward(ctx, g):
         qx, scale = ctx.saved_tensors
-        with torch.enable_grad():
-            x = _dequantize(qx, scale, ctx.x_dtype).requires_grad_(True)
-            (gx,) = torch.autograd.grad(ctx.fn(x), x, g)
-        return gx, None, None
+        x = _dequantize(qx, scale, ctx.x_dtype)
+        if ctx.kind == "silu":
+            return torch.ops.aten.silu_backward(g, x), None, None
+        return torch.ops.aten.gelu_backward(g, x, approximate=ctx.kind), None, None
 
 
 class _LayerNormFn(torch.autograd.Function):
+    """LayerNorm through ATen's fused ``native_layer_norm`` and its backward, fed the dequantised input."""
+
     @staticmethod
-    def forward(ctx, x, weight, bias, eps, ndim, scale):
-        dims = tuple(range(x.dim() - ndim, x.dim()))
-        xf = x.float()
-        mean = xf.mean(dims, keepdim=True)
-        rstd = torch.rsqrt(xf.var(dims, unbiased=False, keepdim=True) + eps)
-        y = (xf - mean) * rstd
-        if weight is not None:
-            y = y * weight.float()
-        if bias is not None:
-            y = y + bias.float()
-        ctx.save_for_backward(_quantize(x, scale), scale, mean, rstd, weight)
-        ctx.dims, ctx.x_dtype, ctx.has_bias = dims, x.dtype, bias is not None
-        return y.to(x.dtype)
+    def forward(ctx, x, weight, bias, normalized_shape, eps, scale):
+        y, mean, rstd = torch.native_layer_norm(x, normalized_shape, weight, bias, eps)
+        ctx.save_for_backward(_quantize(x, scale), scale, mean, rstd, weight, bias)
+        ctx.normalized_shape, ctx.x_dtype = normalized_shape, x.dtype
+        return y
 
     @staticmethod
     def backward(ctx, g):
-        qx, scale, mean, rstd, weight = ctx.saved_tensors
-        dims = ctx.dims
-        xhat = (_dequantize(qx, scale, torch.float32) - mean) * rstd
-        gf = g.float()
-        lead = tuple(range(g.dim() - len(dims)))
-        gw = (gf * xhat).sum(lead) if weight is not None and ctx.needs_input_grad[1] else None
-        gb = gf.sum(lead) if ctx.has_bias and ctx.needs_input_grad[2] else None
-        dxhat = gf * weight.float() if weight is not None else gf
-        dx = rstd * (dxhat - dxhat.mean(dims, keepdim=True) - xhat * (dxhat * xhat).mean(dims, keepdim=True))
-        cast = (lambda t: t.to(weight.dtype)) if weight is not None else (lambda t: t)
-        return dx.to(ctx.x_dtype), None if gw is None else cast(gw), None if gb is None else cast(gb), None, None, None
+        qx, scale, mean, rstd, weight, bias = ctx.saved_tensors
+        x = _dequantize(qx, scale, ctx.x_dtype)
+        mask = [ctx.needs_input_grad[0], weight is not None and ctx.needs_input_grad[1],
+                bias is not None and ctx.needs_input_grad[2]]
+        gx, gw, gb = torch.ops.aten.native_layer_norm_backward(
+            g.contiguous(), x, ctx.normalized_shape, mean, rstd, weight, bias, mask
+        )
+        return gx, gw, gb, None, None, None
 
 
 class _SoftmaxFn(torch.autograd.Function):
@@ -162,7 +162,7 @@ class _CoreFn(torch.autograd.Function):
         saved = []
         for t in (q, k, v):
             dims = tuple(d for d in range(t.dim()) if d != 1)
-            scale = t.detach().abs().float().amax(dim=dims, keepdim=True).clamp_min(1e-12)
+            scale = _absmax(t.detach(), dims).float().clamp_min(1e-12)
             saved += [_quantize(t, scale), scale]
         ctx.save_for_backward(*saved)
         ctx.fn, ctx.dtype = fn, q.dtype
@@ -224,7 +224,7 @@ class _RunningScale:
             self.act_scale = self.act_scale.to(x.device)
             self.act_scale_seen = self.act_scale_seen.to(x.device)
         with torch.no_grad():
-            cur = x.detach().abs().amax().float().clamp_min(1e-12)
+            cur = _absmax(x.detach()).float().clamp_min(1e-12)
             blended = MOMENTUM * self.act_scale + (1 - MOMENTUM) * cur
             self.act_scale.copy_(torch.where(self.act_scale_seen, blended, cur))
             self.act_scale_seen.fill_(True)
@@ -246,13 +246,10 @@ class Linear8(_RunningScale, nn.Linear):
 class GELU8(_RunningScale, nn.GELU):
     """``nn.GELU`` (same ``approximate``) that keeps its input as int8. Shape preserved."""
 
-    def _fn(self, x: torch.Tensor) -> torch.Tensor:
-        return F.gelu(x, approximate=self.approximate)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self._store_8bit(x):
-            return self._fn(x)
-        return _ActFn.apply(x, self._scale(x), self._fn)
+            return F.gelu(x, approximate=self.approximate)
+        return _ActFn.apply(x, self._scale(x), self.approximate)
 
 
 class SiLU8(_RunningScale, nn.SiLU):
@@ -261,7 +258,7 @@ class SiLU8(_RunningScale, nn.SiLU):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self._store_8bit(x):
             return F.silu(x)
-        return _ActFn.apply(x, self._scale(x), F.silu)
+        return _ActFn.apply(x, self._scale(x), "silu")
 
 
 class LayerNorm8(_RunningScale, nn.LayerNorm):
@@ -270,7 +267,7 @@ class LayerNorm8(_RunningScale, nn.LayerNorm):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self._store_8bit(x, self.weight, self.bias):
             return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
-        return _LayerNormFn.apply(x, self.weight, self.bias, self.eps, len(self.normalized_shape), self._scale(x))
+        return _LayerNormFn.apply(x, self.weight, self.bias, list(self.normalized_shape), self.eps, self._scale(x))
 
 
 class Softmax8(nn.Softmax):
