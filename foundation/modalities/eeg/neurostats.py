@@ -16,8 +16,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy import signal
-
 from foundation.errors import ConfigError
 
 __all__ = ["StatsConfig", "relative_band_power", "band_phase", "plv", "channel_plv", "pac_mvl",
@@ -63,6 +61,8 @@ def relative_band_power(x: np.ndarray, sfreq: float, bands: tuple[tuple[float, f
     Returns:
         [..., n_bands], each row summing to 1 over non-overlapping bands that tile the span.
     """
+    from scipy import signal
+
     nper = min(x.shape[-1], int(sfreq))
     f, p = signal.welch(x, fs=sfreq, nperseg=nper, axis=-1)
     lo_all, hi_all = min(b[0] for b in bands), max(b[1] for b in bands)
@@ -71,6 +71,8 @@ def relative_band_power(x: np.ndarray, sfreq: float, bands: tuple[tuple[float, f
 
 
 def _bandpass(x: np.ndarray, sfreq: float, band: tuple[float, float]) -> np.ndarray:
+    from scipy import signal
+
     hi = min(band[1], 0.99 * sfreq / 2)
     sos = signal.butter(4, [band[0], hi], btype="bandpass", fs=sfreq, output="sos")
     return signal.sosfiltfilt(sos, x, axis=-1)
@@ -78,6 +80,8 @@ def _bandpass(x: np.ndarray, sfreq: float, band: tuple[float, float]) -> np.ndar
 
 def band_phase(x: np.ndarray, sfreq: float, band: tuple[float, float]) -> np.ndarray:
     """Instantaneous phase [..., T] of the band-passed signal (Hilbert transform)."""
+    from scipy import signal
+
     return np.angle(signal.hilbert(_bandpass(x, sfreq, band), axis=-1))
 
 
@@ -108,6 +112,8 @@ def pac_mvl(x: np.ndarray, sfreq: float, phase_band: tuple[float, float], amp_ba
     Returns:
         [...]; near 1 when the fast amplitude peaks at one slow phase, near 0 (about 1/sqrt(T)) when uncoupled.
     """
+    from scipy import signal
+
     phi = band_phase(x, sfreq, phase_band)
     amp = np.abs(signal.hilbert(_bandpass(x, sfreq, amp_band), axis=-1))
     return np.abs((amp * np.exp(1j * phi)).mean(-1)) / (amp.mean(-1) + 1e-30)

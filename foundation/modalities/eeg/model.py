@@ -1,0 +1,219 @@
+"""DeeperBrain: an EEG encoder over one-second channel patches that sees only visible patches.
+
+DeeperBrain ("DeeperBrain: a neuro-grounded EEG foundation model", arXiv link unverified).
+A window x [B, C, T] is cut into one patch per channel per second (P = T / patch_size patches per
+channel, N = C * P tokens, channel-major: token n = c * P + p). Each patch is embedded linearly;
+the volume-conduction channel encoding and the neurodynamics temporal encoding
+(:mod:`.encoding`) are added. Masked and padded tokens are deleted before the encoder: the
+visible tokens of all samples are packed into one buffer [K, D] and the transformer blocks of the
+layer library attend through ``varlen_attention`` with ``cu_seqlens`` (masked-autoencoder style,
+He et al. 2021, https://arxiv.org/abs/2111.06377). A light decoder (mask tokens + encodings)
+reconstructs the masked patches; a statistics head predicts each channel's neurodynamics
+statistics from the channel's visible encoder tokens.
+
+Sizes of the ``deeperbrain`` recipe are (unverified) base-size choices.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from foundation.errors import ConfigError, DataError
+from foundation.hub import HubMixin
+from foundation.kernels.packing import pack_visible
+from foundation.layers.block import Block
+from foundation.modalities.eeg.encoding import ChannelEncoding, TemporalEncoding
+
+__all__ = ["DeeperBrainConfig", "DeeperBrain"]
+
+
+@dataclass
+class DeeperBrainConfig:
+    """DeeperBrain sizes; MLP kind and activation come from the recipe."""
+
+    patch_size: int = field(default=200, metadata={"help": "samples per patch (1 s at 200 Hz)"})
+    embed_dim: int = field(default=256, metadata={"help": "encoder width D"})
+    depth: int = field(default=8, metadata={"help": "encoder blocks"})
+    num_heads: int = field(default=8, metadata={"help": "encoder attention heads"})
+    mlp_ratio: float = field(default=4.0, metadata={"help": "MLP hidden width / D"})
+    mlp: str = field(default="mlp", metadata={"help": "MLP kind: mlp, kan, skan, afkan, noble"})
+    activation: str = field(default="gelu", metadata={"help": "activation name (gelu, crrelu, ash, ...)"})
+    drop_path: float = field(default=0.0, metadata={"help": "stochastic depth of the deepest block (linear ramp)"})
+    decoder_dim: int = field(default=128, metadata={"help": "decoder width"})
+    decoder_depth: int = field(default=2, metadata={"help": "decoder blocks"})
+    decoder_heads: int = field(default=4, metadata={"help": "decoder attention heads"})
+    n_stats: int = field(default=8, metadata={"help": "statistics per channel predicted by the statistics head"})
+    tau_init: float = field(default=0.08, metadata={"help": "initial volume-conduction decay length in metres (unverified)"})
+    n_freqs: int = field(default=8, metadata={"help": "slow oscillation bases of the temporal encoding (0.01-0.5 Hz)"})
+    n_decays: int = field(default=4, metadata={"help": "exponential-decay bases of the temporal encoding (1-100 s)"})
+    attention_backend: str = field(default="auto", metadata={"help": "varlen attention backend: auto, triton, reference"})
+
+    def __post_init__(self) -> None:
+        for name in ("patch_size", "embed_dim", "depth", "num_heads", "decoder_dim", "decoder_depth", "decoder_heads", "n_stats"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"model.{name} must be >= 1, got {getattr(self, name)}")
+        for dim, heads, where in ((self.embed_dim, self.num_heads, ""), (self.decoder_dim, self.decoder_heads, "decoder_")):
+            if dim % heads:
+                raise ConfigError(f"model.{where}dim={dim} must be divisible by model.{where}heads={heads}")
+
+
+class DeeperBrain(nn.Module, HubMixin):
+    """DeeperBrain encoder + reconstruction decoder + statistics head.
+
+    Args:
+        config: a :class:`DeeperBrainConfig`.
+    """
+
+    model_name = "deeperbrain"
+    config_class = DeeperBrainConfig
+
+    def __init__(self, config: DeeperBrainConfig) -> None:
+        super().__init__()
+        self.config = c = config
+        self.embed_dim = D = c.embed_dim
+        self.patch_embed = nn.Linear(c.patch_size, D)
+        self.chan_enc = ChannelEncoding(D, c.tau_init)
+        self.time_enc = TemporalEncoding(D, c.n_freqs, n_decays=c.n_decays)
+        dpr = [c.drop_path * i / max(c.depth - 1, 1) for i in range(c.depth)]
+        attn = {"backend": c.attention_backend}
+        self.blocks = nn.ModuleList(
+            Block(D, c.num_heads, c.mlp_ratio, mlp=c.mlp, activation=c.activation, drop_path=p, attn_kwargs=attn)
+            for p in dpr)
+        self.norm = nn.LayerNorm(D)
+        Dd = c.decoder_dim
+        self.decoder_embed = nn.Linear(D, Dd)
+        self.mask_token = nn.Parameter(torch.zeros(Dd))
+        self.decoder_chan_enc = ChannelEncoding(Dd, c.tau_init)
+        self.decoder_time_enc = TemporalEncoding(Dd, c.n_freqs, n_decays=c.n_decays)
+        self.decoder_blocks = nn.ModuleList(
+            Block(Dd, c.decoder_heads, c.mlp_ratio, mlp=c.mlp, activation=c.activation, attn_kwargs=attn)
+            for _ in range(c.decoder_depth))
+        self.decoder_norm = nn.LayerNorm(Dd)
+        self.decoder_pred = nn.Linear(Dd, c.patch_size)
+        self.stats_norm = nn.LayerNorm(D)
+        self.stats_head = nn.Linear(D, c.n_stats)
+        nn.init.normal_(self.mask_token, std=0.02)
+
+    # ----------------------------------------------------------------- tokens
+    def _check(self, x: torch.Tensor, pos: torch.Tensor, chan_mask: torch.Tensor | None) -> tuple[int, int, int]:
+        if x.dim() != 3:
+            raise DataError(f"DeeperBrain: x must be [B, C, T], received {list(x.shape)}")
+        B, C, T = x.shape
+        if T % self.config.patch_size:
+            raise DataError(f"DeeperBrain: T = {T} samples is not a multiple of patch_size = {self.config.patch_size}; "
+                            "cut windows of whole seconds at the model's sampling rate")
+        if tuple(pos.shape) != (B, C, 3):
+            raise DataError(f"DeeperBrain: pos must be [B, C, 3] = {[B, C, 3]}, received {list(pos.shape)}")
+        if chan_mask is not None and (chan_mask.dtype != torch.bool or tuple(chan_mask.shape) != (B, C)):
+            raise DataError(f"DeeperBrain: chan_mask must be bool [B, C] = {[B, C]}, received {chan_mask.dtype} "
+                            f"{list(chan_mask.shape)}")
+        return B, C, T // self.config.patch_size
+
+    def valid_tokens(self, chan_mask: torch.Tensor, n_patches: int) -> torch.Tensor:
+        """Token validity [B, N] (True = a real channel's patch) from chan_mask [B, C]."""
+        return chan_mask[:, :, None].expand(-1, -1, n_patches).reshape(chan_mask.shape[0], -1)  # [B, C, P] -> [B, N]
+
+    def patch_times(self, n_patches: int, device: torch.device) -> torch.Tensor:
+        """Patch centre times [P] in seconds (centres, so 0.5 Hz bases do not vanish at whole seconds)."""
+        return torch.arange(n_patches, device=device, dtype=torch.float32) + 0.5
+
+    def tokens(self, x: torch.Tensor, pos: torch.Tensor, chan_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Embedded tokens of every patch with both encodings added: x [B, C, T] -> [B, N, D], N = C * P."""
+        B, C, P = self._check(x, pos, chan_mask)
+        patches = x.reshape(B, C, P, self.config.patch_size)  # [B, C, T] -> [B, C, P, patch]
+        tok = self.patch_embed(patches.to(self.patch_embed.weight.dtype))  # [B, C, P, D]
+        tok = tok + self.chan_enc(pos, chan_mask)[:, :, None, :] + self.time_enc(self.patch_times(P, x.device))[None, None]
+        return tok.reshape(B, C * P, self.embed_dim)  # [B, C, P, D] -> [B, N, D]
+
+    # ---------------------------------------------------------------- encoder
+    def forward_features(self, x: torch.Tensor, pos: torch.Tensor, chan_mask: torch.Tensor | None = None,
+                         keep: torch.Tensor | Sequence[torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Encode the visible patches.
+
+        Args:
+            x: windows [B, C, T] (T a multiple of patch_size).
+            pos: electrode positions [B, C, 3] in metres.
+            chan_mask: [B, C] bool, True = real channel (None: all real).
+            keep: indices of visible tokens (token n = c * P + p), as [B, K] or a list of B 1-D tensors
+                of variable length; None = every token of a real channel. Tokens not listed are deleted
+                before the blocks.
+
+        Returns:
+            ``(tokens [sum K_b, D] packed, cu_seqlens [B + 1] int32)``: sample b's visible tokens are
+            ``tokens[cu_seqlens[b]:cu_seqlens[b + 1]]`` in the order of ``keep[b]``.
+        """
+        tok = self.tokens(x, pos, chan_mask)  # [B, N, D]
+        if keep is None:
+            mask = chan_mask if chan_mask is not None else torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
+            keep = self.valid_tokens(mask, tok.shape[1] // x.shape[1])  # bool [B, N]
+        packed, cu, max_len = pack_visible(tok, keep)  # [B, N, D] -> [K, D]
+        for blk in self.blocks:
+            packed = blk(packed, cu, max_len)
+        return self.norm(packed), cu
+
+    def pooled_features(self, x: torch.Tensor, pos: torch.Tensor, chan_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Mean of every real token's encoding: [B, C, T] -> [B, D] (for probes)."""
+        packed, cu = self.forward_features(x, pos, chan_mask)
+        seg = torch.repeat_interleave(torch.arange(len(cu) - 1, device=packed.device), (cu[1:] - cu[:-1]).long())
+        sums = packed.new_zeros(len(cu) - 1, packed.shape[1]).index_add_(0, seg, packed)
+        return sums / (cu[1:] - cu[:-1]).clamp(min=1)[:, None].to(sums.dtype)
+
+    # ------------------------------------------------------------------ heads
+    def predict_stats(self, packed: torch.Tensor, cu: torch.Tensor, keep_idx: Sequence[torch.Tensor], pos: torch.Tensor,
+                      chan_mask: torch.Tensor, n_patches: int) -> torch.Tensor:
+        """Per-channel statistics from the channel's visible tokens: -> [B, C, S].
+
+        A channel's tokens are averaged; a channel with no visible token takes the sample's mean.
+        The channel encoding is added so that the head knows where each channel sits.
+        """
+        B, C = chan_mask.shape
+        idx = torch.cat([k.to(packed.device) for k in keep_idx])  # [K]
+        seg = torch.repeat_interleave(torch.arange(B, device=packed.device), (cu[1:] - cu[:-1]).long())  # [K]
+        slot = seg * C + torch.div(idx, n_patches, rounding_mode="floor")  # (sample, channel) of each token
+        sums = packed.new_zeros(B * C, packed.shape[1]).index_add_(0, slot, packed)
+        cnt = torch.bincount(slot, minlength=B * C).to(packed.dtype)[:, None]
+        per_sample = packed.new_zeros(B, packed.shape[1]).index_add_(0, seg, packed)
+        per_sample = per_sample / (cu[1:] - cu[:-1]).clamp(min=1)[:, None].to(packed.dtype)
+        pooled = torch.where(cnt > 0, sums / cnt.clamp(min=1), per_sample.repeat_interleave(C, 0))
+        pooled = pooled.reshape(B, C, -1) + self.chan_enc(pos, chan_mask)  # [B * C, D] -> [B, C, D]
+        return self.stats_head(self.stats_norm(pooled))
+
+    def decode(self, packed: torch.Tensor, cu: torch.Tensor, keep_idx: Sequence[torch.Tensor], pos: torch.Tensor,
+               chan_mask: torch.Tensor, n_patches: int) -> torch.Tensor:
+        """Reconstruct every patch from the visible encodings: -> [B, N, patch_size] (zeros at padded channels)."""
+        B, C = chan_mask.shape
+        N = C * n_patches
+        vis = self.decoder_embed(packed)  # [K, Dd]
+        enc = (self.decoder_chan_enc(pos, chan_mask)[:, :, None, :]
+               + self.decoder_time_enc(self.patch_times(n_patches, packed.device))[None, None])
+        full = self.mask_token.to(vis.dtype).expand(B, N, -1).clone()  # [B, N, Dd]
+        seg = torch.repeat_interleave(torch.arange(B, device=packed.device), (cu[1:] - cu[:-1]).long())
+        full[seg, torch.cat([k.to(packed.device) for k in keep_idx])] = vis  # scatter [K, Dd] -> [B, N, Dd]
+        full = full + enc.reshape(B, N, -1).to(vis.dtype)  # [B, C, P, Dd] -> [B, N, Dd]
+        valid = self.valid_tokens(chan_mask, n_patches)  # [B, N]
+        dpk, dcu, dmax = pack_visible(full, valid)  # [B, N, Dd] -> [Kv, Dd]
+        for blk in self.decoder_blocks:
+            dpk = blk(dpk, dcu, dmax)
+        pred = self.decoder_pred(self.decoder_norm(dpk))  # [Kv, patch]
+        out = pred.new_zeros(B, N, pred.shape[-1])
+        return out.masked_scatter(valid[..., None], pred)  # [Kv, patch] -> [B, N, patch]
+
+    def forward(self, x: torch.Tensor, pos: torch.Tensor, chan_mask: torch.Tensor,
+                keep: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Masked reconstruction and statistics prediction.
+
+        Args:
+            x: windows [B, C, T].
+            pos: positions [B, C, 3].
+            chan_mask: [B, C] bool, True = real channel.
+            keep: B 1-D tensors of visible token indices (only real channels' tokens).
+
+        Returns:
+            ``(reconstruction [B, N, patch_size], statistics [B, C, S])``.
+        """
+        P = x.shape[-1] // self.config.patch_size
+        packed, cu = self.forward_features(x, pos, chan_mask, keep)
+        return self.decode(packed, cu, keep, pos, chan_mask, P), self.predict_stats(packed, cu, keep, pos, chan_mask, P)
