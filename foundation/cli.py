@@ -42,6 +42,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_args(ft)
     ft.add_argument("--from", dest="base", required=True, help="Hub repo id or local save_pretrained folder")
     ft.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit) of --from")
+    ft.add_argument("--method", default="full", help="linear-probe | mlp-probe | full | lora | dopamine")
+    ft.add_argument("--test-fraction", type=float, default=0.25, help="share of subjects/groups held out")
+    ft.add_argument("--targets", nargs="*", default=[], help="LoRA/Dopamine target module suffixes")
+    ft.add_argument("--skip-targets", nargs="*", default=[], help="Dopamine: layers that skip inactive units")
+    ft.add_argument("--lora-r", type=int, default=8, help="LoRA rank")
+    ft.add_argument("--lr-decay", type=float, default=0.75, help="layer-wise LR decay (full)")
     ex = sub.add_parser("export", help="consolidate a run's checkpoint into a save_pretrained folder")
     ex.add_argument("run_dir", help="run folder written by `foundation pretrain`")
     ex.add_argument("--out", default=None, help="target folder (default: <run_dir>/export)")
@@ -62,14 +68,9 @@ def _run(args: argparse.Namespace) -> int:
 
     recipe = load_recipe(args.recipe, args.overrides)
     out = Path(args.output_dir or Path("runs") / recipe.name)
-    init_state, card = None, {}
     if args.command == "finetune":
-        from foundation.pretrain.components import build_model
-
-        base = type(build_model(recipe)).from_pretrained(args.base, revision=args.revision)
-        init_state, card = base.state_dict(), {"base_model": args.base}
-    result = Engine(recipe, out, resume=args.resume, stop_after=args.stop_after, init_state_dict=init_state,
-                    export=not args.no_export, card_extra=card).run()
+        return _finetune(recipe, args, out)
+    result = Engine(recipe, out, resume=args.resume, stop_after=args.stop_after, export=not args.no_export).run()
     import torch.distributed as dist
 
     if dist.get_rank() == 0:
@@ -82,6 +83,27 @@ def _run(args: argparse.Namespace) -> int:
             print(f"  export     : {result.export_dir}")
             print(f"  model card : {result.export_dir / 'README.md'}")
     dist.destroy_process_group()
+    return 0
+
+
+def _finetune(recipe, args: argparse.Namespace, out: Path) -> int:
+    import json
+
+    from foundation.finetune.runner import FinetuneOptions, run_finetune
+
+    opts = FinetuneOptions(method=args.method, test_fraction=args.test_fraction, targets=tuple(args.targets), skip_targets=tuple(args.skip_targets),
+                           lora_r=args.lora_r, lr_decay=args.lr_decay)
+    result = run_finetune(recipe, args.base, out, opts, revision=args.revision)
+    import torch.distributed as dist
+
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        print(f"\n{args.method} fine-tune of {args.base}: {result['load_report']}")
+        print(json.dumps(result["metrics"], indent=2))
+        print(f"  results : {out / 'metrics.json'}")
+        for name, path in result["outputs"].items():
+            print(f"  {name:8s}: {path}")
+    if dist.is_initialized():
+        dist.destroy_process_group()
     return 0
 
 

@@ -46,12 +46,14 @@ def test_export_push_and_finetune_from_hub(tmp_path, hub_endpoint):  # noqa: F81
     torch.testing.assert_close(remote(x, keep), local(x, keep), rtol=0, atol=0)
 
     ft = tmp_path / "ft"
-    proc = subprocess.run([sys.executable, str(ROOT / "finetune.py"), "--from", "me/toy", "--recipe", str(TOY_RECIPE),
-                           "--output-dir", str(ft), "--set", "train.steps=2", "--set", "train.warmup_steps=1",
-                           "--set", "train.progress_bar=false"],
+    classify = ROOT / "tests" / "fixtures" / "recipes" / "toy-classify.yaml"
+    proc = subprocess.run([sys.executable, str(ROOT / "finetune.py"), "--from", "me/toy", "--recipe", str(classify),
+                           "--method", "full", "--output-dir", str(ft), "--set", "train.steps=2",
+                           "--set", "train.warmup_steps=1"],
                           cwd=ROOT, env=sub_env, capture_output=True, text=True, timeout=300)
     check(proc)
-    assert "base_model: me/toy" in (ft / "export" / "README.md").read_text()
+    assert "base_model: me/toy" in (ft / "model" / "README.md").read_text()
+    assert "balanced_accuracy" in proc.stdout and (ft / "metrics.json").is_file()
 
 
 def test_push_to_a_dead_hub_names_the_endpoint(tmp_path, dead_endpoint):  # noqa: F811

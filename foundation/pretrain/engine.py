@@ -32,12 +32,13 @@ from tqdm.auto import tqdm
 from foundation.config import RecipeConfig
 from foundation.errors import CheckpointError, TrainingError
 from foundation.pretrain.checkpoint import CheckpointDir
-from foundation.pretrain.components import TrainModule, build_components, to_device
+from foundation.pretrain.components import Components, TrainModule, build_components, to_device
 from foundation.pretrain.distributed import DistInfo, init_distributed
 from foundation.pretrain.export import export_run
 from foundation.pretrain.optim import WarmupCosineScheduler, build_optimizer
 from foundation.pretrain.run_log import RunLog
 from foundation.pretrain.sampler import ResumableDistributedSampler
+from foundation.registry import OBJECTIVES
 
 __all__ = ["RunResult", "Engine", "deepspeed_config"]
 
@@ -104,13 +105,17 @@ class Engine:
             this invocation; the schedule still spans ``train.steps``.
         init_state_dict: weights for the model before training (fine-tuning);
             loaded strictly.
+        model, dataset: prebuilt model and dataset to train instead of the
+            recipe's (fine-tuning wrappers, data subsets); the recipe still gives
+            the objective, optimisation and DeepSpeed settings.
         export: write the ``save_pretrained`` folder at the end.
         card_extra: extra model-card fields (e.g. ``base_model``).
     """
 
     def __init__(self, recipe: RecipeConfig, output_dir: str | Path, *, resume: bool = False,
                  stop_after: int | None = None, init_state_dict: dict[str, torch.Tensor] | None = None,
-                 export: bool = True, card_extra: dict[str, Any] | None = None) -> None:
+                 export: bool = True, card_extra: dict[str, Any] | None = None,
+                 model: torch.nn.Module | None = None, dataset: Any = None) -> None:
         self.recipe = recipe
         self.output_dir = Path(output_dir)
         self.resume = resume
@@ -118,6 +123,9 @@ class Engine:
         self.init_state_dict = init_state_dict
         self.export = export
         self.card_extra = dict(card_extra or {})
+        if (model is None) != (dataset is None):
+            raise ValueError("Engine: pass both model and dataset to train prebuilt components, or neither")
+        self.model, self.dataset = model, dataset
         self.ds_engine: Any = None  # the DeepSpeed engine, set by run() (for inspection and benchmarks)
 
     def run(self) -> RunResult:
@@ -129,7 +137,10 @@ class Engine:
         ckpts = CheckpointDir(self.output_dir / "checkpoints", keep_last=train.keep_last)
         resume_tag = self._resume_tag(ckpts, dist)
         torch.manual_seed(train.seed)  # same initial weights on every rank
-        if dist.local_rank == 0:
+        if self.model is not None:
+            objective = OBJECTIVES.get(recipe.objective.name)(recipe.objective.config)
+            parts = Components(model=self.model, objective=objective, dataset=self.dataset)
+        elif dist.local_rank == 0:
             parts = build_components(recipe, prepare=True)
             dist.barrier()
         else:

@@ -122,6 +122,10 @@ class DopamineModel(nn.Module):
         for _, layer in self.dopamine_layers():
             layer.temperature, layer.mix = t, m
 
+    def on_step_end(self, step: int) -> None:
+        """Engine hook, called after every optimizer step: move the schedules to ``step``."""
+        self.set_step(step)
+
     def advance(self) -> None:
         """Call once after every optimizer step."""
         self.set_step(self.step + 1)
