@@ -58,7 +58,7 @@ def make_inputs(batch: int, tokens: int, device: str, dtype: torch.dtype, seed: 
 
 def packed_fn(backend: str):
     def run(q, k, v, cu, longest, mask):
-        return varlen_attention(q, k, v, cu, longest, backend=backend)
+        return varlen_attention(q, k, v, cu, longest, backend=backend, validate=False)
 
     return run
 

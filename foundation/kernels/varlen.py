@@ -143,8 +143,10 @@ def _varlen_fwd_op(
     scale: float,
     backend: str,
     mode: str,
+    validate: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    _check_values(cu_seqlens, max_seqlen, q.shape[0])
+    if validate:
+        _check_values(cu_seqlens, max_seqlen, q.shape[0])
     if backend == "triton":
         from foundation.kernels.triton_varlen import triton_varlen_fwd
 
@@ -153,7 +155,7 @@ def _varlen_fwd_op(
 
 
 @_varlen_fwd_op.register_fake
-def _(q, k, v, cu_seqlens, max_seqlen, scale, backend, mode):
+def _(q, k, v, cu_seqlens, max_seqlen, scale, backend, mode, validate):
     T, H, _ = q.shape
     acc = torch.float64 if q.dtype == torch.float64 else torch.float32
     return torch.empty_like(q), q.new_empty((H, T), dtype=acc)
@@ -189,7 +191,7 @@ def _(grad_out, q, k, v, out, lse, cu_seqlens, max_seqlen, scale, backend, mode)
 
 
 def _setup_context(ctx, inputs, output) -> None:
-    q, k, v, cu_seqlens, max_seqlen, scale, backend, mode = inputs
+    q, k, v, cu_seqlens, max_seqlen, scale, backend, mode, _ = inputs
     out, lse = output
     ctx.save_for_backward(q, k, v, out, lse, cu_seqlens)
     ctx.max_seqlen, ctx.scale, ctx.backend, ctx.mode = max_seqlen, scale, backend, mode
@@ -200,7 +202,7 @@ def _backward(ctx, grad_out, grad_lse):
     dq, dk, dv = _varlen_bwd_op(
         grad_out, q, k, v, out, lse, cu_seqlens, ctx.max_seqlen, ctx.scale, ctx.backend, ctx.mode
     )
-    return dq, dk, dv, None, None, None, None, None
+    return dq, dk, dv, None, None, None, None, None, None
 
 
 _varlen_fwd_op.register_autograd(_backward, setup_context=_setup_context)
@@ -215,6 +217,7 @@ def varlen_attention(
     scale: float | None = None,
     backend: str = "auto",
     mode: str = "auto",
+    validate: bool = True,
 ) -> torch.Tensor:
     """Non-causal softmax attention inside each packed sequence.
 
@@ -231,6 +234,10 @@ def varlen_attention(
             sequence), "packed" (tiles of the packed buffer masked by segment id,
             for short sequences) or "auto" (packed when max_seqlen <= PACK_MAX_SEQLEN).
             The reference ignores it.
+        validate: check the values of cu_seqlens (start 0, non-decreasing, last = T,
+            max_seqlen large enough). This copies cu_seqlens to the host, one
+            synchronisation per call on CUDA; pass False in a hot loop whose layout
+            comes from :func:`foundation.kernels.pack_visible`.
 
     Returns:
         The attention output [T, H, Dh] in the dtype of q.
@@ -254,5 +261,5 @@ def varlen_attention(
             )
     if scale is None:
         scale = q.shape[-1] ** -0.5
-    out, _ = _varlen_fwd_op(q, k, v, cu_seqlens, max_seqlen, float(scale), backend, mode)
+    out, _ = _varlen_fwd_op(q, k, v, cu_seqlens, max_seqlen, float(scale), backend, mode, validate)
     return out

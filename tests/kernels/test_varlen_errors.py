@@ -41,6 +41,17 @@ def test_bad_inputs_raise(make, match):
         varlen_attention(*make(*_qkv()), backend="reference")
 
 
+def test_validate_false_skips_only_the_value_checks():
+    q, k, v = _qkv()
+    bad = torch.tensor([0, 2, 5], dtype=torch.int32)
+    with pytest.raises(ConfigError, match="does not match the token count"):
+        varlen_attention(q, k, v, bad, 4)
+    good = varlen_attention(q, k, v, CU, 4, validate=False)
+    torch.testing.assert_close(good, varlen_attention(q, k, v, CU, 4))
+    with pytest.raises(ConfigError, match="1-D int32"):  # static checks still run
+        varlen_attention(q, k, v, CU.long(), 4, validate=False)
+
+
 def test_config_error_is_a_value_error_and_backend_names_are_checked():
     q, k, v = _qkv()
     with pytest.raises(ValueError, match="unknown backend 'trition'; did you mean 'triton'"):
