@@ -13,9 +13,10 @@ Part 1, speed and memory: forward + backward of one layer on a batch of 4096 at
 256 -> 256 and 1024 -> 1024, for our KANLinear with each basis (grid 5, B-spline
 order 3), an MLP (D -> hidden -> D, GELU) whose hidden width gives the same
 parameter count as that KAN, the efficient-kan formulation (Cox-de Boor recursion
-basis + einsum, written below as the baseline) and pykan's KANLayer. Time is the
-best of repeated runs (3 at 256, 2 at 1024), models interleaved round by round in this process; peak memory is the
-extra memory allocated during one forward + backward, read from the torch
+basis + einsum, written below as the baseline) and pykan's KANLayer. Input
+gradients are computed too (a hidden layer). Time is the best of repeated runs
+(3 at 256, 2 at 1024), models interleaved round by round in this process; peak
+memory is the extra memory allocated during one forward + backward, read from the torch
 profiler (``profile_memory=True``: per-op allocations summed in op order, peak of
 the running total). pykan builds [B, D_in, D_out] tensors, so it runs at 256 only
 and with batch 1024 (its row is compared with our layers at that batch).

@@ -17,9 +17,10 @@ spline term. :class:`KANInputNorm` sits in front of the basis and decides:
 
 * ``"tanh"`` (default): x -> lo + (tanh(x) + 1) / 2 * (hi - lo), always inside the grid.
 * ``"minmax"``: per-feature running min / max (momentum, like BatchNorm
-  statistics) map the seen range onto the grid; values beyond the running
-  range are clamped to the grid edge, so they keep the edge value of the
-  spline (and get no gradient through the spline term).
+  statistics; [-1, 1] before the first training batch) map the seen range onto
+  the grid; values beyond the running range are clamped to the grid edge, so
+  they keep the edge value of the spline (and get no gradient through the
+  spline term).
 * ``"none"``: raw inputs; the spline term is 0 outside the extended grid.
   Only for inputs already known to lie in ``grid_range``.
 """
