@@ -185,8 +185,7 @@ def run_finetune(recipe: RecipeConfig, base: str, output_dir: str | Path, opts: 
         prob, y_true = _predict(wrapped, test, task)
         metrics = classification_metrics(y_true, prob) if task == "classification" else regression_metrics(y_true, prob)
         y_pred = prob.argmax(-1) if task == "classification" else prob
-        if is_main:
-            outputs.update(_save_trained(wrapped, model, opts, out, base, metrics))
+        outputs.update(_save_trained(wrapped, model, opts, out, base, metrics))  # every rank: ZeRO-3 gathers
     result = {"method": opts.method, "base": base, "metrics": metrics, "trainable_params": trainable,
               "load_report": load_report, "outputs": outputs}
     if is_main:
@@ -205,13 +204,19 @@ def run_finetune(recipe: RecipeConfig, base: str, output_dir: str | Path, opts: 
 
 def _save_trained(wrapped: torch.nn.Module, model: TaskModel, opts: FinetuneOptions, out: Path, base: str,
                   metrics: dict[str, float]) -> dict[str, str]:
+    """Save the fine-tuned model (full) or adapter + head; call on every rank (ZeRO-3 shards are gathered)."""
+    from foundation.adapters.io import gathered_state_dict, is_writer_rank
     from foundation.hub import ModelCardInfo
     from foundation.hub_card import write_model_card
 
     card = ModelCardInfo(description=f"{opts.method} fine-tune of {base}.", tags=("fine-tuned", opts.method),
                          metrics=metrics, base_model=base)
     if opts.method == "full":
-        model.save_pretrained(out / "model", card=card)
+        state = gathered_state_dict(model, keep=lambda name: True)
+        if is_writer_rank():
+            fresh = TaskModel(model.config)
+            fresh.load_state_dict(state, strict=True)
+            fresh.save_pretrained(out / "model", card=card)
         return {"model": str(out / "model")}
     folder = out / "adapter"
     if opts.method == "lora":
@@ -220,6 +225,10 @@ def _save_trained(wrapped: torch.nn.Module, model: TaskModel, opts: FinetuneOpti
         LoraAdapterModel.save(wrapped, folder)
     else:
         wrapped.save_adapter(folder)
-    save_file({k: v.detach().contiguous() for k, v in model.head.state_dict().items()}, str(out / "head.safetensors"))
-    write_model_card(folder, card, model.model_name, model.config)
+    head = gathered_state_dict(model.head, keep=lambda name: True)
+    if is_writer_rank():
+        tmp = out / ".head.tmp.safetensors"
+        save_file(head, str(tmp))
+        os.replace(tmp, out / "head.safetensors")
+        write_model_card(folder, card, model.model_name, model.config)
     return {"adapter": str(folder), "head": str(out / "head.safetensors")}
