@@ -59,7 +59,7 @@ class ChannelEncoding(nn.Module):
         if tau_init <= 0:
             raise ConfigError(f"ChannelEncoding: tau_init must be > 0 metres, received {tau_init}")
         self.tau_init = tau_init
-        self.a = nn.Parameter(torch.empty((), device=device, dtype=dtype))
+        self.a = nn.Parameter(torch.empty(1, device=device, dtype=dtype))  # [1], not a scalar: DeepSpeed broadcasts views
         self.proj = nn.Linear(3, embed_dim, device=device, dtype=dtype)
         self.reset_parameters()
 
@@ -70,8 +70,8 @@ class ChannelEncoding(nn.Module):
 
     @property
     def tau(self) -> torch.Tensor:
-        """The decay length in metres, softplus(a)."""
-        return nn.functional.softplus(self.a)
+        """The decay length in metres, softplus(a) (a scalar tensor)."""
+        return nn.functional.softplus(self.a[0])
 
     def forward(self, pos: torch.Tensor, chan_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Encode channels.
