@@ -88,7 +88,8 @@ def flex_document(q, k, v, cu, longest, mask):
     from torch.nn.attention.flex_attention import create_block_mask
 
     T = q.shape[0]
-    doc = torch.repeat_interleave(torch.arange(cu.numel() - 1, device=q.device), (cu[1:] - cu[:-1]).long(), output_size=T)
+    lengths = (cu[1:] - cu[:-1]).long()
+    doc = torch.repeat_interleave(torch.arange(cu.numel() - 1, device=q.device), lengths, output_size=T)
 
     def same_doc(b, h, qi, ki):
         return doc[qi] == doc[ki]
@@ -179,7 +180,7 @@ def run_cpu(repeats: int) -> None:
                     ms[name] += timed(fn, padded_inputs if pad else packed_inputs, backward, "cpu", 1)
             t_packed, t_padded = (min(ms[n]) * 1e3 for n in CPU_IMPLS)
             m_packed, m_padded = (
-                profiler_peak(lambda fn=fn, pad=pad: timed(fn, padded_inputs if pad else packed_inputs, backward, "cpu", 1))
+                profiler_peak(lambda f=fn, a=(padded_inputs if pad else packed_inputs): timed(f, a, backward, "cpu", 1))
                 / 2**20
                 for fn, pad in CPU_IMPLS.values()
             )
@@ -226,15 +227,19 @@ def run_check() -> None:
     from tests.kernels._helpers import forward_backward, max_errors, packed_case, plain_attention
 
     failures = 0
-    for lens, heads, dim, dtype in (([1, 50, 7, 300, 3], 4, 64, torch.bfloat16), ([1, 2, 9, 40] * 8, 2, 32, torch.float16),
+    for lens, heads, dim, dtype in (([1, 50, 7, 300, 3], 4, 64, torch.bfloat16),
+                                    ([1, 2, 9, 40] * 8, 2, 32, torch.float16),
                                     ([129, 1, 700], 3, 128, torch.float32), ([5] * 60, 4, 64, torch.bfloat16)):
         q, k, v, do, cu = (t.cuda() for t in packed_case(lens, heads, dim, dtype, seed=len(lens)))
         scale = dim**-0.5
-        exact = forward_backward(lambda a, b, c: plain_attention(a, b, c, cu, scale), q.double(), k.double(), v.double(), do)
+        qd, kd, vd = q.double(), k.double(), v.double()
+        exact = forward_backward(lambda a, b, c: plain_attention(a, b, c, cu, scale), qd, kd, vd, do)
         plain = forward_backward(lambda a, b, c: plain_attention(a, b, c, cu, scale), q, k, v, do)
         for mode in ("sequence", "packed"):
-            got = forward_backward(lambda a, b, c: varlen_attention(a, b, c, cu, max(lens), backend="triton", mode=mode),
-                                   q, k, v, do)
+            def kernel(a, b, c, mode=mode):
+                return varlen_attention(a, b, c, cu, max(lens), backend="triton", mode=mode)
+
+            got = forward_backward(kernel, q, k, v, do)
             errs, base = max_errors(got, exact), max_errors(plain, exact)
             floor = 1e-6 if dtype == torch.float32 else 0.0
             ok = all(e <= 2 * b + floor for e, b in zip(errs, base))

@@ -132,7 +132,8 @@ def _fwd_kernel(
             m_i = m_new
         l_safe = tl.where(l_i == 0.0, 1.0, l_i)
         out = acc / l_safe[:, None]
-        tl.store(O + offs_m[:, None] * sot + h * soh + offs_d[None, :], _to(out, O.dtype.element_ty, UPCAST), mask=row_ok[:, None])
+        o_ptr = O + offs_m[:, None] * sot + h * soh + offs_d[None, :]
+        tl.store(o_ptr, _to(out, O.dtype.element_ty, UPCAST), mask=row_ok[:, None])
         lse = (m_i + tl.math.log2(l_safe)) * 0.6931471805599453  # back to natural log
         tl.store(LSE + h * T + offs_m, lse, mask=row_ok)
 
@@ -255,7 +256,13 @@ def _strides(q, k, v, o) -> tuple[int, ...]:
 
 
 def triton_varlen_fwd(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int, scale: float, mode: str
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    max_seqlen: int,
+    scale: float,
+    mode: str,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Forward: ``(out [T, H, Dh], lse [H, T] fp32)``; mode "sequence" or "packed"."""
     q, k, v = _prep(q, k, v)

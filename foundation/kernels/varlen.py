@@ -57,7 +57,13 @@ def resolve_backend(backend: str, q: torch.Tensor) -> str:
 
 
 def _check_static(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int, backend: str, mode: str
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    max_seqlen: int,
+    backend: str,
+    mode: str,
 ) -> None:
     for name, t in (("q", q), ("k", k), ("v", v)):
         if t.dim() != 3:

@@ -147,7 +147,9 @@ class Attention(nn.Module):
             raise ConfigError(f"Attention: x has width {x.shape[-1]} but the layer was built with dim = {self.dim}")
         if cu_seqlens is not None:
             if key_padding_mask is not None:
-                raise ConfigError("Attention: pass either cu_seqlens (packed x) or key_padding_mask (padded x), not both")
+                raise ConfigError(
+                    "Attention: pass either cu_seqlens (packed x) or key_padding_mask (padded x), not both"
+                )
             if x.dim() != 2:
                 raise ConfigError(f"Attention: with cu_seqlens x must be packed [K, D], received {list(x.shape)}")
             if max_seqlen is None:

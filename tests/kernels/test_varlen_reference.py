@@ -49,7 +49,8 @@ def test_custom_op_registrations_pass_opcheck():
 
     q, k, v, _, cu = packed_case([2, 5], 2, 4, torch.float32, seed=5)
     args = tuple(t.requires_grad_(True) for t in (q, k, v)) + (cu, 5, 0.5, "reference", "auto", True)
-    torch.library.opcheck(_varlen_fwd_op, args, test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
+    checks = ("test_schema", "test_autograd_registration", "test_faketensor")
+    torch.library.opcheck(_varlen_fwd_op, args, test_utils=checks)
 
 
 def test_torch_compile_traces_through_the_op_fullgraph():

@@ -37,7 +37,9 @@ def test_kernels_run_in_the_interpreter():
 def test_triton_matches_fp64_within_twice_plain_torch_error(lens, heads, head_dim, dtype, mode):
     q, k, v, do, cu = packed_case(lens, heads, head_dim, dtype, seed=len(lens) + head_dim)
     scale = head_dim**-0.5
-    exact = forward_backward(lambda a, b, c: plain_attention(a, b, c, cu, scale), q.double(), k.double(), v.double(), do)
+    exact = forward_backward(
+        lambda a, b, c: plain_attention(a, b, c, cu, scale), q.double(), k.double(), v.double(), do
+    )
     kernel = forward_backward(
         lambda a, b, c: varlen_attention(a, b, c, cu, max(lens), backend="triton", mode=mode), q, k, v, do
     )
