@@ -6,7 +6,8 @@ https://arxiv.org/abs/1905.11946). Unlike the published baseline, the FPN is a s
 whose parameters the optimiser sees (``param_groups``), so it trains.
 
 Routing: classification heads read the deepest backbone map (stride 32); segmentation,
-detection and keypoint heads read the finest FPN map (stride 4). ImageNet weights come
+detection and keypoint heads read the FPN levels fused at stride 4 (each level upsampled and summed, as in Kirillov et al.,
+"Panoptic Feature Pyramid Networks", https://arxiv.org/abs/1901.02446). ImageNet weights come
 only from a file or a Hub id the user names in ``pretrained`` (nothing is downloaded
 unless asked); the head multipliers default to the baseline's 10x (verified against the
 reference notes: encoder LR 1e-4, heads 10x).
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from foundation.errors import CheckpointError, ConfigError, did_you_mean
@@ -139,10 +141,15 @@ class UltrasoundMTL(nn.Module, HubMixin):
         self.register_buffer("std", torch.tensor(_STD).view(1, 3, 1, 1), persistent=False)
 
     def features(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``image [B, 3, S, S]`` -> ``(deepest [B, C5, S/32, S/32], fpn [B, D, S/4, S/4])``."""
+        """``image [B, 3, S, S]`` -> ``(deepest [B, C5, S/32, S/32], fused FPN [B, D, S/4, S/4])``."""
         x = (image - self.mean.to(image.dtype)) / self.std.to(image.dtype)
         feats = self.backbone(x)
-        return feats[-1], self.fpn(feats)[0]
+        levels = self.fpn(feats)
+        # Panoptic-FPN-style fusion: every level, upsampled to the finest, summed (all FPN levels train)
+        fused = levels[0]
+        for level in levels[1:]:
+            fused = fused + F.interpolate(level, size=fused.shape[-2:], mode="bilinear", align_corners=False)
+        return feats[-1], fused
 
     def forward_features(self, x: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
         """Tokens of the deepest map: ``[B, 3, S, S]`` -> ``[B, N, C5]`` with ``N = (S/32)^2``.
