@@ -29,6 +29,34 @@ def seqlens_to_cu(seqlens: torch.Tensor) -> torch.Tensor:
     return cu
 
 
+def _is_index_matrix(keep: object, batch: int) -> bool:
+    return (
+        isinstance(keep, torch.Tensor)
+        and keep.dim() == 2
+        and keep.shape[0] == batch
+        and not (keep.dtype.is_floating_point or keep.dtype == torch.bool or keep.is_complex())
+    )
+
+
+def _check_index_matrix(keep: torch.Tensor, n: int) -> None:
+    """Range and uniqueness of a [B, K] index matrix, with one host copy for all rows."""
+    if keep.numel() == 0:
+        return
+    lo, hi = keep.min(dim=1).values, keep.max(dim=1).values
+    ordered = keep.sort(dim=1).values
+    repeats = (ordered[:, 1:] == ordered[:, :-1]).any(dim=1)
+    out_of_range = (lo < 0) | (hi >= n)
+    rows = torch.stack([lo, hi, out_of_range.long(), repeats.long()], dim=1).tolist()  # [B, 4]
+    for b, (row_lo, row_hi, bad_range, repeated) in enumerate(rows):
+        if bad_range:
+            raise ConfigError(
+                f"pack_visible: keep[{b}] holds index range [{row_lo}, {row_hi}] but x has N = {n} tokens "
+                f"(valid indices 0..{n - 1})"
+            )
+        if repeated:
+            raise ConfigError(f"pack_visible: keep[{b}] repeats a token index; each visible token must appear once")
+
+
 def _index_lists(x: torch.Tensor, keep: torch.Tensor | Sequence[torch.Tensor]) -> list[torch.Tensor]:
     B, N = x.shape[:2]
     if isinstance(keep, torch.Tensor) and keep.dtype == torch.bool:
@@ -89,6 +117,19 @@ def pack_visible(
     """
     if x.dim() < 2:
         raise ConfigError(f"pack_visible: x must be [B, N, D], received shape {list(x.shape)}")
+    B, N = x.shape[:2]
+    if isinstance(keep, torch.Tensor) and keep.dtype == torch.bool and tuple(keep.shape) == (B, N):
+        keep = keep.to(x.device)
+        seqlens = keep.sum(1, dtype=torch.int32)
+        packed = x[keep]  # [B, N, D] -> [sum K_b, D], row-major (= index order within each sample)
+        return packed, seqlens_to_cu(seqlens), int(seqlens.max()) if B else 0
+    if _is_index_matrix(keep, B):
+        _check_index_matrix(keep, N)
+        keep = keep.to(device=x.device, dtype=torch.long)
+        K = keep.shape[1]
+        packed = x.gather(1, keep.view(B, K, *([1] * (x.dim() - 2))).expand(B, K, *x.shape[2:]))  # [B, K, D]
+        seqlens = torch.full((B,), K, dtype=torch.int32, device=x.device)
+        return packed.reshape(B * K, *x.shape[2:]), seqlens_to_cu(seqlens), K  # [B, K, D] -> [B*K, D]
     rows = _index_lists(x, keep)
     seqlens = torch.tensor([r.numel() for r in rows], dtype=torch.int32, device=x.device)
     batch_idx = torch.repeat_interleave(torch.arange(len(rows), device=x.device), seqlens.long())

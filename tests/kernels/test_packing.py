@@ -71,3 +71,13 @@ def test_unpack_rejects_inconsistent_cu_seqlens():
         unpack(packed, torch.tensor([0, 4, 2, 6], dtype=torch.int32))
     with pytest.raises(ConfigError, match=r"max_seqlen = 3 is shorter than the longest sequence \(4\)"):
         unpack(packed, torch.tensor([0, 2, 6], dtype=torch.int32), max_seqlen=3)
+
+
+def test_trailing_dims_are_carried_for_every_keep_form():
+    x = torch.randn(2, 6, 3, 4)  # [B, N, H, Dh]
+    keep = torch.tensor([[5, 0], [2, 3]])
+    expected = torch.stack([x[0, [5, 0]], x[1, [2, 3]]]).reshape(4, 3, 4)
+    for form in (keep, list(keep)):
+        packed, cu, longest = pack_visible(x, form)
+        torch.testing.assert_close(packed, expected)
+        assert cu.tolist() == [0, 2, 4] and longest == 2
