@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from foundation.errors import DataError
-from foundation.modalities.fmri.preprocess import PreprocessSpec, preprocess_scan
+from foundation.modalities.fmri.preprocess import PreprocessSpec, load_mni_mask, preprocess_scan
 from foundation.modalities.fmri.reader import read_scan
 
 __all__ = ["build_cache", "load_index", "open_scan", "quantize", "INDEX"]
@@ -86,10 +86,11 @@ def build_cache(
             return old
     (out / "scans").mkdir(parents=True, exist_ok=True)
     scans, left_out = [], []
+    mni = load_mni_mask() if spec.mask == "mni" else None
     for f in files:
         try:
             scan = read_scan(f)
-            vol, mask = preprocess_scan(scan, spec)
+            vol, mask = preprocess_scan(scan, spec, mni)
             if vol.shape[0] < min_frames:
                 raise DataError(
                     f"{f}: {vol.shape[0]} frames at TR {spec.tr} s (source {scan.n_times} at {scan.tr} s) is shorter than one "

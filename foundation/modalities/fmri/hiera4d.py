@@ -7,9 +7,11 @@ of dimensions like the official code, with two changes for SLIM-Brain:
 * tokens live unit-major ([U, T_u, D], see :mod:`~foundation.modalities.fmri.hiera_utils`),
   so masked and background-only mask units are deleted before the first block
   and samples may keep different numbers of units;
-* attention without q pooling goes through :func:`foundation.kernels.varlen_attention`
-  (one segment per mask unit for mask-unit attention, one per sample for global
-  attention); q-pooling blocks (2 per model) use SDPA.
+* global attention (samples keep different numbers of units) goes through
+  :func:`foundation.kernels.varlen_attention` with one segment per sample; mask-unit
+  attention is one batched SDPA over [U, H, T_u, Dh] (every unit has T_u tokens, so
+  no padding and no ragged kernel is needed), as is global attention in a q-pooling
+  block (q and k differ in length there; one SDPA per sample).
 
 Parameter names follow the ``hiera-transformer`` package (``patch_embed.proj``,
 ``pos_embed[_spatial|_temporal]``, ``blocks.i.{norm1,attn.qkv,attn.proj,norm2,mlp.fc1,mlp.fc2,proj}``,
@@ -144,7 +146,7 @@ def _sample_drop_path(x: torch.Tensor, p: float, training: bool, units_cu: torch
 
 
 class MaskUnitAttention(nn.Module):
-    """Mask-unit or global attention over unit-major tokens, with optional q pooling.
+    """Mask-unit or global attention over unit-major tokens, with optional q pooling (Hiera's MaskUnitAttention).
 
     Args:
         dim: input width. dim_out: output width. heads: H.
@@ -169,12 +171,8 @@ class MaskUnitAttention(nn.Module):
         if s > 1:
             q = q.view(U, s, T // s, H, Dh).max(dim=1).values  # [U, T, H, Dh] -> [U, T/s, H, Dh]
         Tq = q.shape[1]
-        if self.use_mask_unit_attn and s > 1:
+        if self.use_mask_unit_attn:  # every unit has T tokens: one dense batched SDPA, no padding
             o = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)).transpose(1, 2)
-        elif self.use_mask_unit_attn:
-            cu = torch.arange(U + 1, device=x.device, dtype=torch.int32) * T  # one segment per unit
-            o = varlen_attention(q.reshape(U * T, H, Dh), k.reshape(U * T, H, Dh), v.reshape(U * T, H, Dh), cu, T,
-                                 scale=Dh**-0.5, backend=self.backend).view(U, T, H, Dh)
         elif s == 1:
             cu = (units_cu * T).to(torch.int32)  # one segment per sample
             max_len = int((units_cu[1:] - units_cu[:-1]).max()) * T

@@ -5,7 +5,7 @@ Steps (all pure functions of a :class:`~foundation.modalities.fmri.reader.Scan`)
 1. spatial resampling to ``voxel_size`` mm (trilinear, ``scipy.ndimage.zoom``);
 2. temporal resampling to ``tr`` seconds (linear interpolation between volumes);
 3. centre crop / zero pad to the spatial ``grid`` (X, Y, Z);
-4. a brain mask: ``"mni"`` (nilearn's MNI152 brain mask, shipped in the package,
+4. a brain mask: ``"mni"`` (nilearn's MNI152 brain mask, read from the file nilearn ships,
    resampled by nearest neighbour into the scan's world space), ``"compute"``
    (mean image above ``compute_threshold`` x its 98th percentile) or a mask file;
 5. per-voxel z-score over time inside the mask; zero outside.
@@ -22,7 +22,7 @@ import numpy as np
 from foundation.errors import DataError
 from foundation.modalities.fmri.reader import Scan
 
-__all__ = ["PreprocessSpec", "preprocess_scan", "resample_tr", "crop_or_pad", "zscore_in_mask", "brain_mask", "mni_mask_like"]
+__all__ = ["PreprocessSpec", "preprocess_scan", "resample_tr", "crop_or_pad", "zscore_in_mask", "brain_mask", "mni_mask_like", "load_mni_mask"]
 
 
 @dataclass(frozen=True)
@@ -89,24 +89,46 @@ def zscore_in_mask(data: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return (z * mask[..., None]).astype(np.float32)
 
 
-def mni_mask_like(affine: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
-    """nilearn's MNI152 brain mask resampled (nearest) onto a grid with ``affine`` and ``shape``: [X, Y, Z] bool."""
-    try:
-        from nilearn.datasets import load_mni152_brain_mask
-    except ImportError as err:
-        raise ImportError("mask='mni' needs nilearn (it ships the MNI152 mask): pip install nilearn") from err
+def load_mni_mask() -> tuple[np.ndarray, np.ndarray]:
+    """nilearn's MNI152 brain mask, read from the file nilearn ships (no download, no nilearn import).
+
+    As ``nilearn.datasets.load_mni152_brain_mask``: the 1 mm skull-stripped T1 template
+    (2009a symmetric) scaled to max 1 and thresholded at 0.2.
+
+    Returns:
+        (mask [X, Y, Z] bool, affine [4, 4]).
+    """
+    import importlib.util
+
+    import nibabel
+
+    spec = importlib.util.find_spec("nilearn")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("mask='mni' needs nilearn (it ships the MNI152 template): pip install nilearn")
+    path = Path(spec.submodule_search_locations[0]) / "datasets" / "data" / "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"
+    img = nibabel.load(str(path))
+    data = np.asarray(img.get_fdata(dtype=np.float32))
+    return data / data.max() > 0.2, np.asarray(img.affine)
+
+
+def mni_mask_like(affine: np.ndarray, shape: tuple[int, int, int], mni: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+    """The MNI152 brain mask resampled (nearest) onto a grid with ``affine`` and ``shape``: [X, Y, Z] bool.
+
+    Args:
+        affine: voxel -> world (mm) of the target grid.
+        shape: target grid.
+        mni: the result of :func:`load_mni_mask` (loaded here when None).
+    """
     from scipy import ndimage
 
-    mni = load_mni152_brain_mask(resolution=2)
-    # voxel of the target -> world -> voxel of the MNI mask
-    to_mni = np.linalg.inv(mni.affine) @ affine
-    out = ndimage.affine_transform(
-        np.asarray(mni.get_fdata(), dtype=np.float32), to_mni[:3, :3], offset=to_mni[:3, 3], output_shape=shape, order=0
-    )
+    mask, mni_affine = mni if mni is not None else load_mni_mask()
+    to_mni = np.linalg.inv(mni_affine) @ affine  # target voxel -> world -> MNI voxel
+    out = ndimage.affine_transform(mask.astype(np.float32), to_mni[:3, :3], offset=to_mni[:3, 3], output_shape=shape, order=0)
     return out > 0.5
 
 
-def brain_mask(kind: str, data: np.ndarray, affine: np.ndarray, threshold: float = 0.3, where: str = "") -> np.ndarray:
+def brain_mask(kind: str, data: np.ndarray, affine: np.ndarray, threshold: float = 0.3, where: str = "",
+               mni: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
     """A brain mask [X, Y, Z] bool for ``data`` [X, Y, Z, T] with ``affine``.
 
     Raises:
@@ -114,7 +136,7 @@ def brain_mask(kind: str, data: np.ndarray, affine: np.ndarray, threshold: float
     """
     shape = data.shape[:3]
     if kind == "mni":
-        mask = mni_mask_like(affine, shape)
+        mask = mni_mask_like(affine, shape, mni)
     elif kind == "compute":
         mean = np.abs(data).mean(axis=-1)
         mask = mean > threshold * np.percentile(mean, 98)
@@ -135,12 +157,13 @@ def brain_mask(kind: str, data: np.ndarray, affine: np.ndarray, threshold: float
     return mask
 
 
-def preprocess_scan(scan: Scan, spec: PreprocessSpec) -> tuple[np.ndarray, np.ndarray]:
+def preprocess_scan(scan: Scan, spec: PreprocessSpec, mni: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Resample, mask, z-score and crop/pad one scan.
 
     Args:
         scan: a scan from :func:`~foundation.modalities.fmri.reader.read_scan`.
         spec: the target grid, voxel size, TR and mask.
+        mni: a preloaded :func:`load_mni_mask` (for many scans).
 
     Returns:
         (volume [T, Z, Y, X] float32 z-scored inside the mask, mask [Z, Y, X] bool).
@@ -157,7 +180,7 @@ def preprocess_scan(scan: Scan, spec: PreprocessSpec) -> tuple[np.ndarray, np.nd
             affine[:3, :3] = affine[:3, :3] / np.asarray(factors)[None, :]
     if spec.tr > 0 and abs(scan.tr - spec.tr) > 1e-6:
         data = resample_tr(data, scan.tr, spec.tr)
-    mask = brain_mask(spec.mask, data, affine, spec.compute_threshold, where=f"{scan.path}: ")
+    mask = brain_mask(spec.mask, data, affine, spec.compute_threshold, where=f"{scan.path}: ", mni=mni)
     vol = zscore_in_mask(data, mask)
     vol, mask = crop_or_pad(vol, spec.grid), crop_or_pad(mask, spec.grid)
     # [X, Y, Z, T] -> [T, Z, Y, X]

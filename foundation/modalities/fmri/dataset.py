@@ -1,0 +1,190 @@
+"""The SLIM-Brain window dataset: folder / BIDS tree -> cached scans -> salient windows -> batches.
+
+``FmriWindows.prepare(config)`` (rank 0, once) generates the demo corpus when no
+``source`` is given, builds the int8 memory-mapped cache
+(:mod:`~foundation.modalities.fmri.cache`) and picks the windows of every scan
+(``selection``: "saliency" = stage 1's top k, "random" = k random windows, "all" =
+every non-overlapping window), written to ``windows-<selection>-k<k>-s<seed>.json``.
+An item is one window::
+
+    {"x": [1, W, Z, Y, X] float32, "unit_fg": [U] bool (mask unit holds brain voxels),
+     "label": int64 (or float32), "scan": int64, "start": int64}
+
+Unit order is row-major over the encoder's unit grid (time, z, y, x); ``unit_size``
+must equal the encoder's patch_stride * mask_unit_size.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from foundation.errors import ConfigError, DataError
+from foundation.modalities.fmri.cache import build_cache, load_index, open_scan
+from foundation.modalities.fmri.hiera_utils import unit_foreground
+from foundation.modalities.fmri.preprocess import PreprocessSpec
+
+__all__ = ["FmriWindowsConfig", "FmriWindows", "SELECTIONS"]
+
+SELECTIONS = ("saliency", "random", "all")
+
+
+@dataclass
+class FmriWindowsConfig:
+    source: str = field(default="", metadata={"help": "folder of 4D NIfTI files or a BIDS tree ('' = generate the demo corpus)"})
+    labels: str = field(default="", metadata={"help": "TSV with a 'file' column and label_column ('' = labels.tsv of the source, if any)"})
+    label_column: str = field(default="label", metadata={"help": "labels TSV column returned as batch['label']"})
+    cache_dir: str = field(default="runs/cache/slim-brain", metadata={"help": "cache folder (relative to the working dir)"})
+    grid: tuple[int, int, int] = field(default=(96, 96, 96), metadata={"help": "spatial grid (Z, Y, X) in voxels"})
+    voxel_size: float = field(default=2.0, metadata={"help": "voxel size in mm (0: keep)"})
+    tr: float = field(default=0.8, metadata={"help": "repetition time in s after resampling (0: keep) (unverified)"})
+    mask: str = field(default="mni", metadata={"help": "brain mask: mni, compute or a mask file"})
+    window: int = field(default=40, metadata={"help": "frames per window (= encoder input_size[0])"})
+    top_k: int = field(default=4, metadata={"help": "windows per scan (unverified)"})
+    selection: str = field(default="saliency", metadata={"help": "saliency, random or all"})
+    saliency_pool: int = field(default=4, metadata={"help": "voxels per coarse parcel edge for saliency"})
+    unit_size: tuple[int, int, int, int] = field(default=(8, 32, 32, 32), metadata={"help": "frames/voxels per mask unit (T, Z, Y, X)"})
+    seed: int = field(default=0, metadata={"help": "seed of the demo corpus and of random windows"})
+    demo_subjects: int = field(default=24, metadata={"help": "demo corpus: subjects (one scan each)"})
+    demo_frames: int = field(default=96, metadata={"help": "demo corpus: frames per scan"})
+    demo_voxel_size: float = field(default=6.0, metadata={"help": "demo corpus: voxel size in mm"})
+
+    def __post_init__(self) -> None:
+        self.grid, self.unit_size = tuple(self.grid), tuple(self.unit_size)
+        if self.selection not in SELECTIONS:
+            raise ConfigError(f"data.selection: unknown {self.selection!r}; valid: {', '.join(SELECTIONS)}")
+        if self.window < 1 or self.top_k < 1:
+            raise ConfigError(f"data.window ({self.window}) and data.top_k ({self.top_k}) must be >= 1")
+        dims = (self.window,) + self.grid
+        bad = [f"{d} % {u}" for d, u in zip(dims, self.unit_size) if d % u]
+        if bad:
+            raise ConfigError(f"data.unit_size {self.unit_size} must divide (window, *grid) = {dims}; remainders in {bad}")
+
+    @property
+    def spec(self) -> PreprocessSpec:
+        return PreprocessSpec(grid=self.grid[::-1], voxel_size=self.voxel_size, tr=self.tr, mask=self.mask)
+
+
+def _read_table(path: Path) -> dict[str, dict[str, str]]:
+    lines = path.read_text().strip().splitlines()
+    head = lines[0].split("\t")
+    if "file" not in head:
+        raise DataError(f"{path}: the labels table needs a 'file' column (tab-separated), found {head}")
+    return {row["file"]: row for row in (dict(zip(head, line.split("\t"))) for line in lines[1:])}
+
+
+class FmriWindows(torch.utils.data.Dataset):
+    """Windows of cached scans (see the module docstring)."""
+
+    config_class = FmriWindowsConfig
+
+    @staticmethod
+    def _paths(config: FmriWindowsConfig) -> tuple[Path, Path, Path | None]:
+        cache = Path(config.cache_dir)
+        source = Path(config.source) if config.source else cache / "demo"
+        labels = Path(config.labels) if config.labels else (source / "labels.tsv")
+        return cache, source, labels if labels.exists() or config.labels else None
+
+    @classmethod
+    def windows_file(cls, config: FmriWindowsConfig) -> Path:
+        return Path(config.cache_dir) / f"windows-{config.selection}-k{config.top_k}-s{config.seed}-w{config.window}.json"
+
+    @classmethod
+    def prepare(cls, config: FmriWindowsConfig) -> dict[str, Any]:
+        """Generate the demo corpus (no source), build the cache and choose windows. Returns the cache index."""
+        from foundation.modalities.fmri.demo_corpus import generate_demo_corpus
+        from foundation.modalities.fmri.reader import find_scans
+        from foundation.modalities.fmri.saliency import random_windows, top_k_windows
+
+        cache, source, _ = cls._paths(config)
+        if not config.source:
+            generate_demo_corpus(source, config.demo_subjects, config.demo_frames, voxel_size=config.demo_voxel_size, seed=config.seed)
+        labels_path = cls._paths(config)[2]
+        labels = None
+        if labels_path is not None:
+            if not labels_path.exists():
+                raise DataError(f"data.labels: {labels_path} does not exist")
+            labels = _read_table(labels_path)
+        index = build_cache(find_scans(source), cache / "store", config.spec, config.window, labels)
+        rng = np.random.default_rng(config.seed)
+        windows = []
+        for entry in index["scans"]:
+            vol, mask = open_scan(cache / "store", entry)
+            if config.selection == "saliency":
+                starts = top_k_windows(vol, mask, config.window, config.top_k, pool=config.saliency_pool)
+            elif config.selection == "random":
+                starts = random_windows(entry["n_times"], config.window, config.top_k, rng)
+            else:
+                starts = list(range(0, entry["n_times"] - config.window + 1, config.window))
+            windows.append(starts)
+        path = cls.windows_file(config)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps({"store_sources": index["sources"], "windows": windows}))
+        os.replace(tmp, path)
+        return index
+
+    def __init__(self, config: FmriWindowsConfig) -> None:
+        self.config = config
+        self.root = Path(config.cache_dir) / "store"
+        self.index = load_index(self.root)
+        path = self.windows_file(config)
+        if not path.exists():
+            raise DataError(f"{path}: no window list; run FmriWindows.prepare(config) first (pretrain.py does)")
+        chosen = json.loads(path.read_text())
+        if chosen["store_sources"] != self.index["sources"]:
+            raise DataError(f"{path}: the window list belongs to another cache build; run FmriWindows.prepare(config) again")
+        self.items = [(i, s) for i, starts in enumerate(chosen["windows"]) for s in starts]
+        ut = config.window // config.unit_size[0]
+        self._fg = []
+        for entry in self.index["scans"]:
+            _, mask = open_scan(self.root, entry)
+            if tuple(mask.shape) != config.grid:
+                raise DataError(f"{self.root}: cached grid {tuple(mask.shape)} != data.grid {config.grid}; delete the cache or fix data.grid")
+            self._fg.append(torch.from_numpy(np.tile(unit_foreground(mask, config.unit_size[1:]), ut)))
+
+    def label(self, scan: int) -> Any:
+        entry = self.index["scans"][scan]
+        row = entry.get("label")
+        if row is None:
+            return -1
+        if self.config.label_column not in row:
+            raise DataError(f"labels table has no column {self.config.label_column!r} (columns: {sorted(row)}); set data.label_column")
+        value = float(row[self.config.label_column])
+        return int(value) if value.is_integer() else value
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        scan, start = self.items[i]
+        entry = self.index["scans"][scan]
+        vol, _ = open_scan(self.root, entry)
+        x = torch.from_numpy(np.asarray(vol[start:start + self.config.window], dtype=np.float32) * entry["scale"])
+        lab = self.label(scan)
+        return {
+            "x": x.unsqueeze(0),  # [W, Z, Y, X] -> [1, W, Z, Y, X]
+            "unit_fg": self._fg[scan],
+            "label": torch.tensor(lab, dtype=torch.int64 if isinstance(lab, int) else torch.float32),
+            "scan": torch.tensor(scan),
+            "start": torch.tensor(start),
+        }
+
+    def groups(self) -> list[str]:
+        """Subject (or source file) of each item, for subject-wise splits."""
+        out = []
+        for scan, _ in self.items:
+            entry = self.index["scans"][scan]
+            out.append(str((entry.get("label") or {}).get("subject", entry["source"])))
+        return out
+
+    def describe(self) -> str:
+        c = self.config
+        left = len(self.index["left_out"])
+        return (f"{len(self.index['scans'])} fMRI scans ({'demo corpus' if not c.source else c.source}; {left} left out), "
+                f"grid {c.grid} at {c.voxel_size} mm, TR {c.tr} s, {len(self)} windows of {c.window} frames "
+                f"({c.selection}, k={c.top_k}).")

@@ -1,0 +1,78 @@
+"""The SLIM-Brain JEPA objective: mask-unit deletion, smooth-L1 on layer-normed EMA-target features.
+
+I-JEPA (Assran et al., https://arxiv.org/abs/2301.08243) on Hiera mask units:
+per sample, ``mask_ratio`` (about 70%, REFERENCE.md) of the foreground mask units
+are deleted from the context encoder's input and become the prediction targets;
+background-only units (``batch["unit_fg"]`` False) are deleted from every encoder.
+Loss: ``smooth_l1(prediction, layer_norm(target), beta)``. The target features'
+std over tokens is logged as ``target_std``; when it falls below
+``collapse_std`` a warning is logged (representation collapse: the EMA target
+maps everything to one point), and the run goes on.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from foundation.errors import ConfigError, DataError
+from foundation.modalities.fmri.hiera_utils import sample_units
+
+__all__ = ["JepaConfig", "JepaObjective"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class JepaConfig:
+    mask_ratio: float = field(default=0.7, metadata={"help": "share of foreground mask units deleted (targets)"})
+    beta: float = field(default=1.0, metadata={"help": "smooth-L1 beta"})
+    collapse_std: float = field(default=0.01, metadata={"help": "log a collapse warning when target_std falls below this"})
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.mask_ratio < 1.0:
+            raise ConfigError(f"objective.mask_ratio must be in (0, 1), received {self.mask_ratio}")
+        if self.beta <= 0:
+            raise ConfigError(f"objective.beta must be > 0, received {self.beta}")
+
+
+class JepaObjective(nn.Module):
+    """``forward(model, batch) -> (loss, {"target_std", "context_units", "target_units"})``.
+
+    ``batch``: {"x": [B, C, T, Z, Y, X], "unit_fg": [B, U] bool, ...}.
+    """
+
+    config_class = JepaConfig
+
+    def __init__(self, config: JepaConfig) -> None:
+        super().__init__()
+        self.config = config
+
+    def forward(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        fg = batch["unit_fg"].bool()
+        n_units = model.encoder.n_units
+        if fg.shape[1] != n_units:
+            raise DataError(
+                f"JEPA: the data gives {fg.shape[1]} mask units per window, the encoder has {n_units}; "
+                "set data.unit_size = model.patch_stride * model.mask_unit_size and data.window/grid = model.input_size"
+            )
+        n_fg = fg.sum(1)
+        if int(n_fg.min()) < 2:
+            raise DataError(
+                f"JEPA: a window has {int(n_fg.min())} foreground mask unit(s); need >= 2 (one context, one target); "
+                "check the brain mask or use smaller mask units"
+            )
+        keep, drop = sample_units(fg, self.config.mask_ratio)
+        pred, tgt, std = model(batch["x"], keep, drop)
+        loss = F.smooth_l1_loss(pred.float(), tgt.float(), beta=self.config.beta)
+        if float(std) < self.config.collapse_std:
+            log.warning("JEPA target features collapsing: target_std %.2e < collapse_std %.2e", float(std), self.config.collapse_std)
+        metrics = {
+            "target_std": std.detach(),
+            "context_units": torch.tensor(float(sum(len(k) for k in keep)) / len(keep)),
+            "target_units": torch.tensor(float(sum(len(d) for d in drop)) / len(drop)),
+        }
+        return loss, metrics
