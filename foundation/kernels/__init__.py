@@ -2,7 +2,16 @@
 
 triton is imported lazily: only asking for ``backend="triton"`` imports it.
 """
-from foundation.kernels.mesa import GELU8, LayerNorm8, Linear8, SiLU8, Softmax8, apply_act_bits, softmax_8bit
+from foundation.kernels.mesa import (
+    GELU8,
+    LayerNorm8,
+    Linear8,
+    SiLU8,
+    Softmax8,
+    apply_act_bits,
+    attention_core_8bit,
+    softmax_8bit,
+)
 from foundation.kernels.packing import pack_visible, seqlens_to_cu, unpack
 from foundation.kernels.varlen import BACKENDS, MODES, PACK_MAX_SEQLEN, resolve_backend, varlen_attention
 
@@ -17,6 +26,7 @@ __all__ = [
     "seqlens_to_cu",
     "apply_act_bits",
     "softmax_8bit",
+    "attention_core_8bit",
     "Linear8",
     "GELU8",
     "SiLU8",
