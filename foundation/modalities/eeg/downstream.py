@@ -1,0 +1,167 @@
+"""Downstream evaluation of DeeperBrain encoders: frozen probing, full fine-tuning, band-power baseline.
+
+- :func:`encode_windows`: pooled frozen features [S, D] (mean over every real channel's patches).
+- :func:`band_power_features`: the handcrafted baseline, log band power per band averaged over six
+  scalp regions (nearest of Fz, Cz, T7, T8, Pz, Oz by 3D position), so it works on any montage.
+- :func:`frozen_probe`: linear or small-MLP probe (``foundation.finetune.probe.fit_probe``) on a
+  subject-disjoint split; balanced accuracy, Cohen's kappa, weighted F1, AUROC (and AUC-PR when binary).
+- :func:`finetune`: the encoder plus a linear head trained end to end with layer-wise learning-rate
+  decay (BEiT, https://arxiv.org/abs/2106.08254) through ``foundation.finetune.llrd``.
+- :func:`write_report`: a markdown results table and a confusion-matrix PNG.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from foundation.errors import DataError
+from foundation.finetune.llrd import layerwise_lr_groups
+from foundation.finetune.metrics import classification_metrics
+from foundation.finetune.probe import fit_probe
+from foundation.finetune.report import markdown_table, save_confusion_matrix
+from foundation.modalities.eeg.channels import template_positions
+from foundation.modalities.eeg.model import DeeperBrain
+
+__all__ = ["REGIONS", "encode_windows", "band_power_features", "frozen_probe", "EEGClassifier", "finetune",
+           "write_report"]
+
+REGIONS = ("Fz", "Cz", "T7", "T8", "Pz", "Oz")
+
+
+def _loader(dataset: torch.utils.data.Dataset, batch_size: int, shuffle: bool = False,
+            seed: int = 0) -> torch.utils.data.DataLoader:
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=shuffle,
+                                       generator=torch.Generator().manual_seed(seed))
+
+
+@torch.no_grad()
+def encode_windows(model: DeeperBrain, dataset: torch.utils.data.Dataset,
+                   batch_size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+    """Frozen pooled features of every window: ``(X [S, D] float32, y [S])``, eval mode, no grad."""
+    was = model.training
+    model.eval()
+    xs, ys = [], []
+    try:
+        for b in _loader(dataset, batch_size):
+            xs.append(model.pooled_features(b["x"], b["pos"], b["chan_mask"]).float())
+            ys.append(b["label"])
+    finally:
+        model.train(was)
+    return torch.cat(xs), torch.cat(ys)
+
+
+def band_power_features(dataset: torch.utils.data.Dataset, sfreq: float,
+                        bands: Sequence[tuple[float, float]]) -> torch.Tensor:
+    """Log band power per (region, band), averaged over each region's channels: -> [S, 6 * n_bands].
+
+    Args:
+        dataset: items with ``x`` [C, T], ``pos`` [C, 3], ``chan_mask`` [C].
+        sfreq: sampling rate of the windows in Hz.
+        bands: (low, high) band edges in Hz.
+    """
+    from scipy import signal
+
+    table = template_positions()
+    anchors = np.stack([table[r.upper()][1] for r in REGIONS])  # [R, 3]
+    feats = []
+    for i in range(len(dataset)):
+        item = dataset[i]
+        m = item["chan_mask"].numpy()
+        x, pos = item["x"].numpy()[m].astype(np.float64), item["pos"].numpy()[m]
+        f, p = signal.welch(x, fs=sfreq, nperseg=min(x.shape[-1], int(sfreq)), axis=-1)
+        bp = np.stack([p[:, (f >= lo) & (f < hi)].sum(-1) for lo, hi in bands], 1)  # [C, n_bands]
+        region = np.linalg.norm(pos[:, None] - anchors[None], axis=-1).argmin(1)  # [C]
+        row = []
+        for r in range(len(REGIONS)):
+            sel = region == r
+            row.append(np.log(bp[sel].mean(0) + 1e-12) if sel.any() else np.log(bp.mean(0) + 1e-12))
+        feats.append(np.concatenate(row))
+    return torch.tensor(np.stack(feats), dtype=torch.float32)
+
+
+def frozen_probe(X: torch.Tensor, y: torch.Tensor, train_idx: np.ndarray, test_idx: np.ndarray, *,
+                 kind: str = "linear", seed: int = 0, epochs: int = 300) -> Any:
+    """Fit a probe on the train rows and score the test rows (see ``fit_probe``).
+
+    Raises:
+        DataError: unlabelled windows (label -1) among the rows.
+    """
+    rows = np.concatenate([train_idx, test_idx])
+    if (y[rows] < 0).any():
+        raise DataError("frozen_probe: windows with label -1 (unlabelled); build the cache with data.labels set")
+    return fit_probe(X[train_idx], y[train_idx], X[test_idx], y[test_idx], kind=kind, seed=seed, epochs=epochs)
+
+
+class EEGClassifier(nn.Module):
+    """A DeeperBrain encoder with a linear head on the pooled features: -> logits [B, n_classes]."""
+
+    def __init__(self, encoder: DeeperBrain, n_classes: int) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.head = nn.Linear(encoder.embed_dim, n_classes)
+        for name, p in encoder.named_parameters():  # the decoder and statistics head take no part
+            if name.startswith(("decoder", "mask_token", "stats_")):
+                p.requires_grad_(False)
+
+    def forward(self, x: torch.Tensor, pos: torch.Tensor, chan_mask: torch.Tensor) -> torch.Tensor:
+        return self.head(self.encoder.pooled_features(x, pos, chan_mask))
+
+    def layer_of(self, name: str) -> int:
+        """Depth of a parameter: 0 embeddings/encodings, i + 1 in encoder block i, depth + 1 the final norm."""
+        if name.startswith("encoder.blocks."):
+            return int(name.split(".")[2]) + 1
+        if name.startswith("encoder.norm"):
+            return len(self.encoder.blocks) + 1
+        return 0
+
+
+def finetune(encoder: DeeperBrain, train_set: torch.utils.data.Dataset, test_set: torch.utils.data.Dataset,
+             n_classes: int, *, epochs: int = 10, batch_size: int = 16, lr: float = 1e-3, decay: float = 0.75,
+             head_lr: float | None = None, weight_decay: float = 0.05, seed: int = 0) -> tuple[dict[str, float], torch.Tensor, torch.Tensor]:
+    """Full fine-tuning with layer-wise LR decay and a cosine schedule.
+
+    Returns:
+        ``(metrics, y_true [S], y_prob [S, n_classes])`` on ``test_set``.
+    """
+    torch.manual_seed(seed)
+    clf = EEGClassifier(encoder, n_classes)
+    groups = layerwise_lr_groups(clf, lr, decay=decay, head_lr=head_lr or lr * 10, weight_decay=weight_decay,
+                                 layer_of=clf.layer_of, num_layers=len(encoder.blocks) + 1)
+    opt = torch.optim.AdamW(groups, lr=lr)
+    loader = _loader(train_set, batch_size, shuffle=True, seed=seed)
+    total = max(1, epochs * len(loader))
+    step = 0
+    clf.train()
+    for _ in range(epochs):
+        for b in loader:
+            for g in opt.param_groups:
+                g["lr"] = g["lr_scale"] * lr * 0.5 * (1 + math.cos(math.pi * step / total))
+            loss = nn.functional.cross_entropy(clf(b["x"], b["pos"], b["chan_mask"]), b["label"])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            step += 1
+    clf.eval()
+    probs, ys = [], []
+    with torch.no_grad():
+        for b in _loader(test_set, 64):
+            probs.append(clf(b["x"], b["pos"], b["chan_mask"]).softmax(-1))
+            ys.append(b["label"])
+    y, prob = torch.cat(ys), torch.cat(probs)
+    return classification_metrics(y, prob), y, prob
+
+
+def write_report(rows: list[dict[str, Any]], out_dir: str | Path, y_true: torch.Tensor, y_pred: torch.Tensor,
+                 labels: Sequence[str], title: str = "") -> tuple[Path, Path]:
+    """Write ``results.md`` (the rows as a markdown table) and ``confusion.png`` into ``out_dir``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    md = out / "results.md"
+    md.write_text(markdown_table(rows))
+    return md, save_confusion_matrix(y_true, y_pred, labels, out / "confusion.png", title=title)
