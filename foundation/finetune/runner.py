@@ -182,7 +182,11 @@ def run_finetune(recipe: RecipeConfig, base: str, output_dir: str | Path, opts: 
         trainable = sum(p.numel() for p in wrapped.parameters() if p.requires_grad)
         Engine(recipe, out / "run", export=False, model=wrapped, dataset=train).run()
         is_main = torch.distributed.get_rank() == 0
+        if opts.method == "dopamine":
+            wrapped.reset_mac_counts()
         prob, y_true = _predict(wrapped, test, task)
+        if opts.method == "dopamine":
+            outputs.update(_dopamine_report(wrapped, test, task, model.config.num_outputs, out, is_main))
         metrics = classification_metrics(y_true, prob) if task == "classification" else regression_metrics(y_true, prob)
         y_pred = prob.argmax(-1) if task == "classification" else prob
         outputs.update(_save_trained(wrapped, model, opts, out, base, metrics))  # every rank: ZeRO-3 gathers
@@ -200,6 +204,28 @@ def run_finetune(recipe: RecipeConfig, base: str, output_dir: str | Path, opts: 
         tmp.write_text(json.dumps(result, indent=2))
         os.replace(tmp, out / "metrics.json")
     return result
+
+
+def _dopamine_report(wrapped: Any, test: Subset, task: str, num_outputs: int, out: Path,
+                     is_main: bool) -> dict[str, str]:
+    """Multiply-adds skipped by the hard gate on the test set (``macs.json``); per-class neuron firing
+    (table + heatmap) for classification."""
+    from foundation.adapters.dopamine.attribution import neuron_attribution, write_attribution
+
+    macs = wrapped.mac_counts()
+    done, dense = sum(d for d, _ in macs.values()), sum(n for _, n in macs.values())
+    files: dict[str, str] = {}
+    if is_main and dense:
+        report = {"layers": {k: {"done": d, "dense": n} for k, (d, n) in macs.items()},
+                  "done": done, "dense": dense, "saved_fraction": 1 - done / dense}
+        (out / "macs.json").write_text(json.dumps(report, indent=2))
+        files["macs"] = str(out / "macs.json")
+    if task == "classification":
+        pairs = (split_batch(b) for b in DataLoader(test, batch_size=64))
+        rates = neuron_attribution(wrapped, pairs, num_outputs)  # every rank (ZeRO-3 forward is collective)
+        if is_main:
+            files.update({f"attribution_{k}": str(v) for k, v in write_attribution(rates, out / "attribution").items()})
+    return files
 
 
 def _save_trained(wrapped: torch.nn.Module, model: TaskModel, opts: FinetuneOptions, out: Path, base: str,

@@ -63,6 +63,10 @@ def test_trained_methods(base, tmp_path, method, extra):
         assert res["trainable_params"] < n_all / 4
         assert (tmp_path / "adapter" / "adapter_config.json").is_file()
         assert set(load_file(tmp_path / "head.safetensors")) == {"weight", "bias"}
+    if method == "dopamine":
+        macs = json.loads((tmp_path / "macs.json").read_text())
+        assert 0 < macs["done"] <= macs["dense"]
+        assert (tmp_path / "attribution" / "attribution.png").stat().st_size > 0
 
 
 def test_bad_method_and_mismatched_checkpoint(base, tmp_path):

@@ -31,7 +31,8 @@ def neuron_attribution(model: DopamineModel, loader: Iterable, num_classes: int)
         num_classes: number of classes C.
 
     Returns:
-        layer name -> [C, D] firing rates in [0, 1] (NaN for a class with no sample).
+        layer name -> [C, D] firing rates in [0, 1] (NaN for a class with no sample); gated layers that the
+        forward pass never reached (a pretraining decoder under a task head) are left out.
 
     Raises:
         DataError: a label is outside [0, num_classes), or the loader is empty.
@@ -41,6 +42,7 @@ def neuron_attribution(model: DopamineModel, loader: Iterable, num_classes: int)
     layers = dict(model.dopamine_layers())
     sums = {n: torch.zeros(num_classes, layer.out_features, dtype=torch.float64) for n, layer in layers.items()}
     counts = torch.zeros(num_classes, dtype=torch.float64)
+    seen: set[str] = set()
     try:
         for layer in layers.values():
             layer.recorded = []
@@ -54,6 +56,9 @@ def neuron_attribution(model: DopamineModel, loader: Iterable, num_classes: int)
             onehot = torch.nn.functional.one_hot(labels, num_classes).to(torch.float64)  # [B, C]
             counts += onehot.sum(0)
             for name, layer in layers.items():
+                if not layer.recorded:  # a gated layer off this forward path (e.g. a pretraining decoder)
+                    continue
+                seen.add(name)
                 fired = torch.cat(layer.recorded).to(torch.float64)  # [B, D]
                 layer.recorded.clear()
                 sums[name] += onehot.T @ fired  # [C, B] @ [B, D] -> [C, D]
@@ -63,7 +68,7 @@ def neuron_attribution(model: DopamineModel, loader: Iterable, num_classes: int)
         model.train(was_training)
     if counts.sum() == 0:
         raise DataError("neuron_attribution: the loader yielded no sample")
-    return {n: (s / counts[:, None]).to(torch.float32) for n, s in sums.items()}
+    return {n: (s / counts[:, None]).to(torch.float32) for n, s in sums.items() if n in seen}
 
 
 def write_attribution(rates: dict[str, torch.Tensor], folder: str | os.PathLike, top: int = 5) -> dict[str, Path]:
