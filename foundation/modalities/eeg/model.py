@@ -55,9 +55,9 @@ class DeeperBrainConfig:
         for name in ("patch_size", "embed_dim", "depth", "num_heads", "decoder_dim", "decoder_depth", "decoder_heads", "n_stats"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"model.{name} must be >= 1, got {getattr(self, name)}")
-        for dim, heads, where in ((self.embed_dim, self.num_heads, ""), (self.decoder_dim, self.decoder_heads, "decoder_")):
-            if dim % heads:
-                raise ConfigError(f"model.{where}dim={dim} must be divisible by model.{where}heads={heads}")
+        for d, h in (("embed_dim", "num_heads"), ("decoder_dim", "decoder_heads")):
+            if getattr(self, d) % getattr(self, h):
+                raise ConfigError(f"model.{d}={getattr(self, d)} must be divisible by model.{h}={getattr(self, h)}")
 
 
 class DeeperBrain(nn.Module, HubMixin):

@@ -1,0 +1,115 @@
+"""DeeperBrain: visible-only encoding, batch invariance, decoder and statistics head, hub round trip."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from foundation.errors import ConfigError, DataError
+from foundation.modalities.eeg.model import DeeperBrain, DeeperBrainConfig
+from foundation.modalities.eeg.objective import DeeperBrainObjective, DeeperBrainObjectiveConfig, random_keep
+from foundation.registry import MODELS, OBJECTIVES
+from tests.modalities.eeg._helpers import tiny_model_config
+
+
+def _batch(B: int = 3, C: int = 5, P: int = 3, seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.ones(B, C, dtype=torch.bool)
+    mask[1, 3:] = False  # sample 1 has 3 channels, sample 2 has 4
+    mask[2, 4:] = False
+    return {"x": torch.randn(B, C, 200 * P, generator=g) * 0.1, "pos": torch.randn(B, C, 3, generator=g) * 0.05,
+            "chan_mask": mask, "stats": torch.randn(B, C, 8, generator=g)}
+
+
+def test_registered():
+    assert MODELS.get("deeperbrain") is DeeperBrain
+    assert OBJECTIVES.get("deeperbrain") is DeeperBrainObjective
+
+
+def test_sample_alone_equals_sample_in_a_batch():
+    torch.manual_seed(0)
+    model = DeeperBrain(tiny_model_config()).eval()
+    b = _batch()
+    keep = random_keep(model.valid_tokens(b["chan_mask"], 3), 0.5, torch.Generator().manual_seed(1))
+    packed, cu = model.forward_features(b["x"], b["pos"], b["chan_mask"], keep)
+    for i in range(3):
+        n_real = int(b["chan_mask"][i].sum())  # alone: only its real channels, no padding at all
+        alone, cu1 = model.forward_features(b["x"][i:i + 1, :n_real], b["pos"][i:i + 1, :n_real], None, [keep[i]])
+        torch.testing.assert_close(packed[cu[i]:cu[i + 1]], alone, atol=1e-5, rtol=1e-4)
+
+
+def test_masked_tokens_are_deleted_not_carried():
+    torch.manual_seed(0)
+    model = DeeperBrain(tiny_model_config()).eval()
+    b = _batch()
+    keep = [torch.tensor([0, 4]), torch.tensor([1]), torch.tensor([2, 5, 7])]
+    packed, cu = model.forward_features(b["x"], b["pos"], b["chan_mask"], keep)
+    assert packed.shape == (6, 32) and cu.tolist() == [0, 2, 3, 6]
+    # a masked patch's content cannot reach the visible tokens
+    x2 = b["x"].clone()
+    x2[0, 0, 200:400] += 5.0  # token 1 of sample 0 (channel 0, patch 1) is masked
+    packed2, _ = model.forward_features(x2, b["pos"], b["chan_mask"], keep)
+    torch.testing.assert_close(packed, packed2)
+
+
+def test_all_real_tokens_when_keep_is_none_and_pooled_features():
+    model = DeeperBrain(tiny_model_config()).eval()
+    b = _batch()
+    packed, cu = model.forward_features(b["x"], b["pos"], b["chan_mask"])
+    assert (cu[1:] - cu[:-1]).tolist() == [15, 9, 12]
+    pooled = model.pooled_features(b["x"], b["pos"], b["chan_mask"])
+    torch.testing.assert_close(pooled[1], packed[15:24].mean(0))
+
+
+def test_objective_trains_every_part_and_ablation_leaves_stats_head_untrained():
+    torch.manual_seed(0)
+    model = DeeperBrain(tiny_model_config())
+    b = _batch()
+    loss, met = DeeperBrainObjective(DeeperBrainObjectiveConfig(mask_ratio=0.5))(model, b)
+    loss.backward()
+    assert torch.isfinite(loss) and set(met) == {"recon", "stats", "visible"}
+    assert 0.4 < float(met["visible"]) < 0.6
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for n, p in model.named_parameters()), \
+        [n for n, p in model.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]
+    model.zero_grad()
+    loss, _ = DeeperBrainObjective(DeeperBrainObjectiveConfig(stats_weight=0.0))(model, b)
+    loss.backward()
+    assert model.stats_head.weight.grad.abs().sum() == 0
+    assert model.decoder_pred.weight.grad.abs().sum() > 0
+
+
+def test_random_keep_counts_and_validity():
+    valid = torch.zeros(2, 10, dtype=torch.bool)
+    valid[0, :8] = True
+    valid[1, 2:6] = True
+    keep = random_keep(valid, 0.5, torch.Generator().manual_seed(0))
+    assert [k.numel() for k in keep] == [4, 2]
+    assert all(valid[i, k].all() and (k.diff() > 0).all() for i, k in enumerate(keep))
+
+
+def test_reconstruction_shape_and_zero_padding():
+    model = DeeperBrain(tiny_model_config())
+    b = _batch()
+    keep = random_keep(model.valid_tokens(b["chan_mask"], 3), 0.5)
+    recon, stats = model(b["x"], b["pos"], b["chan_mask"], keep)
+    assert recon.shape == (3, 15, 200) and stats.shape == (3, 5, 8)
+    assert recon[1, 9:].abs().sum() == 0  # padded channels 3, 4 of sample 1
+
+
+def test_bad_inputs_raise():
+    model = DeeperBrain(tiny_model_config())
+    b = _batch()
+    with pytest.raises(DataError, match="not a multiple of patch_size = 200"):
+        model.forward_features(b["x"][..., :250], b["pos"])
+    with pytest.raises(DataError, match=r"pos must be \[B, C, 3\]"):
+        model.forward_features(b["x"], b["pos"][:, :2])
+    with pytest.raises(ConfigError, match="model.embed_dim=30 must be divisible by model.num_heads=4"):
+        DeeperBrainConfig(embed_dim=30, num_heads=4)
+
+
+def test_hub_round_trip(tmp_path):
+    model = DeeperBrain(tiny_model_config(mlp="kan", activation="silu"))
+    model.save_pretrained(tmp_path / "m")
+    again = DeeperBrain.from_pretrained(tmp_path / "m")
+    b = _batch()
+    torch.testing.assert_close(model.eval().pooled_features(b["x"], b["pos"], b["chan_mask"]),
+                               again.eval().pooled_features(b["x"], b["pos"], b["chan_mask"]))
