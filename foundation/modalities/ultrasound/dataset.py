@@ -152,7 +152,8 @@ class UltrasoundDataset(torch.utils.data.Dataset):
             hint = " or set data.demo: true to generate the demo corpus" if not config.demo else ""
             raise DataError(f"data.data_root {str(root)!r}: no CSV files there; point it at the challenge's "
                             f"csv_files folder{hint}")
-        records = [r for r in read_csv_folder(root, table) if r.task_id in keep]
+        # with a task subset, rows of the other challenge tasks are left out on purpose (unknown ids still raise)
+        records = [r for r in read_csv_folder(root, table, strict_tasks=not config.tasks) if r.task_id in keep]
         missing = sorted(keep - {r.task_id for r in records})
         if missing:
             raise DataError(f"data.data_root {str(root)!r}: no rows for task(s) {', '.join(missing)}; add their "
