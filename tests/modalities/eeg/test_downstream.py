@@ -1,0 +1,68 @@
+"""Frozen probing, LLRD fine-tuning, band-power baseline and report on the tiny demo corpus."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy import signal
+
+from foundation.errors import DataError
+from foundation.finetune.splits import group_split
+from foundation.modalities.eeg.channels import template_positions
+from foundation.modalities.eeg.dataset import EEGWindows
+from foundation.modalities.eeg.demo_corpus import CLASSES
+from foundation.modalities.eeg.downstream import (REGIONS, EEGClassifier, band_power_features, encode_windows, finetune,
+                                                  frozen_probe, write_report)
+from foundation.modalities.eeg.model import DeeperBrain
+from tests.modalities.eeg._helpers import tiny_data_config, tiny_model_config
+
+BANDS = ((1.0, 4.0), (4.0, 8.0), (8.0, 13.0), (13.0, 30.0), (30.0, 80.0))
+
+
+@pytest.fixture(scope="module")
+def ds(tmp_path_factory):
+    cfg = tiny_data_config(tmp_path_factory.mktemp("eeg-ds") / "cache")
+    EEGWindows.prepare(cfg)
+    return EEGWindows(cfg)
+
+
+def test_band_power_features_match_welch_on_one_window(ds):
+    X = band_power_features(ds, 200.0, BANDS)
+    assert X.shape == (len(ds), len(REGIONS) * len(BANDS)) and torch.isfinite(X).all()
+    item = ds[0]
+    x = item["x"][item["chan_mask"]].numpy().astype(np.float64)
+    f, p = signal.welch(x, fs=200.0, nperseg=200, axis=-1)
+    alpha = p[:, (f >= 8) & (f < 13)].sum(-1)
+    anchors = np.stack([template_positions()[r.upper()][1] for r in REGIONS])  # [R, 3]
+    region = np.linalg.norm(item["pos"][item["chan_mask"]].numpy()[:, None] - anchors[None], axis=-1).argmin(1)
+    oz = REGIONS.index("Oz")
+    np.testing.assert_allclose(X[0, oz * len(BANDS) + 2], np.log(alpha[region == oz].mean() + 1e-12), rtol=1e-4)
+
+
+def test_frozen_probe_on_subject_disjoint_split(ds):
+    torch.manual_seed(0)
+    X, y = encode_windows(DeeperBrain(tiny_model_config()), ds, batch_size=8)
+    assert X.shape == (18, 32) and y.tolist() == ds.labels.tolist()
+    tr, te = group_split(ds.subject_ids, 0.34, seed=0)
+    assert not set(ds.subject_ids[tr]) & set(ds.subject_ids[te])
+    res = frozen_probe(X, y, tr, te, kind="mlp", epochs=20)
+    assert {"balanced_accuracy", "cohen_kappa", "weighted_f1", "auroc"} <= set(res.metrics)
+    with pytest.raises(DataError, match="label -1"):
+        frozen_probe(X, torch.full_like(y, -1), tr, te)
+
+
+def test_finetune_with_layerwise_decay_changes_the_encoder_and_reports(ds, tmp_path):
+    torch.manual_seed(0)
+    enc = DeeperBrain(tiny_model_config())
+    before = {n: p.detach().clone() for n, p in enc.named_parameters()}
+    tr, te = group_split(ds.subject_ids, 0.34, seed=0)
+    sub = lambda idx: torch.utils.data.Subset(ds, idx.tolist())  # noqa: E731
+    metrics, y, prob = finetune(enc, sub(tr), sub(te), len(CLASSES), epochs=1, batch_size=4, decay=0.5)
+    assert prob.shape == (len(te), 3) and torch.allclose(prob.sum(-1), torch.ones(len(te)))
+    assert not torch.equal(before["blocks.0.attn.qkv.weight"], enc.blocks[0].attn.qkv.weight)
+    assert torch.equal(before["decoder_pred.weight"], enc.decoder_pred.weight)  # the decoder is frozen
+    clf = EEGClassifier(enc, 3)
+    assert [clf.layer_of(n) for n in ("encoder.patch_embed.weight", "encoder.blocks.1.mlp.fc1.weight",
+                                      "encoder.norm.weight")] == [0, 2, 3]
+    md, png = write_report([{"features": "finetuned", **metrics}], tmp_path, y, prob.argmax(-1), CLASSES)
+    assert "balanced_accuracy" in md.read_text() and png.stat().st_size > 0
