@@ -207,16 +207,24 @@ class UltrasoundDataset(torch.utils.data.Dataset):
         return len(self.planner)
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        """One planned batch (drawn from torch's global RNG; ``i`` only counts batches)."""
-        return collate_batches([self.sample(j, train=self.config.split == "train") for j in self.planner.plan()])
+        """One planned batch, drawn from a generator seeded by torch's global RNG and ``i``.
+
+        Every rank seeds the global RNG alike (and a resumed run restores it), while the
+        distributed sampler gives ranks different ``i``: so ranks draw different batches, each
+        epoch draws new ones, and a resumed run draws the batches the uninterrupted one would.
+        """
+        seed = (int(torch.randint(0, 2**62, (1,))) + i * 0x9E3779B97F4A7C15) % 2**63
+        gen = torch.Generator().manual_seed(seed)
+        train = self.config.split == "train"
+        return collate_batches([self.sample(j, train=train, generator=gen) for j in self.planner.plan(gen)])
 
     def geometry(self, j: int) -> Geometry:
         """The original -> network map of record ``j`` (without augmentation)."""
         H, W = (int(v) for v in self.cache["sizes"][j])
         return fit_geometry(H, W, self.config.image_size, self.config.keep_aspect)
 
-    def sample(self, j: int, train: bool = False) -> dict[str, torch.Tensor]:
-        """Record ``j`` as a batch of one (augmented when ``train`` and ``augment``)."""
+    def sample(self, j: int, train: bool = False, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        """Record ``j`` as a batch of one (augmented when ``train`` and ``augment``, drawing from ``generator``)."""
         c, r = self.config, self.records[j]
         spec, S, P = self.table[r.task_id], c.image_size, self.max_points
         base = self.geometry(j)
@@ -233,8 +241,8 @@ class UltrasoundDataset(torch.utils.data.Dataset):
         if train and c.augment:
             identity = Geometry(1.0, 0.0, 1.0, 0.0, S, S, S)
             aug = random_geometry(identity, flip=c.flip and spec.flip_safe, zoom=c.zoom, shift=c.shift,
-                                  keep_inside=base.to_net(inside) if len(inside) else None)
-            image = jitter_intensity(warp(image, aug), c.intensity)
+                                  generator=generator, keep_inside=base.to_net(inside) if len(inside) else None)
+            image = jitter_intensity(warp(image, aug), c.intensity, generator)
             g = base.then(aug.sx, aug.ox, aug.sy, aug.oy)
         mask = torch.full((S, S), -1, dtype=torch.int16)  # int16: a quarter of the collate traffic of int64
         if spec.type == "segmentation":

@@ -41,6 +41,18 @@ def test_batches_and_labels_follow_the_image(train_set):
     assert len(seen) >= 4  # mixed batches draw several tasks
 
 
+def test_ranks_draw_different_batches_and_draws_repeat_under_the_same_seed(train_set):
+    torch.manual_seed(0)
+    a = train_set[0]
+    torch.manual_seed(0)  # every rank seeds alike; the distributed sampler hands them different indices
+    b = train_set[1]
+    torch.manual_seed(0)
+    again = train_set[0]
+    assert not torch.equal(a["index"], b["index"]) or not torch.equal(a["image"], b["image"])
+    assert all(torch.equal(a[k], again[k]) for k in a)
+    assert not torch.equal(train_set[0]["image"], a["image"])  # the global RNG moved on: a new draw
+
+
 def test_no_flips_for_left_right_tasks(train_set, monkeypatch):
     import foundation.modalities.ultrasound.dataset as mod
 
