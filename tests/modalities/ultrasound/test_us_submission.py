@@ -118,3 +118,20 @@ def test_unknown_task_for_the_model(corpus):
     model.task_ids = [t for t in model.task_ids if t != "FUGC"]
     with pytest.raises(DataError, match="FUGC are not heads of this model"):
         predict(model, records, image_size=64)
+
+
+def test_commands_evaluate_and_submit(corpus, tmp_path):
+    from foundation.modalities.ultrasound.commands import main
+    from foundation.modalities.ultrasound.model import UltrasoundMTL
+    from tests.modalities.ultrasound._helpers import model_config
+
+    UltrasoundMTL(model_config()).save_pretrained(tmp_path / "export")
+    assert main(["evaluate", "--model", str(tmp_path / "export"), "--data-root", str(corpus),
+                 "--out", str(tmp_path / "eval"), "--image-size", "64"]) == 0
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert set(metrics["per_task"]) == set(TASKS) and set(metrics["per_type"]) == {
+        "segmentation", "classification", "detection", "regression"}
+    assert (tmp_path / "eval" / "predictions_detection.png").is_file()
+    assert main(["submit", "--model", str(tmp_path / "export"), "--data-root", str(corpus),
+                 "--out", str(tmp_path / "sub"), "--image-size", "64"]) == 0
+    assert len(json.loads((tmp_path / "sub" / "detection_predictions.json").read_text())) == 8
