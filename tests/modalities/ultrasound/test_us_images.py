@@ -23,8 +23,7 @@ def test_png_gray_and_rgb_and_jpeg(tmp_path):
 
 
 def test_dicom_ultrasound_frames():
-    pytest.importorskip("pydicom", reason="pydicom is a test dependency of the ultrasound modality")
-    from pydicom import examples
+    from pydicom import examples  # a dependency of the ultrasound modality (DICOM images, demo backgrounds)
 
     path = examples._get_path("rgb_color")
     expected = examples.rgb_color.pixel_array / 255.0
