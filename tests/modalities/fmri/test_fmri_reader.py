@@ -137,3 +137,14 @@ def test_mni_mask_resampled_into_scan_space():
     aff[:3, 3] = [-96, -132, -78]
     m = mni_mask_like(aff, (24, 28, 24))
     assert 0.2 < m.mean() < 0.7 and not m[0].any() and m[12, 16, 12]
+
+
+def test_nifti2_reads_like_nifti1(tmp_path):
+    data = np.random.default_rng(3).random((5, 6, 4, 7)).astype(np.float32)
+    img = nib.Nifti2Image(data, np.diag([2.0, 2.0, 2.0, 1.0]))
+    img.header.set_xyzt_units("mm", "sec")
+    img.header["pixdim"][4] = 1.5
+    nib.save(img, str(tmp_path / "n2.nii"))
+    scan = read_scan(tmp_path / "n2.nii")
+    np.testing.assert_array_equal(scan.data, data)
+    assert scan.tr == pytest.approx(1.5)

@@ -132,3 +132,13 @@ def test_collapse_warning_and_bad_unit_counts(caplog):
     bad["unit_fg"] = bad["unit_fg"][:, :8]
     with pytest.raises(DataError, match="data gives 8 mask units per window, the encoder has 16"):
         obj(model, bad)
+
+
+def test_slim_brain_hub_round_trip(tmp_path):
+    torch.manual_seed(0)
+    model = SlimBrain(SlimBrainConfig(**TINY))
+    model.save_pretrained(tmp_path / "m")
+    loaded = SlimBrain.from_pretrained(tmp_path / "m")
+    assert loaded.config == model.config
+    x = torch.randn(1, 4, 16, 16, 16)
+    torch.testing.assert_close(loaded.eval().forward_features(x), model.eval().forward_features(x))
