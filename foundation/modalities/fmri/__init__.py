@@ -8,16 +8,26 @@ Importing this package is cheap and registers:
 * objective ``slim-brain-jepa`` (:class:`JepaObjective`).
 
 nibabel, nilearn's data files and scipy are used inside the functions that need them.
+Downstream evaluation (probes, fine-tuning) lives in
+:mod:`foundation.modalities.fmri.downstream` (not imported here: it pulls in scikit-learn).
 """
+from foundation.modalities.fmri.cache import build_cache, load_index, open_scan
+from foundation.modalities.fmri.convert_hiera import hiera_config, load_hiera_weights
 from foundation.modalities.fmri.dataset import FmriWindows, FmriWindowsConfig
+from foundation.modalities.fmri.demo_corpus import generate_demo_corpus
 from foundation.modalities.fmri.hiera4d import Hiera4D, Hiera4DConfig
 from foundation.modalities.fmri.jepa import JepaConfig, JepaObjective
+from foundation.modalities.fmri.preprocess import PreprocessSpec, preprocess_scan
+from foundation.modalities.fmri.reader import Scan, find_scans, read_scan
+from foundation.modalities.fmri.saliency import random_windows, top_k_windows
 from foundation.modalities.fmri.slim_brain import SlimBrain, SlimBrainConfig
 from foundation.registry import DATASETS, MODELS, OBJECTIVES
 
 __all__ = [
     "FmriWindows", "FmriWindowsConfig", "Hiera4D", "Hiera4DConfig", "JepaConfig", "JepaObjective",
-    "SlimBrain", "SlimBrainConfig",
+    "SlimBrain", "SlimBrainConfig", "Scan", "read_scan", "find_scans", "PreprocessSpec", "preprocess_scan",
+    "build_cache", "load_index", "open_scan", "top_k_windows", "random_windows", "generate_demo_corpus",
+    "hiera_config", "load_hiera_weights",
 ]
 
 MODELS.register("slim-brain", SlimBrain)

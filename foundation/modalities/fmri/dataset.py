@@ -16,6 +16,7 @@ must equal the encoder's patch_stride * mask_unit_size.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,8 @@ from foundation.modalities.fmri.preprocess import PreprocessSpec
 __all__ = ["FmriWindowsConfig", "FmriWindows", "SELECTIONS"]
 
 SELECTIONS = ("saliency", "random", "all")
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -111,6 +114,10 @@ class FmriWindows(torch.utils.data.Dataset):
                 raise DataError(f"data.labels: {labels_path} does not exist")
             labels = _read_table(labels_path)
         index = build_cache(find_scans(source), cache / "store", config.spec, config.window, labels)
+        if index["left_out"]:  # the contract: cache the rest, report what was left out (also in index.json)
+            lines = "\n".join(f"  {e['error']}" for e in index["left_out"])
+            log.warning("%d of %d scans left out of %s (see index.json 'left_out'):\n%s", len(index["left_out"]),
+                        len(index["left_out"]) + len(index["scans"]), cache / "store", lines)
         rng = np.random.default_rng(config.seed)
         windows = []
         for entry in index["scans"]:
