@@ -148,3 +148,21 @@ def test_nifti2_reads_like_nifti1(tmp_path):
     scan = read_scan(tmp_path / "n2.nii")
     np.testing.assert_array_equal(scan.data, data)
     assert scan.tr == pytest.approx(1.5)
+
+
+def test_dataset_prepare_on_a_user_folder_logs_left_out_and_serves_windows(tmp_path, caplog):
+    import logging
+
+    from foundation.modalities.fmri.dataset import FmriWindows, FmriWindowsConfig
+
+    src = tmp_path / "src"
+    src.mkdir()
+    shutil.copy(FUNC, src / "good.nii")
+    nib.save(nib.Nifti1Image(np.zeros((4, 4, 4), np.float32), np.eye(4)), str(src / "anat.nii.gz"))
+    cfg = FmriWindowsConfig(source=str(src), cache_dir=str(tmp_path / "cache"), grid=(4, 20, 16), voxel_size=0, tr=2.0,
+                            mask="compute", window=4, top_k=2, unit_size=(2, 2, 4, 4))
+    with caplog.at_level(logging.WARNING, logger="foundation.modalities.fmri.dataset"):
+        FmriWindows.prepare(cfg)
+    assert "1 of 2 scans left out" in caplog.text and "anat.nii.gz" in caplog.text
+    ds = FmriWindows(cfg)
+    assert len(ds) == 2 and ds[0]["x"].shape == (1, 4, 4, 20, 16) and int(ds[0]["label"]) == -1
