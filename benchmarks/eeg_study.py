@@ -73,7 +73,7 @@ def main() -> None:
     ap.add_argument("--out", default="runs/eeg_study")
     ap.add_argument("--subjects", type=int, default=12)
     ap.add_argument("--blocks", type=int, default=6, help="8-s blocks per class per subject")
-    ap.add_argument("--effect", type=float, default=0.5, help="class effect size of the demo corpus (1 = easy)")
+    ap.add_argument("--effect", type=float, default=1.0, help="class effect size of the demo corpus (1 = easy)")
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--lr", type=float, default=2e-3)

@@ -2,7 +2,9 @@
 
 DeeperBrain ("DeeperBrain: a neuro-grounded EEG foundation model", arXiv link unverified).
 A window x [B, C, T] is cut into one patch per channel per second (P = T / patch_size patches per
-channel, N = C * P tokens, channel-major: token n = c * P + p). Each patch is embedded linearly;
+channel, N = C * P tokens, channel-major: token n = c * P + p). Each patch is embedded linearly,
+plus a projection of its log amplitude spectrum (as CBraMod's spectral patch embedding,
+https://arxiv.org/abs/2412.07236; ``spectral_embed``);
 the volume-conduction channel encoding and the neurodynamics temporal encoding
 (:mod:`.encoding`) are added. Masked and padded tokens are deleted before the encoder: the
 visible tokens of all samples are packed into one buffer [K, D] and the transformer blocks of the
@@ -50,11 +52,17 @@ class DeeperBrainConfig:
     n_freqs: int = field(default=8, metadata={"help": "slow oscillation bases of the temporal encoding (0.01-0.5 Hz)"})
     n_decays: int = field(default=4, metadata={"help": "exponential-decay bases of the temporal encoding (1-100 s)"})
     attention_backend: str = field(default="auto", metadata={"help": "varlen attention backend: auto, triton, reference"})
+    spectral_embed: bool = field(default=True, metadata={"help": "add a projection of each patch's log amplitude "
+                                                                 "spectrum to its embedding (CBraMod-style)"})
+    input_norm: str = field(default="window", metadata={"help": "'window': divide each window by its std over real "
+                                                               "channels and samples (unverified); 'none': raw units"})
 
     def __post_init__(self) -> None:
         for name in ("patch_size", "embed_dim", "depth", "num_heads", "decoder_dim", "decoder_depth", "decoder_heads", "n_stats"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"model.{name} must be >= 1, got {getattr(self, name)}")
+        if self.input_norm not in ("window", "none"):
+            raise ConfigError(f"model.input_norm: unknown value {self.input_norm!r}; valid: none, window")
         for d, h in (("embed_dim", "num_heads"), ("decoder_dim", "decoder_heads")):
             if getattr(self, d) % getattr(self, h):
                 raise ConfigError(f"model.{d}={getattr(self, d)} must be divisible by model.{h}={getattr(self, h)}")
@@ -75,6 +83,7 @@ class DeeperBrain(nn.Module, HubMixin):
         self.config = c = config
         self.embed_dim = D = c.embed_dim
         self.patch_embed = nn.Linear(c.patch_size, D)
+        self.spectral_embed = nn.Linear(c.patch_size // 2 + 1, D) if c.spectral_embed else None
         self.chan_enc = ChannelEncoding(D, c.tau_init)
         self.time_enc = TemporalEncoding(D, c.n_freqs, n_decays=c.n_decays)
         dpr = [c.drop_path * i / max(c.depth - 1, 1) for i in range(c.depth)]
@@ -120,11 +129,32 @@ class DeeperBrain(nn.Module, HubMixin):
         """Patch centre times [P] in seconds (centres, so 0.5 Hz bases do not vanish at whole seconds)."""
         return torch.arange(n_patches, device=device, dtype=torch.float32) + 0.5
 
+    def scale_input(self, x: torch.Tensor, chan_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Input scaling of ``config.input_norm``: x [B, C, T] -> [B, C, T].
+
+        "window" divides each window by its std over real channels and samples, so that gains of
+        amplifiers and subjects drop out while relative amplitude across channels and time stays (the
+        statistics targets are scale-free). Padded channels do not enter the scale. The scale is one
+        scalar per window computed before masking (masked patches enter it, nothing else of them does).
+        """
+        if self.config.input_norm == "none":
+            return x
+        xf = x.float()
+        m = torch.ones_like(xf[:, :, :1]) if chan_mask is None else chan_mask[:, :, None].float()  # [B, C, 1]
+        n = (m.sum((1, 2), keepdim=True) * x.shape[-1]).clamp(min=1)
+        mean = (xf * m).sum((1, 2), keepdim=True) / n
+        std = (((xf - mean) * m) ** 2).sum((1, 2), keepdim=True).div(n).sqrt()  # population std over real samples
+        return (xf / (std + 1e-6)).to(x.dtype)
+
     def tokens(self, x: torch.Tensor, pos: torch.Tensor, chan_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Embedded tokens of every patch with both encodings added: x [B, C, T] -> [B, N, D], N = C * P."""
         B, C, P = self._check(x, pos, chan_mask)
+        x = self.scale_input(x, chan_mask)
         patches = x.reshape(B, C, P, self.config.patch_size)  # [B, C, T] -> [B, C, P, patch]
         tok = self.patch_embed(patches.to(self.patch_embed.weight.dtype))  # [B, C, P, D]
+        if self.spectral_embed is not None:
+            amp = torch.fft.rfft(patches.float(), dim=-1).abs()  # [B, C, P, patch // 2 + 1]
+            tok = tok + self.spectral_embed(torch.log1p(amp).to(tok.dtype))
         tok = tok + self.chan_enc(pos, chan_mask)[:, :, None, :] + self.time_enc(self.patch_times(P, x.device))[None, None]
         return tok.reshape(B, C * P, self.embed_dim)  # [B, C, P, D] -> [B, N, D]
 

@@ -1,7 +1,7 @@
 """DeeperBrain's pretraining objective: masked EEG reconstruction + neurodynamics statistics prediction.
 
 DeeperBrain ("DeeperBrain: a neuro-grounded EEG foundation model", arXiv link unverified):
-loss = SmoothL1_beta(reconstruction of masked patches, the patches)
+loss = SmoothL1_beta(reconstruction of masked patches, the patches (scaled like the model's input))
      + stats_weight * SmoothL1(statistics predicted from the masked input, z-scored statistics of
        the unmasked window), with beta = 1 and stats_weight = 1. ``stats_weight: 0`` is the
 ablation "reconstruction only". The mask ratio default 0.5 is (unverified).
@@ -96,7 +96,7 @@ class DeeperBrainObjective(nn.Module):
         for b, k in enumerate(keep):
             visible[b, k] = True
         masked = valid & ~visible
-        target = x.reshape(B, C * P, cfg.patch_size)  # [B, C, T] -> [B, N, patch]
+        target = model.scale_input(x, chan_mask).reshape(B, C * P, cfg.patch_size)  # [B, C, T] -> [B, N, patch]
         if not masked.any():  # mask_ratio 0: reconstruct everything
             masked = valid
         rec = F.smooth_l1_loss(recon[masked].float(), target[masked].float(), beta=self.config.recon_beta)

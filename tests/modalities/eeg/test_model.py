@@ -39,7 +39,7 @@ def test_sample_alone_equals_sample_in_a_batch():
 
 def test_masked_tokens_are_deleted_not_carried():
     torch.manual_seed(0)
-    model = DeeperBrain(tiny_model_config()).eval()
+    model = DeeperBrain(tiny_model_config(input_norm="none")).eval()  # "window" shares one scale over the window
     b = _batch()
     keep = [torch.tensor([0, 4]), torch.tensor([1]), torch.tensor([2, 5, 7])]
     packed, cu = model.forward_features(b["x"], b["pos"], b["chan_mask"], keep)
@@ -93,6 +93,16 @@ def test_reconstruction_shape_and_zero_padding():
     recon, stats = model(b["x"], b["pos"], b["chan_mask"], keep)
     assert recon.shape == (3, 15, 200) and stats.shape == (3, 5, 8)
     assert recon[1, 9:].abs().sum() == 0  # padded channels 3, 4 of sample 1
+
+
+def test_window_input_norm_is_scale_free_and_ignores_padding():
+    model = DeeperBrain(tiny_model_config()).eval()
+    b = _batch()
+    a = model.pooled_features(b["x"], b["pos"], b["chan_mask"])
+    torch.testing.assert_close(model.pooled_features(b["x"] * 7.0, b["pos"], b["chan_mask"]), a, atol=1e-4, rtol=1e-4)
+    x2 = b["x"].clone()
+    x2[1, 3:] = 100.0  # garbage in padded channels of sample 1
+    torch.testing.assert_close(model.pooled_features(x2, b["pos"], b["chan_mask"]), a)
 
 
 def test_bad_inputs_raise():
