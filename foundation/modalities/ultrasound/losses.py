@@ -5,6 +5,9 @@
 - detection: objectness BCE on every image (negatives included), GIoU + L1 on the box of positives
   (Rezatofighi et al., "Generalized Intersection over Union", https://arxiv.org/abs/1902.09630);
 - keypoints: L1 between soft-argmax coordinates and targets (normalised to the input side).
+
+Defaults (unverified; the published baseline's own weights are not in our reference notes): box L1
+weight 5 and GIoU weight 1 follow DETR's ratio; objectness weight 1.
 """
 from __future__ import annotations
 
