@@ -54,3 +54,34 @@ def test_resume_is_exact(straight_run, tmp_path):
     check(run_pretrain(tmp_path, "train.steps=20", "train.checkpoint_every=10", ranks=2,
                        extra=("--no-export", "--resume")))
     assert losses(tmp_path) == losses(straight_run)
+
+
+
+def test_two_nodes_as_the_multinode_runner_starts_them(tmp_path):
+    """Multi-node: `deepspeed --hostfile` ssh-es into each node and runs DeepSpeed's per-node launcher there
+    with the world layout and the node's rank. Run those two per-node launchers here (2 "nodes" x 1 rank on
+    127.0.0.1), exactly as the runner would, and check that both ranks join one job."""
+    import base64
+    import json
+    import subprocess
+    import sys
+
+    from foundation.pretrain.distributed import free_port
+    from tests.pretrain._launch import ROOT, env
+
+    world = base64.urlsafe_b64encode(json.dumps({"node-a": [0], "node-b": [0]}).encode()).decode()
+    port, out = free_port(), tmp_path / "run"
+    procs = [
+        subprocess.Popen([sys.executable, "-u", "-m", "deepspeed.launcher.launch", f"--world_info={world}",
+                          f"--node_rank={node}", "--master_addr=127.0.0.1", f"--master_port={port}",
+                          str(ROOT / "pretrain.py"), "--recipe", str(TOY_RECIPE), "--output-dir", str(out),
+                          "--no-export", "--set", "train.steps=2", "--set", "train.warmup_steps=1",
+                          "--set", "train.progress_bar=false"],
+                         cwd=ROOT, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for node in (0, 1)
+    ]
+    results = [p.communicate(timeout=600) for p in procs]
+    for p, (_, err) in zip(procs, results):
+        assert p.returncode == 0, err[-3000:]
+    ckpt = out / "checkpoints" / "step_00000002"
+    assert {"rng_rank0.json", "rng_rank1.json"} <= {p.name for p in ckpt.iterdir()}
