@@ -1,0 +1,24 @@
+import pytest
+
+from foundation.pretrain.run_log import RunLog, read_jsonl
+
+
+def test_log_curves_resume_and_tensorboard(tmp_path):
+    log = RunLog(tmp_path, "t", tensorboard=True)
+    for step in range(1, 6):
+        log.log({"step": step, "loss": 1.0 / step, "lr": 0.1 * step})
+    assert log.plot().stat().st_size > 0
+    log.close()
+    assert [r["step"] for r in read_jsonl(tmp_path / "metrics.jsonl")] == [1, 2, 3, 4, 5]
+    assert any((tmp_path / "tensorboard").iterdir())
+    # a resumed run from step 3 drops the lines the crashed run wrote after its checkpoint
+    again = RunLog(tmp_path, "t", resume_step=3)
+    assert [r["step"] for r in read_jsonl(tmp_path / "metrics.jsonl")] == [1, 2, 3]
+    again.log({"step": 4, "loss": 0.2, "lr": 0.4})
+    assert [r["step"] for r in read_jsonl(tmp_path / "metrics.jsonl")] == [1, 2, 3, 4]
+
+
+def test_fresh_log_starts_empty(tmp_path):
+    (tmp_path / "metrics.jsonl").write_text('{"step": 9, "loss": 1, "lr": 1}\n')
+    log = RunLog(tmp_path, "t")
+    assert log.plot() is None and read_jsonl(tmp_path / "metrics.jsonl") == []
