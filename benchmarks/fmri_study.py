@@ -2,7 +2,7 @@
 
 Command (CPU, about 5-10 minutes on 2 shared cores)::
 
-    .venv/bin/python benchmarks/fmri_study.py --steps 60 --seeds 3
+    .venv/bin/python benchmarks/fmri_study.py --steps 40 --seeds 3
 
 What it does, all in one run and side by side:
 
@@ -12,12 +12,15 @@ What it does, all in one run and side by side:
 2. pretrains the tiny SLIM-Brain (Hiera4D JEPA, 70% unit deletion) for ``--steps``
    steps on each list, for each seed (a plain AdamW loop with the recipe's LR and
    EMA schedule; the engine's DeepSpeed loop does the same per step);
-3. linear probe (frozen mean-pooled tokens) on every non-overlapping window of
-   the held-out subjects (subject-wise split), for: random init (same seeds),
-   pretrained on salient windows, pretrained on random windows, and raw input
-   (the window average-pooled to 3x3x3 voxels per frame, no encoder);
-4. prints a markdown table of balanced accuracy (mean +- std over seeds) and the
-   ratio to random init.
+3. linear probe on every non-overlapping window, 4-fold cross-validation over
+   subjects (a subject's windows are all in train or all in test), for: random
+   init (same seeds), pretrained on salient windows, pretrained on random windows,
+   and raw input (temporal std of the window average-pooled to 3x3x3 regions, no
+   encoder). Probe features: the frozen final-stage tokens averaged over time per
+   spatial mask unit and concatenated (the label is *where* a network is driven,
+   which a mean over all tokens would blur);
+4. prints a markdown table of balanced accuracy (mean +- std over seeds, each the
+   mean over folds) and the ratio to random init.
 """
 from __future__ import annotations
 
@@ -30,9 +33,7 @@ import torch
 
 from foundation.config import load_recipe
 from foundation.finetune.probe import fit_probe
-from foundation.finetune.splits import group_split
 from foundation.modalities.fmri.dataset import FmriWindows, FmriWindowsConfig
-from foundation.modalities.fmri.downstream import linear_probe
 from foundation.modalities.fmri.jepa import JepaObjective
 from foundation.modalities.fmri.slim_brain import SlimBrain, SlimBrainConfig
 
@@ -65,6 +66,34 @@ def pretrain(model_cfg: SlimBrainConfig, objective_cfg, data_cfg: FmriWindowsCon
     return model
 
 
+@torch.no_grad()
+def unit_features(encoder, ds: FmriWindows, batch: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+    """Frozen tokens averaged over time per spatial unit, concatenated: [S, U_s * T_f * D]."""
+    encoder.eval()
+    ut = encoder.config.unit_grid[0]
+    xs, ys = [], []
+    for b in torch.utils.data.DataLoader(ds, batch_size=batch):
+        f = encoder.forward_features(b["x"])  # [B, U * T_f, D], units row-major over (t, z, y, x)
+        f = f.view(f.shape[0], ut, -1, f.shape[-1]).mean(1)  # [B, Ut, Us * T_f, D] -> [B, Us * T_f, D]
+        xs.append(f.flatten(1))
+        ys.append(b["label"])
+    return torch.cat(xs), torch.cat(ys)
+
+
+def cv_probe(X: torch.Tensor, y: torch.Tensor, groups: list[str], seed: int, folds: int = 4) -> float:
+    """Balanced accuracy of a linear probe, mean over subject-wise folds."""
+    subjects = sorted(set(groups))
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(subjects))
+    accs = []
+    for f in range(folds):
+        test_subj = {subjects[i] for i in order[f::folds]}
+        te = np.array([g in test_subj for g in groups])
+        res = fit_probe(X[~te], y[~te], X[te], y[te], kind="linear", seed=seed)
+        accs.append(res.metrics["balanced_accuracy"])
+    return float(np.mean(accs))
+
+
 def raw_features(ds: FmriWindows, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
     xs, ys = [], []
     for i in idx:
@@ -78,7 +107,7 @@ def raw_features(ds: FmriWindows, idx: np.ndarray) -> tuple[torch.Tensor, torch.
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--steps", type=int, default=60)
+    ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--subjects", type=int, default=24)
     ap.add_argument("--cache", default="runs/cache/fmri-study")
@@ -93,38 +122,45 @@ def main() -> None:
         FmriWindows.prepare(c)
     print(f"prepared corpus and windows in {time.time() - t0:.0f} s")
     evalset = FmriWindows(cfgs["all"])
-    train_idx, test_idx = group_split(evalset.groups(), 0.25, seed=0)
+    groups = evalset.groups()
+    salset = FmriWindows(cfgs["saliency"])  # stage 1 also picks the windows at inference
+    sal_groups = salset.groups()
+
+    def both(encoder, seed: int) -> tuple[float, float]:
+        return cv_probe(*unit_features(encoder, evalset), groups, seed), cv_probe(*unit_features(encoder, salset), sal_groups, seed)
     from foundation.modalities.fmri.demo_corpus import task_frames
 
     tf = task_frames(base.demo_frames, base.tr)
     hit = {sel: float(np.mean([tf[s:s + base.window].mean() for _, s in FmriWindows(cfgs[sel]).items]))
            for sel in ("saliency", "random", "all")}
-    rows: dict[str, list[float]] = {}
+    rows: dict[str, list[tuple[float, float]]] = {}
     for seed in range(args.seeds):
         torch.manual_seed(seed)
         init = SlimBrain(recipe.model.config).encoder
-        rows.setdefault("random init", []).append(linear_probe(init, evalset, train_idx, test_idx, seed=seed).metrics["balanced_accuracy"])
+        rows.setdefault("random init", []).append(both(init, seed))
         for sel in ("saliency", "random"):
             t = time.time()
             model = pretrain(recipe.model.config, recipe.objective.config, cfgs[sel], args.steps, recipe.train.lr,
                              recipe.train.micro_batch_size, seed)
-            acc = linear_probe(model.encoder, evalset, train_idx, test_idx, seed=seed).metrics["balanced_accuracy"]
+            acc = both(model.encoder, seed)
             rows.setdefault(f"pretrained, {'top-k salient' if sel == 'saliency' else 'k random'} windows", []).append(acc)
-            print(f"seed {seed} {sel}: {args.steps} steps in {time.time() - t:.0f} s, probe balanced accuracy {acc:.3f}")
-    Xtr, ytr = raw_features(evalset, train_idx)
-    Xte, yte = raw_features(evalset, test_idx)
+            print(f"seed {seed} {sel}: {args.steps} steps in {time.time() - t:.0f} s, probe balanced accuracy {acc[0]:.3f} (all windows), {acc[1]:.3f} (salient)")
+    Xr, yr = raw_features(evalset, np.arange(len(evalset)))
+    Xs, ys = raw_features(salset, np.arange(len(salset)))
     rows["raw input (no encoder): temporal std of 3x3x3 regions"] = [
-        fit_probe(Xtr, ytr, Xte, yte, seed=s).metrics["balanced_accuracy"] for s in range(args.seeds)]
-    ref = float(np.mean(rows["random init"]))
+        (cv_probe(Xr, yr, groups, s), cv_probe(Xs, ys, sal_groups, s)) for s in range(args.seeds)]
+    ref = np.mean(rows["random init"], axis=0)
     print(f"\nDemo corpus: {args.subjects} subjects, 4 classes (chance 0.25); probe on all {len(evalset)} non-overlapping "
-          f"windows, {len(test_idx)} test windows of held-out subjects; {args.steps} pretraining steps x batch "
+          f"windows, 4-fold cross-validation over subjects; {args.steps} pretraining steps x batch "
           f"{recipe.train.micro_batch_size}, {args.seeds} seeds.")
     print(f"Share of window frames inside task epochs: salient {hit['saliency']:.2f}, random {hit['random']:.2f}, "
           f"all {hit['all']:.2f}.\n")
-    print("| encoder | linear-probe balanced accuracy (mean +- std) | vs random init |")
-    print("|---|---|---|")
+    print("| encoder | probe on all windows: balanced acc. | vs random init | probe on salient windows: balanced acc. | vs random init |")
+    print("|---|---|---|---|---|")
     for name, vals in rows.items():
-        print(f"| {name} | {np.mean(vals):.3f} +- {np.std(vals):.3f} | {np.mean(vals) / ref:.2f}x |")
+        v = np.asarray(vals)
+        m, sd = v.mean(0), v.std(0)
+        print(f"| {name} | {m[0]:.3f} +- {sd[0]:.3f} | {m[0] / ref[0]:.2f}x | {m[1]:.3f} +- {sd[1]:.3f} | {m[1] / ref[1]:.2f}x |")
 
 
 if __name__ == "__main__":
