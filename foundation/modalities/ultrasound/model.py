@@ -137,11 +137,14 @@ class UltrasoundMTL(nn.Module, HubMixin):
             else:
                 heads[tid] = KeypointHead(config.fpn_dim, spec.num_points, config.head_dim, act)
         self.heads = nn.ModuleDict(heads)
+        # a tuple, so that the norm is not registered a second time as a child module
+        self._first_norm = tuple(m for m in self.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm))[:1]
         self.register_buffer("mean", torch.tensor(_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(_STD).view(1, 3, 1, 1), persistent=False)
 
     def features(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``image [B, 3, S, S]`` -> ``(deepest [B, C5, S/32, S/32], fused FPN [B, D, S/4, S/4])``."""
+        self._check_norm_dtypes()
         x = (image - self.mean.to(image.dtype)) / self.std.to(image.dtype)
         feats = self.backbone(x)
         levels = self.fpn(feats)
@@ -151,6 +154,14 @@ class UltrasoundMTL(nn.Module, HubMixin):
             fused = fused + F.interpolate(level, size=fused.shape[-2:], mode="bilinear", align_corners=False)
         return feats[-1], fused
 
+    def _check_norm_dtypes(self) -> None:
+        bn = self._first_norm[0] if self._first_norm else None
+        if bn is not None and bn.running_mean is not None and bn.running_mean.dtype != bn.weight.dtype:
+            raise ConfigError(
+                f"BatchNorm parameters are {bn.weight.dtype} but its running statistics are {bn.running_mean.dtype}: "
+                "DeepSpeed's bf16/fp16 mode casts parameters only; add deepspeed.extra: {data_types: {buffer_dtype: "
+                "bf16}} to the recipe (the shipped ultrasound recipes do), or turn deepspeed.bf16 off")
+
     def forward_features(self, x: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
         """Tokens of the deepest map: ``[B, 3, S, S]`` -> ``[B, N, C5]`` with ``N = (S/32)^2``.
 
@@ -159,6 +170,7 @@ class UltrasoundMTL(nn.Module, HubMixin):
         """
         if keep is not None:
             raise ConfigError("UltrasoundMTL.forward_features: keep is not supported by a CNN backbone; pass None")
+        self._check_norm_dtypes()
         x = (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
         deep = self.backbone(x)[-1]
         return deep.flatten(2).transpose(1, 2)  # [B, C5, h, w] -> [B, h*w, C5]

@@ -117,3 +117,15 @@ def test_config_errors():
         model_config(task_lr_scales={"lunk": 2.0})
     with pytest.raises(ConfigError, match="did you mean 'gelu'"):
         UltrasoundMTL(model_config(act_layer="gelü"))
+
+
+def test_bf16_parameters_with_fp32_norm_buffers_get_a_clear_error():
+    model = UltrasoundMTL(model_config())
+    assert not any(k.startswith("_first_norm") for k in model.state_dict())
+    for p in model.parameters():
+        p.data = p.data.bfloat16()  # what DeepSpeed's bf16 mode does without data_types.buffer_dtype
+    with pytest.raises(ConfigError, match="buffer_dtype: bf16"):
+        model.features(torch.rand(1, 3, 32, 32).bfloat16())
+    model.bfloat16()  # buffers too: runs
+    deep, fpn = model.features(torch.rand(2, 3, 64, 64).bfloat16())
+    assert deep.dtype == fpn.dtype == torch.bfloat16
