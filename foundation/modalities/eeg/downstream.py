@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from foundation.errors import DataError
+from foundation.errors import ConfigError, DataError
 from foundation.finetune.llrd import layerwise_lr_groups
 from foundation.finetune.metrics import classification_metrics
 from foundation.finetune.probe import fit_probe
@@ -40,20 +40,63 @@ def _loader(dataset: torch.utils.data.Dataset, batch_size: int, shuffle: bool = 
                                        generator=torch.Generator().manual_seed(seed))
 
 
+def _region_of(pos: torch.Tensor) -> torch.Tensor:
+    """Index of the nearest region anchor (REGIONS) of each position [..., 3] -> [...]."""
+    table = template_positions()
+    anchors = torch.tensor(np.stack([table[r.upper()][1] for r in REGIONS]), dtype=torch.float32)
+    return torch.cdist(pos.float().reshape(-1, 3), anchors).argmin(1).reshape(pos.shape[:-1])
+
+
 @torch.no_grad()
-def encode_windows(model: DeeperBrain, dataset: torch.utils.data.Dataset,
-                   batch_size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
-    """Frozen pooled features of every window: ``(X [S, D] float32, y [S])``, eval mode, no grad."""
+def encode_windows(model: DeeperBrain, dataset: torch.utils.data.Dataset, batch_size: int = 32,
+                   pool: str = "mean") -> tuple[torch.Tensor, torch.Tensor]:
+    """Frozen features of every window, eval mode, no grad.
+
+    Args:
+        model: the encoder.
+        dataset: items with ``x``, ``pos``, ``chan_mask``, ``label``.
+        batch_size: windows per forward.
+        pool: "mean" over every real token -> [S, D]; "regions": mean per scalp region (nearest of
+            :data:`REGIONS`, the band-power baseline's regions; a region without channels takes the
+            window mean) -> [S, 6 * D].
+
+    Returns:
+        ``(X float32, y [S])``.
+    """
+    if pool not in ("mean", "regions"):
+        raise ConfigError(f"encode_windows: unknown pool {pool!r}; valid: mean, regions")
     was = model.training
     model.eval()
     xs, ys = [], []
     try:
         for b in _loader(dataset, batch_size):
-            xs.append(model.pooled_features(b["x"], b["pos"], b["chan_mask"]).float())
+            if pool == "mean":
+                xs.append(model.pooled_features(b["x"], b["pos"], b["chan_mask"]).float())
+            else:
+                xs.append(_region_pool(model, b).float())
             ys.append(b["label"])
     finally:
         model.train(was)
     return torch.cat(xs), torch.cat(ys)
+
+
+def _region_pool(model: DeeperBrain, b: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Mean encoder token per region: -> [B, 6 * D]."""
+    x, pos, mask = b["x"], b["pos"], b["chan_mask"]
+    B, C, T = x.shape
+    P = T // model.config.patch_size
+    packed, cu = model.forward_features(x, pos, mask)  # every real token, channel-major per sample
+    valid = model.valid_tokens(mask, P)  # [B, N]
+    chan = torch.arange(C).repeat_interleave(P).expand(B, -1)[valid]  # [K] channel of each packed token
+    sample = torch.arange(B).repeat_interleave((cu[1:] - cu[:-1]).long())  # [K]
+    region = _region_of(pos)[sample, chan]  # [K]
+    R = len(REGIONS)
+    slot = sample * R + region
+    sums = packed.new_zeros(B * R, packed.shape[1]).index_add_(0, slot, packed)
+    cnt = torch.bincount(slot, minlength=B * R).to(packed.dtype)[:, None]
+    mean = packed.new_zeros(B, packed.shape[1]).index_add_(0, sample, packed) / (cu[1:] - cu[:-1])[:, None].to(packed.dtype)
+    per = torch.where(cnt > 0, sums / cnt.clamp(min=1), mean.repeat_interleave(R, 0))
+    return per.reshape(B, R * packed.shape[1])  # [B * R, D] -> [B, R * D]
 
 
 def band_power_features(dataset: torch.utils.data.Dataset, sfreq: float,

@@ -66,3 +66,19 @@ def test_finetune_with_layerwise_decay_changes_the_encoder_and_reports(ds, tmp_p
                                       "encoder.norm.weight")] == [0, 2, 3]
     md, png = write_report([{"features": "finetuned", **metrics}], tmp_path, y, prob.argmax(-1), CLASSES)
     assert "balanced_accuracy" in md.read_text() and png.stat().st_size > 0
+
+
+def test_region_pooling_matches_a_per_window_loop(ds):
+    torch.manual_seed(0)
+    model = DeeperBrain(tiny_model_config()).eval()
+    X, _ = encode_windows(model, ds, batch_size=5, pool="regions")
+    assert X.shape == (len(ds), len(REGIONS) * 32)
+    item = ds[4]
+    n = int(item["chan_mask"].sum())
+    with torch.no_grad():
+        tok, _ = model.forward_features(item["x"][None, :n], item["pos"][None, :n])
+    per_ch = tok.reshape(n, 4, 32).mean(1)  # channel-major tokens -> mean per channel
+    anchors = torch.tensor(np.stack([template_positions()[r.upper()][1] for r in REGIONS]), dtype=torch.float32)
+    region = torch.cdist(item["pos"][:n], anchors).argmin(1)
+    oz = REGIONS.index("Oz")
+    torch.testing.assert_close(X[4, oz * 32:(oz + 1) * 32], per_ch[region == oz].mean(0), atol=1e-5, rtol=1e-4)
