@@ -7,6 +7,9 @@ Compares, over 3 seeds (seed = subject split + weights + masks + probe init):
 - the same encoder at random init,
 - a probe on handcrafted log band powers (6 scalp regions x 5 bands).
 
+Encoder features are pooled two ways: the mean of every real token ("mean"), and the mean per scalp
+region ("regions", the band-power baseline's six regions, 6 x D).
+
 Pretraining runs on the training subjects' windows only (labels unused), in process with AdamW and a
 warmup-cosine schedule like the engine's (no DeepSpeed: one process, so 6 pretraining runs fit the budget).
 
@@ -74,7 +77,7 @@ def main() -> None:
     ap.add_argument("--subjects", type=int, default=12)
     ap.add_argument("--blocks", type=int, default=6, help="8-s blocks per class per subject")
     ap.add_argument("--effect", type=float, default=1.0, help="class effect size of the demo corpus (1 = easy)")
-    ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--steps", type=int, default=600)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -98,19 +101,22 @@ def main() -> None:
         y = torch.as_tensor(ds.labels[ds.rows])
         runs = {"band powers": bp}
         torch.manual_seed(seed)
-        runs["random init"] = encode_windows(DeeperBrain(model_config()), ds)[0]
+        rand = DeeperBrain(model_config())
+        for pool in ("mean", "regions"):
+            runs[f"random init ({pool})"] = encode_windows(rand, ds, pool=pool)[0]
         for name, w in (("recon + stats", 1.0), ("recon only", 0.0)):
             t1 = time.time()
             model, losses = pretrain(ds, tr, w, args.steps, args.batch, args.lr, seed)
             curves.setdefault(name, []).append(losses)
-            runs[f"pretrained: {name}"] = encode_windows(model, ds)[0]
+            for pool in ("mean", "regions"):
+                runs[f"pretrained: {name} ({pool})"] = encode_windows(model, ds, pool=pool)[0]
             print(f"seed {seed} {name}: {args.steps} steps in {time.time() - t1:.0f} s, recon "
                   f"{np.mean(losses[:10]):.4f} -> {np.mean(losses[-10:]):.4f}", flush=True)
         for name, X in runs.items():
             for kind in ("linear", "mlp"):
                 res = frozen_probe(X, y, tr, te, kind=kind, seed=seed)
                 results.setdefault(f"{name} | {kind}", []).append(res.metrics)
-                if name == "pretrained: recon + stats" and kind == "linear":
+                if name == "pretrained: recon + stats (regions)" and kind == "linear":
                     last_pred = (y[te], res.y_pred)
             print(f"seed {seed} {name}: linear bal-acc {results[f'{name} | linear'][-1]['balanced_accuracy']:.3f}, "
                   f"mlp {results[f'{name} | mlp'][-1]['balanced_accuracy']:.3f}", flush=True)
@@ -128,7 +134,7 @@ def main() -> None:
     (out / "results.json").write_text(json.dumps({"results": results, "curves": curves, "args": vars(args)}))
     if last_pred is not None:
         save_confusion_matrix(last_pred[0], last_pred[1], CLASSES, out / "confusion.png",
-                              title="recon + stats, linear probe (last seed)")
+                              title="recon + stats, regions, linear probe (last seed)")
 
 
 if __name__ == "__main__":
