@@ -41,3 +41,21 @@ def test_bad_extra_tasks(extra, match):
 def test_unknown_task_in_subset():
     with pytest.raises(ConfigError, match="did you mean 'lung'"):
         task_table(("lunk",))
+
+
+def test_a_task_declared_in_a_recipe_gets_a_head(tmp_path):
+    from foundation.config import load_recipe
+    from foundation.pretrain.components import build_model
+
+    recipe = tmp_path / "us-extra.yaml"
+    recipe.write_text(
+        "name: us-extra\n"
+        "model:\n  name: ultrasound-mtl\n  backbone: tinynet_e\n  fpn_dim: 8\n  head_dim: 8\n"
+        "  tasks: [lung, kidney_cls]\n"
+        "  extra_tasks: &extra\n    kidney_cls: {type: classification, num_classes: 4, flip_safe: false}\n"
+        "data:\n  name: ultrasound-csv\n  tasks: [lung, kidney_cls]\n  extra_tasks: *extra\n"
+        "objective:\n  name: ultrasound-mtl\n  tasks: [lung, kidney_cls]\n  extra_tasks: *extra\n")
+    loaded = load_recipe(str(recipe))
+    model = build_model(loaded)
+    assert model.task_ids == ["lung", "kidney_cls"] and model.heads["kidney_cls"].fc.out_features == 4
+    assert not loaded.data.config.extra_tasks["kidney_cls"]["flip_safe"]
