@@ -27,7 +27,7 @@ from foundation.errors import DataError
 __all__ = ["OLD_NAMES", "canonical_name", "template_montage_name", "template_positions", "channel_positions"]
 
 OLD_NAMES = {"T3": "T7", "T4": "T8", "T5": "P7", "T6": "P8"}
-_PREFIX = re.compile(r"^(EEG|EEG:|E)\s*(?=[A-Za-z])", re.IGNORECASE)
+_PREFIX = re.compile(r"^EEG:?\s*(?=[A-Za-z])", re.IGNORECASE)
 _REF_SUFFIX = re.compile(r"[-_ ]?(REF|LE|AR|AVG|A1A2|M1M2|CAR)$", re.IGNORECASE)
 
 
