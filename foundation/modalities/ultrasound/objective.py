@@ -92,6 +92,12 @@ class MultiTaskObjective(nn.Module):
     def forward(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, Any]]:
         losses, present, norms = self.task_losses(model, batch)
         total, _ = self.balancer(losses, present, norms)
+        # heads of tasks absent from this batch get zero gradients rather than none: data-parallel ranks
+        # see different tasks, and DeepSpeed ZeRO-1/2 reduce gradients in buckets that must hold the
+        # same parameters on every rank (a head without a gradient shifts the buckets)
+        absent = [t for t, here in zip(self.task_ids, present.tolist()) if not here]
+        if absent and torch.is_grad_enabled():
+            total = total + 0.0 * sum(p.sum() for t in absent for p in model.heads[t].parameters())
         metrics: dict[str, Any] = {}
         for kind in TASK_TYPES:
             mask = torch.tensor([self.table[t].type == kind for t in self.task_ids], device=losses.device)

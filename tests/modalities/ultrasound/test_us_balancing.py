@@ -116,3 +116,22 @@ def test_objective_and_model_task_tables_must_agree():
     obj = MultiTaskObjective(MultiTaskObjectiveConfig(tasks=TASKS[:3]))
     with pytest.raises(ConfigError, match="differ from model.tasks"):
         obj(model, mixed_batch(S=32, per_task=1))
+
+
+def test_absent_heads_get_zero_gradients_not_none():
+    """Data-parallel ranks see different tasks; every head must join the gradient reduction."""
+    from foundation.modalities.ultrasound.model import UltrasoundMTL
+    from tests.modalities.ultrasound._helpers import model_config
+
+    model = UltrasoundMTL(model_config())
+    obj = MultiTaskObjective(MultiTaskObjectiveConfig(tasks=TASKS))
+    batch = mixed_batch(S=32, per_task=1)
+    keep = batch["task"] == TASKS.index("fetal_head")
+    batch = {k: v[keep] for k, v in batch.items()}
+    loss, _ = obj(model, batch)
+    loss.backward()
+    for tid, head in model.heads.items():
+        grads = [p.grad for p in head.parameters()]
+        assert all(g is not None for g in grads), tid
+        if tid != "fetal_head":
+            assert all(float(g.abs().sum()) == 0.0 for g in grads), tid
