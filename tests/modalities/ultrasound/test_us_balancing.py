@@ -125,7 +125,7 @@ def test_absent_heads_get_zero_gradients_not_none():
 
     model = UltrasoundMTL(model_config())
     obj = MultiTaskObjective(MultiTaskObjectiveConfig(tasks=TASKS))
-    batch = mixed_batch(S=32, per_task=1)
+    batch = mixed_batch(S=64, per_task=2)
     keep = batch["task"] == TASKS.index("fetal_head")
     batch = {k: v[keep] for k, v in batch.items()}
     loss, _ = obj(model, batch)
