@@ -19,7 +19,9 @@ optimizer step (forward, backward, AdamW, EMA update):
 Peak memory: on CPU the increase of the process's peak RSS
 (``resource.getrusage(RUSAGE_SELF).ru_maxrss``) over the RSS before the step, each
 mode in a fresh subprocess; on CUDA ``torch.cuda.max_memory_allocated`` minus the
-allocation before the step. Step time: median of ``--repeat`` steps after one warm-up.
+allocation before the step. Step time: median of ``--repeat`` steps after one warm-up, with
+``--threads`` torch threads (default 1: on a shared machine two OpenMP threads spin against
+other jobs and the step time stops measuring the model).
 """
 from __future__ import annotations
 
@@ -106,8 +108,10 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=96, help="frames per scan")
     ap.add_argument("--top-k", type=int, default=3)
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     ap.add_argument("--mode", default="", help=argparse.SUPPRESS)  # internal: one mode in this process
     args = ap.parse_args()
+    torch.set_num_threads(args.threads)
     if args.mode:
         print(json.dumps(run_mode(args.mode, args.size, args.device, args.scans, args.frames, args.top_k, args.repeat)))
         return
@@ -119,7 +123,7 @@ def main() -> None:
     d, s = rows["dense"], rows["slim"]
     unit = "CUDA max_memory_allocated" if args.device == "cuda" else "peak RSS increase (ru_maxrss)"
     print(f"SLIM-Brain step, {args.size} geometry, {args.scans} scan(s) x {args.frames} frames, top-k {args.top_k}, {args.device}; "
-          f"memory = {unit}, time = median of {args.repeat} steps\n")
+          f"memory = {unit}, time = median of {args.repeat} steps, {args.threads} thread(s)\n")
     print("| mode | windows | encoder input tokens | context-encoder tokens | peak memory (MiB) | step time (s) |")
     print("|---|---|---|---|---|---|")
     for r in (d, s):
