@@ -18,11 +18,16 @@ $(STAMP): pyproject.toml Makefile
 test: $(STAMP)
 	$(PY) -m pytest -q
 
-# Pretrains the tiny test model on generated data with 2 DeepSpeed ranks (CPU: gloo), exports it and prints
-# where the checkpoint, curves and model card are. Each modality adds its tiny recipe here as it lands.
+# Pretrains each modality's tiny recipe on its generated demo corpus with 2 DeepSpeed ranks (CPU: gloo),
+# exports it and prints where the checkpoint, curves and model card are. Demo corpora are generated on first use
+# under runs/cache/.
+DEMO_RECIPES ?= deeperbrain-tiny slim-brain-tiny ultrasound-mtl-tiny
 demo: $(STAMP)
-	PYTHONPATH=$(CURDIR) $(VENV)/bin/deepspeed --num_gpus 2 pretrain.py \
-		--recipe tests/fixtures/recipes/toy-mae.yaml --output-dir $(DEMO_DIR)/toy-mae
+	@for recipe in $(DEMO_RECIPES); do \
+		echo "== $$recipe"; \
+		PYTHONPATH=$(CURDIR) $(VENV)/bin/deepspeed --num_gpus 2 pretrain.py \
+			--recipe $$recipe --output-dir $(DEMO_DIR)/$$recipe || exit 1; \
+	done
 
 clean:
 	rm -rf runs build *.egg-info
