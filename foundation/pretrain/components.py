@@ -34,13 +34,20 @@ class TrainModule(nn.Module):
     State-dict keys are ``model.*`` and ``objective.*``; export keeps ``model.*``.
     """
 
-    def __init__(self, model: nn.Module, objective: nn.Module) -> None:
+    def __init__(self, model: nn.Module, objective: nn.Module, touch_all_params: bool = False) -> None:
         super().__init__()
         self.model = model
         self.objective = objective
+        self.touch_all_params = touch_all_params
 
     def forward(self, batch: Any) -> tuple[torch.Tensor, dict[str, Any]]:
-        return self.objective(self.model, batch)
+        loss, metrics = self.objective(self.model, batch)
+        if self.touch_all_params:
+            # Every trainable parameter gets a gradient (zero where the batch did not reach it: a task head
+            # absent from this rank's batch), so all ranks reduce the same gradient buckets; otherwise ZeRO-1/2
+            # all-reduces of different sizes abort the job.
+            loss = loss + 0.0 * sum(p.sum() for p in self.parameters() if p.requires_grad)
+        return loss, metrics
 
     def on_step_end(self, step: int) -> None:
         for part in (self.model, self.objective):

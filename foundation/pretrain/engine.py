@@ -152,7 +152,10 @@ class Engine:
             from foundation.kernels.mesa import apply_act_bits
 
             apply_act_bits(parts.model, recipe.memory.act_bits)
-        module = TrainModule(parts.model, parts.objective)
+        # ZeRO-3 gathers parameters per module and reduces its own way; stages 0-2 need the same gradients on
+        # every rank (see TrainModule)
+        module = TrainModule(parts.model, parts.objective,
+                             touch_all_params=dist.world_size > 1 and recipe.deepspeed.zero_stage < 3)
         optimizer = build_optimizer(module, train)
         engine, _, _, _ = deepspeed.initialize(
             model=module, optimizer=optimizer, config=deepspeed_config(recipe),

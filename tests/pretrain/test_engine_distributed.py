@@ -46,6 +46,13 @@ def test_two_ranks_zero_stages_and_bf16(tmp_path, stage, bf16):
         torch.testing.assert_close(v, state[f"model.{k}"], rtol=0, atol=0)
 
 
+def test_parameters_unused_on_one_rank(tmp_path):
+    """A head that only rank 0's batch reaches (multi-task training) must not desynchronise ZeRO-2's reductions."""
+    check(run_pretrain(tmp_path, "objective.aux_on_rank0=true", "train.steps=3", "train.warmup_steps=1",
+                       "train.checkpoint_every=0", ranks=2, extra=("--no-export",)))
+    assert sorted(losses(tmp_path)) == [1, 2, 3]
+
+
 def test_resume_is_exact(straight_run, tmp_path):
     """20 steps straight vs 10 steps, stop, resume 10 more: identical per-step losses."""
     first = check(run_pretrain(tmp_path, "train.steps=20", "train.checkpoint_every=10", ranks=2,
