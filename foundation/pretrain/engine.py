@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from foundation.config import RecipeConfig
 from foundation.errors import CheckpointError, TrainingError
-from foundation.pretrain.checkpoint import CheckpointDir
+from foundation.pretrain.checkpoint import CheckpointDir, atomic_write_text
 from foundation.pretrain.components import Components, TrainModule, build_components, to_device
 from foundation.pretrain.distributed import DistInfo, init_distributed
 from foundation.pretrain.export import export_run
@@ -103,8 +103,6 @@ class Engine:
         resume: continue from ``output_dir/checkpoints/latest``.
         stop_after: stop (with a checkpoint) after this many optimizer steps of
             this invocation; the schedule still spans ``train.steps``.
-        init_state_dict: weights for the model before training (fine-tuning);
-            loaded strictly.
         model, dataset: prebuilt model and dataset to train instead of the
             recipe's (fine-tuning wrappers, data subsets); the recipe still gives
             the objective, optimisation and DeepSpeed settings.
@@ -113,14 +111,12 @@ class Engine:
     """
 
     def __init__(self, recipe: RecipeConfig, output_dir: str | Path, *, resume: bool = False,
-                 stop_after: int | None = None, init_state_dict: dict[str, torch.Tensor] | None = None,
-                 export: bool = True, card_extra: dict[str, Any] | None = None,
+                 stop_after: int | None = None, export: bool = True, card_extra: dict[str, Any] | None = None,
                  model: torch.nn.Module | None = None, dataset: Any = None) -> None:
         self.recipe = recipe
         self.output_dir = Path(output_dir)
         self.resume = resume
         self.stop_after = stop_after
-        self.init_state_dict = init_state_dict
         self.export = export
         self.card_extra = dict(card_extra or {})
         if (model is None) != (dataset is None):
@@ -135,7 +131,7 @@ class Engine:
         recipe, train = self.recipe, self.recipe.train
         dist = init_distributed()
         ckpts = CheckpointDir(self.output_dir / "checkpoints", keep_last=train.keep_last)
-        resume_tag = self._resume_tag(ckpts, dist)
+        resume_tag = self._resume_tag(ckpts)
         torch.manual_seed(train.seed)  # same initial weights on every rank
         if self.model is not None:
             objective = OBJECTIVES.get(recipe.objective.name)(recipe.objective.config)
@@ -146,8 +142,6 @@ class Engine:
         else:
             dist.barrier()
             parts = build_components(recipe, prepare=False)
-        if self.init_state_dict is not None:
-            parts.model.load_state_dict(self.init_state_dict, strict=True)
         if recipe.memory.act_bits:
             from foundation.kernels.mesa import apply_act_bits
 
@@ -172,7 +166,7 @@ class Engine:
         log = RunLog(self.output_dir, recipe.name, train.tensorboard and dist.is_main,
                      resume_step=state["step"]) if dist.is_main else None
         if dist.is_main:
-            (self.output_dir / "recipe.yaml").write_text(recipe.to_yaml())
+            atomic_write_text(self.output_dir / "recipe.yaml", recipe.to_yaml())
         try:
             with _StopSignal() as stop:
                 result = self._loop(engine, parts.dataset, dist, ckpts, state, log, stop)
@@ -186,7 +180,7 @@ class Engine:
             dist.barrier()
         return result
 
-    def _resume_tag(self, ckpts: CheckpointDir, dist: DistInfo) -> str | None:
+    def _resume_tag(self, ckpts: CheckpointDir) -> str | None:
         if not self.resume:
             return None
         tag = ckpts.latest()
