@@ -118,8 +118,13 @@ def main() -> None:
     rows = {}
     for mode in ("dense", "slim"):
         cmd = [sys.executable, __file__, "--mode", mode] + [f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if k != "mode"]
-        out = subprocess.run(cmd, capture_output=True, text=True, check=True)
-        rows[mode] = json.loads(out.stdout.strip().splitlines()[-1])
+        out = subprocess.run(cmd, capture_output=True, text=True)
+        if out.returncode:  # e.g. the dense step does not fit the device: say so in the table
+            err = (out.stderr.strip().splitlines() or ["exit status %d" % out.returncode])[-1]
+            print(f"{mode}: failed: {err}", file=sys.stderr)
+            rows[mode] = {"mode": mode, "failed": err[:120]}
+        else:
+            rows[mode] = json.loads(out.stdout.strip().splitlines()[-1])
     d, s = rows["dense"], rows["slim"]
     unit = "CUDA max_memory_allocated" if args.device == "cuda" else "peak RSS increase (ru_maxrss)"
     print(f"SLIM-Brain step, {args.size} geometry, {args.scans} scan(s) x {args.frames} frames, top-k {args.top_k}, {args.device}; "
@@ -127,7 +132,12 @@ def main() -> None:
     print("| mode | windows | encoder input tokens | context-encoder tokens | peak memory (MiB) | step time (s) |")
     print("|---|---|---|---|---|---|")
     for r in (d, s):
-        print(f"| {r['mode']} | {r['windows']} | {r['tokens_in']} | {r['context_tokens']} | {r['peak_bytes'] / 2**20:.1f} | {r['step_s']:.3f} |")
+        if "failed" in r:
+            print(f"| {r['mode']} | failed: {r['failed']} | | | | |")
+        else:
+            print(f"| {r['mode']} | {r['windows']} | {r['tokens_in']} | {r['context_tokens']} | {r['peak_bytes'] / 2**20:.1f} | {r['step_s']:.3f} |")
+    if "failed" in d or "failed" in s:
+        return
     print(f"| slim / dense | {s['windows'] / d['windows']:.2f} | {s['tokens_in'] / d['tokens_in']:.2f} | "
           f"{s['context_tokens'] / d['context_tokens']:.2f} | {s['peak_bytes'] / d['peak_bytes']:.2f} | {s['step_s'] / d['step_s']:.2f} |")
 

@@ -1,12 +1,13 @@
 """SLIM-Brain on the demo corpus: does pretraining help a linear probe, and does saliency matter?
 
-Command (CPU, about 5-10 minutes on 2 shared cores)::
+Commands::
 
-    .venv/bin/python benchmarks/fmri_study.py --steps 40 --seeds 3
+    .venv/bin/python benchmarks/fmri_study.py --steps 40 --seeds 3               # CPU, 2 cores: minutes
+    python benchmarks/fmri_study.py --device cuda --steps 600 --batch 32 --seeds 3  # one GPU
 
 What it does, all in one run and side by side:
 
-1. builds the slim-brain-tiny demo corpus (24 subjects, label = which of 4 networks a
+1. builds the slim-brain-tiny demo corpus (``--subjects``, default 48, label = which of 4 networks a
    task drives) and two window lists with the same budget: the top-k salient windows
    per scan (stage 1) and k random windows per scan;
 2. pretrains the tiny SLIM-Brain (Hiera4D JEPA, 70% unit deletion) for ``--steps``
@@ -25,6 +26,7 @@ What it does, all in one run and side by side:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import time
 
@@ -38,19 +40,25 @@ from foundation.modalities.fmri.jepa import JepaObjective
 from foundation.modalities.fmri.slim_brain import SlimBrain, SlimBrainConfig
 
 
+def to_device(batch: dict, device: str) -> dict:
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
 def pretrain(model_cfg: SlimBrainConfig, objective_cfg, data_cfg: FmriWindowsConfig, steps: int, lr: float, batch: int,
-             seed: int) -> SlimBrain:
+             seed: int, device: str = "cpu") -> tuple[SlimBrain, list[float]]:
+    """AdamW with linear warm-up and cosine decay, clip 1.0, EMA update per step. Returns the model and its losses."""
     torch.manual_seed(seed)
-    model = SlimBrain(model_cfg)
+    model = SlimBrain(model_cfg).to(device)
     obj = JepaObjective(objective_cfg)
     ds = FmriWindows(data_cfg)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.95), weight_decay=0.05)
     g = torch.Generator().manual_seed(seed)
     loader = torch.utils.data.DataLoader(ds, batch_size=batch, shuffle=True, drop_last=True, generator=g)
-    step, warm = 0, max(1, steps // 10)
+    step, warm, losses = 0, max(1, steps // 10), []
     while step < steps:
         for b in loader:
+            b = to_device(b, device)
             scale = min(1.0, (step + 1) / warm) * 0.5 * (1 + math.cos(math.pi * step / steps))
             for group in opt.param_groups:
                 group["lr"] = lr * scale
@@ -59,21 +67,23 @@ def pretrain(model_cfg: SlimBrainConfig, objective_cfg, data_cfg: FmriWindowsCon
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
+            losses.append(float(loss.detach()))
             step += 1
             model.on_step_end(step)
             if step == steps:
                 break
-    return model
+    return model, losses
 
 
 @torch.no_grad()
 def unit_features(encoder, ds: FmriWindows, batch: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
-    """Frozen tokens averaged over time per spatial unit, concatenated: [S, U_s * T_f * D]."""
+    """Frozen tokens averaged over time per spatial unit, concatenated: [S, U_s * T_f * D] (on the CPU)."""
     encoder.eval()
     ut = encoder.config.unit_grid[0]
+    device = next(encoder.parameters()).device
     xs, ys = [], []
     for b in torch.utils.data.DataLoader(ds, batch_size=batch):
-        f = encoder.forward_features(b["x"])  # [B, U * T_f, D], units row-major over (t, z, y, x)
+        f = encoder.forward_features(b["x"].to(device)).float().cpu()  # [B, U * T_f, D], units row-major over (t, z, y, x)
         f = f.view(f.shape[0], ut, -1, f.shape[-1]).mean(1)  # [B, Ut, Us * T_f, D] -> [B, Us * T_f, D]
         xs.append(f.flatten(1))
         ys.append(b["label"])
@@ -109,12 +119,19 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--subjects", type=int, default=24)
+    ap.add_argument("--subjects", type=int, default=48)
+    ap.add_argument("--batch", type=int, default=0, help="pretraining batch (0: the recipe's micro batch)")
+    ap.add_argument("--lr", type=float, default=0.0, help="peak LR (0: the recipe's)")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--cache", default="runs/cache/fmri-study")
     ap.add_argument("--out", default="runs/fmri-study")
     args = ap.parse_args()
     torch.set_num_threads(2)
     recipe = load_recipe("slim-brain-tiny")
+    batch = args.batch or recipe.train.micro_batch_size
+    lr = args.lr or recipe.train.lr
+    # the EMA ramp (ema_start -> 1) spans the whole run, as the recipe's ema_steps = train.steps does
+    model_cfg = dataclasses.replace(recipe.model.config, ema_steps=args.steps)
     base = FmriWindowsConfig(**{**recipe.data.config.__dict__, "cache_dir": args.cache, "demo_subjects": args.subjects})
     cfgs = {sel: FmriWindowsConfig(**{**base.__dict__, "selection": sel}) for sel in ("saliency", "random", "all")}
     t0 = time.time()
@@ -134,25 +151,31 @@ def main() -> None:
     hit = {sel: float(np.mean([tf[s:s + base.window].mean() for _, s in FmriWindows(cfgs[sel]).items]))
            for sel in ("saliency", "random", "all")}
     rows: dict[str, list[tuple[float, float]]] = {}
-    for seed in range(args.seeds):
-        torch.manual_seed(seed)
-        init = SlimBrain(recipe.model.config).encoder
-        rows.setdefault("random init", []).append(both(init, seed))
-        for sel in ("saliency", "random"):
-            t = time.time()
-            model = pretrain(recipe.model.config, recipe.objective.config, cfgs[sel], args.steps, recipe.train.lr,
-                             recipe.train.micro_batch_size, seed)
-            acc = both(model.encoder, seed)
-            rows.setdefault(f"pretrained, {'top-k salient' if sel == 'saliency' else 'k random'} windows", []).append(acc)
-            print(f"seed {seed} {sel}: {args.steps} steps in {time.time() - t:.0f} s, probe balanced accuracy {acc[0]:.3f} (all windows), {acc[1]:.3f} (salient)")
     Xr, yr = raw_features(evalset, np.arange(len(evalset)))
     Xs, ys = raw_features(salset, np.arange(len(salset)))
-    rows["raw input (no encoder): temporal std of 3x3x3 regions"] = [
-        (cv_probe(Xr, yr, groups, s), cv_probe(Xs, ys, sal_groups, s)) for s in range(args.seeds)]
+    raw_name = "raw input (no encoder): temporal std of 3x3x3 regions"
+    raw_rows = [(cv_probe(Xr, yr, groups, s), cv_probe(Xs, ys, sal_groups, s)) for s in range(args.seeds)]
+    print(f"raw input: probe balanced accuracy {np.mean(raw_rows, 0)[0]:.3f} (all windows), {np.mean(raw_rows, 0)[1]:.3f} (salient)")
+    for seed in range(args.seeds):
+        torch.manual_seed(seed)
+        init = SlimBrain(recipe.model.config).encoder.to(args.device)
+        rows.setdefault("random init", []).append(both(init, seed))
+        print(f"seed {seed} random init: probe balanced accuracy {rows['random init'][-1][0]:.3f} (all windows), "
+              f"{rows['random init'][-1][1]:.3f} (salient)")
+        for sel in ("saliency", "random"):
+            t = time.time()
+            model, losses = pretrain(model_cfg, recipe.objective.config, cfgs[sel], args.steps, lr, batch, seed,
+                                     args.device)
+            acc = both(model.encoder, seed)
+            curve = " ".join(f"{np.mean(losses[i:i + max(1, len(losses) // 8)]):.3f}" for i in range(0, len(losses), max(1, len(losses) // 8)))
+            print(f"  loss (eighths of the run): {curve}")
+            rows.setdefault(f"pretrained, {'top-k salient' if sel == 'saliency' else 'k random'} windows", []).append(acc)
+            print(f"seed {seed} {sel}: {args.steps} steps x batch {batch} in {time.time() - t:.0f} s, probe balanced accuracy {acc[0]:.3f} (all windows), {acc[1]:.3f} (salient)")
+    rows[raw_name] = raw_rows
     ref = np.mean(rows["random init"], axis=0)
     print(f"\nDemo corpus: {args.subjects} subjects, 4 classes (chance 0.25); probe on all {len(evalset)} non-overlapping "
           f"windows, 4-fold cross-validation over subjects; {args.steps} pretraining steps x batch "
-          f"{recipe.train.micro_batch_size}, {args.seeds} seeds.")
+          f"{batch} (peak LR {lr:g}) on {args.device}, {args.seeds} seeds.")
     print(f"Share of window frames inside task epochs: salient {hit['saliency']:.2f}, random {hit['random']:.2f}, "
           f"all {hit['all']:.2f}.\n")
     print("| encoder | probe on all windows: balanced acc. | vs random init | probe on salient windows: balanced acc. | vs random init |")
