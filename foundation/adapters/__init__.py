@@ -14,7 +14,7 @@ from foundation.adapters.dopamine import DopamineConfig, DopamineModel
 from foundation.adapters.io import download_adapter, gathered_state_dict, push_adapter, read_adapter_config
 from foundation.adapters.lora import LoraAdapterConfig, LoraAdapterModel
 from foundation.adapters.methods import AdapterMethod, adapter_method_names, get_adapter_method, register_adapter_method
-from foundation.adapters.targets import TARGET_PRESETS, resolve_targets
+from foundation.adapters.targets import MODEL_PRESETS, TARGET_PRESETS, model_preset, resolve_targets
 
 __all__ = [
     "LoraAdapterConfig",
@@ -22,6 +22,8 @@ __all__ = [
     "DopamineConfig",
     "DopamineModel",
     "TARGET_PRESETS",
+    "MODEL_PRESETS",
+    "model_preset",
     "resolve_targets",
     "AdapterMethod",
     "register_adapter_method",

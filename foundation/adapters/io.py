@@ -47,7 +47,8 @@ def gathered_state_dict(model: nn.Module, keep: Callable[[str], bool]) -> dict[s
     """Copy the parameters whose name passes ``keep`` to CPU, gathering ZeRO-3 shards first.
 
     Under ZeRO-3 (parameters carry DeepSpeed's ``ds_id``) the gather is collective: call it on every rank.
-    Buffers are copied as they are (ZeRO does not partition buffers).
+    Persistent buffers are copied as they are (ZeRO does not partition buffers); non-persistent ones, which
+    ``state_dict()`` leaves out too, are skipped.
 
     Args:
         model: the (possibly DeepSpeed-wrapped, use ``engine.module``) model.
@@ -66,8 +67,18 @@ def gathered_state_dict(model: nn.Module, keep: Callable[[str], bool]) -> dict[s
         ctx = nullcontext()
     with ctx:
         state = {n: p.detach().to("cpu", copy=True).contiguous() for n, p in params}
-    state.update({n: b.detach().to("cpu", copy=True).contiguous() for n, b in model.named_buffers() if keep(n)})
+    state.update({n: b.detach().to("cpu", copy=True).contiguous() for n, b in _persistent_buffers(model) if keep(n)})
     return state
+
+
+def _persistent_buffers(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
+    """``(name, buffer)`` of the buffers ``state_dict()`` holds (non-persistent ones, e.g. fixed bases, are left out)."""
+    out = []
+    for prefix, module in model.named_modules():
+        for name, buf in module.named_buffers(recurse=False):
+            if buf is not None and name not in module._non_persistent_buffers_set:
+                out.append((f"{prefix}.{name}" if prefix else name, buf))
+    return out
 
 
 def is_writer_rank() -> bool:

@@ -18,6 +18,12 @@ Presets:
 
 The classifier is read from timm's ``pretrained_cfg["classifier"]`` when the
 model has one; otherwise pass ``exclude_modules``.
+
+Per registered model, :data:`MODEL_PRESETS` names the default preset (looked up by
+:func:`model_preset`): the transformers (``deeperbrain``'s ``Block``, ``slim-brain``'s and
+``hiera4d``'s ``HieraBlock``) take ``attention-mlp``; the EfficientNet of ``ultrasound-mtl``
+takes ``pointwise``. Parts a fine-tuned forward pass never reaches (decoders, predictors,
+EMA targets, other task heads) are excluded by the caller (``foundation.finetune.runner``).
 """
 from __future__ import annotations
 
@@ -28,7 +34,7 @@ from torch import nn
 
 from foundation.errors import ConfigError, did_you_mean
 
-__all__ = ["TARGET_PRESETS", "resolve_targets", "match_name", "classifier_names"]
+__all__ = ["TARGET_PRESETS", "MODEL_PRESETS", "model_preset", "resolve_targets", "match_name", "classifier_names"]
 
 TARGET_PRESETS: dict[str, tuple[str, ...]] = {
     "attention": ("attn.qkv", "attn.proj"),
@@ -37,6 +43,20 @@ TARGET_PRESETS: dict[str, tuple[str, ...]] = {
     "pointwise": (),
     "all-linear": (),
 }
+
+
+MODEL_PRESETS: dict[str, str] = {
+    "deeperbrain": "attention-mlp",
+    "slim-brain": "attention-mlp",
+    "hiera4d": "attention-mlp",
+    "ultrasound-mtl": "pointwise",
+}
+DEFAULT_PRESET = "attention-mlp"
+
+
+def model_preset(model_name: str) -> str:
+    """The default target preset of a registered model (:data:`MODEL_PRESETS`; others: ``attention-mlp``)."""
+    return MODEL_PRESETS.get(model_name, DEFAULT_PRESET)
 
 
 def match_name(name: str, patterns: Sequence[str] | str) -> bool:

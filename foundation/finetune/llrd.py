@@ -7,7 +7,7 @@ from torch import nn
 
 from foundation.errors import ConfigError
 
-__all__ = ["layerwise_lr_groups", "block_index"]
+__all__ = ["layerwise_lr_groups", "block_index", "depths_by_order"]
 
 
 def block_index(name: str, num_layers: int, prefix: str = "blocks.") -> int:
@@ -24,6 +24,41 @@ def block_index(name: str, num_layers: int, prefix: str = "blocks.") -> int:
     if any(k in name for k in ("embed", "pos", "token", "patch")):
         return 0
     return num_layers + 1
+
+
+def depths_by_order(model: nn.Module, blocks: str) -> tuple[dict[str, int], int]:
+    """Depth of every parameter of ``model`` around its block stack ``blocks`` (a dotted module path).
+
+    Inside block i (``<blocks>.i.``): ``i + 1``. Elsewhere by registration order, which follows the
+    forward pass in the suite's encoders: registered before the first block (patch and position
+    embeddings, channel encodings, a CNN stem) ``0``, after the last one (final norm, decoders) ``n + 1``.
+
+    Args:
+        model: the module whose ``named_parameters()`` are ranked.
+        blocks: path of the ``ModuleList``/``Sequential`` of blocks, e.g. ``"encoder.blocks"``.
+
+    Returns:
+        ``({parameter name: depth}, n)`` with n the number of blocks.
+
+    Raises:
+        ConfigError: ``blocks`` is not a module of ``model`` or holds no parameter.
+    """
+    try:
+        stack = model.get_submodule(blocks)
+    except AttributeError as err:
+        raise ConfigError(f"layer-wise LR decay: {type(model).__name__} has no module {blocks!r}") from err
+    n, prefix = len(stack), blocks + "."
+    depths: dict[str, int] = {}
+    seen_block = False
+    for name, _ in model.named_parameters():
+        if name.startswith(prefix):
+            depths[name] = int(name[len(prefix):].split(".", 1)[0]) + 1
+            seen_block = True
+        else:
+            depths[name] = n + 1 if seen_block else 0
+    if not seen_block:
+        raise ConfigError(f"layer-wise LR decay: module {blocks!r} of {type(model).__name__} holds no parameter")
+    return depths, n
 
 
 def layerwise_lr_groups(model: nn.Module, base_lr: float, *, decay: float, head_lr: float | None = None,

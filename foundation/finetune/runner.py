@@ -6,8 +6,15 @@
 Methods: ``linear-probe`` / ``mlp-probe`` (frozen features computed once and cached), ``full`` (layer-wise
 LR decay, separate head LR, through the engine), ``lora`` (peft) and ``dopamine`` (gates on hidden units),
 both with a trainable new head. The recipe's ``model`` section names the encoder (its config comes from the
-checkpoint), ``data`` a labelled data set (dict batches with ``x`` and ``label``, a ``num_classes`` attribute,
-optionally ``groups()`` for subject-disjoint splits), ``objective`` is ``supervised``.
+checkpoint), ``data`` a labelled data set (dict batches with ``label`` and the entries the encoder's
+``forward_features`` names, e.g. ``x``, ``pos``, ``chan_mask``; a ``num_classes`` attribute, optionally
+``groups()`` for subject-disjoint splits), ``objective`` is ``supervised``. Encoder parameters that
+``forward_features`` does not reach (decoders, predictors, EMA targets, other task heads) are frozen and
+get no adapter (see :meth:`TaskModel.freeze_unused`); LoRA's default targets come from the encoder's
+preset in :data:`foundation.adapters.targets.MODEL_PRESETS`.
+
+Shipped recipes, one per modality: ``deeperbrain-tiny-probe``, ``slim-brain-tiny-probe``,
+``ultrasound-mtl-tiny-probe`` (demo corpora; see ``benchmarks/bench_finetune.py``).
 """
 from __future__ import annotations
 
@@ -25,12 +32,11 @@ from torch.utils.data import DataLoader, Subset
 from foundation.config import RecipeConfig, dataclass_to_dict
 from foundation.errors import ConfigError, DataError
 from foundation.finetune.features import extract_features, split_batch
-from foundation.finetune.llrd import block_index, layerwise_lr_groups
 from foundation.finetune.metrics import classification_metrics, regression_metrics
 from foundation.finetune.probe import fit_probe
 from foundation.finetune.report import markdown_table, save_confusion_matrix, save_pred_vs_true
 from foundation.finetune.splits import group_split
-from foundation.finetune.task_model import TaskModel, TaskModelConfig
+from foundation.finetune.task_model import TaskModel, TaskModelConfig, predict
 from foundation.registry import DATASETS, MODELS
 
 __all__ = ["METHODS", "FinetuneOptions", "run_finetune"]
@@ -51,7 +57,8 @@ class FinetuneOptions:
     targets: tuple[str, ...] = field(default=(), metadata={"help": "LoRA / Dopamine target module suffixes"})
     skip_targets: tuple[str, ...] = field(default=(), metadata={"help": "Dopamine: linear layers after the gates "
                                                                         "that skip inactive units at inference"})
-    lora_preset: str = field(default="attention-mlp", metadata={"help": "LoRA target preset when targets is empty"})
+    lora_preset: str = field(default="", metadata={"help": "LoRA target preset when targets is empty ('': the "
+                                                           "encoder's preset in MODEL_PRESETS)"})
     lora_r: int = field(default=8, metadata={"help": "LoRA rank"})
 
     def __post_init__(self) -> None:
@@ -67,9 +74,7 @@ class _LLRDTaskModel(TaskModel):
 
     def param_groups(self, lr: float, weight_decay: float) -> list[dict]:
         decay, head_scale = getattr(self, "_llrd", (1.0, 1.0))
-        n = len(getattr(self.encoder, "blocks", []))
-        return layerwise_lr_groups(self, lr, decay=decay, head_lr=lr * head_scale, weight_decay=weight_decay,
-                                   layer_of=lambda name: block_index(name, n), num_layers=n)
+        return self.llrd_groups(lr, decay, lr * head_scale, weight_decay)
 
 
 def _num_outputs(dataset: Any, task: str) -> int:
@@ -87,27 +92,51 @@ def _split(dataset: Any, opts: FinetuneOptions) -> tuple[Subset, Subset]:
     return Subset(dataset, train_idx.tolist()), Subset(dataset, test_idx.tolist())
 
 
+def _inputs(batch: Any, recipe: RecipeConfig) -> tuple[Any, torch.Tensor]:
+    obj = recipe.objective.config
+    return split_batch(batch, obj.input_key, obj.label_key)
+
+
 def _load_base(recipe: RecipeConfig, base: str, revision: str | None, num_outputs: int, task: str,
-               opts: FinetuneOptions) -> tuple[_LLRDTaskModel, str]:
+               opts: FinetuneOptions, train: Subset) -> tuple[_LLRDTaskModel, list[str], str]:
+    """The task model with the checkpoint loaded strictly into its encoder, and the unused encoder parameters."""
     enc_cls = MODELS.get(recipe.model.name, where="recipe key model.name")
     pretrained = enc_cls.from_pretrained(base, revision=revision)  # strict: missing/extra keys raise
     cfg = TaskModelConfig(encoder=recipe.model.name, encoder_config=dataclass_to_dict(pretrained.hub_config()),
                           num_outputs=num_outputs, task=task, pool=opts.pool)
     model = _LLRDTaskModel(cfg)
     model.encoder.load_state_dict(pretrained.state_dict(), strict=True)
-    report = f"loaded {base} strictly into the encoder; new task head: head.weight, head.bias ({num_outputs} outputs)"
-    return model, report
+    probe_batch = next(iter(DataLoader(train, batch_size=min(2, len(train)))))
+    unused = model.freeze_unused(_inputs(probe_batch, recipe)[0])
+    tops = sorted({".".join(n.split(".")[:2]) for n in unused})
+    report = (f"loaded {base} strictly into the encoder; new task head: head.weight, head.bias ({num_outputs} outputs); "
+              f"frozen, not reached by forward_features: {', '.join(tops) or 'none'} ({len(unused)} tensors)")
+    return model, unused, report
 
 
-def _wrap(model: _LLRDTaskModel, opts: FinetuneOptions) -> torch.nn.Module:
+def _unused_modules(model: TaskModel, unused: list[str]) -> tuple[str, ...]:
+    """Names of the modules whose own parameters are all unused (adapters skip them)."""
+    gone = set(unused)
+    names = []
+    for name, module in model.named_modules():
+        own = [f"{name}.{p}" for p, _ in module.named_parameters(recurse=False)]
+        if own and all(n in gone for n in own):
+            names.append(name)
+    return tuple(names)
+
+
+def _wrap(model: _LLRDTaskModel, opts: FinetuneOptions, unused: list[str]) -> torch.nn.Module:
     if opts.method == "full":
         model.setup_llrd(opts.lr_decay, opts.head_lr_scale)
         return model
     if opts.method == "lora":
         from foundation.adapters import LoraAdapterConfig, LoraAdapterModel
+        from foundation.adapters.targets import model_preset
 
-        cfg = (LoraAdapterConfig(preset="custom", target_modules=opts.targets, r=opts.lora_r) if opts.targets
-               else LoraAdapterConfig(preset=opts.lora_preset, r=opts.lora_r))
+        skip = ("head",) + _unused_modules(model, unused)  # the new head trains whole
+        cfg = (LoraAdapterConfig(preset="custom", target_modules=opts.targets, exclude_modules=skip, r=opts.lora_r)
+               if opts.targets else LoraAdapterConfig(preset=opts.lora_preset or model_preset(model.config.encoder),
+                                                      exclude_modules=skip, r=opts.lora_r))
         wrapped = LoraAdapterModel.inject(model, cfg)
     else:
         from foundation.adapters import DopamineConfig, DopamineModel
@@ -119,28 +148,22 @@ def _wrap(model: _LLRDTaskModel, opts: FinetuneOptions) -> torch.nn.Module:
     return wrapped
 
 
-@torch.no_grad()
-def _predict(model: torch.nn.Module, data: Subset, task: str) -> tuple[torch.Tensor, torch.Tensor]:
-    model.eval()
-    outs, labels = [], []
-    for batch in DataLoader(data, batch_size=64):
-        x, y = split_batch(batch)
-        outs.append(model(x).float())
-        labels.append(y)
-    out, y = torch.cat(outs), torch.cat(labels)
-    return (out.softmax(-1) if task == "classification" else out.reshape(y.shape)), y
+def _predict(model: torch.nn.Module, data: Subset, task: str, recipe: RecipeConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    obj = recipe.objective.config
+    return predict(model, DataLoader(data, batch_size=64), task, obj.input_key, obj.label_key)
 
 
 def _cached_features(encoder: torch.nn.Module, train: Subset, test: Subset, out: Path, key: str,
-                     pool: str) -> tuple[torch.Tensor, ...]:
+                     pool: str, recipe: RecipeConfig) -> tuple[torch.Tensor, ...]:
     file = out / "features.safetensors"
     if file.is_file():
         cached = load_file(file)
         meta = json.loads((out / "features.json").read_text()) if (out / "features.json").is_file() else {}
         if meta.get("key") == key:
             return cached["X_train"], cached["y_train"], cached["X_test"], cached["y_test"]
-    Xtr, ytr = extract_features(encoder, DataLoader(train, batch_size=64), pool=pool)
-    Xte, yte = extract_features(encoder, DataLoader(test, batch_size=64), pool=pool)
+    keys = {"input_key": recipe.objective.config.input_key, "label_key": recipe.objective.config.label_key}
+    Xtr, ytr = extract_features(encoder, DataLoader(train, batch_size=64), pool=pool, **keys)
+    Xte, yte = extract_features(encoder, DataLoader(test, batch_size=64), pool=pool, **keys)
     tmp = out / ".features.tmp.safetensors"
     save_file({"X_train": Xtr, "y_train": ytr, "X_test": Xte, "y_test": yte}, str(tmp))
     os.replace(tmp, file)
@@ -163,12 +186,12 @@ def run_finetune(recipe: RecipeConfig, base: str, output_dir: str | Path, opts: 
         data_cls.prepare(recipe.data.config)
     dataset = data_cls(recipe.data.config)
     train, test = _split(dataset, opts)
-    model, load_report = _load_base(recipe, base, revision, _num_outputs(dataset, task), task, opts)
+    model, unused, load_report = _load_base(recipe, base, revision, _num_outputs(dataset, task), task, opts, train)
     outputs: dict[str, str] = {}
     if opts.method.endswith("probe"):
         key = hashlib.sha256(f"{base}|{revision}|{recipe.data.to_dict()}|{opts.split_seed}|{opts.test_fraction}|"
                              f"{opts.pool}".encode()).hexdigest()
-        Xtr, ytr, Xte, yte = _cached_features(model.encoder, train, test, out, key, opts.pool)
+        Xtr, ytr, Xte, yte = _cached_features(model.encoder, train, test, out, key, opts.pool, recipe)
         res = fit_probe(Xtr, ytr, Xte, yte, kind=opts.method.split("-")[0], task=task, seed=recipe.train.seed)
         metrics, y_pred, y_true = res.metrics, res.y_pred, yte
         trainable = sum(p.numel() for p in res.model.parameters())
@@ -178,15 +201,16 @@ def run_finetune(recipe: RecipeConfig, base: str, output_dir: str | Path, opts: 
     else:
         from foundation.pretrain.engine import Engine
 
-        wrapped = _wrap(model, opts)
+        wrapped = _wrap(model, opts, unused)
+        wrapped.train()  # frozen batch norms stay in eval mode (TaskModel.train)
         trainable = sum(p.numel() for p in wrapped.parameters() if p.requires_grad)
         Engine(recipe, out / "run", export=False, model=wrapped, dataset=train).run()
         is_main = torch.distributed.get_rank() == 0
         if opts.method == "dopamine":
             wrapped.reset_mac_counts()
-        prob, y_true = _predict(wrapped, test, task)
+        prob, y_true = _predict(wrapped, test, task, recipe)
         if opts.method == "dopamine":
-            outputs.update(_dopamine_report(wrapped, test, task, model.config.num_outputs, out, is_main))
+            outputs.update(_dopamine_report(wrapped, test, task, model.config.num_outputs, out, is_main, recipe))
         metrics = classification_metrics(y_true, prob) if task == "classification" else regression_metrics(y_true, prob)
         y_pred = prob.argmax(-1) if task == "classification" else prob
         outputs.update(_save_trained(wrapped, model, opts, out, base, metrics))  # every rank: ZeRO-3 gathers
@@ -207,7 +231,7 @@ def run_finetune(recipe: RecipeConfig, base: str, output_dir: str | Path, opts: 
 
 
 def _dopamine_report(wrapped: Any, test: Subset, task: str, num_outputs: int, out: Path,
-                     is_main: bool) -> dict[str, str]:
+                     is_main: bool, recipe: RecipeConfig) -> dict[str, str]:
     """Multiply-adds skipped by the hard gate on the test set (``macs.json``); per-class neuron firing
     (table + heatmap) for classification."""
     from foundation.adapters.dopamine.attribution import neuron_attribution, write_attribution
@@ -221,7 +245,7 @@ def _dopamine_report(wrapped: Any, test: Subset, task: str, num_outputs: int, ou
         (out / "macs.json").write_text(json.dumps(report, indent=2))
         files["macs"] = str(out / "macs.json")
     if task == "classification":
-        pairs = (split_batch(b) for b in DataLoader(test, batch_size=64))
+        pairs = (_inputs(b, recipe) for b in DataLoader(test, batch_size=64))
         rates = neuron_attribution(wrapped, pairs, num_outputs)  # every rank (ZeRO-3 forward is collective)
         if is_main:
             files.update({f"attribution_{k}": str(v) for k, v in write_attribution(rates, out / "attribution").items()})

@@ -128,6 +128,19 @@ class EEGWindows(torch.utils.data.Dataset):
         }
 
     @property
+    def num_classes(self) -> int:
+        """Classes of ``config.labels`` (0 for unlabelled sliding windows)."""
+        return len(self.config.labels)
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.config.labels)
+
+    def groups(self) -> list[str]:
+        """Subject of each window, for subject-disjoint splits."""
+        return [self.subjects[int(s)] for s in self.subject_ids[self.rows]]
+
+    @property
     def n_stats(self) -> int:
         """S, statistics per channel."""
         return len(self.index["stat_names"])

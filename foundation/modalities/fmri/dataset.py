@@ -181,6 +181,18 @@ class FmriWindows(torch.utils.data.Dataset):
             "start": torch.tensor(start),
         }
 
+    @property
+    def num_classes(self) -> int:
+        """Classes of an integer label column: the largest label + 1 (0 when the column holds no integer label)."""
+        labels = [self.label(i) for i in range(len(self.index["scans"]))]
+        ints = [v for v in labels if isinstance(v, int) and v >= 0]
+        return max(ints) + 1 if ints and len(ints) == len(labels) else 0
+
+    @property
+    def num_targets(self) -> int:
+        """Regression targets: 1 (the label column)."""
+        return 1
+
     def groups(self) -> list[str]:
         """Subject (or source file) of each item, for subject-wise splits."""
         out = []

@@ -1,12 +1,14 @@
 """Ultrasound multi-head multi-task model over the 27 challenge tasks: task table, CSV reader, timm backbone + FPN
 + heads, losses and balancing, official metrics, submission writer, demo corpus.
 
-Registers ``ultrasound-mtl`` (model), ``ultrasound-csv`` (dataset) and ``ultrasound-mtl`` (objective).
+Registers ``ultrasound-mtl`` (model), ``ultrasound-csv`` (dataset), ``ultrasound-images`` (one classification task
+as single labelled images, for fine-tuning) and ``ultrasound-mtl`` (objective).
 Importing is cheap: timm, MONAI and pydicom load inside the functions that need them.
 """
 from __future__ import annotations
 
 from foundation.modalities.ultrasound.dataset import UltrasoundDataConfig, UltrasoundDataset
+from foundation.modalities.ultrasound.labelled import UltrasoundImages, UltrasoundImagesConfig
 from foundation.modalities.ultrasound.model import UltrasoundMTL, UltrasoundMTLConfig
 from foundation.modalities.ultrasound.objective import MultiTaskObjective, MultiTaskObjectiveConfig
 from foundation.modalities.ultrasound.tasks import BUILTIN_TASKS, TaskSpec, task_table
@@ -18,6 +20,8 @@ __all__ = [
     "task_table",
     "UltrasoundDataConfig",
     "UltrasoundDataset",
+    "UltrasoundImages",
+    "UltrasoundImagesConfig",
     "UltrasoundMTL",
     "UltrasoundMTLConfig",
     "MultiTaskObjective",
@@ -26,4 +30,5 @@ __all__ = [
 
 MODELS.register("ultrasound-mtl", UltrasoundMTL)
 DATASETS.register("ultrasound-csv", UltrasoundDataset)
+DATASETS.register("ultrasound-images", UltrasoundImages)
 OBJECTIVES.register("ultrasound-mtl", MultiTaskObjective)

@@ -1,0 +1,135 @@
+"""`run_finetune` with linear-probe, LoRA and full fine-tuning on one model of each modality's demo task.
+
+DeeperBrain (dict inputs x/pos/chan_mask, packed token output), SLIM-Brain (a 4D volume; JEPA predictor and
+EMA target unused) and the ultrasound EfficientNet (FPN and task heads unused, batch norms), each a fresh tiny
+model saved with ``save_pretrained`` and fine-tuned on a small demo corpus through the shipped ``*-probe`` recipes.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from torch.utils.data import DataLoader, Subset
+
+from foundation.config import dataclass_to_dict, load_recipe
+from foundation.finetune.runner import FinetuneOptions, _load_base, run_finetune
+from foundation.finetune.splits import group_split
+from foundation.finetune.task_model import TaskModel, TaskModelConfig, predict
+from foundation.registry import DATASETS, MODELS
+
+pytestmark = pytest.mark.slow
+TRAIN = ["train.steps=4", "train.warmup_steps=1", "train.micro_batch_size=4", "train.progress_bar=false"]
+
+
+def _eeg(tmp: Path) -> tuple[list[str], object]:
+    from foundation.modalities.eeg.model import DeeperBrain, DeeperBrainConfig
+
+    data = [f"data.cache_dir={tmp / 'eeg-cache'}", "data.demo.n_subjects=4", "data.demo.blocks_per_class=1"]
+    cfg = DeeperBrainConfig(embed_dim=16, depth=2, num_heads=2, mlp_ratio=2.0, decoder_dim=8, decoder_depth=1,
+                            decoder_heads=2)
+    return ["deeperbrain-tiny-probe", *data], DeeperBrain(cfg)
+
+
+def _fmri(tmp: Path) -> tuple[list[str], object]:
+    from foundation.modalities.fmri.slim_brain import SlimBrain, SlimBrainConfig
+
+    data = [f"data.cache_dir={tmp / 'fmri-cache'}", "data.demo_subjects=8", "data.demo_frames=48", "data.top_k=2"]
+    fields = dataclass_to_dict(load_recipe("slim-brain-tiny").model.config)
+    cfg = SlimBrainConfig(**{**fields, "embed_dim": 8, "stages": (1, 1, 1), "predictor_dim": 16, "predictor_depth": 1})
+    return ["slim-brain-tiny-probe", *data], SlimBrain(cfg)
+
+
+def _ultrasound(tmp: Path) -> tuple[list[str], object]:
+    from foundation.modalities.ultrasound.model import UltrasoundMTL, UltrasoundMTLConfig
+
+    data = [f"data.data_root={tmp / 'us-demo' / 'csv_files'}", f"data.cache_dir={tmp / 'us-cache'}",
+            "data.demo_images_per_task=16"]
+    cfg = UltrasoundMTLConfig(backbone="tinynet_e", fpn_dim=16, head_dim=8, tasks=("breast_3cls", "lung"))
+    return ["ultrasound-mtl-tiny-probe", *data], UltrasoundMTL(cfg)
+
+
+MODALITIES = {"eeg": _eeg, "fmri": _fmri, "ultrasound": _ultrasound}
+# the parts of each checkpoint that forward_features never reaches (pretraining-only or other tasks' heads)
+UNUSED = {"eeg": ("encoder.decoder", "encoder.mask_token", "encoder.stats_"),
+          "fmri": ("encoder.target.", "encoder.predictor."), "ultrasound": ("encoder.fpn.", "encoder.heads.")}
+
+
+@pytest.fixture(scope="module", params=list(MODALITIES))
+def setup(request, tmp_path_factory):
+    """(modality, recipe, checkpoint folder, test split) with a fresh tiny model saved as the base."""
+    tmp = tmp_path_factory.mktemp(request.param)
+    torch.manual_seed(0)
+    (name, *data), model = MODALITIES[request.param](tmp)
+    recipe = load_recipe(name, data + TRAIN)
+    base = tmp / "base"
+    model.save_pretrained(base)
+    ds_cls = DATASETS.get(recipe.data.name)
+    if hasattr(ds_cls, "prepare"):
+        ds_cls.prepare(recipe.data.config)
+    dataset = ds_cls(recipe.data.config)
+    train_idx, test_idx = group_split(dataset.groups(), 0.25, 0)
+    return request.param, recipe, base, Subset(dataset, test_idx.tolist()), Subset(dataset, train_idx.tolist())
+
+
+def _checkpoint(recipe, base: Path) -> dict[str, torch.Tensor]:
+    return MODELS.get(recipe.model.name).from_pretrained(base).state_dict()
+
+
+def test_load_is_strict_and_freezes_only_the_unreached_parts(setup):
+    modality, recipe, base, _, train = setup
+    model, unused, report = _load_base(recipe, str(base), None, train.dataset.num_classes, "classification",
+                                       FinetuneOptions(), train)
+    ckpt = _checkpoint(recipe, base)
+    state = model.encoder.state_dict()
+    assert state.keys() == ckpt.keys() and all(torch.equal(state[k], ckpt[k]) for k in ckpt)
+    assert unused and all(n.startswith(UNUSED[modality]) for n in unused), unused
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    assert frozen == set(unused) | {n for n, p in model.named_parameters() if n.startswith("encoder.target.")}
+    assert "strictly" in report and "head.weight" in report
+    assert model.blocks_path() is not None  # layer-wise LR decay has a block stack to decay over
+
+
+@pytest.mark.parametrize("method", ["linear-probe", "lora", "full"])
+def test_method_end_to_end(setup, method, tmp_path):
+    modality, recipe, base, test, _ = setup
+    res = run_finetune(recipe, str(base), tmp_path, FinetuneOptions(method=method))
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert saved["method"] == method and saved["metrics"] == res["metrics"]
+    assert 0.0 <= res["metrics"]["balanced_accuracy"] <= 1.0 and (tmp_path / "confusion_matrix.png").is_file()
+    C = test.dataset.num_classes
+    ckpt = _checkpoint(recipe, base)
+    if method == "linear-probe":
+        head = load_file(tmp_path / "probe_head.safetensors")
+        assert res["trainable_params"] == sum(t.numel() for t in head.values())
+        return
+    cfg = TaskModelConfig(encoder=recipe.model.name, encoder_config=json.loads((base / "config.json").read_text()),
+                          num_outputs=C)
+    cfg.encoder_config = {k: v for k, v in cfg.encoder_config.items() if k not in ("model_name", "foundation_version")}
+    if method == "lora":
+        adapter = load_file(tmp_path / "adapter" / "adapter_model.safetensors")
+        head = load_file(tmp_path / "head.safetensors")
+        # only the adapter and the new head trained, and no adapter sits on an unreached part
+        assert res["trainable_params"] == sum(t.numel() for t in [*adapter.values(), *head.values()])
+        assert not any(k.split("encoder.", 1)[1].startswith(tuple(u.split(".", 1)[1] for u in UNUSED[modality]))
+                       for k in adapter), sorted(adapter)
+        assert any(t.abs().sum() > 0 for k, t in adapter.items() if "lora_B" in k)  # B starts at zero
+        # the untouched checkpoint + adapter + head reproduce the run's test outputs: the base did not change
+        from foundation.adapters import load_adapter
+
+        rebuilt = TaskModel(cfg)
+        rebuilt.encoder.load_state_dict(ckpt, strict=True)
+        rebuilt.head.load_state_dict(head)
+        rebuilt = load_adapter(rebuilt, tmp_path / "adapter")
+    else:
+        rebuilt = TaskModel.from_pretrained(tmp_path / "model")
+        enc = rebuilt.encoder.state_dict()
+        changed = [k for k in ckpt if not torch.equal(enc[k], ckpt[k])]
+        assert any(".blocks." in k or k.startswith("blocks.") for k in changed)  # the encoder trained
+        assert not [k for k in changed if f"encoder.{k}".startswith(UNUSED[modality])]  # unreached parts did not
+    prob, y = predict(rebuilt, DataLoader(test, batch_size=64))
+    from foundation.finetune.metrics import classification_metrics
+
+    assert classification_metrics(y, prob) == pytest.approx(res["metrics"], abs=1e-5)
