@@ -91,3 +91,19 @@ def test_reports(tmp_path):
     assert save_pred_vs_true(y.float(), y.float() + 0.1, tmp_path / "pv.png").stat().st_size
     table = markdown_table([{"model": "x", "acc": 0.5}, {"model": "y", "acc": 0.25, "kappa": 0.1}])
     assert table.splitlines()[0] == "| model | acc | kappa |" and "0.2500" in table
+
+
+def test_pool_tokens_of_packed_tokens_and_feature_kwargs():
+    from foundation.finetune.features import feature_kwargs, pool_tokens
+
+    tokens = torch.randn(7, 5)  # [K, D]: sample 0 has 3 tokens, sample 1 has 4
+    cu = torch.tensor([0, 3, 7], dtype=torch.int32)
+    torch.testing.assert_close(pool_tokens((tokens, cu), "mean"), torch.stack([tokens[:3].mean(0), tokens[3:].mean(0)]))
+    torch.testing.assert_close(pool_tokens((tokens, cu), "cls"), tokens[[0, 3]])
+
+    def fn(x, pos, chan_mask=None, keep=None):
+        return x
+
+    assert feature_kwargs(fn, {"x": 1, "pos": 2, "stats": 3}) == {"x": 1, "pos": 2}
+    with pytest.raises(DataError, match=r"needs \['pos'\] but the batch has only \['stats', 'x'\]"):
+        feature_kwargs(fn, {"x": 1, "stats": 3})

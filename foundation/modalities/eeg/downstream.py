@@ -5,8 +5,11 @@
   scalp regions (nearest of Fz, Cz, T7, T8, Pz, Oz by 3D position), so it works on any montage.
 - :func:`frozen_probe`: linear or small-MLP probe (``foundation.finetune.probe.fit_probe``) on a
   subject-disjoint split; balanced accuracy, Cohen's kappa, weighted F1, AUROC (and AUC-PR when binary).
-- :func:`finetune`: the encoder plus a linear head trained end to end with layer-wise learning-rate
-  decay (BEiT, https://arxiv.org/abs/2106.08254) through ``foundation.finetune.llrd``.
+- :func:`finetune`: the encoder plus a linear head (:class:`EEGClassifier`, a
+  ``foundation.finetune.TaskModel``) trained end to end with layer-wise learning-rate decay (BEiT,
+  https://arxiv.org/abs/2106.08254; ``TaskModel.llrd_groups``) and the shared supervised loss, in memory.
+  The same through the engine, with LoRA and linear probes too: ``foundation finetune --recipe
+  deeperbrain-tiny-probe`` (``foundation.finetune.runner``).
 - :func:`write_report`: a markdown results table and a confusion-matrix PNG.
 """
 from __future__ import annotations
@@ -18,13 +21,15 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
+from foundation.config import dataclass_to_dict
 from foundation.errors import ConfigError, DataError
-from foundation.finetune.llrd import layerwise_lr_groups
+from foundation.finetune.features import extract_features, split_batch
+from foundation.finetune.llrd import depths_by_order
 from foundation.finetune.metrics import classification_metrics
 from foundation.finetune.probe import fit_probe
 from foundation.finetune.report import markdown_table, save_confusion_matrix
+from foundation.finetune.task_model import Supervised, SupervisedConfig, TaskModel, TaskModelConfig, predict
 from foundation.modalities.eeg.channels import template_positions
 from foundation.modalities.eeg.model import DeeperBrain
 
@@ -65,15 +70,14 @@ def encode_windows(model: DeeperBrain, dataset: torch.utils.data.Dataset, batch_
     """
     if pool not in ("mean", "regions"):
         raise ConfigError(f"encode_windows: unknown pool {pool!r}; valid: mean, regions")
+    if pool == "mean":
+        return extract_features(model, _loader(dataset, batch_size))
     was = model.training
     model.eval()
     xs, ys = [], []
     try:
         for b in _loader(dataset, batch_size):
-            if pool == "mean":
-                xs.append(model.pooled_features(b["x"], b["pos"], b["chan_mask"]).float())
-            else:
-                xs.append(_region_pool(model, b).float())
+            xs.append(_region_pool(model, b).float())
             ys.append(b["label"])
     finally:
         model.train(was)
@@ -141,42 +145,36 @@ def frozen_probe(X: torch.Tensor, y: torch.Tensor, train_idx: np.ndarray, test_i
     return fit_probe(X[train_idx], y[train_idx], X[test_idx], y[test_idx], kind=kind, seed=seed, epochs=epochs)
 
 
-class EEGClassifier(nn.Module):
-    """A DeeperBrain encoder with a linear head on the pooled features: -> logits [B, n_classes]."""
+class EEGClassifier(TaskModel):
+    """A DeeperBrain encoder (trained in place) with a linear head on its mean-pooled tokens.
+
+    ``forward(batch dict with x [B, C, T], pos [B, C, 3], chan_mask [B, C])`` -> logits ``[B, n_classes]``.
+    """
 
     def __init__(self, encoder: DeeperBrain, n_classes: int) -> None:
-        super().__init__()
-        self.encoder = encoder
-        self.head = nn.Linear(encoder.embed_dim, n_classes)
-        for name, p in encoder.named_parameters():  # the decoder and statistics head take no part
-            if name.startswith(("decoder", "mask_token", "stats_")):
-                p.requires_grad_(False)
-
-    def forward(self, x: torch.Tensor, pos: torch.Tensor, chan_mask: torch.Tensor) -> torch.Tensor:
-        return self.head(self.encoder.pooled_features(x, pos, chan_mask))
+        cfg = TaskModelConfig(encoder=encoder.model_name, encoder_config=dataclass_to_dict(encoder.config),
+                              num_outputs=n_classes)
+        super().__init__(cfg, encoder=encoder)
 
     def layer_of(self, name: str) -> int:
         """Depth of a parameter: 0 embeddings/encodings, i + 1 in encoder block i, depth + 1 the final norm."""
-        if name.startswith("encoder.blocks."):
-            return int(name.split(".")[2]) + 1
-        if name.startswith("encoder.norm"):
-            return len(self.encoder.blocks) + 1
-        return 0
+        return depths_by_order(self, "encoder.blocks")[0][name]
 
 
 def finetune(encoder: DeeperBrain, train_set: torch.utils.data.Dataset, test_set: torch.utils.data.Dataset,
              n_classes: int, *, epochs: int = 10, batch_size: int = 16, lr: float = 1e-3, decay: float = 0.75,
              head_lr: float | None = None, weight_decay: float = 0.05, seed: int = 0) -> tuple[dict[str, float], torch.Tensor, torch.Tensor]:
-    """Full fine-tuning with layer-wise LR decay and a cosine schedule.
+    """Full fine-tuning with layer-wise LR decay and a cosine schedule; the decoder and statistics head,
+    which the encoder's features never reach, stay frozen (``TaskModel.freeze_unused``).
 
     Returns:
         ``(metrics, y_true [S], y_prob [S, n_classes])`` on ``test_set``.
     """
     torch.manual_seed(seed)
     clf = EEGClassifier(encoder, n_classes)
-    groups = layerwise_lr_groups(clf, lr, decay=decay, head_lr=head_lr or lr * 10, weight_decay=weight_decay,
-                                 layer_of=clf.layer_of, num_layers=len(encoder.blocks) + 1)
-    opt = torch.optim.AdamW(groups, lr=lr)
+    clf.freeze_unused(split_batch(next(iter(_loader(train_set, 2))))[0])
+    opt = torch.optim.AdamW(clf.llrd_groups(lr, decay, head_lr or lr * 10, weight_decay), lr=lr)
+    loss_fn = Supervised(SupervisedConfig())
     loader = _loader(train_set, batch_size, shuffle=True, seed=seed)
     total = max(1, epochs * len(loader))
     step = 0
@@ -185,18 +183,12 @@ def finetune(encoder: DeeperBrain, train_set: torch.utils.data.Dataset, test_set
         for b in loader:
             for g in opt.param_groups:
                 g["lr"] = g["lr_scale"] * lr * 0.5 * (1 + math.cos(math.pi * step / total))
-            loss = nn.functional.cross_entropy(clf(b["x"], b["pos"], b["chan_mask"]), b["label"])
+            loss, _ = loss_fn(clf, b)
             opt.zero_grad()
             loss.backward()
             opt.step()
             step += 1
-    clf.eval()
-    probs, ys = [], []
-    with torch.no_grad():
-        for b in _loader(test_set, 64):
-            probs.append(clf(b["x"], b["pos"], b["chan_mask"]).softmax(-1))
-            ys.append(b["label"])
-    y, prob = torch.cat(ys), torch.cat(probs)
+    prob, y = predict(clf, _loader(test_set, 64))
     return classification_metrics(y, prob), y, prob
 
 

@@ -5,8 +5,10 @@
 * attentive probe (V-JEPA's evaluation, Bardes et al. 2024,
   https://arxiv.org/abs/2404.08471): one learned query cross-attends over the
   frozen tokens, then a linear head; trained on cached tokens;
-* full fine-tuning: encoder + linear head on pooled features, AdamW with layer-wise
-  LR decay (:func:`foundation.finetune.llrd.layerwise_lr_groups`, BEiT, https://arxiv.org/abs/2106.08254).
+* full fine-tuning: encoder + linear head on mean-pooled tokens (a ``foundation.finetune.TaskModel``),
+  AdamW with layer-wise LR decay (``TaskModel.llrd_groups``, BEiT, https://arxiv.org/abs/2106.08254) and
+  the shared supervised loss, in memory. The same through the engine, with LoRA too: ``foundation
+  finetune --recipe slim-brain-tiny-probe`` (``foundation.finetune.runner``).
 
 Every function splits by subject (:func:`foundation.finetune.splits.group_split`)
 outside, takes index arrays and returns metrics from
@@ -24,10 +26,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from foundation.errors import ConfigError
-from foundation.finetune.features import extract_features
-from foundation.finetune.llrd import block_index, layerwise_lr_groups
+from foundation.finetune.features import encode, extract_features, split_batch
 from foundation.finetune.metrics import classification_metrics, regression_metrics
 from foundation.finetune.probe import fit_probe
+from foundation.finetune.task_model import Supervised, SupervisedConfig, TaskModel, predict
 
 __all__ = ["frozen_tokens", "linear_probe", "AttentiveProbe", "attentive_probe", "finetune", "DownstreamResult"]
 
@@ -57,7 +59,7 @@ def frozen_tokens(encoder: nn.Module, dataset: Any, idx: np.ndarray, batch_size:
     encoder.eval()
     xs, ys = [], []
     for batch in _loader(dataset, idx, batch_size):
-        xs.append(encoder.forward_features(batch["x"]).float())
+        xs.append(encode(encoder, split_batch(batch)[0]).float())
         ys.append(batch["label"])
     return torch.cat(xs), torch.cat(ys)
 
@@ -118,33 +120,28 @@ def attentive_probe(encoder: nn.Module, dataset: Any, train_idx: np.ndarray, tes
 def finetune(encoder: nn.Module, dataset: Any, train_idx: np.ndarray, test_idx: np.ndarray, *,
              task: str = "classification", seed: int = 0, epochs: int = 5, lr: float = 1e-3, decay: float = 0.75,
              head_lr: float | None = None, batch_size: int = 8) -> DownstreamResult:
-    """Full fine-tuning of a copy of ``encoder`` (a Hiera4D) + linear head with layer-wise LR decay.
+    """Full fine-tuning of a copy of ``encoder`` (a registered model: Hiera4D or SLIM-Brain) + linear head
+    with layer-wise LR decay.
 
-    Depth of a parameter: 0 for the patch and position embeddings, i + 1 in block i,
-    ``depth + 1`` for the final norm; the head gets ``head_lr`` (default ``lr``).
+    Depth of a parameter (``TaskModel.llrd_groups``): 0 for the patch and position embeddings, i + 1 in
+    block i, ``depth + 1`` for the final norm; the head gets ``head_lr`` (default ``lr``). Parts the
+    features never reach (SLIM-Brain's predictor and EMA target) stay frozen.
     """
     torch.manual_seed(seed)
-    enc = copy.deepcopy(encoder).train()
     labels = torch.stack([dataset[int(i)]["label"] for i in train_idx])
     n_out = int(labels.max()) + 1 if task == "classification" else 1
-    model = nn.ModuleDict({"encoder": enc, "head": nn.Linear(enc.embed_dim, n_out)})
-    depth = len(enc.blocks)
-    groups = layerwise_lr_groups(model, lr, decay=decay, head_lr=head_lr, layer_of=lambda n: block_index(n, depth),
-                                 num_layers=depth, head_prefix="head")
-    opt = torch.optim.AdamW([{k: v for k, v in g.items() if k not in ("lr_scale", "name")} for g in groups])
+    model = TaskModel.for_encoder(copy.deepcopy(encoder), n_out, task)
+    model.freeze_unused(split_batch(next(iter(_loader(dataset, train_idx[:2], 2))))[0])
+    opt = torch.optim.AdamW(model.llrd_groups(lr, decay, head_lr or lr, weight_decay=0.05))
+    loss_fn = Supervised(SupervisedConfig(task=task))
+    model.train()
     for epoch in range(epochs):
         for batch in _loader(dataset, train_idx, batch_size, shuffle=True, seed=seed + epoch):
-            out = model["head"](enc(batch["x"]))
-            y = batch["label"]
-            loss = F.cross_entropy(out, y) if task == "classification" else F.mse_loss(out.squeeze(-1), y.float())
+            loss, _ = loss_fn(model, batch)
             opt.zero_grad()
             loss.backward()
             opt.step()
-    enc.eval()
-    outs, ys = [], []
-    with torch.no_grad():
-        for batch in _loader(dataset, test_idx, batch_size):
-            outs.append(model["head"](enc(batch["x"])))
-            ys.append(batch["label"])
-    metrics, pred = _metrics(task, torch.cat(ys), torch.cat(outs))
-    return DownstreamResult(metrics, torch.cat(ys), pred)
+    out, y = predict(model, _loader(dataset, test_idx, batch_size), task)
+    if task == "classification":
+        return DownstreamResult(classification_metrics(y, out), y, out.argmax(-1))
+    return DownstreamResult(regression_metrics(y, out), y, out)
