@@ -119,6 +119,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--first-seed", type=int, default=0, help="seeds first-seed .. first-seed + seeds - 1")
     ap.add_argument("--subjects", type=int, default=48)
     ap.add_argument("--batch", type=int, default=0, help="pretraining batch (0: the recipe's micro batch)")
     ap.add_argument("--lr", type=float, default=0.0, help="peak LR (0: the recipe's)")
@@ -154,9 +155,9 @@ def main() -> None:
     Xr, yr = raw_features(evalset, np.arange(len(evalset)))
     Xs, ys = raw_features(salset, np.arange(len(salset)))
     raw_name = "raw input (no encoder): temporal std of 3x3x3 regions"
-    raw_rows = [(cv_probe(Xr, yr, groups, s), cv_probe(Xs, ys, sal_groups, s)) for s in range(args.seeds)]
+    raw_rows = [(cv_probe(Xr, yr, groups, s), cv_probe(Xs, ys, sal_groups, s)) for s in range(args.first_seed, args.first_seed + args.seeds)]
     print(f"raw input: probe balanced accuracy {np.mean(raw_rows, 0)[0]:.3f} (all windows), {np.mean(raw_rows, 0)[1]:.3f} (salient)")
-    for seed in range(args.seeds):
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
         torch.manual_seed(seed)
         init = SlimBrain(recipe.model.config).encoder.to(args.device)
         rows.setdefault("random init", []).append(both(init, seed))
