@@ -10,7 +10,8 @@
         --finetune ultrasound-mtl-tiny-probe --steps 60 --seeds 0 1 2
 
 Pretrains the first recipe with the engine (one process), exports it, then fine-tunes the export with each
-method through `foundation.finetune.runner.run_finetune` on the same subject-disjoint held-out split
+method (and, for lora/full/dopamine, each ``--head-inits`` start of the new head: ``probe`` = LP-FT, ``random``)
+through `foundation.finetune.runner.run_finetune` on the same subject-disjoint held-out split
 (``--split-seed``), once per training seed (``--seeds``: ``train.seed`` of the fine-tune; the linear probe's
 fit is seeded alike). Prints one table: held-out metrics (mean and, over several seeds, the standard
 deviation), trainable parameters, wall time per run and peak RSS (ru_maxrss, process so far).
@@ -47,6 +48,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=0, help="fine-tuning optimizer steps (0: the recipe's train.steps)")
     ap.add_argument("--seeds", type=int, nargs="*", default=[0], help="fine-tuning seeds (train.seed), one run each")
     ap.add_argument("--split-seed", type=int, default=0, help="seed of the held-out subject split")
+    ap.add_argument("--head-inits", nargs="*", default=["probe"], choices=["probe", "random"],
+                    help="new-head starts of lora/full/dopamine, one row each (probe = LP-FT)")
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="override of the pretrain recipe")
     ap.add_argument("--ft-set", dest="ft_overrides", action="append", default=[], help="override of the finetune recipe")
     args = ap.parse_args()
@@ -57,23 +60,25 @@ def main() -> None:
         result = Engine(pre, Path(tmp) / "pretrain").run()
         print(f"pretrained {pre.name} for {result.step} steps in {time.perf_counter() - t0:.0f} s")
         steps = [f"train.steps={args.steps}"] if args.steps else []
-        for method in args.methods:
+        runs = [(m, h) for m in args.methods for h in (["-"] if m.endswith("probe") else args.head_inits)]
+        for method, head_init in runs:
             metrics: dict[str, list[float]] = {}
             seconds, trainable = [], 0
             for seed in args.seeds:
                 ft = load_recipe(args.finetune, args.ft_overrides + steps + [f"train.seed={seed}",
                                                                            "train.progress_bar=false"])
                 t0 = time.perf_counter()
-                res = run_finetune(ft, str(result.export_dir), Path(tmp) / f"{method}-{seed}",
+                res = run_finetune(ft, str(result.export_dir), Path(tmp) / f"{method}-{head_init}-{seed}",
                                    FinetuneOptions(method=method, targets=tuple(args.targets),
-                                                   split_seed=args.split_seed))
+                                                   split_seed=args.split_seed,
+                                                   head_init="probe" if head_init == "-" else head_init))
                 seconds.append(time.perf_counter() - t0)
                 trainable = res["trainable_params"]
                 for k in METRICS:
                     if k in res["metrics"]:
                         metrics.setdefault(k, []).append(res["metrics"][k])
-                print(f"{method} seed {seed}: {res['metrics']} ({seconds[-1]:.0f} s)", flush=True)
-            rows.append({"method": method, **{k: _cell(v) for k, v in metrics.items()},
+                print(f"{method} (head {head_init}) seed {seed}: {res['metrics']} ({seconds[-1]:.0f} s)", flush=True)
+            rows.append({"method": method, "head init": head_init, **{k: _cell(v) for k, v in metrics.items()},
                          "trainable params": trainable, "seconds / run": statistics.mean(seconds),
                          "peak RSS MiB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
         print(f"\n{ft.name}: {len(args.seeds)} seed(s), {ft.train.steps} fine-tuning steps, split seed {args.split_seed}")

@@ -48,6 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--skip-targets", nargs="*", default=[], help="Dopamine: layers that skip inactive units")
     ft.add_argument("--lora-r", type=int, default=8, help="LoRA rank")
     ft.add_argument("--lr-decay", type=float, default=0.75, help="layer-wise LR decay (full)")
+    ft.add_argument("--head-init", default="probe", choices=["probe", "random"],
+                    help="new head of full/lora/dopamine: a linear probe of the frozen features (LP-FT) or random")
     ex = sub.add_parser("export", help="consolidate a run's checkpoint into a save_pretrained folder")
     ex.add_argument("run_dir", help="run folder written by `foundation pretrain`")
     ex.add_argument("--out", default=None, help="target folder (default: <run_dir>/export)")
@@ -92,7 +94,7 @@ def _finetune(recipe, args: argparse.Namespace, out: Path) -> int:
     from foundation.finetune.runner import FinetuneOptions, run_finetune
 
     opts = FinetuneOptions(method=args.method, test_fraction=args.test_fraction, targets=tuple(args.targets), skip_targets=tuple(args.skip_targets),
-                           lora_r=args.lora_r, lr_decay=args.lr_decay)
+                           lora_r=args.lora_r, lr_decay=args.lr_decay, head_init=args.head_init)
     result = run_finetune(recipe, args.base, out, opts, revision=args.revision)
     import torch.distributed as dist
 

@@ -14,12 +14,37 @@ __all__ = ["ProbeResult", "fit_probe"]
 
 @dataclass
 class ProbeResult:
-    """What a probe scored on the test features."""
+    """What a probe scored on the test features, and the probe (on standardised features)."""
 
     metrics: dict[str, float]
     y_pred: torch.Tensor  # [S] classes, or [S] / [S, T] values
     y_prob: torch.Tensor | None  # [S, C] for classification
     model: nn.Module
+    x_mean: torch.Tensor | None = None  # [D] training-feature mean the probe's inputs were centred with
+    x_std: torch.Tensor | None = None  # [D] training-feature std they were scaled with
+    y_mean: torch.Tensor | None = None  # [T] regression: target mean (outputs are standardised targets)
+    y_std: torch.Tensor | None = None  # [T] regression: target std
+
+    def as_linear(self) -> nn.Linear:
+        """A linear probe as one ``nn.Linear`` on raw features: ``[S, D] -> [S, C]`` logits or ``[S, T]`` values.
+
+        Folds the input standardisation (and, for regression, the target scaling) into the weights:
+        ``W' = diag(y_std) W diag(1 / x_std)``, ``b' = y_std * (b - W (x_mean / x_std)) + y_mean``.
+
+        Raises:
+            ConfigError: the probe is an MLP (no single linear map).
+        """
+        if not isinstance(self.model, nn.Linear) or self.x_mean is None or self.x_std is None:
+            raise ConfigError("as_linear needs a linear probe (kind='linear')")
+        with torch.no_grad():
+            w = self.model.weight / self.x_std  # [C, D]
+            b = self.model.bias - w @ self.x_mean  # [C]
+            if self.y_std is not None and self.y_mean is not None:
+                w, b = w * self.y_std[:, None], b * self.y_std + self.y_mean
+            lin = nn.Linear(w.shape[1], w.shape[0])
+            lin.weight.copy_(w)
+            lin.bias.copy_(b)
+        return lin
 
 
 def fit_probe(X_train: torch.Tensor, y_train: torch.Tensor, X_test: torch.Tensor, y_test: torch.Tensor, *,
@@ -76,6 +101,6 @@ def fit_probe(X_train: torch.Tensor, y_train: torch.Tensor, X_test: torch.Tensor
         out = head(xte)
     if task == "classification":
         prob = out.softmax(-1)
-        return ProbeResult(classification_metrics(y_test, prob), prob.argmax(-1), prob, head)
+        return ProbeResult(classification_metrics(y_test, prob), prob.argmax(-1), prob, head, mean, std)
     pred = (out * y_std + y_mean).reshape(y_test.shape)
-    return ProbeResult(regression_metrics(y_test, pred), pred, None, head)
+    return ProbeResult(regression_metrics(y_test, pred), pred, None, head, mean, std, y_mean, y_std)

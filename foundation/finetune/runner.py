@@ -42,6 +42,7 @@ from foundation.registry import DATASETS, MODELS
 __all__ = ["METHODS", "FinetuneOptions", "run_finetune"]
 
 METHODS = ("linear-probe", "mlp-probe", "full", "lora", "dopamine")
+HEAD_INITS = ("probe", "random")
 
 
 @dataclass
@@ -60,10 +61,14 @@ class FinetuneOptions:
     lora_preset: str = field(default="", metadata={"help": "LoRA target preset when targets is empty ('': the "
                                                            "encoder's preset in MODEL_PRESETS)"})
     lora_r: int = field(default=8, metadata={"help": "LoRA rank"})
+    head_init: str = field(default="probe", metadata={"help": "new head of full / lora / dopamine: 'probe' (LP-FT: "
+                                                              "a linear probe of the frozen features) or 'random'"})
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ConfigError(f"--method {self.method!r} unknown; valid: {', '.join(METHODS)}")
+        if self.head_init not in HEAD_INITS:
+            raise ConfigError(f"--head-init {self.head_init!r} unknown; valid: {', '.join(HEAD_INITS)}")
 
 
 class _LLRDTaskModel(TaskModel):
@@ -123,6 +128,29 @@ def _unused_modules(model: TaskModel, unused: list[str]) -> tuple[str, ...]:
         if own and all(n in gone for n in own):
             names.append(name)
     return tuple(names)
+
+
+def _init_head_from_probe(model: TaskModel, train: Subset, task: str, opts: FinetuneOptions,
+                          recipe: RecipeConfig) -> None:
+    """LP-FT (Kumar et al., 2022): set the new head to a linear probe of the frozen features of ``train``.
+
+    Fine-tuning then starts from the probe's solution instead of first pulling the pretrained features
+    towards a random head. The probe's standardisation is folded into the head (``ProbeResult.as_linear``),
+    so the head reads the encoder's pooled features ``[B, D]`` as they are. A class missing from the
+    training split keeps a zero weight row and a bias 10 below the smallest (it is never predicted,
+    as with a probe that never saw it).
+    """
+    obj = recipe.objective.config
+    X, y = extract_features(model.encoder, DataLoader(train, batch_size=64), pool=opts.pool,
+                            input_key=obj.input_key, label_key=obj.label_key)
+    lin = fit_probe(X, y, X, y, kind="linear", task=task, seed=recipe.train.seed).as_linear()
+    with torch.no_grad():
+        head = model.head
+        n = lin.weight.shape[0]
+        head.weight.zero_()
+        head.bias.fill_(float(lin.bias.min()) - 10.0)
+        head.weight[:n].copy_(lin.weight)
+        head.bias[:n].copy_(lin.bias)
 
 
 def _wrap(model: _LLRDTaskModel, opts: FinetuneOptions, unused: list[str]) -> torch.nn.Module:
@@ -201,6 +229,8 @@ def run_finetune(recipe: RecipeConfig, base: str, output_dir: str | Path, opts: 
     else:
         from foundation.pretrain.engine import Engine
 
+        if opts.head_init == "probe":
+            _init_head_from_probe(model, train, task, opts, recipe)
         wrapped = _wrap(model, opts, unused)
         wrapped.train()  # frozen batch norms stay in eval mode (TaskModel.train)
         trainable = sum(p.numel() for p in wrapped.parameters() if p.requires_grad)

@@ -35,6 +35,23 @@ def test_probe_regression_recovers_linear_map():
     assert res.metrics["r2"] > 0.99
 
 
+def test_probe_as_linear_reads_raw_features():
+    """The folded linear map on raw features gives the probe's own outputs (classification and regression)."""
+    Xtr, ytr = _blobs(300, 0)
+    Xte, yte = _blobs(200, 1)
+    Xtr, Xte = Xtr * 5 + 3, Xte * 5 + 3  # far from standardised, so the folding matters
+    res = fit_probe(Xtr, ytr, Xte, yte)
+    with torch.no_grad():
+        torch.testing.assert_close(res.as_linear()(Xte).softmax(-1), res.y_prob, rtol=1e-4, atol=1e-5)
+    g = torch.Generator().manual_seed(0)
+    y2 = torch.stack([Xtr @ torch.randn(4, generator=g), Xtr @ torch.randn(4, generator=g) * 10 + 50], 1)
+    reg = fit_probe(Xtr, y2, Xtr, y2, task="regression")
+    with torch.no_grad():
+        torch.testing.assert_close(reg.as_linear()(Xtr), reg.y_pred, rtol=1e-4, atol=1e-3)
+    with pytest.raises(ConfigError, match="linear probe"):
+        fit_probe(Xtr, ytr, Xte, yte, kind="mlp").as_linear()
+
+
 def test_probe_bad_input():
     X, y = _blobs(10, 0)
     with pytest.raises(ConfigError, match="probe kind 'svm'"):

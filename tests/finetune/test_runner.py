@@ -72,9 +72,25 @@ def test_trained_methods(base, tmp_path, method, extra):
         assert (tmp_path / "attribution" / "attribution.png").stat().st_size > 0
 
 
+def test_lp_ft_head_starts_at_the_probe(base, tmp_path):
+    """head_init='probe': with a learning rate of ~0 the fine-tuned model scores what the linear probe scores."""
+    frozen = ["train.lr=1e-12", "train.steps=2", "train.warmup_steps=1"]
+    probe = run_finetune(load_recipe(str(RECIPE)), str(base), tmp_path / "p", FinetuneOptions(method="linear-probe"))
+    for method in ("full", "lora"):
+        res = run_finetune(load_recipe(str(RECIPE), frozen), str(base), tmp_path / method,
+                           FinetuneOptions(method=method, targets=("fc1", "fc2")))
+        for k in ("balanced_accuracy", "auroc"):
+            assert res["metrics"][k] == pytest.approx(probe["metrics"][k], abs=1e-3), (method, k)
+    rand = run_finetune(load_recipe(str(RECIPE), frozen), str(base), tmp_path / "r",
+                        FinetuneOptions(method="full", head_init="random"))
+    assert rand["metrics"]["auroc"] != pytest.approx(probe["metrics"]["auroc"], abs=1e-3)
+
+
 def test_bad_method_and_mismatched_checkpoint(base, tmp_path):
     with pytest.raises(ConfigError, match="--method 'lora2' unknown"):
         FinetuneOptions(method="lora2")
+    with pytest.raises(ConfigError, match="--head-init 'zeros' unknown"):
+        FinetuneOptions(method="full", head_init="zeros")
     other = tmp_path / "other"
     ToyMAE(ToyMAEConfig()).save_pretrained(other)
     weights = load_file(other / "model.safetensors")
