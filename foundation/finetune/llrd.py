@@ -7,23 +7,7 @@ from torch import nn
 
 from foundation.errors import ConfigError
 
-__all__ = ["layerwise_lr_groups", "block_index", "depths_by_order"]
-
-
-def block_index(name: str, num_layers: int, prefix: str = "blocks.") -> int:
-    """Depth of parameter ``name``: 0 for embeddings, ``i + 1`` inside ``blocks.i``, ``num_layers + 1`` after.
-
-    Args:
-        name: a parameter name such as ``"encoder.blocks.3.attn.qkv.weight"``.
-        num_layers: number of blocks.
-        prefix: the path segment that precedes the block index.
-    """
-    if prefix in name:
-        tail = name.split(prefix, 1)[1]
-        return int(tail.split(".", 1)[0]) + 1
-    if any(k in name for k in ("embed", "pos", "token", "patch")):
-        return 0
-    return num_layers + 1
+__all__ = ["layerwise_lr_groups", "depths_by_order"]
 
 
 def depths_by_order(model: nn.Module, blocks: str) -> tuple[dict[str, int], int]:

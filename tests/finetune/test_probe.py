@@ -4,7 +4,7 @@ from torch import nn
 
 from foundation.errors import ConfigError, DataError
 from foundation.finetune.features import extract_features
-from foundation.finetune.llrd import block_index, layerwise_lr_groups
+from foundation.finetune.llrd import depths_by_order, layerwise_lr_groups
 from foundation.finetune.probe import fit_probe
 from foundation.finetune.report import markdown_table, save_confusion_matrix, save_pred_vs_true
 from foundation.finetune.splits import group_split
@@ -84,13 +84,16 @@ def test_extract_features_mean_pools_tokens():
 def test_llrd_scales_by_depth():
     model = nn.ModuleDict({"embed": nn.Linear(2, 2), "blocks": nn.ModuleList([nn.Linear(2, 2) for _ in range(3)]),
                            "head": nn.Linear(2, 2)})
-    groups = layerwise_lr_groups(model, 1e-3, decay=0.5, head_lr=1e-2, layer_of=lambda n: block_index(n, 3),
-                                 num_layers=3)
+    depths, n = depths_by_order(model, "blocks")  # embed (registered first) 0, blocks.i i + 1
+    assert n == 3 and depths["embed.weight"] == 0 and depths["blocks.2.bias"] == 3
+    groups = layerwise_lr_groups(model, 1e-3, decay=0.5, head_lr=1e-2, layer_of=depths.__getitem__, num_layers=n)
     scale = {g["name"]: g["lr_scale"] for g in groups}
     assert scale["layer0"] == pytest.approx(0.5**4) and scale["layer1"] == pytest.approx(0.5**3)
     assert scale["layer3"] == pytest.approx(0.5) and scale["head"] == pytest.approx(10.0)
     with pytest.raises(ConfigError, match="decay must be in"):
         layerwise_lr_groups(model, 1e-3, decay=1.5, layer_of=lambda n: 0, num_layers=3)
+    with pytest.raises(ConfigError, match="no module 'trunk'"):
+        depths_by_order(model, "trunk")
 
 
 def test_group_split_keeps_subjects_apart():
