@@ -27,6 +27,8 @@ autotuned).
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
 try:
@@ -38,7 +40,7 @@ except ImportError as err:  # pragma: no cover - depends on the environment
         "use varlen_attention(..., backend='reference') without it"
     ) from err
 
-__all__ = ["triton_varlen_fwd", "triton_varlen_bwd", "INTERPRETED"]
+__all__ = ["triton_varlen_fwd", "triton_varlen_bwd", "TileConfig", "fwd_config", "bwd_configs", "INTERPRETED"]
 
 _LOG2E = 1.4426950408889634
 
@@ -222,12 +224,39 @@ INTERPRETED: bool = type(_fwd_kernel).__name__ == "InterpretedFunction"
 """True when the kernels run in the Triton interpreter (TRITON_INTERPRET=1 at import)."""
 
 
-def _blocks(head_dim: int, dtype: torch.dtype) -> tuple[int, int, int]:
-    """(BLOCK_M, BLOCK_N, num_warps): fixed heuristics (unverified tuning)."""
+class TileConfig(NamedTuple):
+    """Tile sizes and launch options of one kernel.
+
+    ``block_m``: query rows per tile; ``block_n``: key rows per tile; ``num_stages``: software-pipelining
+    depth (None: Triton's default). In the dK/dV kernel the key tile is the program's own and the loop
+    runs over query tiles; in the forward and dQ kernels it is the other way round.
+    """
+
+    block_m: int
+    block_n: int
+    num_warps: int
+    num_stages: int | None = None
+
+    def launch(self) -> dict[str, int]:
+        """Launch keywords of this config for a Triton kernel call."""
+        return {"num_warps": self.num_warps} | ({} if self.num_stages is None else {"num_stages": self.num_stages})
+
+
+def fwd_config(head_dim: int, dtype: torch.dtype) -> TileConfig:
+    """The forward kernel's tiles for this head dim and dtype (fixed heuristics; ``benchmarks/sweep_varlen_tiles.py``
+    measures the alternatives)."""
     if INTERPRETED:
-        return 32, 32, 4
+        return TileConfig(32, 32, 4)
     wide = head_dim > 64 or dtype == torch.float32
-    return (64, 32, 4) if wide and dtype == torch.float32 else (128, 64 if not wide else 32, 8 if wide else 4)
+    if wide and dtype == torch.float32:
+        return TileConfig(64, 32, 4)
+    return TileConfig(128, 64 if not wide else 32, 8 if wide else 4)
+
+
+def bwd_configs(head_dim: int, dtype: torch.dtype) -> tuple[TileConfig, TileConfig]:
+    """``(dK/dV kernel, dQ kernel)`` tiles for this head dim and dtype (see :func:`fwd_config`)."""
+    c = fwd_config(head_dim, dtype)
+    return c, c
 
 
 def _upcast(dtype: torch.dtype) -> bool:
@@ -263,21 +292,23 @@ def triton_varlen_fwd(
     max_seqlen: int,
     scale: float,
     mode: str,
+    config: TileConfig | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Forward: ``(out [T, H, Dh], lse [H, T] fp32)``; mode "sequence" or "packed"."""
+    """Forward: ``(out [T, H, Dh], lse [H, T] fp32)``; mode "sequence" or "packed"; ``config``: tiles
+    (None: :func:`fwd_config`)."""
     q, k, v = _prep(q, k, v)
     T, H, D = q.shape
     out = torch.empty((T, H, D), dtype=q.dtype, device=q.device)
     lse = torch.empty((H, T), dtype=torch.float32, device=q.device)
     if T == 0:
         return out, lse
-    bm, bn, warps = _blocks(D, q.dtype)
+    c = config or fwd_config(D, q.dtype)
     packed = mode == "packed"
-    grid, nblk, seg = _layout(cu_seqlens, T, H, max_seqlen, bm, mode)
+    grid, nblk, seg = _layout(cu_seqlens, T, H, max_seqlen, c.block_m, mode)
     _fwd_kernel[(grid,)](
         q, k, v, out, lse, cu_seqlens, seg, *_strides(q, k, v, out), T, H, nblk, scale * _LOG2E,
-        HEAD_DIM=D, BLOCK_M=bm, BLOCK_N=bn, PACKED=packed,
-        PRECISION="ieee" if q.dtype == torch.float32 else "tf32", UPCAST=_upcast(q.dtype), num_warps=warps,
+        HEAD_DIM=D, BLOCK_M=c.block_m, BLOCK_N=c.block_n, PACKED=packed,
+        PRECISION="ieee" if q.dtype == torch.float32 else "tf32", UPCAST=_upcast(q.dtype), **c.launch(),
     )
     return out, lse
 
@@ -293,29 +324,31 @@ def triton_varlen_bwd(
     max_seqlen: int,
     scale: float,
     mode: str,
+    configs: tuple[TileConfig, TileConfig] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Backward: ``(dq, dk, dv)`` each [T, H, Dh]; Delta pre-pass, dK/dV kernel, dQ kernel."""
+    """Backward: ``(dq, dk, dv)`` each [T, H, Dh]; Delta pre-pass, dK/dV kernel, dQ kernel; ``configs``:
+    ``(dK/dV, dQ)`` tiles (None: :func:`bwd_configs`)."""
     # All operands contiguous [T, H, Dh] so that inputs and gradients share one set of strides.
     q, k, v, grad_out, out = (t.contiguous() for t in (q, k, v, grad_out, out))
     T, H, D = q.shape
     dq, dk, dv = (torch.empty((T, H, D), dtype=q.dtype, device=q.device) for _ in range(3))
     if T == 0:
         return dq, dk, dv
-    bm, bn, warps = _blocks(D, q.dtype)
+    ckv, cq = configs or bwd_configs(D, q.dtype)
     st, sh = q.stride(0), q.stride(1)
     delta = torch.empty((H, T), dtype=torch.float32, device=q.device)
-    _delta_kernel[(triton.cdiv(T, bm), H)](out, grad_out, delta, st, sh, T, HEAD_DIM=D, BLOCK_M=bm)
-    meta = {
-        "HEAD_DIM": D, "BLOCK_M": bm, "BLOCK_N": bn, "PACKED": mode == "packed",
-        "PRECISION": "ieee" if q.dtype == torch.float32 else "tf32", "UPCAST": _upcast(q.dtype), "num_warps": warps,
-    }
+    _delta_kernel[(triton.cdiv(T, cq.block_m), H)](out, grad_out, delta, st, sh, T, HEAD_DIM=D, BLOCK_M=cq.block_m)
+    meta = {"HEAD_DIM": D, "PACKED": mode == "packed", "PRECISION": "ieee" if q.dtype == torch.float32 else "tf32",
+            "UPCAST": _upcast(q.dtype)}
     strides = (st, sh) * 4
-    grid_n, nblk_n, seg = _layout(cu_seqlens, T, H, max_seqlen, bn, mode)
+    grid_n, nblk_n, seg = _layout(cu_seqlens, T, H, max_seqlen, ckv.block_n, mode)
     _bwd_dkdv_kernel[(grid_n,)](
-        q, k, v, grad_out, lse, delta, dk, dv, cu_seqlens, seg, *strides, T, H, nblk_n, scale * _LOG2E, scale, **meta
+        q, k, v, grad_out, lse, delta, dk, dv, cu_seqlens, seg, *strides, T, H, nblk_n, scale * _LOG2E, scale,
+        BLOCK_M=ckv.block_m, BLOCK_N=ckv.block_n, **meta, **ckv.launch(),
     )
-    grid_m, nblk_m, seg = _layout(cu_seqlens, T, H, max_seqlen, bm, mode)
+    grid_m, nblk_m, seg = _layout(cu_seqlens, T, H, max_seqlen, cq.block_m, mode)
     _bwd_dq_kernel[(grid_m,)](
-        q, k, v, grad_out, lse, delta, dq, cu_seqlens, seg, *strides, T, H, nblk_m, scale * _LOG2E, scale, **meta
+        q, k, v, grad_out, lse, delta, dq, cu_seqlens, seg, *strides, T, H, nblk_m, scale * _LOG2E, scale,
+        BLOCK_M=cq.block_m, BLOCK_N=cq.block_n, **meta, **cq.launch(),
     )
     return dq, dk, dv
