@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every GPU figure the issues ask for, in one run on one CUDA device (written for an H200, under 10 minutes).
+# Every GPU figure the issues ask for, in one run on one CUDA device (written for an H200, about 11 minutes).
 #
 #   OUT=/some/dir PY=python3 bash benchmarks/gpu_checks.sh
 #
@@ -9,6 +9,7 @@
 # 2. fmri_study.py with a real pretraining budget (issue 6)               -> $OUT/fmri_study_cuda.md
 # 3. foundation.kernels compiled on the GPU: correctness against fp64 and speed vs padded SDPA,
 #    FlexAttention (issue 4)                                               -> $OUT/gpu_kernels.md
+# 4. kernel-level times by CUDA events and the tile sweep (issue 4)       -> $OUT/sweep_varlen_tiles.md
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-python3}
@@ -31,3 +32,5 @@ echo "== 3. kernels"
   echo "## speed"
   timeout 130 "$PY" benchmarks/bench_attention.py --device cuda --repeats 20
 } 2>&1 | tee "$OUT/gpu_kernels.md"
+echo "== 4. tile sweep"
+timeout 120 "$PY" benchmarks/sweep_varlen_tiles.py 2>&1 | tee "$OUT/sweep_varlen_tiles.md"

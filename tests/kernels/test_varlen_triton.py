@@ -66,3 +66,22 @@ def test_auto_mode_picks_packing_for_short_sequences():
     assert _resolve_mode("auto", PACK_MAX_SEQLEN) == "packed"
     assert _resolve_mode("auto", PACK_MAX_SEQLEN + 1) == "sequence"
     assert _resolve_mode("sequence", 3) == "sequence"
+
+
+@pytest.mark.parametrize("mode", ["sequence", "packed"])
+def test_gpu_tile_choices_match_fp64(mode):
+    """The tiles the GPU defaults use for 16-bit, head dim <= 64 (fwd 64x32; dK/dV 16x64, dQ 64x16), and a wide
+    alternative, passed explicitly: same error rule as above (the interpreter runs whatever tiles it is given)."""
+    from foundation.kernels.triton_varlen import TileConfig, triton_varlen_bwd, triton_varlen_fwd
+
+    lens = [3, 1, 70, 5, 12, 33]
+    q, k, v, do, cu = packed_case(lens, 2, 64, torch.bfloat16, seed=11)
+    scale = 64**-0.5
+    exact = forward_backward(lambda a, b, c: plain_attention(a, b, c, cu, scale), q.double(), k.double(), v.double(), do)
+    plain = max_errors(forward_backward(lambda a, b, c: plain_attention(a, b, c, cu, scale), q, k, v, do), exact)
+    for fwd, bwd in ((TileConfig(64, 32, 4, 3), (TileConfig(16, 64, 4, 3), TileConfig(64, 16, 4, 3))),
+                     (TileConfig(128, 64, 8, 2), (TileConfig(32, 128, 8, 2), TileConfig(128, 32, 8, 2)))):
+        out, lse = triton_varlen_fwd(q, k, v, cu, max(lens), scale, mode, config=fwd)
+        grads = triton_varlen_bwd(do, q, k, v, out, lse, cu, max(lens), scale, mode, configs=bwd)
+        for name, got, base in zip(("out", "dq", "dk", "dv"), max_errors((out, *grads), exact), plain):
+            assert got <= 2 * base, f"{fwd} / {bwd} {name}: kernel error {got:.3g} > 2 x plain torch error {base:.3g}"
