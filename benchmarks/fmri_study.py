@@ -38,10 +38,7 @@ from foundation.finetune.probe import fit_probe
 from foundation.modalities.fmri.dataset import FmriWindows, FmriWindowsConfig
 from foundation.modalities.fmri.jepa import JepaObjective
 from foundation.modalities.fmri.slim_brain import SlimBrain, SlimBrainConfig
-
-
-def to_device(batch: dict, device: str) -> dict:
-    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+from foundation.pretrain.components import to_device
 
 
 def pretrain(model_cfg: SlimBrainConfig, objective_cfg, data_cfg: FmriWindowsConfig, steps: int, lr: float, batch: int,
@@ -58,7 +55,7 @@ def pretrain(model_cfg: SlimBrainConfig, objective_cfg, data_cfg: FmriWindowsCon
     step, warm, losses = 0, max(1, steps // 10), []
     while step < steps:
         for b in loader:
-            b = to_device(b, device)
+            b = to_device(b, torch.device(device))
             scale = min(1.0, (step + 1) / warm) * 0.5 * (1 + math.cos(math.pi * step / steps))
             for group in opt.param_groups:
                 group["lr"] = lr * scale

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from foundation.errors import DataError
+from foundation.pretrain.components import to_device
 
 __all__ = ["extract_features", "split_batch", "pool_tokens", "encode", "feature_kwargs"]
 
@@ -73,10 +74,11 @@ def encode(encoder: nn.Module, inputs: Any, device: torch.device | None = None) 
     Returns:
         Whatever ``forward_features`` returns: ``[B, N, D]``, ``[B, D]`` or ``(tokens [K, D], cu_seqlens [B + 1])``.
     """
-    move = (lambda v: v.to(device) if torch.is_tensor(v) else v) if device is not None else (lambda v: v)
+    if device is not None:
+        inputs = to_device(inputs, device)
     if isinstance(inputs, dict):
-        return encoder.forward_features(**{k: move(v) for k, v in feature_kwargs(encoder.forward_features, inputs).items()})
-    return encoder.forward_features(move(inputs))
+        return encoder.forward_features(**feature_kwargs(encoder.forward_features, inputs))
+    return encoder.forward_features(inputs)
 
 
 def pool_tokens(feats: Any, pool: str) -> torch.Tensor:

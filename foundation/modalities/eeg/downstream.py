@@ -5,9 +5,9 @@
   scalp regions (nearest of Fz, Cz, T7, T8, Pz, Oz by 3D position), so it works on any montage.
 - :func:`frozen_probe`: linear or small-MLP probe (``foundation.finetune.probe.fit_probe``) on a
   subject-disjoint split; balanced accuracy, Cohen's kappa, weighted F1, AUROC (and AUC-PR when binary).
-- :func:`finetune`: the encoder plus a linear head (:class:`EEGClassifier`, a
-  ``foundation.finetune.TaskModel``) trained end to end with layer-wise learning-rate decay (BEiT,
-  https://arxiv.org/abs/2106.08254; ``TaskModel.llrd_groups``) and the shared supervised loss, in memory.
+- :func:`finetune`: the encoder plus a linear head (``foundation.finetune.TaskModel.for_encoder``) trained
+  end to end with layer-wise learning-rate decay (BEiT, https://arxiv.org/abs/2106.08254;
+  ``TaskModel.llrd_groups``) and the shared supervised loss, in memory.
   The same through the engine, with LoRA and linear probes too: ``foundation finetune --recipe
   deeperbrain-tiny-probe`` (``foundation.finetune.runner``).
 - :func:`write_report`: a markdown results table and a confusion-matrix PNG.
@@ -22,18 +22,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from foundation.config import dataclass_to_dict
 from foundation.errors import ConfigError, DataError
 from foundation.finetune.features import extract_features, split_batch
-from foundation.finetune.llrd import depths_by_order
 from foundation.finetune.metrics import classification_metrics
 from foundation.finetune.probe import fit_probe
 from foundation.finetune.report import markdown_table, save_confusion_matrix
-from foundation.finetune.task_model import Supervised, SupervisedConfig, TaskModel, TaskModelConfig, predict
+from foundation.finetune.task_model import Supervised, SupervisedConfig, TaskModel, predict
 from foundation.modalities.eeg.channels import template_positions
 from foundation.modalities.eeg.model import DeeperBrain
 
-__all__ = ["REGIONS", "encode_windows", "band_power_features", "frozen_probe", "EEGClassifier", "finetune",
+__all__ = ["REGIONS", "encode_windows", "band_power_features", "frozen_probe", "finetune",
            "write_report"]
 
 REGIONS = ("Fz", "Cz", "T7", "T8", "Pz", "Oz")
@@ -145,22 +143,6 @@ def frozen_probe(X: torch.Tensor, y: torch.Tensor, train_idx: np.ndarray, test_i
     return fit_probe(X[train_idx], y[train_idx], X[test_idx], y[test_idx], kind=kind, seed=seed, epochs=epochs)
 
 
-class EEGClassifier(TaskModel):
-    """A DeeperBrain encoder (trained in place) with a linear head on its mean-pooled tokens.
-
-    ``forward(batch dict with x [B, C, T], pos [B, C, 3], chan_mask [B, C])`` -> logits ``[B, n_classes]``.
-    """
-
-    def __init__(self, encoder: DeeperBrain, n_classes: int) -> None:
-        cfg = TaskModelConfig(encoder=encoder.model_name, encoder_config=dataclass_to_dict(encoder.config),
-                              num_outputs=n_classes)
-        super().__init__(cfg, encoder=encoder)
-
-    def layer_of(self, name: str) -> int:
-        """Depth of a parameter: 0 embeddings/encodings, i + 1 in encoder block i, depth + 1 the final norm."""
-        return depths_by_order(self, "encoder.blocks")[0][name]
-
-
 def finetune(encoder: DeeperBrain, train_set: torch.utils.data.Dataset, test_set: torch.utils.data.Dataset,
              n_classes: int, *, epochs: int = 10, batch_size: int = 16, lr: float = 1e-3, decay: float = 0.75,
              head_lr: float | None = None, weight_decay: float = 0.05, seed: int = 0) -> tuple[dict[str, float], torch.Tensor, torch.Tensor]:
@@ -171,7 +153,7 @@ def finetune(encoder: DeeperBrain, train_set: torch.utils.data.Dataset, test_set
         ``(metrics, y_true [S], y_prob [S, n_classes])`` on ``test_set``.
     """
     torch.manual_seed(seed)
-    clf = EEGClassifier(encoder, n_classes)
+    clf = TaskModel.for_encoder(encoder, n_classes)  # trains the encoder in place
     clf.freeze_unused(split_batch(next(iter(_loader(train_set, 2))))[0])
     opt = torch.optim.AdamW(clf.llrd_groups(lr, decay, head_lr or lr * 10, weight_decay), lr=lr)
     loss_fn = Supervised(SupervisedConfig())

@@ -7,11 +7,13 @@ import torch
 from scipy import signal
 
 from foundation.errors import DataError
+from foundation.finetune.llrd import depths_by_order
 from foundation.finetune.splits import group_split
+from foundation.finetune.task_model import TaskModel
 from foundation.modalities.eeg.channels import template_positions
 from foundation.modalities.eeg.dataset import EEGWindows
 from foundation.modalities.eeg.demo_corpus import CLASSES
-from foundation.modalities.eeg.downstream import (REGIONS, EEGClassifier, band_power_features, encode_windows, finetune,
+from foundation.modalities.eeg.downstream import (REGIONS, band_power_features, encode_windows, finetune,
                                                   frozen_probe, write_report)
 from foundation.modalities.eeg.model import DeeperBrain
 from tests.modalities.eeg._helpers import tiny_data_config, tiny_model_config
@@ -61,9 +63,10 @@ def test_finetune_with_layerwise_decay_changes_the_encoder_and_reports(ds, tmp_p
     assert prob.shape == (len(te), 3) and torch.allclose(prob.sum(-1), torch.ones(len(te)))
     assert not torch.equal(before["blocks.0.attn.qkv.weight"], enc.blocks[0].attn.qkv.weight)
     assert torch.equal(before["decoder_pred.weight"], enc.decoder_pred.weight)  # the decoder is frozen
-    clf = EEGClassifier(enc, 3)
-    assert [clf.layer_of(n) for n in ("encoder.patch_embed.weight", "encoder.blocks.1.mlp.fc1.weight",
-                                      "encoder.norm.weight")] == [0, 2, 3]
+    clf = TaskModel.for_encoder(enc, 3)
+    depths = depths_by_order(clf, "encoder.blocks")[0]  # what clf.llrd_groups decays by
+    assert [depths[n] for n in ("encoder.patch_embed.weight", "encoder.blocks.1.mlp.fc1.weight",
+                                "encoder.norm.weight")] == [0, 2, 3]
     md, png = write_report([{"features": "finetuned", **metrics}], tmp_path, y, prob.argmax(-1), CLASSES)
     assert "balanced_accuracy" in md.read_text() and png.stat().st_size > 0
 
