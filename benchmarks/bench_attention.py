@@ -16,7 +16,10 @@ boolean key-padding mask for ``torch.nn.functional.scaled_dot_product_attention`
 
 Time: on CPU the best of R runs (the machine is shared, so the minimum is the
 least disturbed measurement), alternating implementations in one process, one
-intra-op thread by default (--threads); on CUDA the median of R runs. Peak memory on CPU: torch.profiler with ``profile_memory=True``, the
+intra-op thread by default (--threads); on CUDA ``triton.testing.do_bench`` medians (CUDA events over
+~100 ms of back-to-back calls: the GPU's time, with host overhead counted only where it starves the GPU;
+an earlier version timed single calls with ``perf_counter`` and a synchronize, which also counted the host's
+launch latency, see RESULTS.md). Peak memory on CPU: torch.profiler with ``profile_memory=True``, the
 running sum of every event's own allocations minus frees in time order, i.e.
 the peak of tensor memory allocated during the call above what existed before
 it, at op granularity (``ru_maxrss`` is useless here: importing torch already
@@ -136,6 +139,22 @@ def timed(fn, inputs, backward: bool, device: str, repeats: int) -> list[float]:
     return times
 
 
+def cuda_time(fn, inputs, backward: bool) -> float:
+    """Seconds per call on the GPU: ``triton.testing.do_bench`` median (CUDA events), gradients reset per call."""
+    from triton.testing import do_bench
+
+    q, k, v, *rest = inputs
+    leaves = [t.detach().requires_grad_(backward) for t in (q, k, v)]
+    grad = torch.ones_like(fn(*leaves, *rest)) if backward else None
+
+    def call() -> None:
+        out = fn(*leaves, *rest)
+        if backward:
+            out.backward(grad)
+
+    return do_bench(call, warmup=25, rep=100, grad_to_none=leaves if backward else None, return_mode="median") / 1e3
+
+
 def attention_flops(cu: torch.Tensor, backward: bool) -> float:
     lens = (cu[1:] - cu[:-1]).double()
     fwd = 4 * float((lens**2).sum()) * HEADS * HEAD_DIM
@@ -189,7 +208,7 @@ def run_cpu(repeats: int) -> None:
                   f"| {m_packed:.1f} | {m_padded:.1f} | {m_packed / max(m_padded, 1e-9):.2f} |")
 
 
-def run_cuda(repeats: int) -> None:
+def run_cuda() -> None:
     impls = {"triton varlen": (packed_fn("triton"), False), "padded SDPA + mask": (padded_sdpa, True),
              "padded SDPA flash (no mask)": (padded_sdpa_flash_nomask, True),
              "FlexAttention doc mask (+build)": (flex_document, False)}
@@ -212,8 +231,9 @@ def run_cuda(repeats: int) -> None:
                 timed(fn, args, backward, "cuda", 3)  # warm-up / compile
                 torch.cuda.reset_peak_memory_stats()
                 base = torch.cuda.memory_allocated()
-                t = statistics.median(timed(fn, args, backward, "cuda", repeats))
-                rows[name] = (t, (torch.cuda.max_memory_allocated() - base) / 2**20)
+                timed(fn, args, backward, "cuda", 1)  # peak memory of one call (do_bench adds its L2-flush buffer)
+                mem = (torch.cuda.max_memory_allocated() - base) / 2**20
+                rows[name] = (cuda_time(fn, args, backward), mem)
             ref = rows["triton varlen"][0]
             for name, (t, mem) in rows.items():
                 tflops = attention_flops(inputs[3], backward) / t / 1e12
@@ -253,7 +273,7 @@ def run_check() -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--repeats", type=int, default=7, help="CPU: timed runs per implementation (CUDA: do_bench)")
     parser.add_argument("--threads", type=int, default=1, help="CPU intra-op threads")
     parser.add_argument("--check", action="store_true", help="CUDA correctness check instead of timing")
     args = parser.parse_args()
@@ -261,7 +281,7 @@ def main() -> None:
     if args.check:
         run_check()
     elif args.device == "cuda":
-        run_cuda(args.repeats)
+        run_cuda()
     else:
         run_cpu(args.repeats)
 

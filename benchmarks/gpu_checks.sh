@@ -30,7 +30,7 @@ echo "== 3. kernels"
   timeout 70 "$PY" benchmarks/bench_attention.py --device cuda --check
   echo
   echo "## speed"
-  timeout 130 "$PY" benchmarks/bench_attention.py --device cuda --repeats 20
+  timeout 130 "$PY" benchmarks/bench_attention.py --device cuda
 } 2>&1 | tee "$OUT/gpu_kernels.md"
 echo "== 4. tile sweep"
 timeout 120 "$PY" benchmarks/sweep_varlen_tiles.py 2>&1 | tee "$OUT/sweep_varlen_tiles.md"
