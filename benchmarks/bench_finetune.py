@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 from foundation.config import load_recipe
-from foundation.finetune.report import markdown_table
+from foundation.eval.report import markdown_table
 from foundation.finetune.runner import METHODS, FinetuneOptions, run_finetune
 from foundation.pretrain.engine import Engine
 

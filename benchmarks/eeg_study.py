@@ -30,8 +30,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from foundation.finetune.report import markdown_table, save_confusion_matrix
-from foundation.finetune.splits import group_split
+from foundation.eval.report import markdown_table, save_confusion_matrix
+from foundation.data.splits import group_split
 from foundation.modalities.eeg import (DeeperBrain, DeeperBrainConfig, DeeperBrainObjective,
                                        DeeperBrainObjectiveConfig, EEGDataConfig, EEGWindows)
 from foundation.modalities.eeg.demo_corpus import CLASSES, DemoCorpusConfig

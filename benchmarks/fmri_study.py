@@ -34,11 +34,11 @@ import numpy as np
 import torch
 
 from foundation.config import load_recipe
-from foundation.finetune.probe import fit_probe
+from foundation.eval.probe import fit_probe
 from foundation.modalities.fmri.dataset import FmriWindows, FmriWindowsConfig
 from foundation.modalities.fmri.jepa import JepaObjective
 from foundation.modalities.fmri.slim_brain import SlimBrain, SlimBrainConfig
-from foundation.pretrain.components import to_device
+from foundation.data.batch import to_device
 
 
 def pretrain(model_cfg: SlimBrainConfig, objective_cfg, data_cfg: FmriWindowsConfig, steps: int, lr: float, batch: int,

@@ -114,11 +114,7 @@ def _info() -> int:
 
     from foundation import __version__
     from foundation.config import list_recipes
-    from foundation.modalities import load_builtin
     from foundation.registry import ACTIVATIONS, DATASETS, MLPS, MODELS, OBJECTIVES
-
-    load_builtin()
-    import foundation.layers  # noqa: F401  (registers MLPs and activations)
 
     print(f"foundation-suite {__version__}, torch {torch.__version__}, python {sys.version.split()[0]}")
     try:

@@ -236,10 +236,7 @@ def _apply_override(raw: dict[str, Any], key: str, value: Any) -> None:
 
 
 def _import_plugins(imports: tuple[str, ...], source: str) -> None:
-    import foundation.finetune  # noqa: F401  (registers the task model and the supervised objective)
-    from foundation.modalities import load_builtin
-
-    load_builtin()
+    """Import the modules a recipe lists under ``imports`` (they register the user's own components)."""
     for module in imports:
         try:
             importlib.import_module(module)

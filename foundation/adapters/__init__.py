@@ -11,7 +11,8 @@ import os
 from torch import nn
 
 from foundation.adapters.dopamine import DopamineConfig, DopamineModel
-from foundation.adapters.io import download_adapter, gathered_state_dict, push_adapter, read_adapter_config
+from foundation.adapters.state import gathered_state_dict
+from foundation.hub.adapter_folder import download_adapter, push_adapter, read_adapter_config
 from foundation.adapters.lora import LoraAdapterConfig, LoraAdapterModel
 from foundation.adapters.methods import AdapterMethod, adapter_method_names, get_adapter_method, register_adapter_method
 from foundation.adapters.targets import MODEL_PRESETS, TARGET_PRESETS, model_preset, resolve_targets

@@ -21,14 +21,10 @@ from pathlib import Path
 from safetensors.torch import save_file
 from torch import nn
 
-from foundation.adapters.io import (
-    CONFIG_NAME,
-    WEIGHTS_NAME,
-    gathered_state_dict,
-    is_writer_rank,
-    read_adapter_config,
-    staged_folder,
-)
+from foundation.hub.names import ADAPTER_CONFIG_NAME as CONFIG_NAME, ADAPTER_WEIGHTS_NAME as WEIGHTS_NAME
+from foundation.adapters.state import gathered_state_dict, is_writer_rank
+from foundation.atomic import staged_folder
+from foundation.hub.adapter_folder import read_adapter_config
 from foundation.adapters.targets import TARGET_PRESETS, resolve_targets
 from foundation.errors import CheckpointError, ConfigError, did_you_mean
 

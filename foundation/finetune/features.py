@@ -18,7 +18,8 @@ import torch
 from torch import nn
 
 from foundation.errors import DataError
-from foundation.pretrain.components import to_device
+from foundation.kernels.packing import packed_mean
+from foundation.data.batch import to_device
 
 __all__ = ["extract_features", "split_batch", "pool_tokens", "encode", "feature_kwargs"]
 
@@ -91,12 +92,9 @@ def pool_tokens(feats: Any, pool: str) -> torch.Tensor:
         raise DataError(f"unknown pooling {pool!r}; valid: cls, mean")
     if isinstance(feats, (tuple, list)) and len(feats) == 2:
         tokens, cu = feats
-        lens = (cu[1:] - cu[:-1]).long()  # [B]
         if pool == "cls":
             return tokens[cu[:-1].long()]  # [K, D] -> [B, D]
-        seg = torch.repeat_interleave(torch.arange(len(lens), device=tokens.device), lens)  # [K] sample of each token
-        sums = tokens.new_zeros(len(lens), tokens.shape[-1]).index_add_(0, seg, tokens)  # [K, D] -> [B, D]
-        return sums / lens.clamp(min=1)[:, None].to(sums.dtype)
+        return packed_mean(tokens, cu)  # [K, D] -> [B, D]
     if not torch.is_tensor(feats) or feats.ndim not in (2, 3):
         shape = tuple(feats.shape) if torch.is_tensor(feats) else type(feats).__name__
         raise DataError(f"forward_features returned {shape}; expected [B, N, D], [B, D] or (tokens [K, D], "

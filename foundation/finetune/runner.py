@@ -32,10 +32,10 @@ from torch.utils.data import DataLoader, Subset
 from foundation.config import RecipeConfig, dataclass_to_dict
 from foundation.errors import ConfigError, DataError
 from foundation.finetune.features import extract_features, split_batch
-from foundation.finetune.metrics import classification_metrics, regression_metrics
-from foundation.finetune.probe import fit_probe
-from foundation.finetune.report import markdown_table, save_confusion_matrix, save_pred_vs_true
-from foundation.finetune.splits import group_split
+from foundation.eval.metrics import classification_metrics, regression_metrics
+from foundation.eval.probe import fit_probe
+from foundation.eval.report import markdown_table, save_confusion_matrix, save_pred_vs_true
+from foundation.data.splits import group_split
 from foundation.finetune.task_model import TaskModel, TaskModelConfig, predict
 from foundation.registry import DATASETS, MODELS
 
@@ -285,9 +285,9 @@ def _dopamine_report(wrapped: Any, test: Subset, task: str, num_outputs: int, ou
 def _save_trained(wrapped: torch.nn.Module, model: TaskModel, opts: FinetuneOptions, out: Path, base: str,
                   metrics: dict[str, float]) -> dict[str, str]:
     """Save the fine-tuned model (full) or adapter + head; call on every rank (ZeRO-3 shards are gathered)."""
-    from foundation.adapters.io import gathered_state_dict, is_writer_rank
+    from foundation.adapters.state import gathered_state_dict, is_writer_rank
     from foundation.hub import ModelCardInfo
-    from foundation.hub_card import write_model_card
+    from foundation.hub.card import write_model_card
 
     card = ModelCardInfo(description=f"{opts.method} fine-tune of {base}.", tags=("fine-tuned", opts.method),
                          metrics=metrics, base_model=base)

@@ -27,7 +27,7 @@ from foundation.config import dataclass_from_dict, dataclass_to_dict
 from foundation.errors import ConfigError
 from foundation.finetune.features import encode, pool_tokens, split_batch
 from foundation.finetune.llrd import depths_by_order, layerwise_lr_groups
-from foundation.hub import HubMixin
+from foundation.hub.mixin import HubMixin
 from foundation.registry import MODELS
 
 __all__ = ["TaskModelConfig", "TaskModel", "SupervisedConfig", "Supervised", "predict"]
@@ -212,6 +212,3 @@ def predict(model: nn.Module, loader: Iterable, task: str = "classification", in
         labels.append(torch.as_tensor(y))
     out, y = torch.cat(outs), torch.cat(labels)
     return (out.softmax(-1) if task == "classification" else out.reshape(y.shape)), y
-
-
-MODELS.register("task-model", TaskModel)

@@ -19,7 +19,7 @@ import torch
 
 from foundation.errors import ConfigError
 
-__all__ = ["pack_visible", "unpack", "seqlens_to_cu"]
+__all__ = ["pack_visible", "unpack", "seqlens_to_cu", "sample_ids", "packed_mean"]
 
 
 def seqlens_to_cu(seqlens: torch.Tensor) -> torch.Tensor:
@@ -178,3 +178,19 @@ def unpack(
     mask = torch.zeros(B, kmax, dtype=torch.bool, device=packed.device)
     mask[seg, pos] = True
     return padded, mask
+
+
+def sample_ids(cu_seqlens: torch.Tensor) -> torch.Tensor:
+    """Which sample each packed token belongs to: cu_seqlens [B + 1] -> [K] int64 (K = cu_seqlens[-1])."""
+    lens = (cu_seqlens[1:] - cu_seqlens[:-1]).long()  # [B]
+    return torch.repeat_interleave(torch.arange(len(lens), device=cu_seqlens.device), lens)
+
+
+def packed_mean(tokens: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
+    """Mean over each sample's packed tokens: tokens [K, D], cu_seqlens [B + 1] -> [B, D].
+
+    A sample with no token gets zeros (its sum over an empty set, divided by 1).
+    """
+    lens = (cu_seqlens[1:] - cu_seqlens[:-1]).long()  # [B]
+    sums = tokens.new_zeros(len(lens), tokens.shape[-1]).index_add_(0, sample_ids(cu_seqlens), tokens)  # [K, D] -> [B, D]
+    return sums / lens.clamp(min=1)[:, None].to(sums.dtype)

@@ -25,7 +25,7 @@ from torch import nn
 from foundation.config import RecipeConfig
 from foundation.registry import DATASETS, MODELS, OBJECTIVES
 
-__all__ = ["TrainModule", "Components", "build_model", "build_components", "to_device"]
+__all__ = ["TrainModule", "Components", "build_model", "build_components"]
 
 
 class TrainModule(nn.Module):
@@ -76,17 +76,3 @@ def build_components(recipe: RecipeConfig, prepare: bool = True) -> Components:
     model = build_model(recipe)
     objective = OBJECTIVES.get(recipe.objective.name)(recipe.objective.config)
     return Components(model=model, objective=objective, dataset=dataset_cls(recipe.data.config))
-
-
-def to_device(batch: Any, device: torch.device, float_dtype: torch.dtype | None = None) -> Any:
-    """Move every tensor of a nested batch to ``device``; cast floating tensors to ``float_dtype`` when given."""
-    if isinstance(batch, torch.Tensor):
-        batch = batch.to(device, non_blocking=True)
-        if float_dtype is not None and batch.is_floating_point():
-            batch = batch.to(float_dtype)
-        return batch
-    if isinstance(batch, dict):
-        return {k: to_device(v, device, float_dtype) for k, v in batch.items()}
-    if isinstance(batch, (list, tuple)):
-        return type(batch)(to_device(v, device, float_dtype) for v in batch)
-    return batch

@@ -32,7 +32,8 @@ from tqdm.auto import tqdm
 from foundation.config import RecipeConfig
 from foundation.errors import CheckpointError, TrainingError
 from foundation.pretrain.checkpoint import CheckpointDir, atomic_write_text
-from foundation.pretrain.components import Components, TrainModule, build_components, to_device
+from foundation.data.batch import to_device
+from foundation.pretrain.components import Components, TrainModule, build_components
 from foundation.pretrain.distributed import DistInfo, init_distributed
 from foundation.pretrain.export import export_run
 from foundation.pretrain.optim import WarmupCosineScheduler, build_optimizer

@@ -20,7 +20,9 @@ from foundation.adapters import (
     load_adapter,
     register_adapter_method,
 )
-from foundation.adapters.io import gathered_state_dict, read_adapter_config, staged_folder
+from foundation.adapters.state import gathered_state_dict
+from foundation.atomic import staged_folder
+from foundation.hub.adapter_folder import read_adapter_config
 from foundation.errors import CheckpointError, ConfigError
 from tests.adapters._helpers import _perturb_lora, clone, make_model
 

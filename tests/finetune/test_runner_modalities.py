@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, Subset
 
 from foundation.config import dataclass_to_dict, load_recipe
 from foundation.finetune.runner import FinetuneOptions, _load_base, run_finetune
-from foundation.finetune.splits import group_split
+from foundation.data.splits import group_split
 from foundation.finetune.task_model import TaskModel, TaskModelConfig, predict
 from foundation.registry import DATASETS, MODELS
 
@@ -130,6 +130,6 @@ def test_method_end_to_end(setup, method, tmp_path):
         assert any(".blocks." in k or k.startswith("blocks.") for k in changed)  # the encoder trained
         assert not [k for k in changed if f"encoder.{k}".startswith(UNUSED[modality])]  # unreached parts did not
     prob, y = predict(rebuilt, DataLoader(test, batch_size=64))
-    from foundation.finetune.metrics import classification_metrics
+    from foundation.eval.metrics import classification_metrics
 
     assert classification_metrics(y, prob) == pytest.approx(res["metrics"], abs=1e-5)

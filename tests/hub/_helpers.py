@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from foundation.hub import HubMixin
+from foundation.hub.mixin import HubMixin
 
 
 @dataclass

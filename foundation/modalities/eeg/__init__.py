@@ -8,11 +8,6 @@ from __future__ import annotations
 from foundation.modalities.eeg.dataset import EEGDataConfig, EEGWindows
 from foundation.modalities.eeg.model import DeeperBrain, DeeperBrainConfig
 from foundation.modalities.eeg.objective import DeeperBrainObjective, DeeperBrainObjectiveConfig, random_keep
-from foundation.registry import DATASETS, MODELS, OBJECTIVES
 
 __all__ = ["DeeperBrain", "DeeperBrainConfig", "DeeperBrainObjective", "DeeperBrainObjectiveConfig", "EEGDataConfig",
            "EEGWindows", "random_keep"]
-
-MODELS.register("deeperbrain", DeeperBrain)
-DATASETS.register("eeg-windows", EEGWindows)
-OBJECTIVES.register("deeperbrain", DeeperBrainObjective)

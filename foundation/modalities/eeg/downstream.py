@@ -3,7 +3,7 @@
 - :func:`encode_windows`: pooled frozen features [S, D] (mean over every real channel's patches).
 - :func:`band_power_features`: the handcrafted baseline, log band power per band averaged over six
   scalp regions (nearest of Fz, Cz, T7, T8, Pz, Oz by 3D position), so it works on any montage.
-- :func:`frozen_probe`: linear or small-MLP probe (``foundation.finetune.probe.fit_probe``) on a
+- :func:`frozen_probe`: linear or small-MLP probe (``foundation.eval.probe.fit_probe``) on a
   subject-disjoint split; balanced accuracy, Cohen's kappa, weighted F1, AUROC (and AUC-PR when binary).
 - :func:`finetune`: the encoder plus a linear head (``foundation.finetune.TaskModel.for_encoder``) trained
   end to end with layer-wise learning-rate decay (BEiT, https://arxiv.org/abs/2106.08254;
@@ -24,9 +24,9 @@ import torch
 
 from foundation.errors import ConfigError, DataError
 from foundation.finetune.features import extract_features, split_batch
-from foundation.finetune.metrics import classification_metrics
-from foundation.finetune.probe import fit_probe
-from foundation.finetune.report import markdown_table, save_confusion_matrix
+from foundation.eval.metrics import classification_metrics
+from foundation.eval.probe import fit_probe
+from foundation.eval.report import markdown_table, save_confusion_matrix
 from foundation.finetune.task_model import Supervised, SupervisedConfig, TaskModel, predict
 from foundation.modalities.eeg.channels import template_positions
 from foundation.modalities.eeg.model import DeeperBrain

@@ -24,8 +24,8 @@ import torch
 from torch import nn
 
 from foundation.errors import ConfigError, DataError
-from foundation.hub import HubMixin
-from foundation.kernels.packing import pack_visible
+from foundation.hub.mixin import HubMixin
+from foundation.kernels.packing import pack_visible, packed_mean, sample_ids
 from foundation.layers.block import Block
 from foundation.modalities.eeg.encoding import ChannelEncoding, TemporalEncoding
 
@@ -187,9 +187,7 @@ class DeeperBrain(nn.Module, HubMixin):
     def pooled_features(self, x: torch.Tensor, pos: torch.Tensor, chan_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Mean of every real token's encoding: [B, C, T] -> [B, D] (for probes)."""
         packed, cu = self.forward_features(x, pos, chan_mask)
-        seg = torch.repeat_interleave(torch.arange(len(cu) - 1, device=packed.device), (cu[1:] - cu[:-1]).long())
-        sums = packed.new_zeros(len(cu) - 1, packed.shape[1]).index_add_(0, seg, packed)
-        return sums / (cu[1:] - cu[:-1]).clamp(min=1)[:, None].to(sums.dtype)
+        return packed_mean(packed, cu)  # [K, D] -> [B, D]
 
     # ------------------------------------------------------------------ heads
     def predict_stats(self, packed: torch.Tensor, cu: torch.Tensor, keep_idx: Sequence[torch.Tensor], pos: torch.Tensor,
@@ -201,12 +199,11 @@ class DeeperBrain(nn.Module, HubMixin):
         """
         B, C = chan_mask.shape
         idx = torch.cat([k.to(packed.device) for k in keep_idx])  # [K]
-        seg = torch.repeat_interleave(torch.arange(B, device=packed.device), (cu[1:] - cu[:-1]).long())  # [K]
+        seg = sample_ids(cu)  # [K]
         slot = seg * C + torch.div(idx, n_patches, rounding_mode="floor")  # (sample, channel) of each token
         sums = packed.new_zeros(B * C, packed.shape[1]).index_add_(0, slot, packed)
         cnt = torch.bincount(slot, minlength=B * C).to(packed.dtype)[:, None]
-        per_sample = packed.new_zeros(B, packed.shape[1]).index_add_(0, seg, packed)
-        per_sample = per_sample / (cu[1:] - cu[:-1]).clamp(min=1)[:, None].to(packed.dtype)
+        per_sample = packed_mean(packed, cu)  # [K, D] -> [B, D]
         pooled = torch.where(cnt > 0, sums / cnt.clamp(min=1), per_sample.repeat_interleave(C, 0))
         pooled = pooled.reshape(B, C, -1) + self.chan_enc(pos, chan_mask)  # [B * C, D] -> [B, C, D]
         return self.stats_head(self.stats_norm(pooled))
@@ -220,7 +217,7 @@ class DeeperBrain(nn.Module, HubMixin):
         enc = (self.decoder_chan_enc(pos, chan_mask)[:, :, None, :]
                + self.decoder_time_enc(self.patch_times(n_patches, packed.device))[None, None])
         full = self.mask_token.to(vis.dtype).expand(B, N, -1).clone()  # [B, N, Dd]
-        seg = torch.repeat_interleave(torch.arange(B, device=packed.device), (cu[1:] - cu[:-1]).long())
+        seg = sample_ids(cu)  # [K]
         full[seg, torch.cat([k.to(packed.device) for k in keep_idx])] = vis  # scatter [K, Dd] -> [B, N, Dd]
         full = full + enc.reshape(B, N, -1).to(vis.dtype)  # [B, C, P, Dd] -> [B, N, Dd]
         valid = self.valid_tokens(chan_mask, n_patches)  # [B, N]

@@ -21,7 +21,6 @@ from foundation.modalities.fmri.preprocess import PreprocessSpec, preprocess_sca
 from foundation.modalities.fmri.reader import Scan, find_scans, read_scan
 from foundation.modalities.fmri.saliency import random_windows, top_k_windows
 from foundation.modalities.fmri.slim_brain import SlimBrain, SlimBrainConfig
-from foundation.registry import DATASETS, MODELS, OBJECTIVES
 
 __all__ = [
     "FmriWindows", "FmriWindowsConfig", "Hiera4D", "Hiera4DConfig", "JepaConfig", "JepaObjective",
@@ -29,8 +28,3 @@ __all__ = [
     "build_cache", "load_index", "open_scan", "top_k_windows", "random_windows", "generate_demo_corpus",
     "hiera_config", "load_hiera_weights",
 ]
-
-MODELS.register("slim-brain", SlimBrain)
-MODELS.register("hiera4d", Hiera4D)
-DATASETS.register("fmri-windows", FmriWindows)
-OBJECTIVES.register("slim-brain-jepa", JepaObjective)

@@ -1,7 +1,7 @@
 """Downstream evaluation of a SLIM-Brain encoder: linear probe, attentive probe, full fine-tuning (LLRD).
 
 * linear probe (SLIM-Brain's default, REFERENCE.md): mean-pooled frozen tokens ->
-  :func:`foundation.finetune.probe.fit_probe`;
+  :func:`foundation.eval.probe.fit_probe`;
 * attentive probe (V-JEPA's evaluation, Bardes et al. 2024,
   https://arxiv.org/abs/2404.08471): one learned query cross-attends over the
   frozen tokens, then a linear head; trained on cached tokens;
@@ -10,9 +10,9 @@
   the shared supervised loss, in memory. The same through the engine, with LoRA too: ``foundation
   finetune --recipe slim-brain-tiny-probe`` (``foundation.finetune.runner``).
 
-Every function splits by subject (:func:`foundation.finetune.splits.group_split`)
+Every function splits by subject (:func:`foundation.data.splits.group_split`)
 outside, takes index arrays and returns metrics from
-:mod:`foundation.finetune.metrics` (classification or regression).
+:mod:`foundation.eval.metrics` (classification or regression).
 """
 from __future__ import annotations
 
@@ -27,8 +27,8 @@ from torch import nn
 
 from foundation.errors import ConfigError
 from foundation.finetune.features import encode, extract_features, split_batch
-from foundation.finetune.metrics import classification_metrics, regression_metrics
-from foundation.finetune.probe import fit_probe
+from foundation.eval.metrics import classification_metrics, regression_metrics
+from foundation.eval.probe import fit_probe
 from foundation.finetune.task_model import Supervised, SupervisedConfig, TaskModel, predict
 
 __all__ = ["frozen_tokens", "linear_probe", "AttentiveProbe", "attentive_probe", "finetune", "DownstreamResult"]

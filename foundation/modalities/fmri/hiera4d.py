@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from foundation.errors import ConfigError
-from foundation.hub import HubMixin
+from foundation.hub.mixin import HubMixin
 from foundation.kernels import varlen_attention
 from foundation.layers.create_mlp import make_mlp
 from foundation.modalities.fmri.hiera_utils import unit_permutation

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from foundation.errors import ConfigError, TrainingError
-from foundation.hub import HubMixin
+from foundation.hub.mixin import HubMixin
 from foundation.layers.block import Block
 from foundation.modalities.fmri.hiera4d import Hiera4D, Hiera4DConfig
 

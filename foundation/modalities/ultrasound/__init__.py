@@ -12,7 +12,6 @@ from foundation.modalities.ultrasound.labelled import UltrasoundImages, Ultrasou
 from foundation.modalities.ultrasound.model import UltrasoundMTL, UltrasoundMTLConfig
 from foundation.modalities.ultrasound.objective import MultiTaskObjective, MultiTaskObjectiveConfig
 from foundation.modalities.ultrasound.tasks import BUILTIN_TASKS, TaskSpec, task_table
-from foundation.registry import DATASETS, MODELS, OBJECTIVES
 
 __all__ = [
     "BUILTIN_TASKS",
@@ -27,8 +26,3 @@ __all__ = [
     "MultiTaskObjective",
     "MultiTaskObjectiveConfig",
 ]
-
-MODELS.register("ultrasound-mtl", UltrasoundMTL)
-DATASETS.register("ultrasound-csv", UltrasoundDataset)
-DATASETS.register("ultrasound-images", UltrasoundImages)
-OBJECTIVES.register("ultrasound-mtl", MultiTaskObjective)

@@ -92,7 +92,7 @@ class UltrasoundDataConfig:
 
 def split_records(records: list[Record], val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
     """Patient-disjoint train / val indices, split within each task (a task of one patient stays in train)."""
-    from foundation.finetune.splits import group_split
+    from foundation.data.splits import group_split
 
     train, val = [], []
     by_task: dict[str, list[int]] = {}

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from foundation.errors import CheckpointError, ConfigError, did_you_mean
-from foundation.hub import HubMixin
+from foundation.hub.mixin import HubMixin
 from foundation.modalities.ultrasound.fpn import FPN
 from foundation.modalities.ultrasound.heads import ClassificationHead, DetectionHead, KeypointHead, SegmentationHead
 from foundation.modalities.ultrasound.tasks import TaskSpec, task_table

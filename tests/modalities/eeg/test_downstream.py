@@ -8,7 +8,7 @@ from scipy import signal
 
 from foundation.errors import DataError
 from foundation.finetune.llrd import depths_by_order
-from foundation.finetune.splits import group_split
+from foundation.data.splits import group_split
 from foundation.finetune.task_model import TaskModel
 from foundation.modalities.eeg.channels import template_positions
 from foundation.modalities.eeg.dataset import EEGWindows

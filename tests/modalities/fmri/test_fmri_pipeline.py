@@ -10,7 +10,7 @@ import torch
 
 from foundation.config import load_recipe
 from foundation.errors import DataError
-from foundation.finetune.splits import group_split
+from foundation.data.splits import group_split
 from foundation.modalities.fmri.dataset import FmriWindows, FmriWindowsConfig
 from foundation.modalities.fmri.demo_corpus import N_NETWORKS, read_labels
 from foundation.modalities.fmri.downstream import attentive_probe, finetune, linear_probe

@@ -9,8 +9,8 @@
 * ``from_pretrained(repo_id_or_dir, revision=...)`` refuses a folder of another model and loads strictly:
   a :class:`~foundation.errors.CheckpointError` lists missing and unexpected keys and shape or dtype
   mismatches. Tied weights are stored once (like ``safetensors.torch.save_model``) and restored by alias.
-* ``push_to_hub(repo_id)`` / :func:`push_folder` / :func:`download_folder` talk to ``HF_ENDPOINT``; every
-  network or HTTP failure becomes a :class:`~foundation.errors.HubError` naming the endpoint and repo.
+* ``push_to_hub(repo_id)`` exports to a temporary folder and uploads it with
+  :func:`foundation.hub.client.push_folder`.
 
 Usage::
 
@@ -26,189 +26,38 @@ Usage::
             super().__init__()
             self.config = config
             self.proj = nn.Linear(config.dim, config.dim)
-
-The endpoint is ``endpoint=`` when given, else ``HF_ENDPOINT`` as set when the call is made (huggingface_hub
-itself reads it once, at import), else https://huggingface.co.
-
-Note: like ``huggingface_hub.snapshot_download``, a download with the Hub unreachable returns the cached
-snapshot when one exists for that revision; pass ``local_files_only=True`` to stay offline on purpose.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import re
 import shutil
-import tempfile
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
+import tempfile
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
-import httpx2
 import torch
-from huggingface_hub import HfApi, PyTorchModelHubMixin, constants, snapshot_download
-from huggingface_hub.errors import (
-    HfHubHTTPError,
-    HFValidationError,
-    LocalEntryNotFoundError,
-    OfflineModeIsEnabled,
-    RepositoryNotFoundError,
-    RevisionNotFoundError,
-)
+from huggingface_hub import PyTorchModelHubMixin
+from huggingface_hub.errors import HFValidationError, RepositoryNotFoundError
 from huggingface_hub.utils import validate_repo_id
 from safetensors.torch import save_file
 
 import foundation
-from foundation.config import dataclass_from_dict, dataclass_to_dict
+from foundation.atomic import replace_folder
+from foundation.config_schema import dataclass_from_dict, dataclass_to_dict
 from foundation.errors import CheckpointError, ConfigError, HubError
-from foundation.hub_card import LIBRARY_NAME, ModelCardInfo, check_card_front_matter, write_model_card
-from foundation.hub_weights import listed, load_weights, weights_for_saving
+from foundation.hub.card import LIBRARY_NAME, ModelCardInfo, write_model_card
+from foundation.hub.client import check_repo_id, download_folder, hub_endpoint, push_folder
+from foundation.hub.names import CARD_NAME, CONFIG_NAME, WEIGHTS_NAME
+from foundation.hub.weights import listed, load_weights, weights_for_saving
 
-__all__ = [
-    "HubMixin",
-    "ModelCardInfo",
-    "write_model_card",
-    "push_folder",
-    "download_folder",
-    "hub_endpoint",
-    "WEIGHTS_NAME",
-    "ADAPTER_WEIGHTS_NAME",
-    "CONFIG_NAME",
-]
+__all__ = ["HubMixin"]
 
-WEIGHTS_NAME = "model.safetensors"
-ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
-CONFIG_NAME = "config.json"
-CARD_NAME = "README.md"
 _RESERVED_KEYS = ("model_name", "foundation_version")  # keys config.json adds to the config's fields
 _MODEL_NAME = re.compile(r"^[a-z0-9][a-z0-9.\-]*$")
 M = TypeVar("M", bound="HubMixin")
-
-
-def hub_endpoint(endpoint: str | None = None) -> str:
-    """The Hub base URL in use: ``endpoint`` if given, else ``HF_ENDPOINT`` now, else huggingface_hub's default."""
-    return (endpoint or os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
-
-
-def _scrub(text: str, token: str | None) -> str:
-    """Remove tokens from a message: the one in use and anything shaped like a Hub token."""
-    if token:
-        text = text.replace(token, "***")
-    return re.sub(r"hf_[A-Za-z0-9]{8,}", "hf_***", text)
-
-
-@contextmanager
-def _hub_errors(action: str, repo_id: str, endpoint: str, revision: str | None, token: str | None) -> Iterator[None]:
-    """Turn every client failure inside the block into a HubError naming the endpoint and repo."""
-    where = f"{action} {repo_id!r}" + (f" at revision {revision!r}" if revision else "") + f" on {endpoint}"
-    try:
-        yield
-    except RevisionNotFoundError as err:
-        raise HubError(f"{where}: revision not found; give an existing branch name or full commit sha "
-                       f"(server said: {_scrub(str(err), token).splitlines()[0]})") from err
-    except RepositoryNotFoundError as err:
-        raise HubError(f"{where}: repository not found (or private and the token has no access); check the repo "
-                       "id, HF_ENDPOINT and your token (HF_TOKEN or `hf auth login`)") from err
-    except HfHubHTTPError as err:
-        status = err.response.status_code if err.response is not None else "?"
-        raise HubError(f"{where}: HTTP {status}: {_scrub(str(err), token).splitlines()[0]}; check the repo id, "
-                       "your token's write access and HF_ENDPOINT") from err
-    except OfflineModeIsEnabled as err:
-        raise HubError(f"{where}: HF_HUB_OFFLINE is set, so the Hub cannot be reached; unset it to go online") from err
-    except LocalEntryNotFoundError as err:
-        if isinstance(err.__cause__, OfflineModeIsEnabled):
-            raise HubError(f"{where}: HF_HUB_OFFLINE is set and nothing is cached; unset it to go online") from err
-        if err.__cause__ is None:  # local_files_only and nothing cached
-            raise HubError(f"{where}: not in the local cache; download it once online (without local_files_only "
-                           "or HF_HUB_OFFLINE)") from err
-        raise HubError(f"{where}: cannot reach the Hub and nothing is cached ({_cause(err.__cause__, token)}); "
-                       "check HF_ENDPOINT, the network and proxy settings, then retry") from err
-    except (httpx2.HTTPError, ConnectionError, TimeoutError) as err:
-        raise HubError(f"{where}: cannot reach the Hub ({_cause(err, token)}); check HF_ENDPOINT, the network "
-                       "and proxy settings, then retry") from err
-
-
-def _cause(err: BaseException, token: str | None) -> str:
-    """``"ConnectError: [Errno 111] Connection refused"``: the error's type and first line, token removed."""
-    lines = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {_scrub(lines[0] if lines else '', token)}"
-
-
-def _check_repo_id(repo_id: str) -> None:
-    try:
-        validate_repo_id(repo_id)
-    except HFValidationError as err:
-        raise ConfigError(f"repo id {repo_id!r} is not valid: {err}; write it as 'owner/name'") from err
-
-
-def _check_pushable(folder: Path) -> None:
-    """A pushable folder exists and holds config.json plus model or adapter weights."""
-    if not folder.is_dir():
-        raise CheckpointError(f"{folder}: no such folder; export the model with save_pretrained(folder) first")
-    names = {p.name for p in folder.iterdir()}
-    has_weights = WEIGHTS_NAME in names or ADAPTER_WEIGHTS_NAME in names
-    has_config = CONFIG_NAME in names or (ADAPTER_WEIGHTS_NAME in names and "adapter_config.json" in names)
-    if not (has_weights and has_config):
-        raise CheckpointError(
-            f"{folder}: not an exported model; expected {CONFIG_NAME} plus {WEIGHTS_NAME} or "
-            f"{ADAPTER_WEIGHTS_NAME}, found {sorted(names) or 'nothing'}; export with save_pretrained(folder)"
-        )
-    if CARD_NAME in names:  # the Hub rejects a card whose front matter is not a YAML mapping
-        check_card_front_matter(folder / CARD_NAME)
-
-
-def push_folder(folder: str | Path, repo_id: str, *, private: bool = False, commit_message: str | None = None,
-                revision: str | None = None, token: str | None = None, endpoint: str | None = None) -> str:
-    """Upload an exported folder to the Hub in one commit; return the commit sha.
-
-    The folder is checked first (it must hold config.json plus model.safetensors or
-    adapter_model.safetensors); the repo is created when missing; a ``revision`` other than main is
-    created as a branch when missing. The local folder is only read.
-
-    Raises:
-        CheckpointError: the folder is missing or is not an export.
-        ConfigError: ``repo_id`` is malformed.
-        HubError: the Hub is unreachable or refuses; also when ``private=True`` but the repo exists and is public.
-    """
-    folder = Path(folder)
-    _check_pushable(folder)
-    _check_repo_id(repo_id)
-    endpoint = hub_endpoint(endpoint)
-    api = HfApi(endpoint=endpoint, token=token)
-    with _hub_errors("push to", repo_id, endpoint, revision, token):
-        api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
-        if private and not api.repo_info(repo_id).private:
-            raise HubError(f"push to {repo_id!r} on {endpoint}: the repo exists and is public but private=True was "
-                           "asked; make it private on the Hub first, or push with private=False")
-        if revision not in (None, "main"):
-            api.create_branch(repo_id, branch=revision, exist_ok=True)
-        info = api.upload_folder(repo_id=repo_id, folder_path=folder, revision=revision,
-                                 commit_message=commit_message or f"Upload {folder.name} with {LIBRARY_NAME}")
-    return info.oid
-
-
-def download_folder(repo_id: str, revision: str | None = None, cache_dir: str | Path | None = None, *,
-                    allow_patterns: list[str] | None = None, token: str | None = None,
-                    local_files_only: bool = False, endpoint: str | None = None) -> Path:
-    """Download a repo snapshot (all files, or those matching ``allow_patterns``) into the cache.
-
-    Returns:
-        The snapshot folder ``<cache>/models--owner--name/snapshots/<sha>``.
-
-    Raises:
-        ConfigError: ``repo_id`` is malformed.
-        HubError: the Hub is unreachable (and nothing is cached), the repo or revision does not exist.
-    """
-    _check_repo_id(repo_id)
-    endpoint = hub_endpoint(endpoint)
-    action = "download from the local cache" if local_files_only else "download"
-    with _hub_errors(action, repo_id, endpoint, revision, token):
-        path = snapshot_download(repo_id, revision=revision, cache_dir=cache_dir, allow_patterns=allow_patterns,
-                                 token=token, local_files_only=local_files_only, endpoint=endpoint)
-    return Path(path)
 
 
 class HubMixin(PyTorchModelHubMixin, library_name=LIBRARY_NAME, tags=[LIBRARY_NAME]):
@@ -282,7 +131,7 @@ class HubMixin(PyTorchModelHubMixin, library_name=LIBRARY_NAME, tags=[LIBRARY_NA
             save_file(weights, str(tmp / WEIGHTS_NAME), metadata={"format": "pt", "aliases": json.dumps(aliases)})
             (tmp / CONFIG_NAME).write_text(json.dumps(config_json, indent=2, sort_keys=True) + "\n", encoding="utf-8")
             write_model_card(tmp, self._card_info(card), name, config, class_name=type(self).__name__)
-            _replace_folder(tmp, folder)
+            replace_folder(tmp, folder)
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp)
@@ -355,7 +204,7 @@ class HubMixin(PyTorchModelHubMixin, library_name=LIBRARY_NAME, tags=[LIBRARY_NA
                     revision: str | None = None, card: ModelCardInfo | None = None, token: str | None = None,
                     endpoint: str | None = None) -> str:
         """Export to a temporary folder and push it (see :func:`push_folder`); return the commit sha."""
-        _check_repo_id(repo_id)
+        check_repo_id(repo_id)
         with tempfile.TemporaryDirectory(prefix="foundation-push-") as tmp:
             folder = self.save_pretrained(Path(tmp) / repo_id.split("/")[-1], card=card)
             return push_folder(folder, repo_id, private=private, revision=revision, token=token, endpoint=endpoint,
@@ -382,18 +231,3 @@ def _read_config(file: Path, source: str, name: str, config_class: type) -> Any:
         return dataclass_from_dict(config_class, data, where=f"{source}/{CONFIG_NAME}")
     except ConfigError as err:
         raise CheckpointError(f"{err}; the export does not fit this version of {config_class.__name__}") from err
-
-
-def _replace_folder(new: Path, target: Path) -> None:
-    """Move the complete folder ``new`` to ``target``; an existing ``target`` is removed only afterwards."""
-    if not target.exists():
-        os.rename(new, target)
-        return
-    old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
-    os.rename(target, old)
-    try:
-        os.rename(new, target)
-    except BaseException:
-        os.rename(old, target)
-        raise
-    shutil.rmtree(old)

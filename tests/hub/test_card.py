@@ -1,11 +1,11 @@
-"""Model cards (foundation/hub_card.py): front matter the Hub client parses back, sections, validation."""
+"""Model cards (foundation/hub/card.py): front matter the Hub client parses back, sections, validation."""
 from __future__ import annotations
 
 import pytest
 from huggingface_hub import ModelCard
 
 from foundation.errors import CheckpointError, ConfigError
-from foundation.hub_card import ModelCardInfo, check_card_front_matter, render_model_card
+from foundation.hub.card import ModelCardInfo, check_card_front_matter, render_model_card
 from tests.hub._helpers import ToyConfig, randomized
 
 

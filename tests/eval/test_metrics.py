@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from foundation.errors import DataError
-from foundation.finetune.metrics import classification_metrics, regression_metrics
+from foundation.eval.metrics import classification_metrics, regression_metrics
 
 
 def test_classification_metrics_against_direct_formulas():

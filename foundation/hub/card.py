@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 from huggingface_hub import EvalResult, ModelCardData
 
-from foundation.config import dataclass_to_dict
+from foundation.config_schema import dataclass_to_dict
 from foundation.errors import CheckpointError, ConfigError
 
 __all__ = ["ModelCardInfo", "LIBRARY_NAME", "check_card_front_matter", "render_model_card", "write_model_card"]

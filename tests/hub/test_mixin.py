@@ -8,7 +8,7 @@ import safetensors.torch
 import torch
 from safetensors import safe_open
 
-import foundation.hub
+import foundation.hub.mixin
 from foundation.errors import CheckpointError, ConfigError
 from foundation.hub import CONFIG_NAME, WEIGHTS_NAME
 from tests.hub._helpers import OtherNet, ToyConfig, ToyNet, folder_digest, inputs, randomized
@@ -104,7 +104,7 @@ def test_atomic_save_keeps_old_export_when_writing_fails(tmp_path, monkeypatch):
             f.write(b"partial")
         raise OSError("No space left on device")
 
-    monkeypatch.setattr(foundation.hub, "save_file", broken_writer)
+    monkeypatch.setattr(foundation.hub.mixin, "save_file", broken_writer)
     with pytest.raises(OSError, match="No space left"):
         randomized(seed=2).save_pretrained(folder)
     assert folder_digest(folder) == before

@@ -5,9 +5,9 @@ from torch import nn
 from foundation.errors import ConfigError, DataError
 from foundation.finetune.features import extract_features
 from foundation.finetune.llrd import depths_by_order, layerwise_lr_groups
-from foundation.finetune.probe import fit_probe
-from foundation.finetune.report import markdown_table, save_confusion_matrix, save_pred_vs_true
-from foundation.finetune.splits import group_split
+from foundation.eval.probe import fit_probe
+from foundation.eval.report import markdown_table, save_confusion_matrix, save_pred_vs_true
+from foundation.data.splits import group_split
 
 
 def _blobs(n, seed):

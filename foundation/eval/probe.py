@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from foundation.errors import ConfigError, DataError
-from foundation.finetune.metrics import classification_metrics, regression_metrics
+from foundation.eval.metrics import classification_metrics, regression_metrics
 
 __all__ = ["ProbeResult", "fit_probe"]
 
