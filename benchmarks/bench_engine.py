@@ -78,7 +78,7 @@ def engine_loop(steps: int, out: Path, stage: int = 0, extra: tuple[str, ...] = 
     from foundation.pretrain.run_log import read_jsonl
 
     recipe = load_recipe(str(RECIPE), MODEL + [f"train.steps={steps}", f"deepspeed.zero_stage={stage}", *extra])
-    eng = Engine(recipe, out, export=False)
+    eng = Engine(recipe, out)
     eng.run()
     if torch.distributed.get_rank() != 0:
         return [], eng  # only rank 0 writes the metrics log

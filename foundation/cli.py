@@ -72,18 +72,26 @@ def _run(args: argparse.Namespace) -> int:
     out = Path(args.output_dir or Path("runs") / recipe.name)
     if args.command == "finetune":
         return _finetune(recipe, args, out)
-    result = Engine(recipe, out, resume=args.resume, stop_after=args.stop_after, export=not args.no_export).run()
     import torch.distributed as dist
 
+    from foundation.pretrain.export import export_run
+
+    result = Engine(recipe, out, resume=args.resume, stop_after=args.stop_after).run()
+    export_dir = None
+    if not (result.stopped_early or args.no_export):
+        dist.barrier()
+        if dist.get_rank() == 0:
+            export_dir = export_run(recipe, result)
+        dist.barrier()
     if dist.get_rank() == 0:
         status = "stopped early" if result.stopped_early else "finished"
         print(f"\n{recipe.name}: {status} at step {result.step}")
         print(f"  checkpoint : {result.checkpoint}")
         print(f"  metrics    : {out / 'metrics.jsonl'}")
         print(f"  curves     : {result.curves}")
-        if result.export_dir is not None:
-            print(f"  export     : {result.export_dir}")
-            print(f"  model card : {result.export_dir / 'README.md'}")
+        if export_dir is not None:
+            print(f"  export     : {export_dir}")
+            print(f"  model card : {export_dir / 'README.md'}")
     dist.destroy_process_group()
     return 0
 

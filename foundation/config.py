@@ -12,7 +12,6 @@ Example::
 from __future__ import annotations
 
 import copy
-import dataclasses
 import importlib
 import re
 from dataclasses import dataclass, field
@@ -22,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from foundation.config_schema import dataclass_from_dict, dataclass_to_dict, field_help
+from foundation.config_schema import dataclass_from_dict, dataclass_to_dict
 from foundation.errors import ConfigError, did_you_mean
 from foundation.registry import DATASETS, MODELS, OBJECTIVES, Registry
 
@@ -37,7 +36,6 @@ __all__ = [
     "parse_overrides",
     "dataclass_from_dict",
     "dataclass_to_dict",
-    "field_help",
     "yaml_load",
 ]
 
@@ -311,8 +309,3 @@ def recipe_from_dict(raw: dict[str, Any], source: str = "<dict>", from_cli: set[
         imports=tuple(imports),
         source=source,
     )
-
-
-def replace_section(recipe: RecipeConfig, **changes: Any) -> RecipeConfig:
-    """Return a copy of ``recipe`` with top-level sections replaced (dataclasses.replace)."""
-    return dataclasses.replace(recipe, **changes)

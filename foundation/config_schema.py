@@ -16,14 +16,9 @@ from typing import Any, Literal, TypeVar, Union
 
 from foundation.errors import ConfigError, did_you_mean
 
-__all__ = ["dataclass_from_dict", "dataclass_to_dict", "field_help"]
+__all__ = ["dataclass_from_dict", "dataclass_to_dict"]
 
 T = TypeVar("T")
-
-
-def field_help(cls: type) -> dict[str, str]:
-    """Return ``{field name: help text}`` from each field's ``metadata["help"]``."""
-    return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(cls)}
 
 
 def dataclass_to_dict(obj: Any) -> Any:

@@ -14,10 +14,20 @@ from tests.fixtures.toy_mae import ToyMAE
 from tests.pretrain._launch import ROOT, TOY_RECIPE, check, env, run_pretrain
 
 
-def test_info_lists_components(capsys):
+def test_info_lists_every_registered_component_and_recipe(capsys):
+    import deepspeed
+
+    from foundation.config import list_recipes
+    from foundation.registry import ACTIVATIONS, DATASETS, MLPS, MODELS, OBJECTIVES
+
     assert main(["info"]) == 0
     out = capsys.readouterr().out
-    assert "deepspeed" in out and "activations:" in out and "mlps:" in out
+    lines = dict(line.split(": ", 1) for line in out.splitlines() if ": " in line)
+    for reg in (MODELS, DATASETS, OBJECTIVES, MLPS, ACTIVATIONS):
+        assert lines[f"{reg.kind}s"].split(", ") == reg.names()  # built-ins listed without importing them first
+    assert {"deeperbrain", "slim-brain", "ultrasound-mtl"} <= set(lines["models"].split(", "))
+    assert lines["recipes"].split(", ") == list_recipes()
+    assert f"deepspeed {deepspeed.__version__}, accelerator cpu" in out.splitlines()
 
 
 def test_bad_recipe_is_a_clean_error(capsys):

@@ -16,7 +16,8 @@ operator is defined on ``max_tokens`` key positions and shorter rows (or padded
 keys) get zero basis features and zero weights, which is the same as padding the
 row to ``max_tokens`` with masked keys. Both matrices are ``nn.Linear`` modules,
 so peft can target them. Memory: the basis is [B, H, N, N_max, 2G], about
-2G times the softmax attention matrix (REFERENCE.md: 2.5-3x for the published setup).
+2G times the softmax attention matrix (Maity et al. 2025, "Kolmogorov-Arnold Attention",
+https://arxiv.org/abs/2503.10632, report 2.5-3x for their setup; unverified).
 
 Same constructor and forward signature as :class:`foundation.layers.attention.Attention`:
 dense [B, N, D], padded [B, N, D] with ``key_padding_mask`` (True = real token),

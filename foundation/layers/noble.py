@@ -6,7 +6,7 @@ paper citation unverified) computes
     y = W x + b + W_up CosNet(W_down x)
     CosNet(h) = cos(w2 * (W_mid cos(w1 * h + p1) + b_mid) + p2)
 
-with rank r (default 32). Initialisation (REFERENCE.md): W_up ~ N(0, (0.01/sqrt r)^2)
+with rank r (default 32). Initialisation (the NOBLE recipe; unverified): W_up ~ N(0, (0.01/sqrt r)^2)
 so the branch starts near zero; W_mid ~ N(0, (0.5/sqrt r)^2); w1, w2 ~ U[0.8, 1.2];
 p1, p2 ~ N(0, 0.1^2). W_down takes nn.Linear's default init and b_mid starts at 0
 (both unverified). The branch may train with its own learning-rate multiplier:
@@ -70,7 +70,7 @@ class NobleLinear(nn.Linear):
         self.reset_branch()
 
     def reset_branch(self) -> None:
-        """Initialise the branch as in REFERENCE.md (the branch output starts near zero)."""
+        """Initialise the branch as the module docstring gives (the branch output starts near zero)."""
         r = self.rank
         self.noble_down.reset_parameters()
         nn.init.normal_(self.noble_mid.weight, std=0.5 / math.sqrt(r))

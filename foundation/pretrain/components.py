@@ -25,7 +25,7 @@ from torch import nn
 from foundation.config import RecipeConfig
 from foundation.registry import DATASETS, MODELS, OBJECTIVES
 
-__all__ = ["TrainModule", "Components", "build_model", "build_components"]
+__all__ = ["TrainModule", "Components", "build_model", "build_objective", "build_components"]
 
 
 class TrainModule(nn.Module):
@@ -68,11 +68,15 @@ def build_model(recipe: RecipeConfig) -> nn.Module:
     return MODELS.get(recipe.model.name)(recipe.model.config)
 
 
+def build_objective(recipe: RecipeConfig) -> nn.Module:
+    """The recipe's objective."""
+    return OBJECTIVES.get(recipe.objective.name)(recipe.objective.config)
+
+
 def build_components(recipe: RecipeConfig, prepare: bool = True) -> Components:
     """Build model, objective and dataset (running ``prepare`` first when asked)."""
     dataset_cls = DATASETS.get(recipe.data.name)
     if prepare and hasattr(dataset_cls, "prepare"):
         dataset_cls.prepare(recipe.data.config)
-    model = build_model(recipe)
-    objective = OBJECTIVES.get(recipe.objective.name)(recipe.objective.config)
-    return Components(model=model, objective=objective, dataset=dataset_cls(recipe.data.config))
+    return Components(model=build_model(recipe), objective=build_objective(recipe),
+                      dataset=dataset_cls(recipe.data.config))

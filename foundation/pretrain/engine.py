@@ -14,14 +14,14 @@ What a run does: ``deepspeed.initialize`` with the recipe's DeepSpeed section
 cosine, a resumable distributed sampler seeded per epoch, a tqdm bar on rank 0,
 ``metrics.jsonl`` and ``curves.png``, checkpoints every N steps (last K kept, an
 atomic ``latest``), exact ``--resume``, a checkpoint on SIGTERM/SIGINT, a clear
-stop on a non-finite loss, and at the end an fp32 export in
-``save_pretrained`` layout with a model card.
+stop on a non-finite loss. ``run()`` returns a :class:`RunResult`; exporting the
+final checkpoint (``foundation.pretrain.export.export_run``) is a separate step
+that the ``pretrain`` command takes afterwards.
 """
 from __future__ import annotations
 
 import signal
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,28 +33,14 @@ from foundation.config import RecipeConfig
 from foundation.errors import CheckpointError, TrainingError
 from foundation.pretrain.checkpoint import CheckpointDir, atomic_write_text
 from foundation.data.batch import to_device
-from foundation.pretrain.components import Components, TrainModule, build_components
+from foundation.pretrain.components import Components, TrainModule, build_components, build_objective
 from foundation.pretrain.distributed import DistInfo, init_distributed
-from foundation.pretrain.export import export_run
+from foundation.pretrain.result import RunResult
 from foundation.pretrain.optim import WarmupCosineScheduler, build_optimizer
 from foundation.pretrain.run_log import RunLog
 from foundation.pretrain.sampler import ResumableDistributedSampler
-from foundation.registry import OBJECTIVES
 
 __all__ = ["RunResult", "Engine", "deepspeed_config"]
-
-
-@dataclass
-class RunResult:
-    """What a finished (or stopped) run left behind."""
-
-    output_dir: Path
-    step: int
-    stopped_early: bool
-    checkpoint: Path | None = None
-    export_dir: Path | None = None
-    curves: Path | None = None
-    metrics: dict[str, float] = field(default_factory=dict)
 
 
 def deepspeed_config(recipe: RecipeConfig) -> dict[str, Any]:
@@ -107,19 +93,14 @@ class Engine:
         model, dataset: prebuilt model and dataset to train instead of the
             recipe's (fine-tuning wrappers, data subsets); the recipe still gives
             the objective, optimisation and DeepSpeed settings.
-        export: write the ``save_pretrained`` folder at the end.
-        card_extra: extra model-card fields (e.g. ``base_model``).
     """
 
     def __init__(self, recipe: RecipeConfig, output_dir: str | Path, *, resume: bool = False,
-                 stop_after: int | None = None, export: bool = True, card_extra: dict[str, Any] | None = None,
-                 model: torch.nn.Module | None = None, dataset: Any = None) -> None:
+                 stop_after: int | None = None, model: torch.nn.Module | None = None, dataset: Any = None) -> None:
         self.recipe = recipe
         self.output_dir = Path(output_dir)
         self.resume = resume
         self.stop_after = stop_after
-        self.export = export
-        self.card_extra = dict(card_extra or {})
         if (model is None) != (dataset is None):
             raise ValueError("Engine: pass both model and dataset to train prebuilt components, or neither")
         self.model, self.dataset = model, dataset
@@ -135,8 +116,7 @@ class Engine:
         resume_tag = self._resume_tag(ckpts)
         torch.manual_seed(train.seed)  # same initial weights on every rank
         if self.model is not None:
-            objective = OBJECTIVES.get(recipe.objective.name)(recipe.objective.config)
-            parts = Components(model=self.model, objective=objective, dataset=self.dataset)
+            parts = Components(model=self.model, objective=build_objective(recipe), dataset=self.dataset)
         elif dist.local_rank == 0:
             parts = build_components(recipe, prepare=True)
             dist.barrier()
@@ -174,11 +154,8 @@ class Engine:
         finally:
             if log is not None:
                 log.close()
-        if not result.stopped_early and self.export:
-            dist.barrier()
-            if dist.is_main:
-                result.export_dir = export_run(recipe, ckpts, result, parts.dataset, engine, self.card_extra)
-            dist.barrier()
+        describe = getattr(parts.dataset, "describe", None)  # a Subset (fine-tuning) has none
+        result.data_summary = str(describe()) if callable(describe) else f"{len(parts.dataset)} samples."
         return result
 
     def _resume_tag(self, ckpts: CheckpointDir) -> str | None:

@@ -2,19 +2,17 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from foundation.config import RecipeConfig, load_recipe
 from foundation.errors import CheckpointError
 from foundation.pretrain.checkpoint import CheckpointDir
-from foundation.pretrain.components import TrainModule, build_model
+from foundation.pretrain.components import TrainModule, build_model, build_objective
+from foundation.pretrain.result import RunResult
 
-if TYPE_CHECKING:
-    from foundation.pretrain.engine import RunResult
-
-__all__ = ["consolidate_fp32", "export_checkpoint", "export_run", "data_summary"]
+__all__ = ["consolidate_fp32", "export_checkpoint", "export_run", "export_from_run_dir"]
 
 
 def consolidate_fp32(ckpt_root: str | Path, tag: str, recipe: RecipeConfig) -> dict[str, torch.Tensor]:
@@ -53,25 +51,15 @@ def consolidate_fp32(ckpt_root: str | Path, tag: str, recipe: RecipeConfig) -> d
 
 
 def _name_masters(masters: list[list[torch.Tensor]], recipe: RecipeConfig, folder: Path) -> dict[str, torch.Tensor]:
-    from foundation.pretrain.components import build_components
     from foundation.pretrain.optim import param_groups
 
-    parts = build_components(recipe, prepare=False)
-    module = TrainModule(parts.model, parts.objective)
+    module = TrainModule(build_model(recipe), build_objective(recipe))  # no data needed to name parameters
     names = {id(p): n for n, p in module.named_parameters()}
     groups = param_groups(module, recipe.train)
     if [len(g["params"]) for g in groups] != [len(m) for m in masters]:
         raise CheckpointError(f"{folder}: optimizer groups {[len(m) for m in masters]} do not match the recipe's "
                               f"{[len(g['params']) for g in groups]}; export with the recipe the run used")
     return {names[id(p)]: m.float().contiguous() for g, ms in zip(groups, masters) for p, m in zip(g["params"], ms)}
-
-
-def data_summary(dataset: Any) -> str:
-    """One paragraph about the training data for the model card."""
-    describe = getattr(dataset, "describe", None)
-    if callable(describe):
-        return str(describe())
-    return f"{type(dataset).__name__} with {len(dataset)} samples."
 
 
 def export_checkpoint(recipe: RecipeConfig, ckpt_root: str | Path, tag: str, out_dir: str | Path,
@@ -105,14 +93,23 @@ def export_checkpoint(recipe: RecipeConfig, ckpt_root: str | Path, tag: str, out
     return Path(out_dir)
 
 
-def export_run(recipe: RecipeConfig, ckpts: CheckpointDir, result: RunResult, dataset: Any, engine: Any,
-               card_extra: dict[str, Any] | None = None) -> Path:
-    """Export the final checkpoint of a finished run to ``<output_dir>/export``."""
+def export_run(recipe: RecipeConfig, result: RunResult, card_extra: dict[str, Any] | None = None) -> Path:
+    """Export the newest checkpoint of a finished run to ``<output_dir>/export`` (call on one rank).
+
+    Args:
+        recipe: the recipe the run trained.
+        result: what ``Engine.run()`` returned (run folder, last metrics, data summary for the card).
+        card_extra: extra model-card fields (e.g. ``base_model``, ``tags``).
+
+    Raises:
+        CheckpointError: the run left no complete checkpoint, or it does not fit the recipe's model.
+    """
+    ckpts = CheckpointDir(result.output_dir / "checkpoints")
     tag = ckpts.latest()
     if tag is None:
         raise CheckpointError(f"no checkpoint under {ckpts.root} to export")
     return export_checkpoint(recipe, ckpts.root, tag, result.output_dir / "export", result.metrics,
-                             data_summary(dataset), card_extra)
+                             result.data_summary, card_extra)
 
 
 def export_from_run_dir(run_dir: str | Path, out_dir: str | Path | None = None, tag: str | None = None) -> Path:

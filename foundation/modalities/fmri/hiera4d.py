@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from foundation.errors import ConfigError
+from foundation.errors import ConfigError, DataError
 from foundation.hub.mixin import HubMixin
 from foundation.kernels import varlen_attention
 from foundation.layers.create_mlp import make_mlp
@@ -277,10 +277,13 @@ class Hiera4D(nn.Module, HubMixin):
         Returns:
             (tokens [U, T_f, D] of the kept units, sample-major and in ``keep`` order, units_cu [B + 1] int32).
         """
-        if x.dim() == len(self.config.input_size) + 1:
+        n = len(self.config.input_size)
+        if x.dim() == n + 1:
             x = x.unsqueeze(1)  # [B, T, Z, Y, X] -> [B, 1, T, Z, Y, X]
-        if tuple(x.shape[2:]) != self.config.input_size:
-            raise ConfigError(f"Hiera4D: input grid {tuple(x.shape[2:])} != config.input_size {self.config.input_size}")
+        if x.dim() != n + 2 or tuple(x.shape[2:]) != self.config.input_size or x.shape[1] != self.config.in_chans:
+            raise DataError(f"Hiera4D: x must be [B, {self.config.in_chans}, {', '.join(map(str, self.config.input_size))}]"
+                            f" (or without the channel axis when it is 1), received {list(x.shape)}; resample the "
+                            "windows to the model's input_size or build the model for this grid")
         B = x.shape[0]
         if keep is not None and not self.patch_embed.linear:
             x = x * self._voxel_keep_mask(keep, B, x)  # as Hiera's masked conv: deleted units are zero for neighbours

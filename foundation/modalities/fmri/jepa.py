@@ -1,7 +1,7 @@
 """The SLIM-Brain JEPA objective: mask-unit deletion, smooth-L1 on layer-normed EMA-target features.
 
 I-JEPA (Assran et al., https://arxiv.org/abs/2301.08243) on Hiera mask units:
-per sample, ``mask_ratio`` (about 70%, REFERENCE.md) of the foreground mask units
+per sample, ``mask_ratio`` (about 70%, as SLIM-Brain deletes; unverified) of the foreground mask units
 are deleted from the context encoder's input and become the prediction targets;
 background-only units (``batch["unit_fg"]`` False) are deleted from every encoder.
 Loss: ``smooth_l1(prediction, layer_norm(target), beta)``. The target features'

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from foundation.errors import CheckpointError, ConfigError, did_you_mean
+from foundation.errors import CheckpointError, ConfigError, DataError, did_you_mean
 from foundation.hub.mixin import HubMixin
 from foundation.modalities.ultrasound.fpn import FPN
 from foundation.modalities.ultrasound.heads import ClassificationHead, DetectionHead, KeypointHead, SegmentationHead
@@ -144,6 +144,7 @@ class UltrasoundMTL(nn.Module, HubMixin):
 
     def features(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``image [B, 3, S, S]`` -> ``(deepest [B, C5, S/32, S/32], fused FPN [B, D, S/4, S/4])``."""
+        _check_images(image)
         self._check_norm_dtypes()
         x = (image - self.mean.to(image.dtype)) / self.std.to(image.dtype)
         feats = self.backbone(x)
@@ -170,6 +171,7 @@ class UltrasoundMTL(nn.Module, HubMixin):
         """
         if keep is not None:
             raise ConfigError("UltrasoundMTL.forward_features: keep is not supported by a CNN backbone; pass None")
+        _check_images(x)
         self._check_norm_dtypes()
         x = (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
         deep = self.backbone(x)[-1]
@@ -207,3 +209,14 @@ class UltrasoundMTL(nn.Module, HubMixin):
                 if ps:
                     groups.append({"params": ps, "lr_scale": scale, "weight_decay": wd, "name": f"{name}.{suffix}"})
         return groups
+
+
+def _check_images(x: torch.Tensor) -> None:
+    """Images must be ``[B, 3, H, W]``, float (the normalisation is inside the model).
+
+    Raises:
+        DataError: another rank, channel count or dtype.
+    """
+    if x.dim() != 4 or x.shape[1] != 3 or not x.is_floating_point():
+        raise DataError(f"UltrasoundMTL: images must be float [B, 3, H, W], received {x.dtype} {list(x.shape)}; "
+                        "repeat a grayscale channel 3 times and scale to [0, 1]")

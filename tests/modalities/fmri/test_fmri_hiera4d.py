@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from foundation.errors import CheckpointError, ConfigError
+from foundation.errors import CheckpointError, ConfigError, DataError
 from foundation.modalities.fmri.convert_hiera import convert_hiera_state_dict, hiera_config, load_hiera_weights
 from foundation.modalities.fmri.hiera4d import Hiera4D, Hiera4DConfig
 from foundation.modalities.fmri.hiera_utils import hiera_to_units, unit_foreground, unit_permutation
@@ -123,8 +123,10 @@ def test_config_errors_name_the_field():
         Hiera4DConfig(input_size=(8, 16, 16, 16), mask_unit_size=(4, 4, 4, 4), q_stride=(2, 2, 2, 2), stages=(1, 1, 1, 1))
     with pytest.raises(ConfigError, match="dimension 0"):
         Hiera4DConfig(input_size=(12, 96, 96, 96))
-    with pytest.raises(ConfigError, match="input grid"):
+    with pytest.raises(DataError, match=r"x must be \[B, 1, 4, 16, 16, 16\].*received \[1, 1, 4, 16, 16, 8\]"):
         Hiera4D(TINY4D).forward_units(torch.zeros(1, 1, 4, 16, 16, 8))
+    with pytest.raises(DataError, match="received \\[1, 2, 4, 16, 16, 16\\]"):
+        Hiera4D(TINY4D).forward_units(torch.zeros(1, 2, 4, 16, 16, 16))
 
 
 def test_unit_foreground_counts_brain_voxels():
