@@ -1,13 +1,14 @@
 """Downstream reports: a markdown results table, a confusion-matrix PNG, a predicted-vs-true PNG."""
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from foundation.atomic import atomic_path
 
 __all__ = ["markdown_table", "save_confusion_matrix", "save_pred_vs_true"]
 
@@ -27,11 +28,10 @@ def _save(fig: Any, path: str | Path) -> Path:
     import matplotlib.pyplot as plt
 
     path = Path(path)
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
     fig.tight_layout()
-    fig.savefig(tmp, dpi=110)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
-    os.replace(tmp, path)
     return path
 
 

@@ -14,7 +14,6 @@ next successful save.
 from __future__ import annotations
 
 import json
-import os
 import random
 import shutil
 from collections.abc import Callable
@@ -24,27 +23,16 @@ from typing import Any
 import numpy as np
 import torch
 
+from foundation.atomic import atomic_write_text
 from foundation.errors import CheckpointError
 
 __all__ = [
     "CheckpointDir",
     "capture_rng",
     "restore_rng",
-    "atomic_write_text",
 ]
 
 _COMPLETE = "COMPLETE"
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary sibling and an atomic rename."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def capture_rng() -> dict[str, Any]:
@@ -123,11 +111,11 @@ class CheckpointDir:
         tag = self.tag(step)
         self.root.mkdir(parents=True, exist_ok=True)
         save_states(self.root, tag)
-        atomic_write_text(self.root / tag / f"rng_rank{rank}.json", json.dumps(capture_rng()))
+        atomic_write_text(self.root / tag / f"rng_rank{rank}.json", json.dumps(capture_rng()), fsync=True)
         barrier()
         if rank == 0:
-            atomic_write_text(self.root / tag / _COMPLETE, f"{step}\n")
-            atomic_write_text(self.root / "latest", tag)
+            atomic_write_text(self.root / tag / _COMPLETE, f"{step}\n", fsync=True)
+            atomic_write_text(self.root / "latest", tag, fsync=True)
             self._rotate(keep=tag)
         barrier()
         return tag

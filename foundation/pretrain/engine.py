@@ -31,7 +31,8 @@ from tqdm.auto import tqdm
 
 from foundation.config import RecipeConfig
 from foundation.errors import CheckpointError, TrainingError
-from foundation.pretrain.checkpoint import CheckpointDir, atomic_write_text
+from foundation.atomic import atomic_write_text
+from foundation.pretrain.checkpoint import CheckpointDir
 from foundation.data.batch import to_device
 from foundation.pretrain.components import Components, TrainModule, build_components, build_objective
 from foundation.pretrain.distributed import DistInfo, init_distributed

@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any
+
+from foundation.atomic import atomic_path, atomic_write_text
 
 __all__ = ["RunLog", "plot_curves", "read_jsonl"]
 
@@ -48,10 +49,9 @@ def plot_curves(records: list[dict[str, Any]], path: str | Path, title: str = ""
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.png")
-    fig.savefig(tmp, dpi=110)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
-    os.replace(tmp, path)
     return path
 
 
@@ -89,11 +89,7 @@ class RunLog:
             self._tb = SummaryWriter(str(self.out_dir / "tensorboard"))
 
     def _rewrite(self) -> None:
-        tmp = self.path.with_name(".metrics.jsonl.tmp")
-        with open(tmp, "w") as f:
-            for r in self.records:
-                f.write(json.dumps(r) + "\n")
-        os.replace(tmp, self.path)
+        atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in self.records))
 
     def log(self, record: dict[str, Any]) -> None:
         """Append one record (must hold ``step``; ``loss`` and ``lr`` for the curves)."""
