@@ -10,11 +10,19 @@ Layout under ``<output_dir>/checkpoints``::
 A crash while a checkpoint is written leaves a folder without ``COMPLETE``;
 ``latest`` still names the previous good one, and the torso is removed at the
 next successful save.
+
+A run folder is untrusted input (copied from a colleague, a shared drive): DeepSpeed
+unpickles its state files with ``weights_only=False``, so :meth:`CheckpointDir.verify`
+first reads every ``*.pt`` of a tag with torch's ``weights_only`` unpickler, which
+refuses any global outside torch's safe set and the few DeepSpeed types a state file
+holds (:data:`DEEPSPEED_STATE_GLOBALS`). Only a folder that passes reaches DeepSpeed.
 """
 from __future__ import annotations
 
 import json
+import pickle
 import random
+import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -28,11 +36,59 @@ from foundation.errors import CheckpointError
 
 __all__ = [
     "CheckpointDir",
+    "DEEPSPEED_STATE_GLOBALS",
+    "check_state_file",
     "capture_rng",
     "restore_rng",
 ]
 
 _COMPLETE = "COMPLETE"
+# the classes DeepSpeed (0.15 - 0.19) pickles into its optimizer states, beside tensors and plain containers
+DEEPSPEED_STATE_GLOBALS = (
+    ("deepspeed.runtime.fp16.loss_scaler", "LossScaler"),
+    ("deepspeed.runtime.fp16.loss_scaler", "DynamicLossScaler"),
+    ("deepspeed.runtime.zero.config", "ZeroStageEnum"),
+    ("deepspeed.utils.tensor_fragment", "fragment_address"),
+)
+
+
+def _allowed_globals() -> list[Any]:
+    import importlib
+
+    found = []
+    for module, name in DEEPSPEED_STATE_GLOBALS:
+        try:
+            found.append(getattr(importlib.import_module(module), name))
+        except (ImportError, AttributeError):  # another DeepSpeed version: that class cannot be in its files
+            continue
+    return found
+
+
+def check_state_file(path: str | Path) -> None:
+    """Refuse a state file that could run code when unpickled, or that does not read back whole.
+
+    The file is read with ``torch.load(weights_only=True, mmap=True)``: the restricted unpickler builds only
+    tensors, plain containers and the allow-listed DeepSpeed classes, and never calls anything else; with
+    ``mmap`` the tensor data is mapped, not copied, so the check costs little memory.
+
+    Raises:
+        CheckpointError: the file names another global (a crafted or foreign pickle), or is truncated/corrupt.
+    """
+    path = Path(path)
+    try:
+        with torch.serialization.safe_globals(_allowed_globals()):
+            torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except pickle.UnpicklingError as err:
+        found = re.search(r"GLOBAL ([\w.]+)", str(err))
+        what = f"it references {found.group(1)}" if found else str(err).strip().splitlines()[-1]
+        raise CheckpointError(f"{path}: refused, the file asks to load something other than tensors and "
+                              f"DeepSpeed state ({what}); a crafted file can run code when loaded, so it is not "
+                              "loaded. Use a checkpoint from a run you trust, or re-run from its last safe "
+                              "checkpoint") from err
+    except (RuntimeError, EOFError, OSError, ValueError, AttributeError, KeyError) as err:
+        raise CheckpointError(f"{path}: unreadable state file ({type(err).__name__}: "
+                              f"{str(err).splitlines()[0] if str(err) else 'truncated'}); the checkpoint is damaged, "
+                              "resume or export from an earlier tag") from err
 
 
 def capture_rng() -> dict[str, Any]:
@@ -93,6 +149,29 @@ class CheckpointDir:
                 f"{self.complete_tags() or 'none'} or start without --resume"
             )
         return tag
+
+    def verify(self, tag: str) -> Path:
+        """Check that checkpoint ``tag`` is complete and every state file in it is safe to hand to DeepSpeed.
+
+        Returns:
+            The tag's folder.
+
+        Raises:
+            CheckpointError: no such tag, no ``COMPLETE`` marker (an interrupted write), no state file, or a
+                state file refused by :func:`check_state_file`.
+        """
+        folder = self.root / tag
+        if not folder.is_dir():
+            raise CheckpointError(f"checkpoint {folder} does not exist; complete tags: {self.complete_tags() or 'none'}")
+        if not (folder / _COMPLETE).is_file():
+            raise CheckpointError(f"checkpoint {folder} is incomplete (no {_COMPLETE} marker: its write was "
+                                  f"interrupted); use a complete tag: {self.complete_tags() or 'none'}")
+        states = sorted(folder.glob("*.pt"))
+        if not states:
+            raise CheckpointError(f"checkpoint {folder} holds no DeepSpeed state file (*.pt); is it a checkpoint?")
+        for path in states:
+            check_state_file(path)
+        return folder
 
     def save(self, save_states: Callable[[Path, str], None], step: int, rank: int,
              barrier: Callable[[], None]) -> str:

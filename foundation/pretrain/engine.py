@@ -165,6 +165,7 @@ class Engine:
         tag = ckpts.latest()
         if tag is None:
             raise CheckpointError(f"--resume: no checkpoint under {ckpts.root}; run without --resume to start anew")
+        ckpts.verify(tag)  # nothing unsafe or incomplete reaches DeepSpeed's loader
         return tag
 
     def _loader(self, dataset: Any, dist: DistInfo) -> tuple[DataLoader, ResumableDistributedSampler]:

@@ -28,13 +28,12 @@ def consolidate_fp32(ckpt_root: str | Path, tag: str, recipe: RecipeConfig) -> d
         ``{name: fp32 tensor}`` with the trained module's keys (``model.*``, ``objective.*``).
 
     Raises:
-        CheckpointError: the folder is missing or not a DeepSpeed checkpoint.
+        CheckpointError: the folder is missing, incomplete, not a DeepSpeed checkpoint, or holds a state file
+            that is unsafe to unpickle (see :meth:`CheckpointDir.verify`).
     """
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-    folder = Path(ckpt_root) / tag
-    if not folder.is_dir():
-        raise CheckpointError(f"checkpoint {folder} does not exist; list {ckpt_root} for the saved tags")
+    folder = CheckpointDir(ckpt_root).verify(tag)
     if any(folder.glob("*optim_states.pt")):
         state = get_fp32_state_dict_from_zero_checkpoint(str(ckpt_root), tag=tag)
         return {k: v.float().contiguous() for k, v in state.items()}
