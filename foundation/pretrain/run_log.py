@@ -86,7 +86,9 @@ class RunLog:
             except ImportError as err:
                 raise ImportError("train.tensorboard needs the 'tensorboard' package: "
                                   "pip install 'foundation-suite[tensorboard]'") from err
-            self._tb = SummaryWriter(str(self.out_dir / "tensorboard"))
+            # purge_step: events past the resumed step (written before a stop) are dropped, as in the JSONL log
+            purge = None if resume_step is None else resume_step + 1
+            self._tb = SummaryWriter(str(self.out_dir / "tensorboard"), purge_step=purge)
 
     def _rewrite(self) -> None:
         atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in self.records))

@@ -1,5 +1,3 @@
-import pytest
-
 from foundation.pretrain.run_log import RunLog, read_jsonl
 
 
@@ -22,3 +20,24 @@ def test_fresh_log_starts_empty(tmp_path):
     (tmp_path / "metrics.jsonl").write_text('{"step": 9, "loss": 1, "lr": 1}\n')
     log = RunLog(tmp_path, "t")
     assert log.plot() is None and read_jsonl(tmp_path / "metrics.jsonl") == []
+
+
+def _tb_steps(folder) -> list[int]:
+    """Steps of the ``loss`` scalar as TensorBoard reads the event files (purged events dropped)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(folder))
+    acc.Reload()
+    return [e.step for e in acc.Scalars("loss")]
+
+
+def test_resume_purges_tensorboard_events_past_the_resumed_step(tmp_path):
+    log = RunLog(tmp_path, "t", tensorboard=True)
+    for step in range(1, 6):
+        log.log({"step": step, "loss": 1.0 / step, "lr": 0.1})
+    log.close()
+    again = RunLog(tmp_path, "t", tensorboard=True, resume_step=3)
+    for step in (4, 5):
+        again.log({"step": step, "loss": 10.0 * step, "lr": 0.1})
+    again.close()
+    assert _tb_steps(tmp_path / "tensorboard") == [1, 2, 3, 4, 5]  # not 1..5 then 4, 5 again

@@ -13,6 +13,13 @@ over ``ema_steps`` optimizer steps (I-JEPA: 0.996 -> 1.0), applied in
 :meth:`SlimBrain.on_step_end`, which the engine calls after every optimizer step.
 The update reads both encoders' full parameters, so it needs DeepSpeed ZeRO
 stage <= 2 (ZeRO-3 partitions parameters; the hook raises TrainingError there).
+
+The average itself is kept in float32 under every precision (``ema_master``, a
+persistent buffer per target parameter, so checkpoints and resume carry it): DeepSpeed's
+bf16 mode casts the target's parameters to bf16, where ``lerp_`` at momentum 0.996 rounds
+most updates away (a step of 0.4% of a weight's distance to the encoder is below bf16's
+resolution of 2^-8 relative). The target's parameters receive a copy of the master after
+each update, in their own dtype, for the forward.
 """
 from __future__ import annotations
 
@@ -105,6 +112,9 @@ class SlimBrain(nn.Module, HubMixin):
         self.encoder = Hiera4D(config)
         self.target = copy.deepcopy(self.encoder)
         self.target.requires_grad_(False)
+        self.ema_master = nn.Module()  # float32 EMA of the target, one buffer per target parameter
+        for name, t in self.target.named_parameters():
+            self.ema_master.register_buffer(name.replace(".", "__"), t.detach().float().clone())
         self.embed_dim = self.encoder.embed_dim
         self.t_f = self.encoder.final_unit_tokens
         self.predictor = JepaPredictor(self.embed_dim, self.encoder.n_units * self.t_f, config.predictor_dim,
@@ -152,5 +162,9 @@ class SlimBrain(nn.Module, HubMixin):
             raise TrainingError(
                 "SlimBrain EMA target: parameters are partitioned by DeepSpeed ZeRO-3; set deepspeed.zero_stage <= 2"
             )
-        for t, s in pairs:
-            t.lerp_(s.to(t.dtype), 1.0 - m)
+        for (name, t), (_, s) in zip(self.target.named_parameters(), self.encoder.named_parameters()):
+            master = getattr(self.ema_master, name.replace(".", "__"))
+            if master.dtype != torch.float32:  # a buffer_dtype setting cast it: the average continues in fp32
+                master.data = master.data.float()
+            master.lerp_(s.detach().float(), 1.0 - m)
+            t.copy_(master)  # rounded to the target's compute dtype

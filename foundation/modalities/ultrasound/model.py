@@ -72,7 +72,7 @@ class UltrasoundMTLConfig:
 def _backbone(config: UltrasoundMTLConfig) -> nn.Module:
     import timm
 
-    if config.backbone not in timm.list_models():
+    if not timm.is_model(config.backbone):  # accepts pretrained tags too: efficientnet_b4.ra2_in1k
         raise ConfigError(f"model.backbone: unknown timm model {config.backbone!r}; "
                           f"{did_you_mean(config.backbone, timm.list_models('*' + config.backbone[:4] + '*'))}")
     kwargs: dict[str, Any] = {"features_only": True, "out_indices": (1, 2, 3, 4)}

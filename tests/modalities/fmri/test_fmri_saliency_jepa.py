@@ -73,6 +73,40 @@ def test_ema_schedule_and_update_closed_form():
         model.on_step_end(6)
 
 
+def _cast_params_like_deepspeed_bf16(model: torch.nn.Module) -> None:
+    """What DeepSpeed's bf16 mode does to a module: parameters cast in place, buffers left in fp32."""
+    for p in model.parameters():
+        p.data = p.data.to(torch.bfloat16)
+
+
+@pytest.mark.parametrize("buffers_cast", [False, True])
+def test_ema_under_bf16_moves_as_the_fp32_ema(buffers_cast):
+    """100 steps of small encoder updates: the bf16 model's average equals the fp32 one to 1e-2 relative
+    (rounding each update to bf16 in place would leave the target nearly frozen)."""
+    torch.manual_seed(0)
+    cfg = SlimBrainConfig(**{**TINY, "ema_start": 0.996, "ema_end": 0.996})
+    fp32, bf16 = SlimBrain(cfg), SlimBrain(cfg)
+    bf16.load_state_dict(fp32.state_dict())
+    _cast_params_like_deepspeed_bf16(bf16)
+    if buffers_cast:  # deepspeed.extra: {data_types: {buffer_dtype: bf16}} casts buffers too
+        for b in bf16.buffers():
+            b.data = b.data.to(torch.bfloat16)
+    start = [t.detach().float().clone() for t in fp32.target.parameters()]
+    g = torch.Generator().manual_seed(1)
+    for step in range(100):
+        with torch.no_grad():
+            for a, b in zip(fp32.encoder.parameters(), bf16.encoder.parameters()):
+                a.add_(1e-2 * torch.randn(a.shape, generator=g))
+                b.copy_(a)  # the bf16 model's weights are its fp32 master weights rounded (as under DeepSpeed)
+        fp32.on_step_end(step)
+        bf16.on_step_end(step)
+    moved = sum((t.float() - s0).norm() ** 2 for t, s0 in zip(fp32.target.parameters(), start)) ** 0.5
+    diff = sum((a.float() - getattr(bf16.ema_master, n.replace(".", "__")).float()).norm() ** 2
+               for (n, _), a in zip(bf16.target.named_parameters(), fp32.target.parameters())) ** 0.5
+    assert moved > 0 and diff / moved < 1e-2, (float(moved), float(diff))
+    assert all(t.dtype == torch.bfloat16 for t in bf16.target.parameters())  # the forward still runs in bf16
+
+
 def _batch(B=2, fg_units=None):
     fg = torch.ones(B, 16, dtype=torch.bool)
     if fg_units is not None:

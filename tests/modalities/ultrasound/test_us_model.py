@@ -113,6 +113,8 @@ def test_hub_round_trip_and_layer_library_activation(tmp_path, model):
 def test_config_errors():
     with pytest.raises(ConfigError, match="unknown timm model 'efficientnet_b44'"):
         UltrasoundMTL(model_config(backbone="efficientnet_b44"))
+    tagged = UltrasoundMTL(model_config(backbone="tinynet_e.in1k"))  # a pretrained tag names the same model
+    assert sum(p.numel() for p in tagged.parameters()) == sum(p.numel() for p in UltrasoundMTL(model_config()).parameters())
     with pytest.raises(ConfigError, match="task_lr_scales.lunk: unknown task"):
         model_config(task_lr_scales={"lunk": 2.0})
     with pytest.raises(ConfigError, match="did you mean 'gelu'"):
