@@ -14,7 +14,8 @@ POST   /api/models/{id}/branch/{name}                  new branch at a revision;
 GET    /api/models/{id}[/revision/{rev}]               {id, sha, private, siblings}
 GET    /api/models/{id}/tree/{rev}[/{path}]            [{type, path, size, oid}]
 HEAD   /{id}/resolve/{rev}/{file}                      X-Repo-Commit, ETag, Content-Length
-GET    /{id}/resolve/{rev}/{file}                      the bytes (Range "bytes=N-" honoured)
+GET    /{id}/resolve/{rev}/{file}                      the bytes (Range "bytes=N-" honoured; ``cut_downloads``
+                                                        cuts the next N GETs of a file off halfway)
 =====  ==============================================  ==============================================
 
 Revisions are branch names or full commit shas. Storage is in memory: every commit keeps a full
@@ -29,6 +30,7 @@ import base64
 import hashlib
 import json
 import re
+import socket
 import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -77,6 +79,7 @@ class HubServer:
     def __init__(self) -> None:
         self.repos: dict[str, _Repo] = {}
         self.requests: list[tuple[str, str]] = []
+        self.cut_downloads: dict[str, int] = {}  # file path -> GETs still to cut off halfway (fault injection)
         self._lock = threading.Lock()
         self._counter = 0
         self._httpd: ThreadingHTTPServer | None = None
@@ -310,7 +313,23 @@ def _make_handler(server: HubServer) -> type[BaseHTTPRequestHandler]:
                 start, end = int(r[1]), int(r[2]) if r[2] else len(data) - 1
                 headers["Content-Range"] = f"bytes {start}-{end}/{len(data)}"
                 data, status = data[start:end + 1], 206
+            path = unquote(m["path"])
+            if not head and server.cut_downloads.get(path, 0) > 0 and len(data) > 1:
+                server.cut_downloads[path] -= 1
+                return self._send_cut(status, data, headers)
             self._send(status, data, headers, head=head)
+
+        def _send_cut(self, status: int, body: bytes, headers: dict) -> None:
+            """Announce the whole body, send half of it, then drop the connection (a download cut off)."""
+            self.send_response(status)
+            for key, value in headers.items():
+                self.send_header(key, str(value))
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body[: len(body) // 2])
+            self.wfile.flush()
+            self.close_connection = True
+            self.connection.shutdown(socket.SHUT_RDWR)
 
         def do_GET(self) -> None:
             self._dispatch("GET")

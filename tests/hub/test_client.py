@@ -134,3 +134,26 @@ def test_server_error_becomes_hub_error_and_leaves_the_branch(hub_endpoint, tmp_
     with pytest.raises(HubError, match=rf"push to 'lab/flaky' on {hub_endpoint.url}: HTTP 500"):
         push_folder(tmp_path / "m", "lab/flaky")
     assert hub_endpoint.server.repos["lab/flaky"].branches["main"] == sha
+
+
+def test_a_download_cut_off_once_is_resumed_to_the_exact_weights(hub_endpoint):
+    model = randomized(seed=5)
+    model.push_to_hub("lab/cut")
+    hub_endpoint.server.cut_downloads[WEIGHTS_NAME] = 1  # the first GET of the weights stops halfway
+    loaded = ToyNet.from_pretrained("lab/cut", cache_dir=hub_endpoint.fresh_cache())
+    _exact(loaded(inputs()), model(inputs()))
+    assert hub_endpoint.server.cut_downloads[WEIGHTS_NAME] == 0
+    gets = [p for m, p in hub_endpoint.server.requests if m == "GET" and p.endswith(WEIGHTS_NAME)]
+    assert len(gets) >= 2  # the cut one and the resumed one
+
+
+def test_a_download_that_keeps_failing_is_a_hub_error_and_nothing_partial_loads(hub_endpoint):
+    randomized(seed=6).push_to_hub("lab/cut-always")
+    hub_endpoint.server.cut_downloads[WEIGHTS_NAME] = 1000
+    cache = hub_endpoint.fresh_cache()
+    with pytest.raises(HubError, match=r"download .lab/cut-always.*peer closed connection without sending complete"):
+        ToyNet.from_pretrained("lab/cut-always", cache_dir=cache)
+    snapshots = list(cache.glob("models--lab--cut-always/snapshots/*/*"))
+    assert WEIGHTS_NAME not in {p.name for p in snapshots}  # no partial weights file in a snapshot
+    hub_endpoint.server.cut_downloads[WEIGHTS_NAME] = 0
+    ToyNet.from_pretrained("lab/cut-always", cache_dir=cache)  # the same cache recovers once the Hub serves it
