@@ -77,19 +77,23 @@ class Record:
 
 
 class _Lenient:
-    """Rows read leniently, per kind, for one warning per file and kind."""
+    """Rows read leniently, per kind, for one warning per file and kind (with the first example)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.rows: dict[str, list[int]] = {}
+        self.rows: dict[str, tuple[str, list[int]]] = {}
+        self.bom = False
 
-    def note(self, kind: str, row: int) -> None:
-        self.rows.setdefault(kind, []).append(row)
+    def note(self, kind: str, row: int, example: str = "") -> None:
+        self.rows.setdefault(kind, (example, []))[1].append(row)
 
     def emit(self) -> None:
-        for kind, rows in self.rows.items():
+        if self.bom:
+            warnings.warn(f"{self.path}: UTF-8 byte-order mark at the start of the file skipped", stacklevel=3)
+        for kind, (example, rows) in self.rows.items():
             shown = ", ".join(str(r) for r in rows[:8]) + (f" and {len(rows) - 8} more" if len(rows) > 8 else "")
-            warnings.warn(f"{self.path}: row(s) {shown}: {kind}", stacklevel=3)
+            warnings.warn(f"{self.path}: row(s) {shown}: {kind}{f' (first: {example})' if example else ''}",
+                          stacklevel=3)
 
 
 def _integer(text: str, where: str, column: str, lenient: _Lenient, row: int) -> int:
@@ -102,8 +106,8 @@ def _integer(text: str, where: str, column: str, lenient: _Lenient, row: int) ->
         value = float("nan")
     if not math.isfinite(value) or value != int(value):
         raise DataError(f"{where}: column {column} = {text!r} is not an integer; write a whole number")
-    lenient.note(f"column {column} written as a float with an integer value (e.g. {text!r}); read as "
-                 f"the integer {int(value)}", row)
+    lenient.note(f"column {column} written as a float with an integer value, read as that integer", row,
+                 f"{text!r} -> {int(value)}")
     return int(value)
 
 
@@ -251,7 +255,7 @@ def read_csv(path: str | Path, tasks: Mapping[str, TaskSpec], *, labelled: bool 
     lenient = _Lenient(path)
     try:
         if path.read_bytes()[:3] == _BOM:
-            lenient.note("UTF-8 byte-order mark at the start of the file skipped", 1)
+            lenient.bom = True
         with path.open(newline="", encoding="utf-8-sig") as fh:
             reader = csv.DictReader(fh)
             header = reader.fieldnames or []
