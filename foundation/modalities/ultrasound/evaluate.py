@@ -10,12 +10,15 @@ metric over the tasks of a type. The rule sets (see also :mod:`~foundation.modal
   foreground classes. Detection: only images with a true box count, each scored by the IoU of the
   best predicted box. Regression: an unknown true point counts as (0, 0). AUC: 0.0 where
   undefined. Per-type means over the tasks that counted at least one image; a task without one
-  reports 0.0 for every metric and ``n`` 0, as the evaluator does.
+  reports 0.0 for every metric and ``n`` 0, as the evaluator does. One difference on broken data: a
+  missing or unreadable ground-truth mask raises :class:`~foundation.errors.DataError` here, where
+  the evaluator skips the image.
 - ``strict``: the suite's rules. A prediction must be at the ground truth's size; Dice / HD are
   averaged per image, then over the images; detection scores every image (a negative predicted as
   negative counts 1, a miss or a false alarm 0, where "predicted" means the objectness reached the
   threshold of :func:`~foundation.modalities.ultrasound.predict.predict`); unknown keypoints are
-  left out; AUC is NaN where undefined, and per-type means skip NaN.
+  left out (an image without a known point does not count; a task without one reports NaN); AUC is
+  NaN where undefined, and per-type means skip NaN.
 """
 from __future__ import annotations
 
@@ -152,7 +155,8 @@ def _regression(preds: Sequence[Prediction], rules: str) -> dict[str, float]:
             known = np.isfinite(gt).all(axis=1)
             if known.any():
                 scores.append(mean_radial_error(np.asarray(p.points)[known], gt[known]))
-    return {"mre": float(np.mean(scores)) if scores else 0.0, "n": float(len(scores))}
+    empty = 0.0 if rules == "official" else float("nan")
+    return {"mre": float(np.mean(scores)) if scores else empty, "n": float(len(scores))}
 
 
 def evaluate(predictions: Sequence[Prediction], table: Mapping[str, TaskSpec],
