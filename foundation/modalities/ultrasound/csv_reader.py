@@ -36,7 +36,7 @@ from foundation.atomic import atomic_path
 from foundation.errors import DataError, did_you_mean
 from foundation.modalities.ultrasound.tasks import TaskSpec
 
-__all__ = ["Record", "read_csv", "read_csv_folder", "write_csv", "csv_folder", "BOX_COLUMNS", "OFFICIAL_TASK_NAMES"]
+__all__ = ["BOX_COLUMNS", "OFFICIAL_TASK_NAMES", "Record", "csv_folder", "read_csv", "read_csv_folder", "write_csv"]
 
 BOX_COLUMNS = ("x_min", "y_min", "x_max", "y_max")
 OFFICIAL_TASK_NAMES = {"segmentation": "segmentation", "classification": "classification",
@@ -318,23 +318,22 @@ def write_csv(path: str | Path, records: list[Record], tasks: Mapping[str, TaskS
     columns = [*_BASE, *(["mask_path"] if "segmentation" in kinds else []),
                *(["mask"] if "classification" in kinds else []), *(BOX_COLUMNS if "detection" in kinds else ()),
                *[f"point_{k}_xy" for k in range(1, n_points + 1)], "patient_id"]
-    with atomic_path(path) as tmp:
-        with tmp.open("w", newline="", encoding="utf-8") as fh:
-            writer = csv.DictWriter(fh, columns)
-            writer.writeheader()
-            for r in records:
-                spec = tasks[r.task_id]
-                count = spec.num_points if spec.type == "regression" else spec.num_classes
-                row: dict[str, object] = {"image_path": r.image_path, "task_id": r.task_id,
-                                          "task_name": OFFICIAL_TASK_NAMES[spec.type], "num_classes": count,
-                                          "patient_id": r.group}
-                if spec.type == "classification":
-                    row["mask"] = r.label
-                elif spec.type == "segmentation":
-                    row["mask_path"] = r.mask_path
-                elif spec.type == "detection" and r.box is not None:
-                    row.update((c, repr(float(v))) for c, v in zip(BOX_COLUMNS, r.box))
-                for k, (x, y) in enumerate(r.points, start=1):
-                    row[f"point_{k}_xy"] = "" if math.isnan(x) else json.dumps([x, y])
-                writer.writerow(row)
+    with atomic_path(path) as tmp, tmp.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, columns)
+        writer.writeheader()
+        for r in records:
+            spec = tasks[r.task_id]
+            count = spec.num_points if spec.type == "regression" else spec.num_classes
+            row: dict[str, object] = {"image_path": r.image_path, "task_id": r.task_id,
+                                      "task_name": OFFICIAL_TASK_NAMES[spec.type], "num_classes": count,
+                                      "patient_id": r.group}
+            if spec.type == "classification":
+                row["mask"] = r.label
+            elif spec.type == "segmentation":
+                row["mask_path"] = r.mask_path
+            elif spec.type == "detection" and r.box is not None:
+                row.update((c, repr(float(v))) for c, v in zip(BOX_COLUMNS, r.box))
+            for k, (x, y) in enumerate(r.points, start=1):
+                row[f"point_{k}_xy"] = "" if math.isnan(x) else json.dumps([x, y])
+            writer.writerow(row)
     return path

@@ -41,8 +41,16 @@ from foundation.modalities.ultrasound.metrics import (
 from foundation.modalities.ultrasound.predict import Prediction
 from foundation.modalities.ultrasound.tasks import TASK_TYPES, TaskSpec
 
-__all__ = ["evaluate", "summarize", "results_markdown", "save_prediction_grids", "read_truth_mask",
-           "resize_nearest", "HEADLINE", "RULES"]
+__all__ = [
+    "HEADLINE",
+    "RULES",
+    "evaluate",
+    "read_truth_mask",
+    "resize_nearest",
+    "results_markdown",
+    "save_prediction_grids",
+    "summarize",
+]
 
 HEADLINE = {"segmentation": ("dice", "hd"), "classification": ("accuracy", "auc", "f1_macro", "f1_weighted", "mcc"),
             "detection": ("iou",), "regression": ("mre",)}

@@ -27,8 +27,18 @@ import math
 
 import numpy as np
 
-__all__ = ["RULES", "dice_per_class", "dice_score", "hausdorff_per_class", "hausdorff_distance", "binary_auc",
-           "multiclass_auc", "classification_scores", "box_iou", "mean_radial_error"]
+__all__ = [
+    "RULES",
+    "binary_auc",
+    "box_iou",
+    "classification_scores",
+    "dice_per_class",
+    "dice_score",
+    "hausdorff_distance",
+    "hausdorff_per_class",
+    "mean_radial_error",
+    "multiclass_auc",
+]
 
 RULES = ("official", "strict")
 

@@ -32,7 +32,7 @@ from foundation.errors import DataError
 from foundation.modalities.ultrasound.predict import Prediction
 from foundation.modalities.ultrasound.tasks import TaskSpec
 
-__all__ = ["write_submission", "mask_target", "SUBMISSION_FILES"]
+__all__ = ["SUBMISSION_FILES", "mask_target", "write_submission"]
 
 SUBMISSION_FILES = ("classification_predictions.json", "detection_predictions.json", "regression_predictions.json")
 

@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import csv
 import math
+import re
 import shutil
 from pathlib import Path
 
 import pytest
 
 from foundation.errors import DataError
-from foundation.modalities.ultrasound.csv_reader import csv_folder, read_csv, read_csv_folder, write_csv
+from foundation.modalities.ultrasound.csv_reader import (
+    csv_folder,
+    read_csv,
+    read_csv_folder,
+    write_csv,
+)
 from foundation.modalities.ultrasound.tasks import task_table
 from tests.modalities.ultrasound._helpers import TASKS
 
@@ -84,8 +90,7 @@ def test_unlabelled_test_csv(corpus, tmp_path):
     assert all(r.points == () and r.label == -1 for r in records) and not dest.exists()
 
 
-def test_write_csv_official_columns_and_values(corpus, tmp_path):
-    table = task_table(TASKS)
+def test_write_csv_official_columns_and_values(corpus):
     with (corpus / "FUGC.csv").open(newline="") as fh:
         rows = list(csv.DictReader(fh))
     # regression: the official task_name is 'Regression' and num_classes holds the number of points
@@ -151,8 +156,9 @@ def test_lenient_reads_warn_and_read_the_same_records(corpus, tmp_path, name, ed
     table = task_table(TASKS)
     edited = _rewrite(corpus, tmp_path, name, edit, encoding)
     try:
-        with pytest.warns(UserWarning, match=match) as record:
+        with pytest.warns(UserWarning) as record:
             got = read_csv(edited, table)
+        assert any(re.search(match, str(w.message)) for w in record), [str(w.message) for w in record]
         assert all(str(edited) in str(w.message) for w in record)
     finally:
         edited.unlink()
@@ -177,8 +183,8 @@ def test_missing_point_column(corpus, tmp_path):
 @pytest.mark.parametrize("name,column,value,match", [
     ("breast_2cls.csv", "mask", "1.5", r":2: column mask = '1.5' is not an integer"),
     ("breast_2cls.csv", "num_classes", "2.5", r":2: column num_classes = '2.5' is not an integer"),
-    ("breast_2cls.csv", "task_name", "segmentation", r":2: task_name = 'segmentation' but task 'breast_2cls' is a "
-                                                     "classification task; write 'classification'"),
+    ("breast_2cls.csv", "task_name", "segmentation",
+     r":2: task_name = 'segmentation' but task 'breast_2cls' is a classification task; write 'classification'"),
     ("FUGC.csv", "num_classes", "3", r":2: num_classes = '3' but task 'FUGC' has 2 points"),
 ])
 def test_ambiguous_values_raise_with_file_and_row(corpus, tmp_path, name, column, value, match):

@@ -12,10 +12,10 @@ from foundation.modalities.ultrasound.metrics import (
     binary_auc,
     box_iou,
     classification_scores,
-    multiclass_auc,
     dice_score,
     hausdorff_distance,
     mean_radial_error,
+    multiclass_auc,
 )
 
 
@@ -78,7 +78,12 @@ def test_hausdorff_empty_rules():
 
 @pytest.mark.parametrize("C,seed", [(2, 0), (3, 1), (6, 2), (8, 3)])
 def test_classification_matches_sklearn(C, seed):
-    from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef, roc_auc_score
+    from sklearn.metrics import (
+        accuracy_score,
+        f1_score,
+        matthews_corrcoef,
+        roc_auc_score,
+    )
 
     rng = np.random.default_rng(seed)
     y = rng.integers(0, C, 60)

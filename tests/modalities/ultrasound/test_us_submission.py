@@ -11,9 +11,17 @@ from PIL import Image
 
 from foundation.errors import DataError
 from foundation.modalities.ultrasound.csv_reader import read_csv_folder
-from foundation.modalities.ultrasound.evaluate import evaluate, results_markdown, save_prediction_grids
+from foundation.modalities.ultrasound.evaluate import (
+    evaluate,
+    results_markdown,
+    save_prediction_grids,
+)
 from foundation.modalities.ultrasound.predict import predict
-from foundation.modalities.ultrasound.submission import SUBMISSION_FILES, mask_target, write_submission
+from foundation.modalities.ultrasound.submission import (
+    SUBMISSION_FILES,
+    mask_target,
+    write_submission,
+)
 from foundation.modalities.ultrasound.tasks import task_table
 from tests.modalities.ultrasound._helpers import TASKS
 
