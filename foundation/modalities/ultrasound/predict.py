@@ -32,8 +32,10 @@ class Prediction:
         width: original image width.
         probs: class probabilities ``[C]`` (classification).
         mask: label map ``[H, W]`` (segmentation).
-        box: ``(x_min, y_min, x_max, y_max)`` or None when the objectness says "no object" (detection).
+        box: the best ``(x_min, y_min, x_max, y_max)`` (detection), also when the objectness says "no object":
+            the official evaluator reads a box for every image and scores only those with a true object.
         objectness: probability that there is an object (detection).
+        found: the objectness reached the threshold (detection; the strict rules score a box only then).
         points: keypoints ``[P, 2]`` (x, y) (regression).
     """
 
@@ -44,6 +46,7 @@ class Prediction:
     mask: np.ndarray | None = None
     box: tuple[float, float, float, float] | None = None
     objectness: float = float("nan")
+    found: bool = False
     points: np.ndarray | None = None
 
 
@@ -60,7 +63,7 @@ def predict(model: torch.nn.Module, records: Sequence[Record], *, image_size: in
         keep_aspect: letterbox as in training.
         batch_size: images per forward pass.
         device: where to run (default: the model's device).
-        objectness_threshold: detection: below this probability the answer is "no object".
+        objectness_threshold: detection: from this probability on, ``found`` is True (the box is always kept).
 
     Returns:
         One :class:`Prediction` per record, in order.
@@ -101,7 +104,8 @@ def predict(model: torch.nn.Module, records: Sequence[Record], *, image_size: in
                         box = g.box_to_orig(res["box"][n].float().cpu() * image_size)
                         box = torch.stack([box[0].clamp(0, g.width), box[1].clamp(0, g.height),
                                            box[2].clamp(0, g.width), box[3].clamp(0, g.height)])
-                        p.box = tuple(box.tolist()) if p.objectness >= objectness_threshold else None
+                        p.box = tuple(box.tolist())
+                        p.found = p.objectness >= objectness_threshold
                     else:
                         p.points = g.to_orig(res["points"][n].float().cpu() * image_size).numpy()
             out.extend(preds)

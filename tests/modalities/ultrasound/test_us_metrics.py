@@ -1,4 +1,5 @@
-"""Official metrics against direct computations: MONAI Dice, scipy Hausdorff, scikit-learn, torchvision IoU."""
+"""Per-image formulas against direct computations (MONAI Dice, scipy Hausdorff, scikit-learn, torchvision IoU),
+and the AUC rules of the two rule sets on hand-made edge cases (expected values written from the rules)."""
 from __future__ import annotations
 
 import math
@@ -8,11 +9,13 @@ import pytest
 import torch
 
 from foundation.modalities.ultrasound.metrics import (
+    binary_auc,
     box_iou,
     classification_scores,
     dice_score,
     hausdorff_distance,
     mean_radial_error,
+    multiclass_auc,
 )
 
 
@@ -75,7 +78,12 @@ def test_hausdorff_empty_rules():
 
 @pytest.mark.parametrize("C,seed", [(2, 0), (3, 1), (6, 2), (8, 3)])
 def test_classification_matches_sklearn(C, seed):
-    from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef, roc_auc_score
+    from sklearn.metrics import (
+        accuracy_score,
+        f1_score,
+        matthews_corrcoef,
+        roc_auc_score,
+    )
 
     rng = np.random.default_rng(seed)
     y = rng.integers(0, C, 60)
@@ -102,7 +110,7 @@ def test_classification_ties_and_degenerate_mcc():
     assert classification_scores(y, constant)["mcc"] == 0.0
 
 
-def test_box_iou_matches_torchvision_and_negative_rules():
+def test_box_iou_matches_torchvision():
     from torchvision.ops import box_iou as tv_iou
 
     rng = np.random.default_rng(0)
@@ -111,7 +119,48 @@ def test_box_iou_matches_torchvision_and_negative_rules():
         b = np.sort(rng.uniform(0, 50, (2, 2)), axis=0).T.reshape(-1)[[0, 2, 1, 3]]
         ref = tv_iou(torch.tensor(a)[None], torch.tensor(b)[None])[0, 0]
         assert box_iou(tuple(a), tuple(b)) == pytest.approx(float(ref), abs=1e-9)
-    assert box_iou(None, None) == 1.0 and box_iou((0, 0, 1, 1), None) == 0.0 and box_iou(None, (0, 0, 1, 1)) == 0.0
+
+
+def test_box_iou_by_hand():
+    assert box_iou((0, 0, 2, 2), (1, 1, 3, 3)) == pytest.approx(1 / 7)  # intersection 1, union 4 + 4 - 1
+    assert box_iou((0, 0, 2, 2), (5, 5, 6, 6)) == 0.0
+    assert box_iou((1, 1, 1, 1), (1, 1, 1, 1)) == 0.0  # empty union: 0, as the official evaluator
+
+
+def test_binary_auc_with_ties_by_hand():
+    # positives score .6, .6; negatives .2, .6: each positive beats .2 (1) and ties .6 (1/2) -> 3 of 4 pairs
+    assert binary_auc(np.array([0, 1, 1, 0]), np.array([0.2, 0.6, 0.6, 0.6])) == pytest.approx(0.75)
+
+
+def _probs(rows):
+    return np.array(rows, dtype=np.float64)
+
+
+@pytest.mark.parametrize("y,prob,official,strict", [
+    # binary task whose truth holds one class: undefined -> official 0.0, strict NaN
+    ([1, 1, 1], [[0.2, 0.8], [0.6, 0.4], [0.5, 0.5]], 0.0, math.nan),
+    # a single sample
+    ([0], [[0.7, 0.3]], 0.0, math.nan),
+    # 3 classes, class 2 absent from the truth (even though the ranking is perfect)
+    ([0, 1, 0, 1], [[0.8, 0.1, 0.1], [0.1, 0.8, 0.1], [0.7, 0.2, 0.1], [0.2, 0.7, 0.1]], 0.0, math.nan),
+    # 3 classes, all present, each class ranked first by its own column: 1.0 under both
+    ([0, 1, 2, 0], [[0.8, 0.1, 0.1], [0.1, 0.8, 0.1], [0.1, 0.1, 0.8], [0.6, 0.2, 0.2]], 1.0, 1.0),
+    # 3 classes, all present, scores that do not sum to 1 (official: scikit-learn refuses -> 0.0)
+    ([0, 1, 2], [[2.0, 0.1, 0.1], [0.1, 2.0, 0.1], [0.1, 0.1, 2.0]], 0.0, 1.0),
+    # binary, both classes: the rules agree; one positive (.9) above both negatives (.1, .4) -> 1.0
+    ([0, 1, 0], [[0.9, 0.1], [0.1, 0.9], [0.6, 0.4]], 1.0, 1.0),
+])
+def test_auc_rules_on_edge_cases(y, prob, official, strict):
+    y, prob = np.array(y), _probs(prob)
+    assert multiclass_auc(y, prob, "official") == official
+    got = multiclass_auc(y, prob, "strict")
+    assert (math.isnan(got) and math.isnan(strict)) or got == pytest.approx(strict)
+    assert classification_scores(y, prob, rules="official")["auc"] == official
+
+
+def test_auc_rules_name_checked():
+    with pytest.raises(ValueError, match="rules must be one of official, strict"):
+        multiclass_auc(np.array([0, 1]), _probs([[0.5, 0.5], [0.5, 0.5]]), "lenient")
 
 
 def test_mean_radial_error():

@@ -1,4 +1,5 @@
-"""Predictions mapped back to original pixels, the three submission files and masks, partial test sets."""
+"""Predictions mapped back to original pixels, the submission in the layout the official evaluator reads,
+partial test sets, and the evaluate / submit commands."""
 from __future__ import annotations
 
 import json
@@ -10,19 +11,29 @@ from PIL import Image
 
 from foundation.errors import DataError
 from foundation.modalities.ultrasound.csv_reader import read_csv_folder
-from foundation.modalities.ultrasound.evaluate import evaluate, results_markdown, save_prediction_grids
+from foundation.modalities.ultrasound.evaluate import (
+    evaluate,
+    results_markdown,
+    save_prediction_grids,
+)
 from foundation.modalities.ultrasound.predict import predict
-from foundation.modalities.ultrasound.submission import SUBMISSION_FILES, write_submission
+from foundation.modalities.ultrasound.submission import (
+    SUBMISSION_FILES,
+    mask_target,
+    write_submission,
+)
 from foundation.modalities.ultrasound.tasks import task_table
 from tests.modalities.ultrasound._helpers import TASKS
 
 
 class _Constant(torch.nn.Module):
     """Answers in network space with known constants: box [.25,.25,.75,.75], points (.25,.5)/(.75,.5),
-    class 1 on the left half of the mask, class probabilities favouring class 1."""
+    class 1 on the left half of the mask, class probabilities favouring class 1; ``objectness`` is the
+    detection logit (negative: "no object", the box is still the best box)."""
 
-    def __init__(self) -> None:
+    def __init__(self, objectness: float = 2.0) -> None:
         super().__init__()
+        self.objectness = objectness
         self.table = task_table(TASKS)
         self.task_ids = list(self.table)
         self.dummy = torch.nn.Parameter(torch.zeros(1))
@@ -40,7 +51,7 @@ class _Constant(torch.nn.Module):
                 res = torch.zeros(n, spec.num_classes, S, S)
                 res[:, 1, :, : S // 2] = 5.0
             elif spec.type == "detection":
-                res = {"box": torch.tensor([[0.25, 0.25, 0.75, 0.75]]).repeat(n, 1), "objectness": torch.full((n,), 2.0)}
+                res = {"box": torch.tensor([[0.25, 0.25, 0.75, 0.75]]).repeat(n, 1), "objectness": torch.full((n,), self.objectness)}
             else:
                 pts = torch.tensor([[0.25, 0.5], [0.75, 0.5]])[: spec.num_points]
                 res = {"points": pts.repeat(n, 1, 1)}
@@ -88,26 +99,89 @@ def test_submission_files_for_a_partial_test_set(corpus, tmp_path):
     assert set(reg[0]) == {"image_path", "task_id", "predicted_points_normalized", "predicted_points_pixels"}
     p0 = next(p for p in preds if p.record.task_id == "FUGC")
     r0 = next(r for r in reg if r["image_path"] == p0.record.image_path)
-    assert np.allclose(np.array(r0["predicted_points_normalized"]) * [p0.width, p0.height], r0["predicted_points_pixels"])
-    masks = sorted((tmp_path / "sub" / "masks" / "fetal_head").glob("*.png"))
-    assert len(masks) == 8
-    seg = next(p for p in preds if p.record.task_id == "fetal_head")
-    saved = np.asarray(Image.open(tmp_path / "sub" / "masks" / "fetal_head" / seg.record.image.name))
-    assert saved.shape == (seg.height, seg.width) and (saved == seg.mask).all()
+    # flat [x1, y1, x2, y2] as in the challenge README
+    assert r0["predicted_points_pixels"] == pytest.approx(p0.points.reshape(-1).tolist())
+    assert np.allclose(np.array(r0["predicted_points_normalized"]) * ([p0.width, p0.height] * 2),
+                       r0["predicted_points_pixels"])
+    # the demo corpus's mask_path is ../masks/<name>: stripped of '../' -> masks/<name> under the root
+    assert len(paths["masks"]) == 8
     assert {p.name for p in (tmp_path / "sub").iterdir()} == {*SUBMISSION_FILES, "masks"}
+
+
+@pytest.mark.parametrize("mask_path,image_path,expected", [
+    ("../masks/a.png", "", "masks/a.png"),
+    ("../Segmentation/Two/ds/MASKS/mask_001.png", "", "Segmentation/Two/ds/MASKS/mask_001.png"),  # the README's
+    ("../../x/../y.png", "", "x/y.png"),  # every '../' removed, as str.replace does
+    ("", "../images/img_7.jpg", "images/img_7.png"),  # no mask_path: the image path, suffix .png
+])
+def test_mask_target_strips_every_parent_step(mask_path, image_path, expected):
+    assert str(mask_target(mask_path, image_path)) == expected
+
+
+@pytest.mark.parametrize("mask_path", ["/abs/m.png", "masks/.."])
+def test_mask_target_refuses_paths_leaving_the_submission(mask_path):
+    with pytest.raises(DataError, match="does not stay inside the submission"):
+        mask_target(mask_path)
+
+
+def test_every_row_of_the_corpus_lands_where_the_evaluator_reads(corpus, tmp_path):
+    """For every CSV row: the mask at the stripped mask_path, grayscale, the predicted class values; every
+    detection entry four finite numbers, also for images the model calls empty."""
+    import csv
+
+    table = task_table(TASKS)
+    records = read_csv_folder(corpus, table, labelled=False)
+    preds = predict(_Constant(objectness=-2.0), records, image_size=64)
+    assert all(not p.found for p in preds if table[p.record.task_id].type == "detection")
+    root = tmp_path / "sub"
+    write_submission(preds, table, root)
+    by_image = {(p.record.task_id, p.record.image_path): p for p in preds}
+    rows = [row for f in sorted(corpus.glob("*.csv")) for row in csv.DictReader(f.open())]
+    seg_rows = [row for row in rows if row["task_name"] == "segmentation"]
+    assert len(seg_rows) == 16
+    for row in seg_rows:
+        written = root / row["mask_path"].replace("../", "")
+        with Image.open(written) as im:
+            assert im.mode == "L"
+            saved = np.asarray(im)
+        assert (saved == by_image[(row["task_id"], row["image_path"])].mask).all()
+    det = json.loads((root / "detection_predictions.json").read_text())
+    det_rows = [row for row in rows if row["task_name"] == "detection"]
+    assert {(d["task_id"], d["image_path"]) for d in det} == {(r["task_id"], r["image_path"]) for r in det_rows}
+    for d in det:
+        assert len(d["bbox_pixels"]) == 4 and all(np.isfinite(d["bbox_pixels"]))
+        assert len(d["bbox_normalized"]) == 4 and all(0 <= v <= 1 for v in d["bbox_normalized"])
+
+
+def test_clashing_masks_refused_before_anything_is_written(corpus, tmp_path):
+    from dataclasses import replace
+
+    table = task_table(TASKS)
+    records = [r for r in read_csv_folder(corpus, table) if r.task_id == "fetal_head"][:2]
+    preds = predict(_Constant(), records, image_size=64)
+    preds[1].record = replace(preds[1].record, mask_path=preds[0].record.mask_path)
+    preds[0].mask = np.ones((preds[0].height, preds[0].width), np.int64)
+    preds[1].mask = np.zeros((preds[1].height, preds[1].width), np.int64)
+    with pytest.raises(DataError, match="writes a different mask"):
+        write_submission(preds, table, tmp_path / "sub")
+    assert not (tmp_path / "sub").exists()
 
 
 def test_evaluation_table_and_grids(corpus, tmp_path):
     table = task_table(TASKS)
     records = read_csv_folder(corpus, table)
     preds = predict(_Constant(), records, image_size=64)
-    per_task = evaluate(preds, table)
-    assert set(per_task) == set(TASKS)
+    results = {rules: evaluate(preds, table, rules) for rules in ("official", "strict")}
+    assert set(results["official"]) == set(TASKS) == set(results["strict"])
     # the constant answer "class 1" gives accuracy = share of class-1 labels
     labels = [r.label for r in records if r.task_id == "breast_2cls"]
-    assert per_task["breast_2cls"]["accuracy"] == pytest.approx(np.mean(np.array(labels) == 1))
-    md = results_markdown(per_task, table)
-    assert "| **mean** | segmentation |" in md and "mre" in md
+    assert results["official"]["breast_2cls"]["accuracy"] == pytest.approx(np.mean(np.array(labels) == 1))
+    # detection: the official rules count the images with a true box only (7 of the 8 in the corpus)
+    assert results["official"]["thyroid_nodule_det"]["n"] == 7 and results["strict"]["thyroid_nodule_det"]["n"] == 8
+    md = results_markdown(results, table)
+    assert "| thyroid_nodule_det | detection | official | 7 |" in md
+    assert "| thyroid_nodule_det | detection | strict | 8 |" in md
+    assert "| **mean of 2 tasks** | segmentation | official |" in md and "| **mean of 1 tasks** | regression | strict |" in md
     written = save_prediction_grids(preds, table, tmp_path / "grids")
     assert len(written) == 4 and all(p.stat().st_size > 0 for p in written)
 
@@ -126,12 +200,20 @@ def test_commands_evaluate_and_submit(corpus, tmp_path):
     from tests.modalities.ultrasound._helpers import model_config
 
     UltrasoundMTL(model_config()).save_pretrained(tmp_path / "export")
+    # --data-root: the csv_files folder itself here, the folder above it (the official layout) for submit
     assert main(["evaluate", "--model", str(tmp_path / "export"), "--data-root", str(corpus),
-                 "--out", str(tmp_path / "eval"), "--image-size", "64"]) == 0
+                 "--out", str(tmp_path / "eval"), "--image-size", "64", "--split", "all"]) == 0
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
-    assert set(metrics["per_task"]) == set(TASKS) and set(metrics["per_type"]) == {
-        "segmentation", "classification", "detection", "regression"}
+    assert set(metrics) == {"official", "strict"}
+    for rules in metrics.values():
+        assert set(rules["per_task"]) == set(TASKS) and set(rules["per_type"]) == {
+            "segmentation", "classification", "detection", "regression"}
+    assert "| official |" in (tmp_path / "eval" / "results.md").read_text()
     assert (tmp_path / "eval" / "predictions_detection.png").is_file()
-    assert main(["submit", "--model", str(tmp_path / "export"), "--data-root", str(corpus),
+    assert main(["evaluate", "--model", str(tmp_path / "export"), "--data-root", str(corpus),
+                 "--out", str(tmp_path / "eval1"), "--image-size", "64", "--rules", "official"]) == 0
+    assert set(json.loads((tmp_path / "eval1" / "metrics.json").read_text())) == {"official"}
+    assert main(["submit", "--model", str(tmp_path / "export"), "--data-root", str(corpus.parent),
                  "--out", str(tmp_path / "sub"), "--image-size", "64"]) == 0
     assert len(json.loads((tmp_path / "sub" / "detection_predictions.json").read_text())) == 8
+    assert len(list((tmp_path / "sub" / "masks").glob("*.png"))) == 16
