@@ -1,7 +1,7 @@
 """The SLIM-Brain JEPA objective: mask-unit deletion, smooth-L1 on layer-normed EMA-target features.
 
 I-JEPA (Assran et al., https://arxiv.org/abs/2301.08243) on Hiera mask units:
-per sample, ``mask_ratio`` (about 70%, REFERENCE.md) of the foreground mask units
+per sample, ``mask_ratio`` (about 70% in SLIM-Brain; unverified) of the foreground mask units
 are deleted from the context encoder's input and become the prediction targets;
 background-only units (``batch["unit_fg"]`` False) are deleted from every encoder.
 Loss: ``smooth_l1(prediction, layer_norm(target), beta)``. The target features'
@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from foundation.data.masking import sample_keep
 from foundation.errors import ConfigError, DataError
-from foundation.modalities.fmri.hiera_utils import sample_units
 
 __all__ = ["JepaConfig", "JepaObjective"]
 
@@ -65,7 +65,7 @@ class JepaObjective(nn.Module):
                 f"JEPA: a window has {int(n_fg.min())} foreground mask unit(s); need >= 2 (one context, one target); "
                 "check the brain mask or use smaller mask units"
             )
-        keep, drop = sample_units(fg, self.config.mask_ratio)
+        keep, drop = sample_keep(fg, self.config.mask_ratio, keep_one_masked=True)
         pred, tgt, std = model(batch["x"], keep, drop)
         loss = F.smooth_l1_loss(pred.float(), tgt.float(), beta=self.config.beta)
         if float(std) < self.config.collapse_std:
