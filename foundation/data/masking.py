@@ -19,7 +19,7 @@ def n_visible(n_valid: int, mask_ratio: float, keep_one_masked: bool = False) ->
     a single valid token then has none visible).
     """
     n_keep = min(max(1, round(n_valid * (1.0 - mask_ratio))), n_valid)
-    return min(n_keep, n_valid - 1) if keep_one_masked else n_keep
+    return max(0, min(n_keep, n_valid - 1)) if keep_one_masked else n_keep
 
 
 def sample_keep(valid: torch.Tensor, mask_ratio: float, generator: torch.Generator | None = None,
