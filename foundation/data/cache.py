@@ -73,6 +73,12 @@ def fingerprint(signatures: Sequence[Any], settings: dict[str, Any], version: st
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def _line(entry: dict[str, Any]) -> str:
+    """A left-out source and its reason, the source named once."""
+    reason = entry["reason"]
+    return reason if reason.startswith(entry["source"]) else f"{entry['source']}: {reason}"
+
+
 @dataclass
 class Part:
     """What one source becomes: arrays stored as ``parts/<key>.<name>.npy`` and JSON metadata for the index."""
@@ -178,7 +184,7 @@ class DataCache:
                 entries.append({"source": name, "key": key, "meta": part.meta})
                 listed.append({"source": name, "status": "kept"})
             if not entries:
-                reasons = "\n".join(f"  {e['source']}: {e['reason']}" for e in listed) or "  (no source given)"
+                reasons = "\n".join(f"  {_line(e)}" for e in listed) or "  (no source given)"
                 raise DataError(f"{b.kind} cache {self.folder}: none of the {len(sources)} source(s) could be cached; "
                                 f"fix or replace them:\n{reasons}")
             extra = b.finalize(stage, entries)
@@ -190,7 +196,7 @@ class DataCache:
             (stage / REPORT).write_text(json.dumps(report, indent=1))
             replace_folder(stage, self.folder)
             if report["n_left_out"]:
-                lines = "\n".join(f"  {e['source']}: {e['reason']}" for e in listed if e["status"] == "left_out")
+                lines = "\n".join(f"  {_line(e)}" for e in listed if e["status"] == "left_out")
                 log.warning("%d of %d source(s) left out of %s (listed in %s):\n%s", report["n_left_out"],
                             len(sources), self.folder, REPORT, lines)
             return report

@@ -59,12 +59,12 @@ class FMRICacheBuilder(CacheBuilder):
         cfg = self.preprocess
         if cfg.mask == "mni" and self._mni is None:
             self._mni = load_mni_mask()
+        scan = read_scan(source)
         meta: dict[str, Any] = {}
         if self.labels is not None:
             if source.name not in self.labels:
                 raise DataError(f"{source}: no label for {source.name!r} in the labels table; add it or remove the scan")
             meta["label"] = self.labels[source.name]
-        scan = read_scan(source)
         vol, mask = preprocess_scan(scan, cfg, self._mni)
         if vol.shape[0] < self.min_frames:
             raise DataError(f"{source}: {vol.shape[0]} frames at TR {cfg.tr} s (source {scan.n_times} at {scan.tr} s) "
