@@ -147,6 +147,7 @@ class EEGWindows(torch.utils.data.Dataset):
         n_ch = sorted({len(r["channels"]) for r in recordings})
         pre = idx["settings"]["preprocess"]
         src = "the generated demo corpus" if is_demo(self.config.source) else f"recordings under {self.config.source}"
+        left = self.cache.report()["n_left_out"]
         return (f"{len(self)} windows of {idx['window_seconds']:g} s at {idx['sfreq']:g} Hz from {len(recordings)} "
-                f"recordings of {len(self.subjects)} subjects ({src}); channel counts {n_ch}; band-pass "
-                f"{pre['l_freq']}-{pre['h_freq']} Hz; statistics targets: {', '.join(idx['stat_names'])}.")
+                f"recordings of {len(self.subjects)} subjects ({src}; {left} left out); channel counts {n_ch}; "
+                f"band-pass {pre['l_freq']}-{pre['h_freq']} Hz; statistics targets: {', '.join(idx['stat_names'])}.")
