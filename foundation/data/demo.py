@@ -17,7 +17,7 @@ from typing import Any
 from foundation.atomic import replace_folder
 from foundation.errors import ConfigError
 
-__all__ = ["DEMO", "is_demo", "check_source", "demo_folder", "make_once", "STAMP"]
+__all__ = ["DEMO", "is_demo", "check_source", "demo_folder", "source_path", "make_once", "STAMP"]
 
 DEMO = "demo"
 STAMP = "demo_corpus.json"
@@ -43,6 +43,20 @@ def demo_folder(cache_dir: str | Path) -> Path:
     """Where the demo corpus of a cache lives: a sibling ``<cache_dir>-demo`` (outside the replaceable cache)."""
     cache = Path(cache_dir)
     return cache.parent / f"{cache.name}-demo"
+
+
+def source_path(source: str, cache_dir: str | Path, inside: str = "") -> Path:
+    """The folder a ``data.source`` names: the demo corpus (``<cache_dir>-demo[/inside]``) or ``source`` itself.
+
+    Args:
+        source: the recipe's ``data.source``.
+        cache_dir: the recipe's ``data.cache_dir``.
+        inside: the data folder inside the demo corpus (e.g. ``csv_files``), when not its root.
+    """
+    if not is_demo(source):
+        return Path(source)
+    root = demo_folder(cache_dir)
+    return root / inside if inside else root
 
 
 def make_once(root: str | Path, params: dict[str, Any], write: Callable[[Path], None]) -> Path:

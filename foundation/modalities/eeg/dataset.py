@@ -10,14 +10,13 @@ ones, so no padding reaches attention.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
 from foundation.data.cache import DataCache
-from foundation.data.demo import check_source, demo_folder, is_demo
+from foundation.data.demo import check_source, is_demo, source_path
 from foundation.errors import ConfigError, DataError
 from foundation.modalities.eeg.cache import EEGCacheBuilder
 from foundation.modalities.eeg.demo_corpus import DemoCorpusConfig, make_demo_corpus
@@ -47,10 +46,6 @@ class EEGWindowsConfig:
             raise ConfigError(f"data.window_seconds must be a positive whole number of seconds (1-s patches), "
                               f"got {self.window_seconds}")
         check_source(self.source)
-
-
-def _source_root(config: EEGWindowsConfig) -> Path:
-    return demo_folder(config.cache_dir) if is_demo(config.source) else Path(config.source)
 
 
 def _cache(config: EEGWindowsConfig) -> DataCache:
@@ -84,13 +79,13 @@ class EEGWindows(torch.utils.data.Dataset):
             The cache report (every recording, kept or left out and why).
         """
         if is_demo(config.source):
-            make_demo_corpus(_source_root(config), config.demo)
-        return _cache(config).prepare(find_recordings(_source_root(config)))
+            make_demo_corpus(source_path(config.source, config.cache_dir), config.demo)
+        return _cache(config).prepare(find_recordings(source_path(config.source, config.cache_dir)))
 
     def __init__(self, config: EEGWindowsConfig) -> None:
         self.config = config
         self.cache = _cache(config)
-        self.index = self.cache.index(lambda: find_recordings(_source_root(config)))
+        self.index = self.cache.index(lambda: find_recordings(source_path(config.source, config.cache_dir)))
         self.windows = self.cache.array("windows")
         self.positions = self.cache.array("positions")
         self.chan_mask = self.cache.array("chan_mask")

@@ -24,7 +24,7 @@ import torch
 
 from foundation.atomic import atomic_write_json
 from foundation.data.cache import DataCache
-from foundation.data.demo import check_source, demo_folder, is_demo
+from foundation.data.demo import check_source, is_demo, source_path
 from foundation.errors import ConfigError, DataError
 from foundation.modalities.fmri.cache import FMRICacheBuilder, open_scan
 from foundation.modalities.fmri.hiera_utils import unit_foreground
@@ -84,10 +84,6 @@ def _read_table(path: Path) -> dict[str, dict[str, str]]:
     return {row["file"]: row for row in (dict(zip(head, line.split("\t"))) for line in lines[1:])}
 
 
-def _source_root(config: FMRIWindowsConfig) -> Path:
-    return demo_folder(config.cache_dir) if is_demo(config.source) else Path(config.source)
-
-
 def _labels(config: FMRIWindowsConfig) -> dict[str, dict[str, str]] | None:
     """The labels table (``data.labels``, else ``labels.tsv`` of the source when there is one)."""
     if config.labels:
@@ -95,7 +91,7 @@ def _labels(config: FMRIWindowsConfig) -> dict[str, dict[str, str]] | None:
         if not path.is_file():
             raise DataError(f"data.labels: {path} does not exist; give a TSV with a 'file' column or leave it empty")
         return _read_table(path)
-    path = _source_root(config) / "labels.tsv"
+    path = source_path(config.source, config.cache_dir) / "labels.tsv"
     return _read_table(path) if path.is_file() else None
 
 
@@ -124,7 +120,7 @@ class FMRIWindows(torch.utils.data.Dataset):
         from foundation.modalities.fmri.demo_corpus import make_demo_corpus
         from foundation.modalities.fmri.saliency import random_windows, top_k_windows
 
-        source = _source_root(config)
+        source = source_path(config.source, config.cache_dir)
         if is_demo(config.source):
             make_demo_corpus(source, config.demo_subjects, config.demo_frames, voxel_size=config.demo_voxel_size,
                              seed=config.seed)
@@ -149,7 +145,7 @@ class FMRIWindows(torch.utils.data.Dataset):
     def __init__(self, config: FMRIWindowsConfig) -> None:
         self.config = config
         self.cache = _cache(config)
-        self.index = self.cache.index(lambda: find_scans(_source_root(config)))
+        self.index = self.cache.index(lambda: find_scans(source_path(config.source, config.cache_dir)))
         self.scans = self.index["entries"]
         path = self.windows_file(config)
         if not path.exists():

@@ -21,14 +21,13 @@ Augmentation defaults (zoom 0.15, shift 0.05, intensity 0.15) are ours (unverifi
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
 from foundation.data.cache import DataCache
-from foundation.data.demo import check_source, demo_folder, is_demo
+from foundation.data.demo import check_source, demo_folder, is_demo, source_path
 from foundation.errors import ConfigError, DataError
 from foundation.modalities.ultrasound.augment import Geometry, fit_geometry, jitter_intensity, random_geometry, warp
 from foundation.modalities.ultrasound.cache import UltrasoundCacheBuilder, record_name
@@ -113,10 +112,6 @@ def collate_batches(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Ten
     return {k: torch.cat([it[k] for it in items]) for k in items[0]}
 
 
-def _csv_folder(config: UltrasoundDataConfig) -> Path:
-    return demo_folder(config.cache_dir) / "csv_files" if is_demo(config.source) else Path(config.source)
-
-
 def _cache(config: UltrasoundDataConfig) -> DataCache:
     table = task_table(config.tasks, config.extra_tasks, "data")
     return DataCache(config.cache_dir, UltrasoundCacheBuilder(table, config.image_size, config.keep_aspect))
@@ -168,7 +163,7 @@ class UltrasoundDataset(torch.utils.data.Dataset):
         """Every record of the selected tasks (all splits)."""
         table = task_table(config.tasks, config.extra_tasks, "data")
         keep = set(config.train_tasks or table)
-        root = _csv_folder(config)
+        root = source_path(config.source, config.cache_dir, inside="csv_files")
         if not root.is_dir() or not any(root.glob("*.csv")):
             hint = "run UltrasoundDataset.prepare(config) first" if is_demo(config.source) else \
                 "point data.source at the challenge's csv_files folder, or set data.source: demo"
