@@ -35,9 +35,7 @@ from foundation.modalities.eeg.neurostats import StatsConfig, stat_names, window
 from foundation.modalities.eeg.preprocess import PreprocessConfig, cut_windows, preprocess
 from foundation.modalities.eeg.reader import read_recording
 
-__all__ = ["EEGCacheBuilder", "CACHE_FILES"]
-
-CACHE_FILES = ("windows", "positions", "chan_mask", "stats", "labels", "subjects")
+__all__ = ["EEGCacheBuilder"]
 
 
 class EEGCacheBuilder(CacheBuilder):

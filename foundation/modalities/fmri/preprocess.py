@@ -154,12 +154,12 @@ def brain_mask(kind: str, data: np.ndarray, affine: np.ndarray, threshold: float
     return mask
 
 
-def preprocess_scan(scan: Scan, spec: PreprocessConfig, mni: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+def preprocess_scan(scan: Scan, config: PreprocessConfig, mni: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Resample, mask, z-score and crop/pad one scan.
 
     Args:
         scan: a scan from :func:`~foundation.modalities.fmri.reader.read_scan`.
-        spec: the target grid, voxel size, TR and mask.
+        config: the target grid, voxel size, TR and mask.
         mni: a preloaded :func:`load_mni_mask` (for many scans).
 
     Returns:
@@ -169,16 +169,16 @@ def preprocess_scan(scan: Scan, spec: PreprocessConfig, mni: tuple[np.ndarray, n
         DataError: an empty brain mask.
     """
     data, affine = scan.data, scan.affine
-    if spec.voxel_size > 0:
-        factors = tuple(v / spec.voxel_size for v in scan.voxel_size)
+    if config.voxel_size > 0:
+        factors = tuple(v / config.voxel_size for v in scan.voxel_size)
         if any(abs(f - 1) > 1e-3 for f in factors):
             data = _zoom(data, factors + (1.0,), order=1)
             affine = affine.copy()
             affine[:3, :3] = affine[:3, :3] / np.asarray(factors)[None, :]
-    if spec.tr > 0 and abs(scan.tr - spec.tr) > 1e-6:
-        data = resample_tr(data, scan.tr, spec.tr)
-    mask = brain_mask(spec.mask, data, affine, spec.compute_threshold, where=f"{scan.path}: ", mni=mni)
+    if config.tr > 0 and abs(scan.tr - config.tr) > 1e-6:
+        data = resample_tr(data, scan.tr, config.tr)
+    mask = brain_mask(config.mask, data, affine, config.compute_threshold, where=f"{scan.path}: ", mni=mni)
     vol = zscore_in_mask(data, mask)
-    vol, mask = crop_or_pad(vol, spec.grid), crop_or_pad(mask, spec.grid)
+    vol, mask = crop_or_pad(vol, config.grid), crop_or_pad(mask, config.grid)
     # [X, Y, Z, T] -> [T, Z, Y, X]
     return np.ascontiguousarray(vol.transpose(3, 2, 1, 0)), np.ascontiguousarray(mask.transpose(2, 1, 0))
