@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from foundation.modalities.ultrasound.augment import fit_geometry, warp  # noqa: E402
 from foundation.modalities.ultrasound.dataset import (  # noqa: E402
-    UltrasoundDataConfig,
+    UltrasoundDatasetConfig,
     UltrasoundDataset,
     collate_batches,
 )
@@ -61,7 +61,7 @@ def _timed(fn, iters: int, sync) -> float:
 
 
 def run(name: str, cfg: dict, csv_dir: Path, cache: Path, device: torch.device) -> dict[str, float]:
-    data_cfg = UltrasoundDataConfig(source=str(csv_dir), image_size=cfg["size"], batch_size=cfg["batch"],
+    data_cfg = UltrasoundDatasetConfig(source=str(csv_dir), image_size=cfg["size"], batch_size=cfg["batch"],
                                     mixed_tasks=True, cache_dir=str(cache))
     UltrasoundDataset.prepare(data_cfg)
     data = UltrasoundDataset(data_cfg)

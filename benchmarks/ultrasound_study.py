@@ -34,7 +34,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from foundation.config import TrainConfig  # noqa: E402
-from foundation.modalities.ultrasound.dataset import UltrasoundDataConfig, UltrasoundDataset  # noqa: E402
+from foundation.modalities.ultrasound.dataset import UltrasoundDatasetConfig, UltrasoundDataset  # noqa: E402
 from foundation.modalities.ultrasound.demo_corpus import make_demo_corpus  # noqa: E402
 from foundation.modalities.ultrasound.evaluate import evaluate  # noqa: E402
 from foundation.modalities.ultrasound.model import UltrasoundMTL, UltrasoundMTLConfig  # noqa: E402
@@ -53,7 +53,7 @@ HIGHER = {"dice": True, "accuracy": True, "iou": True, "mre": False}
 def train_one(tasks: tuple[str, ...], csv_dir: Path, cache: Path, steps: int, balancing: str, mixed: bool,
               args: argparse.Namespace) -> tuple[UltrasoundMTL, float]:
     torch.manual_seed(args.seed)
-    data_cfg = UltrasoundDataConfig(
+    data_cfg = UltrasoundDatasetConfig(
         source=str(csv_dir), tasks=tasks, image_size=args.size, batch_size=args.batch, mixed_tasks=mixed,
         cache_dir=str(cache / "-".join(tasks)), split="train")
     UltrasoundDataset.prepare(data_cfg)  # one cache per task set serves the train and val splits
@@ -78,7 +78,7 @@ def train_one(tasks: tuple[str, ...], csv_dir: Path, cache: Path, steps: int, ba
 
 
 def scores(model: UltrasoundMTL, csv_dir: Path, cache: Path, tasks: tuple[str, ...], args) -> dict[str, float]:
-    val = UltrasoundDataset(UltrasoundDataConfig(source=str(csv_dir), tasks=tasks, image_size=args.size,
+    val = UltrasoundDataset(UltrasoundDatasetConfig(source=str(csv_dir), tasks=tasks, image_size=args.size,
                                                  cache_dir=str(cache / "-".join(tasks)), split="val"))
     per_task = evaluate(predict(model, val.records, image_size=args.size), model.table)
     return {t: per_task[t][HEADLINE[model.table[t].type]] for t in tasks}

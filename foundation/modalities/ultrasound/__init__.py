@@ -7,7 +7,7 @@ Importing is cheap: timm, MONAI and pydicom load inside the functions that need 
 """
 from __future__ import annotations
 
-from foundation.modalities.ultrasound.dataset import UltrasoundDataConfig, UltrasoundDataset
+from foundation.modalities.ultrasound.dataset import UltrasoundDatasetConfig, UltrasoundDataset
 from foundation.modalities.ultrasound.labelled import UltrasoundImages, UltrasoundImagesConfig
 from foundation.modalities.ultrasound.model import UltrasoundMTL, UltrasoundMTLConfig
 from foundation.modalities.ultrasound.objective import MultiTaskObjective, MultiTaskObjectiveConfig
@@ -17,7 +17,7 @@ __all__ = [
     "BUILTIN_TASKS",
     "TaskSpec",
     "task_table",
-    "UltrasoundDataConfig",
+    "UltrasoundDatasetConfig",
     "UltrasoundDataset",
     "UltrasoundImages",
     "UltrasoundImagesConfig",

@@ -35,7 +35,7 @@ from foundation.modalities.ultrasound.csv_reader import Record, read_csv_folder
 from foundation.modalities.ultrasound.sampler import SAMPLING_MODES, BatchPlanner
 from foundation.modalities.ultrasound.tasks import TaskSpec, task_table
 
-__all__ = ["UltrasoundDataConfig", "UltrasoundDataset", "collate_batches", "split_records"]
+__all__ = ["UltrasoundDatasetConfig", "UltrasoundDataset", "collate_batches", "split_records"]
 
 
 def _h(text: str) -> dict[str, str]:
@@ -43,7 +43,7 @@ def _h(text: str) -> dict[str, str]:
 
 
 @dataclass
-class UltrasoundDataConfig:
+class UltrasoundDatasetConfig:
     """Where the CSVs are, which tasks and split, image geometry, sampling and augmentation."""
 
     source: str = field(default="demo", metadata=_h("folder of the challenge CSVs (paths in them are relative to it), or 'demo' to generate the demo corpus"))
@@ -112,7 +112,7 @@ def collate_batches(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Ten
     return {k: torch.cat([it[k] for it in items]) for k in items[0]}
 
 
-def _cache(config: UltrasoundDataConfig) -> DataCache:
+def _cache(config: UltrasoundDatasetConfig) -> DataCache:
     table = task_table(config.tasks, config.extra_tasks, "data")
     return DataCache(config.cache_dir, UltrasoundCacheBuilder(table, config.image_size, config.keep_aspect))
 
@@ -120,10 +120,10 @@ def _cache(config: UltrasoundDataConfig) -> DataCache:
 class UltrasoundDataset(torch.utils.data.Dataset):
     """Multi-task ultrasound batches from challenge CSVs (see the module docstring for the layout)."""
 
-    config_class = UltrasoundDataConfig
+    config_class = UltrasoundDatasetConfig
     collate = staticmethod(collate_batches)
 
-    def __init__(self, config: UltrasoundDataConfig) -> None:
+    def __init__(self, config: UltrasoundDatasetConfig) -> None:
         self.config = config
         self.table: dict[str, TaskSpec] = task_table(config.tasks, config.extra_tasks, "data")
         self.task_ids = list(self.table)
@@ -145,7 +145,7 @@ class UltrasoundDataset(torch.utils.data.Dataset):
                                     config.mixed_tasks)
 
     @classmethod
-    def prepare(cls, config: UltrasoundDataConfig) -> dict[str, Any]:
+    def prepare(cls, config: UltrasoundDatasetConfig) -> dict[str, Any]:
         """Generate the demo corpus (``source: demo``) and build the cache unless it is up to date.
 
         Returns:
@@ -159,7 +159,7 @@ class UltrasoundDataset(torch.utils.data.Dataset):
         return _cache(config).prepare(cls._read(config))
 
     @staticmethod
-    def _read(config: UltrasoundDataConfig) -> list[Record]:
+    def _read(config: UltrasoundDatasetConfig) -> list[Record]:
         """Every record of the selected tasks (all splits)."""
         table = task_table(config.tasks, config.extra_tasks, "data")
         keep = set(config.train_tasks or table)
@@ -177,7 +177,7 @@ class UltrasoundDataset(torch.utils.data.Dataset):
         return records
 
     @staticmethod
-    def _split(config: UltrasoundDataConfig, records: list[Record]) -> list[Record]:
+    def _split(config: UltrasoundDatasetConfig, records: list[Record]) -> list[Record]:
         if config.split == "all":
             return records
         train, val = split_records(records, config.val_fraction, config.split_seed)

@@ -19,14 +19,14 @@ import torch
 
 from foundation.data.demo import is_demo
 from foundation.errors import ConfigError, did_you_mean
-from foundation.modalities.ultrasound.dataset import UltrasoundDataConfig, UltrasoundDataset
+from foundation.modalities.ultrasound.dataset import UltrasoundDatasetConfig, UltrasoundDataset
 from foundation.modalities.ultrasound.tasks import task_table
 
 __all__ = ["UltrasoundImagesConfig", "UltrasoundImages"]
 
 
 @dataclass
-class UltrasoundImagesConfig(UltrasoundDataConfig):
+class UltrasoundImagesConfig(UltrasoundDatasetConfig):
     """The multi-task data config plus the one classification task to serve."""
 
     task: str = field(default="breast_3cls", metadata={"help": "classification task id whose images are served"})
@@ -56,9 +56,9 @@ class UltrasoundImages(torch.utils.data.Dataset):
         return UltrasoundDataset.prepare(cls._inner_config(config))
 
     @staticmethod
-    def _inner_config(config: UltrasoundImagesConfig) -> UltrasoundDataConfig:
-        fields = {k: getattr(config, k) for k in UltrasoundDataConfig.__dataclass_fields__}
-        return UltrasoundDataConfig(**{**fields, "train_tasks": (config.task,), "augment": False})
+    def _inner_config(config: UltrasoundImagesConfig) -> UltrasoundDatasetConfig:
+        fields = {k: getattr(config, k) for k in UltrasoundDatasetConfig.__dataclass_fields__}
+        return UltrasoundDatasetConfig(**{**fields, "train_tasks": (config.task,), "augment": False})
 
     def __init__(self, config: UltrasoundImagesConfig) -> None:
         self.config = config

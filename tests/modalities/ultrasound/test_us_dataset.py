@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from foundation.errors import ConfigError, DataError
-from foundation.modalities.ultrasound.dataset import UltrasoundDataConfig, UltrasoundDataset
+from foundation.modalities.ultrasound.dataset import UltrasoundDatasetConfig, UltrasoundDataset
 from tests.modalities.ultrasound._helpers import TASKS, data_config, prepared
 
 
@@ -101,8 +101,8 @@ def test_errors(corpus, tmp_path):
     with pytest.raises(DataError, match="not a complete ultrasound cache"):
         UltrasoundDataset(data_config(corpus, tmp_path / "never-built"))
     with pytest.raises(ConfigError, match="data.source is empty.*data.source: demo"):
-        UltrasoundDataConfig(source="")
+        UltrasoundDatasetConfig(source="")
     with pytest.raises(ConfigError, match="multiple of 32"):
-        UltrasoundDataConfig(image_size=50)
+        UltrasoundDatasetConfig(image_size=50)
     with pytest.raises(ConfigError, match="train.*val.*all"):
-        UltrasoundDataConfig(split="test")
+        UltrasoundDatasetConfig(split="test")
