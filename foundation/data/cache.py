@@ -194,7 +194,14 @@ class DataCache:
                       "n_left_out": len(sources) - len(entries), "sources": listed}
             (stage / INDEX).write_text(json.dumps(index, default=str))
             (stage / REPORT).write_text(json.dumps(report, indent=1))
-            replace_folder(stage, self.folder)
+            if self.is_current(sources):  # another process (a node on a shared disk) finished the same build first
+                return self.report()
+            try:
+                replace_folder(stage, self.folder)
+            except OSError:
+                if not self.is_current(sources):
+                    raise
+                return self.report()  # lost the race to an identical build: use it
             if report["n_left_out"]:
                 lines = "\n".join(f"  {_line(e)}" for e in listed if e["status"] == "left_out")
                 log.warning("%d of %d source(s) left out of %s (listed in %s):\n%s", report["n_left_out"],

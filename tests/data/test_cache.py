@@ -147,3 +147,21 @@ def test_finalize_combines_parts_into_the_store(sources, tmp_path):
     cache.prepare(sources)
     np.testing.assert_allclose(cache.array("all"), np.array([1, 2, 3, 4, 5, 6]) * 0.5)
     assert isinstance(cache.array("all"), np.memmap) and not isinstance(cache.array("all", mmap=False), np.memmap)
+
+
+def test_a_build_finished_elsewhere_first_is_used(sources, tmp_path):
+    """Two nodes on a shared disk build the same cache: the later one keeps the first one's result."""
+    folder = tmp_path / "cache"
+    other: list[int] = []
+
+    class Racing(TextBuilder):
+        def read_source(self, source: Path) -> Part:
+            if source.name == "c.txt" and not other:
+                DataCache(folder, TextBuilder()).prepare(sources)  # the other node finishes first
+                other.append((folder / "index.json").stat().st_ino)
+            return super().read_source(source)
+
+    report = DataCache(folder, Racing()).prepare(sources)
+    assert report == DataCache(folder, TextBuilder()).report()
+    assert (folder / "index.json").stat().st_ino == other[0]  # the other node's cache was kept, not replaced
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "src"]
