@@ -59,6 +59,10 @@ def source_path(source: str, cache_dir: str | Path, inside: str = "") -> Path:
     return root / inside if inside else root
 
 
+def _matches(stamp: Path, want: Any) -> bool:
+    return stamp.is_file() and json.loads(stamp.read_text()) == want
+
+
 def make_once(root: str | Path, params: dict[str, Any], write: Callable[[Path], None]) -> Path:
     """Generate a corpus into ``root`` unless one with the same ``params`` is there; return ``root``.
 
@@ -70,14 +74,19 @@ def make_once(root: str | Path, params: dict[str, Any], write: Callable[[Path], 
     root = Path(root)
     want = json.loads(json.dumps(params))
     stamp = root / STAMP
-    if stamp.is_file() and json.loads(stamp.read_text()) == want:
+    if _matches(stamp, want):
         return root
     root.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{root.name}.build-", dir=root.parent))
     try:
         write(stage)
         (stage / STAMP).write_text(json.dumps(want))
-        replace_folder(stage, root)
+        if not _matches(stamp, want):  # else another process wrote the same corpus meanwhile: keep it
+            try:
+                replace_folder(stage, root)
+            except OSError:
+                if not _matches(stamp, want):
+                    raise
     finally:
         if stage.exists():
             shutil.rmtree(stage, ignore_errors=True)

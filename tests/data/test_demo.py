@@ -69,3 +69,17 @@ def test_every_shipped_recipe_names_its_source(recipe):
 def test_old_ways_of_asking_for_the_demo_are_refused(recipe, override, match):
     with pytest.raises(ConfigError, match=match):
         load_recipe(recipe, [override])
+
+
+def test_a_corpus_written_meanwhile_by_another_process_is_kept(tmp_path):
+    root = tmp_path / "corpus"
+    inner: list[int] = []
+
+    def racing(folder: Path) -> None:
+        (folder / "a.txt").write_text("outer")
+        make_once(root, {"n": 1}, lambda f: (f / "a.txt").write_text("inner"))  # the other process, done first
+        inner.append((root / "a.txt").stat().st_ino)
+
+    make_once(root, {"n": 1}, racing)
+    assert (root / "a.txt").read_text() == "inner" and (root / "a.txt").stat().st_ino == inner[0]
+    assert [p.name for p in tmp_path.iterdir()] == ["corpus"]
