@@ -20,19 +20,20 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from pathlib import Path
 
 import torch
 
+from foundation.data.demo import source_path
+from foundation.data.masking import sample_keep
 from foundation.kernels.packing import pack_visible
 from foundation.modalities.eeg import (DeeperBrain, DeeperBrainConfig, DeeperBrainObjective,
-                                       DeeperBrainObjectiveConfig, EEGDataConfig, EEGWindows, random_keep)
+                                       DeeperBrainObjectiveConfig, EEGWindows, EEGWindowsConfig)
 from foundation.modalities.eeg.demo_corpus import CLASSES, DemoCorpusConfig
 from foundation.modalities.eeg.preprocess import cut_windows, preprocess
 from foundation.modalities.eeg.reader import find_recordings, read_recording
 
 
-def bench_data(cfg: EEGDataConfig, epochs: int) -> dict[str, float]:
+def bench_data(cfg: EEGWindowsConfig, epochs: int) -> dict[str, float]:
     EEGWindows.prepare(cfg)
     ds = EEGWindows(cfg)
     loader = torch.utils.data.DataLoader(ds, batch_size=16, shuffle=True)
@@ -42,7 +43,7 @@ def bench_data(cfg: EEGDataConfig, epochs: int) -> dict[str, float]:
         for b in loader:
             n += b["x"].shape[0]
     cache_rate = n / (time.perf_counter() - t)
-    files = find_recordings(Path(cfg.cache_dir).parent / f"{Path(cfg.cache_dir).name}-raw")
+    files = find_recordings(source_path(cfg.source, cfg.cache_dir))
     t = time.perf_counter()
     m = 0
     for _ in range(max(1, epochs // 5)):
@@ -99,7 +100,7 @@ def bench_step(model_cfg: DeeperBrainConfig, batch: dict, repeats: int, mask_rat
     mask_token = torch.nn.Parameter(torch.zeros(model.embed_dim))
     P = batch["x"].shape[-1] // model_cfg.patch_size
     valid = model.valid_tokens(batch["chan_mask"], P)
-    keep = random_keep(valid, mask_ratio, torch.Generator().manual_seed(0))
+    keep, _ = sample_keep(valid, mask_ratio, torch.Generator().manual_seed(0))
 
     def deleted() -> torch.Tensor:
         return obj(model, batch)[0]
@@ -134,7 +135,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--repeats", type=int, default=5)
     args = ap.parse_args()
-    cfg = EEGDataConfig(cache_dir=f"{args.out}/cache", labels=CLASSES,
+    cfg = EEGWindowsConfig(cache_dir=f"{args.out}/cache", labels=CLASSES,
                         demo=DemoCorpusConfig(n_subjects=6, blocks_per_class=2))
     d = bench_data(cfg, args.epochs)
     print("| data path | windows/s |\n|---|---|")

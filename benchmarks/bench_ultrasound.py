@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from foundation.modalities.ultrasound.augment import fit_geometry, warp  # noqa: E402
 from foundation.modalities.ultrasound.dataset import (  # noqa: E402
-    UltrasoundDataConfig,
+    UltrasoundDatasetConfig,
     UltrasoundDataset,
     collate_batches,
 )
@@ -61,8 +61,10 @@ def _timed(fn, iters: int, sync) -> float:
 
 
 def run(name: str, cfg: dict, csv_dir: Path, cache: Path, device: torch.device) -> dict[str, float]:
-    data = UltrasoundDataset(UltrasoundDataConfig(data_root=str(csv_dir), image_size=cfg["size"],
-                                                  batch_size=cfg["batch"], mixed_tasks=True, cache_dir=str(cache)))
+    data_cfg = UltrasoundDatasetConfig(source=str(csv_dir), image_size=cfg["size"], batch_size=cfg["batch"],
+                                    mixed_tasks=True, cache_dir=str(cache))
+    UltrasoundDataset.prepare(data_cfg)
+    data = UltrasoundDataset(data_cfg)
     torch.manual_seed(0)
     model = UltrasoundMTL(UltrasoundMTLConfig(backbone=cfg["backbone"], fpn_dim=cfg["fpn_dim"],
                                               head_dim=cfg["head_dim"])).to(device)

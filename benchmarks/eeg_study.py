@@ -33,7 +33,7 @@ import torch
 from foundation.eval.report import markdown_table, save_confusion_matrix
 from foundation.data.splits import group_split
 from foundation.modalities.eeg import (DeeperBrain, DeeperBrainConfig, DeeperBrainObjective,
-                                       DeeperBrainObjectiveConfig, EEGDataConfig, EEGWindows)
+                                       DeeperBrainObjectiveConfig, EEGWindows, EEGWindowsConfig)
 from foundation.modalities.eeg.demo_corpus import CLASSES, DemoCorpusConfig
 from foundation.modalities.eeg.downstream import band_power_features, encode_windows, frozen_probe
 
@@ -84,12 +84,12 @@ def main() -> None:
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    cfg = EEGDataConfig(cache_dir=str(out / "cache"), labels=CLASSES, window_seconds=4.0,
+    cfg = EEGWindowsConfig(cache_dir=str(out / "cache"), labels=CLASSES, window_seconds=4.0,
                         demo=DemoCorpusConfig(n_subjects=args.subjects, blocks_per_class=args.blocks, effect=args.effect, seed=0))
     t0 = time.time()
     report = EEGWindows.prepare(cfg)
     ds = EEGWindows(cfg)
-    print(f"cache: {len(ds)} windows, {len(ds.subjects)} subjects, excluded {len(report['excluded'])} "
+    print(f"cache: {len(ds)} windows, {len(ds.subjects)} subjects, left out {report['n_left_out']} "
           f"({time.time() - t0:.0f} s)", flush=True)
     bp = band_power_features(ds, ds.index["sfreq"], tuple(tuple(b) for b in cfg.stats.bands))
     subj = ds.subject_ids[ds.rows]

@@ -35,19 +35,19 @@ import torch
 
 from foundation.config import load_recipe
 from foundation.eval.probe import fit_probe
-from foundation.modalities.fmri.dataset import FmriWindows, FmriWindowsConfig
+from foundation.modalities.fmri.dataset import FMRIWindows, FMRIWindowsConfig
 from foundation.modalities.fmri.jepa import JepaObjective
 from foundation.modalities.fmri.slim_brain import SlimBrain, SlimBrainConfig
 from foundation.data.batch import to_device
 
 
-def pretrain(model_cfg: SlimBrainConfig, objective_cfg, data_cfg: FmriWindowsConfig, steps: int, lr: float, batch: int,
+def pretrain(model_cfg: SlimBrainConfig, objective_cfg, data_cfg: FMRIWindowsConfig, steps: int, lr: float, batch: int,
              seed: int, device: str = "cpu") -> tuple[SlimBrain, list[float]]:
     """AdamW with linear warm-up and cosine decay, clip 1.0, EMA update per step. Returns the model and its losses."""
     torch.manual_seed(seed)
     model = SlimBrain(model_cfg).to(device)
     obj = JepaObjective(objective_cfg)
-    ds = FmriWindows(data_cfg)
+    ds = FMRIWindows(data_cfg)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.95), weight_decay=0.05)
     g = torch.Generator().manual_seed(seed)
@@ -73,7 +73,7 @@ def pretrain(model_cfg: SlimBrainConfig, objective_cfg, data_cfg: FmriWindowsCon
 
 
 @torch.no_grad()
-def unit_features(encoder, ds: FmriWindows, batch: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+def unit_features(encoder, ds: FMRIWindows, batch: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
     """Frozen tokens averaged over time per spatial unit, concatenated: [S, U_s * T_f * D] (on the CPU)."""
     encoder.eval()
     ut = encoder.config.unit_grid[0]
@@ -101,7 +101,7 @@ def cv_probe(X: torch.Tensor, y: torch.Tensor, groups: list[str], seed: int, fol
     return float(np.mean(accs))
 
 
-def raw_features(ds: FmriWindows, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+def raw_features(ds: FMRIWindows, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
     xs, ys = [], []
     for i in idx:
         item = ds[int(i)]
@@ -130,15 +130,15 @@ def main() -> None:
     lr = args.lr or recipe.train.lr
     # the EMA ramp (ema_start -> 1) spans the whole run, as the recipe's ema_steps = train.steps does
     model_cfg = dataclasses.replace(recipe.model.config, ema_steps=args.steps)
-    base = FmriWindowsConfig(**{**recipe.data.config.__dict__, "cache_dir": args.cache, "demo_subjects": args.subjects})
-    cfgs = {sel: FmriWindowsConfig(**{**base.__dict__, "selection": sel}) for sel in ("saliency", "random", "all")}
+    base = FMRIWindowsConfig(**{**recipe.data.config.__dict__, "cache_dir": args.cache, "demo_subjects": args.subjects})
+    cfgs = {sel: FMRIWindowsConfig(**{**base.__dict__, "selection": sel}) for sel in ("saliency", "random", "all")}
     t0 = time.time()
     for c in cfgs.values():
-        FmriWindows.prepare(c)
+        FMRIWindows.prepare(c)
     print(f"prepared corpus and windows in {time.time() - t0:.0f} s")
-    evalset = FmriWindows(cfgs["all"])
+    evalset = FMRIWindows(cfgs["all"])
     groups = evalset.groups()
-    salset = FmriWindows(cfgs["saliency"])  # stage 1 also picks the windows at inference
+    salset = FMRIWindows(cfgs["saliency"])  # stage 1 also picks the windows at inference
     sal_groups = salset.groups()
 
     def both(encoder, seed: int) -> tuple[float, float]:
@@ -146,7 +146,7 @@ def main() -> None:
     from foundation.modalities.fmri.demo_corpus import task_frames
 
     tf = task_frames(base.demo_frames, base.tr)
-    hit = {sel: float(np.mean([tf[s:s + base.window].mean() for _, s in FmriWindows(cfgs[sel]).items]))
+    hit = {sel: float(np.mean([tf[s:s + base.window].mean() for _, s in FMRIWindows(cfgs[sel]).items]))
            for sel in ("saliency", "random", "all")}
     rows: dict[str, list[tuple[float, float]]] = {}
     Xr, yr = raw_features(evalset, np.arange(len(evalset)))

@@ -34,7 +34,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from foundation.config import TrainConfig  # noqa: E402
-from foundation.modalities.ultrasound.dataset import UltrasoundDataConfig, UltrasoundDataset  # noqa: E402
+from foundation.modalities.ultrasound.dataset import UltrasoundDatasetConfig, UltrasoundDataset  # noqa: E402
 from foundation.modalities.ultrasound.demo_corpus import make_demo_corpus  # noqa: E402
 from foundation.modalities.ultrasound.evaluate import evaluate  # noqa: E402
 from foundation.modalities.ultrasound.model import UltrasoundMTL, UltrasoundMTLConfig  # noqa: E402
@@ -53,9 +53,11 @@ HIGHER = {"dice": True, "accuracy": True, "iou": True, "mre": False}
 def train_one(tasks: tuple[str, ...], csv_dir: Path, cache: Path, steps: int, balancing: str, mixed: bool,
               args: argparse.Namespace) -> tuple[UltrasoundMTL, float]:
     torch.manual_seed(args.seed)
-    data = UltrasoundDataset(UltrasoundDataConfig(
-        data_root=str(csv_dir), tasks=tasks, image_size=args.size, batch_size=args.batch, mixed_tasks=mixed,
-        cache_dir=str(cache), split="train"))
+    data_cfg = UltrasoundDatasetConfig(
+        source=str(csv_dir), tasks=tasks, image_size=args.size, batch_size=args.batch, mixed_tasks=mixed,
+        cache_dir=str(cache / "-".join(tasks)), split="train")
+    UltrasoundDataset.prepare(data_cfg)  # one cache per task set serves the train and val splits
+    data = UltrasoundDataset(data_cfg)
     model = UltrasoundMTL(UltrasoundMTLConfig(backbone=args.backbone, tasks=tasks, fpn_dim=32, head_dim=16))
     objective = MultiTaskObjective(MultiTaskObjectiveConfig(tasks=tasks, balancing=balancing, dwa_period=20))
     train = TrainConfig(steps=steps, lr=args.lr, warmup_steps=max(1, steps // 20), weight_decay=1e-4,
@@ -76,8 +78,8 @@ def train_one(tasks: tuple[str, ...], csv_dir: Path, cache: Path, steps: int, ba
 
 
 def scores(model: UltrasoundMTL, csv_dir: Path, cache: Path, tasks: tuple[str, ...], args) -> dict[str, float]:
-    val = UltrasoundDataset(UltrasoundDataConfig(data_root=str(csv_dir), tasks=tasks, image_size=args.size,
-                                                 cache_dir=str(cache), split="val"))
+    val = UltrasoundDataset(UltrasoundDatasetConfig(source=str(csv_dir), tasks=tasks, image_size=args.size,
+                                                 cache_dir=str(cache / "-".join(tasks)), split="val"))
     per_task = evaluate(predict(model, val.records, image_size=args.size), model.table)
     return {t: per_task[t][HEADLINE[model.table[t].type]] for t in tasks}
 

@@ -128,7 +128,7 @@ MODELS = Registry("model", builtin={
 })
 DATASETS = Registry("dataset", builtin={
     "eeg-windows": f"{_EEG}.dataset:EEGWindows",
-    "fmri-windows": f"{_FMRI}.dataset:FmriWindows",
+    "fmri-windows": f"{_FMRI}.dataset:FMRIWindows",
     "ultrasound-csv": f"{_US}.dataset:UltrasoundDataset",
     "ultrasound-images": f"{_US}.labelled:UltrasoundImages",
 })

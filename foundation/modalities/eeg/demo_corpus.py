@@ -19,12 +19,14 @@ same task shows on every montage. Subjects differ in amplitude, alpha frequency 
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from foundation.data.demo import make_once
 from foundation.errors import ConfigError
 from foundation.modalities.eeg.channels import template_positions
 
@@ -139,32 +141,23 @@ def make_recording(layout: str, rng: np.random.Generator, cfg: DemoCorpusConfig,
     return raw, blocks
 
 
-def make_demo_corpus(root: str | Path, cfg: DemoCorpusConfig | None = None) -> list[Path]:
-    """Write the corpus under ``root`` (BIDS-like) unless it is already there; return the files.
+def make_demo_corpus(root: str | Path, cfg: DemoCorpusConfig | None = None) -> Path:
+    """Write the corpus under ``root`` (BIDS-like) unless one with the same config is there; return ``root``.
 
-    Files are written under temporary names and renamed, so an interrupted run never leaves a
-    half-written recording behind.
+    The corpus is generated in a staging folder and moved into place (:func:`foundation.data.demo.make_once`),
+    so an interrupted run never leaves a half-written recording behind.
     """
     cfg = cfg or DemoCorpusConfig()
-    root = Path(root)
-    stamp = root / "demo_corpus.json"
-    want = {"config": cfg.__dict__, "version": 1}
-    if stamp.exists() and json.loads(stamp.read_text()) == want:
-        return sorted(root.rglob("*_eeg.fif"))
+    return make_once(root, {"config": dataclasses.asdict(cfg), "version": 1}, lambda stage: _write(stage, cfg))
+
+
+def _write(root: Path, cfg: DemoCorpusConfig) -> None:
     rng = np.random.default_rng(cfg.seed)
     layouts = list(LAYOUTS)
     rates = (200.0, 250.0, 256.0)
-    files = []
-    root.mkdir(parents=True, exist_ok=True)
     (root / "dataset_description.json").write_text(json.dumps({"Name": "foundation-suite EEG demo", "BIDSVersion": "1.9.0"}))
     for s in range(cfg.n_subjects):
         raw, _ = make_recording(layouts[s % 3], rng, cfg, rates[(s // 3) % 3], bad_channels=(s % 4 == 1))
         folder = root / f"sub-{s + 1:02d}" / "ses-01" / "eeg"
         folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"sub-{s + 1:02d}_ses-01_task-demo_eeg.fif"
-        tmp = folder / f"tmp-{path.name}"
-        raw.save(tmp, overwrite=True, verbose="error")
-        tmp.replace(path)
-        files.append(path)
-    stamp.write_text(json.dumps(want))
-    return files
+        raw.save(folder / f"sub-{s + 1:02d}_ses-01_task-demo_eeg.fif", overwrite=True, verbose="error")

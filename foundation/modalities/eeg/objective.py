@@ -6,8 +6,9 @@ loss = SmoothL1_beta(reconstruction of masked patches, the patches (scaled like 
        the unmasked window), with beta = 1 and stats_weight = 1. ``stats_weight: 0`` is the
 ablation "reconstruction only". The mask ratio default 0.5 is (unverified).
 
-Masks are drawn from torch's global RNG (which the engine saves and restores on resume) over the
-real channels' tokens only; padded channels are neither visible nor reconstructed.
+Masks are drawn by :func:`foundation.data.masking.sample_keep` from torch's global RNG (which the engine
+saves and restores on resume) over the real channels' tokens only; padded channels are neither visible
+nor reconstructed.
 """
 from __future__ import annotations
 
@@ -17,29 +18,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from foundation.data.masking import sample_keep
 from foundation.errors import ConfigError, DataError
 
-__all__ = ["DeeperBrainObjectiveConfig", "DeeperBrainObjective", "random_keep"]
-
-
-def random_keep(valid: torch.Tensor, mask_ratio: float, generator: torch.Generator | None = None) -> list[torch.Tensor]:
-    """Draw visible tokens among the valid ones.
-
-    Args:
-        valid: [B, N] bool, True = a real token (a real channel's patch).
-        mask_ratio: share of each sample's valid tokens to delete, in [0, 1).
-        generator: RNG (None: torch's global RNG).
-
-    Returns:
-        B sorted 1-D int64 tensors of visible token indices, each keeping max(1, round(n_valid * (1 - ratio))).
-    """
-    out = []
-    for row in valid:
-        idx = row.nonzero().flatten()
-        n_keep = max(1, round(idx.numel() * (1.0 - mask_ratio)))
-        perm = torch.randperm(idx.numel(), generator=generator).to(idx.device)
-        out.append(idx[perm[:n_keep]].sort().values)
-    return out
+__all__ = ["DeeperBrainObjectiveConfig", "DeeperBrainObjective"]
 
 
 @dataclass
@@ -90,7 +72,7 @@ class DeeperBrainObjective(nn.Module):
             raise DataError(f"batch stats have S = {stats.shape[-1]} per channel but model.n_stats = {cfg.n_stats}; "
                             "set model.n_stats to the number of statistics the cache holds")
         valid = chan_mask[:, :, None].expand(B, C, P).reshape(B, C * P)  # [B, C, P] -> [B, N]
-        keep = random_keep(valid, self.config.mask_ratio)
+        keep, _ = sample_keep(valid, self.config.mask_ratio)
         recon, pred_stats = model(x, pos, chan_mask, keep)
         visible = torch.zeros_like(valid)
         for b, k in enumerate(keep):

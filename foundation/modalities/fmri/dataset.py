@@ -1,11 +1,10 @@
 """The SLIM-Brain window dataset: folder / BIDS tree -> cached scans -> salient windows -> batches.
 
-``FmriWindows.prepare(config)`` (rank 0, once) generates the demo corpus when no
-``source`` is given, builds the int8 memory-mapped cache
-(:mod:`~foundation.modalities.fmri.cache`) and picks the windows of every scan
-(``selection``: "saliency" = stage 1's top k, "random" = k random windows, "all" =
-every non-overlapping window), written to ``windows-<selection>-k<k>-s<seed>.json``.
-An item is one window::
+``FMRIWindows.prepare(config)`` (once per node, see :func:`foundation.data.protocol.prepare_dataset`)
+generates the demo corpus when ``source: demo``, builds the int8 memory-mapped cache
+(:mod:`~foundation.modalities.fmri.cache`, under ``cache_dir/store``) and picks the windows of every scan
+(``selection``: "saliency" = stage 1's top k, "random" = k random windows, "all" = every non-overlapping
+window), written to ``cache_dir/windows-<selection>-k<k>-s<seed>-w<window>.json``. An item is one window::
 
     {"x": [1, W, Z, Y, X] float32, "unit_fg": [U] bool (mask unit holds brain voxels),
      "label": int64 (or float32), "scan": int64, "start": int64}
@@ -16,8 +15,6 @@ must equal the encoder's patch_stride * mask_unit_size.
 from __future__ import annotations
 
 import json
-import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,24 +22,28 @@ from typing import Any
 import numpy as np
 import torch
 
+from foundation.atomic import atomic_write_json
+from foundation.data.cache import DataCache
+from foundation.data.demo import check_source, is_demo, source_path
 from foundation.errors import ConfigError, DataError
-from foundation.modalities.fmri.cache import build_cache, load_index, open_scan
+from foundation.modalities.fmri.cache import FMRICacheBuilder, open_scan
 from foundation.modalities.fmri.hiera_utils import unit_foreground
-from foundation.modalities.fmri.preprocess import PreprocessSpec
+from foundation.modalities.fmri.preprocess import PreprocessConfig
+from foundation.modalities.fmri.reader import find_scans
 
-__all__ = ["FmriWindowsConfig", "FmriWindows", "SELECTIONS"]
+__all__ = ["FMRIWindowsConfig", "FMRIWindows", "SELECTIONS"]
 
 SELECTIONS = ("saliency", "random", "all")
 
-log = logging.getLogger(__name__)
-
 
 @dataclass
-class FmriWindowsConfig:
-    source: str = field(default="", metadata={"help": "folder of 4D NIfTI files or a BIDS tree ('' = generate the demo corpus)"})
+class FMRIWindowsConfig:
+    """Where the scans are, how they are preprocessed, which windows are served and where the cache goes."""
+
+    source: str = field(default="demo", metadata={"help": "folder of 4D NIfTI files or a BIDS tree, or 'demo' to generate the demo corpus"})
     labels: str = field(default="", metadata={"help": "TSV with a 'file' column and label_column ('' = labels.tsv of the source, if any)"})
     label_column: str = field(default="label", metadata={"help": "labels TSV column returned as batch['label']"})
-    cache_dir: str = field(default="runs/cache/slim-brain", metadata={"help": "cache folder (relative to the working dir)"})
+    cache_dir: str = field(default="runs/cache/slim-brain", metadata={"help": "cache folder (relative to the working dir); the demo corpus goes to <cache_dir>-demo"})
     grid: tuple[int, int, int] = field(default=(96, 96, 96), metadata={"help": "spatial grid (Z, Y, X) in voxels"})
     voxel_size: float = field(default=2.0, metadata={"help": "voxel size in mm (0: keep)"})
     tr: float = field(default=0.8, metadata={"help": "repetition time in s after resampling (0: keep) (unverified)"})
@@ -59,6 +60,7 @@ class FmriWindowsConfig:
 
     def __post_init__(self) -> None:
         self.grid, self.unit_size = tuple(self.grid), tuple(self.unit_size)
+        check_source(self.source)
         if self.selection not in SELECTIONS:
             raise ConfigError(f"data.selection: unknown {self.selection!r}; valid: {', '.join(SELECTIONS)}")
         if self.window < 1 or self.top_k < 1:
@@ -69,8 +71,9 @@ class FmriWindowsConfig:
             raise ConfigError(f"data.unit_size {self.unit_size} must divide (window, *grid) = {dims}; remainders in {bad}")
 
     @property
-    def spec(self) -> PreprocessSpec:
-        return PreprocessSpec(grid=self.grid[::-1], voxel_size=self.voxel_size, tr=self.tr, mask=self.mask)
+    def preprocess(self) -> PreprocessConfig:
+        """The scan preprocessing these settings ask for (grid given as (X, Y, Z))."""
+        return PreprocessConfig(grid=self.grid[::-1], voxel_size=self.voxel_size, tr=self.tr, mask=self.mask)
 
 
 def _read_table(path: Path) -> dict[str, dict[str, str]]:
@@ -81,82 +84,90 @@ def _read_table(path: Path) -> dict[str, dict[str, str]]:
     return {row["file"]: row for row in (dict(zip(head, line.split("\t"))) for line in lines[1:])}
 
 
-class FmriWindows(torch.utils.data.Dataset):
+def _labels(config: FMRIWindowsConfig) -> dict[str, dict[str, str]] | None:
+    """The labels table (``data.labels``, else ``labels.tsv`` of the source when there is one)."""
+    if config.labels:
+        path = Path(config.labels)
+        if not path.is_file():
+            raise DataError(f"data.labels: {path} does not exist; give a TSV with a 'file' column or leave it empty")
+        return _read_table(path)
+    path = source_path(config.source, config.cache_dir) / "labels.tsv"
+    return _read_table(path) if path.is_file() else None
+
+
+def _cache(config: FMRIWindowsConfig) -> DataCache:
+    builder = FMRICacheBuilder(config.preprocess, config.window, _labels(config))
+    return DataCache(Path(config.cache_dir) / "store", builder)
+
+
+class FMRIWindows(torch.utils.data.Dataset):
     """Windows of cached scans (see the module docstring)."""
 
-    config_class = FmriWindowsConfig
-
-    @staticmethod
-    def _paths(config: FmriWindowsConfig) -> tuple[Path, Path, Path | None]:
-        cache = Path(config.cache_dir)
-        source = Path(config.source) if config.source else cache / "demo"
-        labels = Path(config.labels) if config.labels else (source / "labels.tsv")
-        return cache, source, labels if labels.exists() or config.labels else None
+    config_class = FMRIWindowsConfig
+    collate = staticmethod(torch.utils.data.default_collate)
 
     @classmethod
-    def windows_file(cls, config: FmriWindowsConfig) -> Path:
+    def windows_file(cls, config: FMRIWindowsConfig) -> Path:
         return Path(config.cache_dir) / f"windows-{config.selection}-k{config.top_k}-s{config.seed}-w{config.window}.json"
 
     @classmethod
-    def prepare(cls, config: FmriWindowsConfig) -> dict[str, Any]:
-        """Generate the demo corpus (no source), build the cache and choose windows. Returns the cache index."""
-        from foundation.modalities.fmri.demo_corpus import generate_demo_corpus
-        from foundation.modalities.fmri.reader import find_scans
+    def prepare(cls, config: FMRIWindowsConfig) -> dict[str, Any]:
+        """Generate the demo corpus (``source: demo``), build the cache and choose windows.
+
+        Returns:
+            The cache report (every scan, kept or left out and why).
+        """
+        from foundation.modalities.fmri.demo_corpus import make_demo_corpus
         from foundation.modalities.fmri.saliency import random_windows, top_k_windows
 
-        cache, source, _ = cls._paths(config)
-        if not config.source:
-            generate_demo_corpus(source, config.demo_subjects, config.demo_frames, voxel_size=config.demo_voxel_size, seed=config.seed)
-        labels_path = cls._paths(config)[2]
-        labels = None
-        if labels_path is not None:
-            if not labels_path.exists():
-                raise DataError(f"data.labels: {labels_path} does not exist")
-            labels = _read_table(labels_path)
-        index = build_cache(find_scans(source), cache / "store", config.spec, config.window, labels)
-        if index["left_out"]:  # the issue's contract: cache the rest, report what was left out (also in index.json)
-            lines = "\n".join(f"  {e['error']}" for e in index["left_out"])
-            log.warning("%d of %d scans left out of %s (see index.json 'left_out'):\n%s", len(index["left_out"]),
-                        len(index["left_out"]) + len(index["scans"]), cache / "store", lines)
+        source = source_path(config.source, config.cache_dir)
+        if is_demo(config.source):
+            make_demo_corpus(source, config.demo_subjects, config.demo_frames, voxel_size=config.demo_voxel_size,
+                             seed=config.seed)
+        cache = _cache(config)
+        report = cache.prepare(find_scans(source))
+        index = cache.index()
+        path = cls.windows_file(config)
+        if path.is_file() and json.loads(path.read_text()).get("fingerprint") == index["fingerprint"]:
+            return report  # windows already chosen from this cache build
         rng = np.random.default_rng(config.seed)
         windows = []
-        for entry in index["scans"]:
-            vol, mask = open_scan(cache / "store", entry)
+        for entry in index["entries"]:
+            n_times = entry["meta"]["n_times"]
             if config.selection == "saliency":
+                vol, mask = open_scan(cache, entry)
                 starts = top_k_windows(vol, mask, config.window, config.top_k, pool=config.saliency_pool)
             elif config.selection == "random":
-                starts = random_windows(entry["n_times"], config.window, config.top_k, rng)
+                starts = random_windows(n_times, config.window, config.top_k, rng)
             else:
-                starts = list(range(0, entry["n_times"] - config.window + 1, config.window))
+                starts = list(range(0, n_times - config.window + 1, config.window))
             windows.append(starts)
-        path = cls.windows_file(config)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps({"store_sources": index["sources"], "windows": windows}))
-        os.replace(tmp, path)
-        return index
+        atomic_write_json(path, {"fingerprint": index["fingerprint"], "windows": windows})
+        return report
 
-    def __init__(self, config: FmriWindowsConfig) -> None:
+    def __init__(self, config: FMRIWindowsConfig) -> None:
         self.config = config
-        self.root = Path(config.cache_dir) / "store"
-        self.index = load_index(self.root)
+        self.cache = _cache(config)
+        self.index = self.cache.index(lambda: find_scans(source_path(config.source, config.cache_dir)))
+        self.scans = self.index["entries"]
         path = self.windows_file(config)
         if not path.exists():
-            raise DataError(f"{path}: no window list; run FmriWindows.prepare(config) first (pretrain.py does)")
+            raise DataError(f"{path}: no window list; run FMRIWindows.prepare(config) first (pretrain.py does)")
         chosen = json.loads(path.read_text())
-        if chosen["store_sources"] != self.index["sources"]:
-            raise DataError(f"{path}: the window list belongs to another cache build; run FmriWindows.prepare(config) again")
+        if chosen.get("fingerprint") != self.index["fingerprint"]:
+            raise DataError(f"{path}: the window list belongs to another cache build; run FMRIWindows.prepare(config) again")
         self.items = [(i, s) for i, starts in enumerate(chosen["windows"]) for s in starts]
         ut = config.window // config.unit_size[0]
         self._fg = []
-        for entry in self.index["scans"]:
-            _, mask = open_scan(self.root, entry)
+        for entry in self.scans:
+            _, mask = open_scan(self.cache, entry)
             if tuple(mask.shape) != config.grid:
-                raise DataError(f"{self.root}: cached grid {tuple(mask.shape)} != data.grid {config.grid}; delete the cache or fix data.grid")
+                raise DataError(f"{self.cache.folder}: cached grid {tuple(mask.shape)} != data.grid {config.grid}; "
+                                "run FMRIWindows.prepare(config) or fix data.grid")
             self._fg.append(torch.from_numpy(np.tile(unit_foreground(mask, config.unit_size[1:]), ut)))
 
     def label(self, scan: int) -> Any:
-        entry = self.index["scans"][scan]
-        row = entry.get("label")
+        row = self.scans[scan]["meta"].get("label")
         if row is None:
             return -1
         if self.config.label_column not in row:
@@ -169,9 +180,9 @@ class FmriWindows(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         scan, start = self.items[i]
-        entry = self.index["scans"][scan]
-        vol, _ = open_scan(self.root, entry)
-        x = torch.from_numpy(np.asarray(vol[start:start + self.config.window], dtype=np.float32) * entry["scale"])
+        entry = self.scans[scan]
+        vol, _ = open_scan(self.cache, entry)
+        x = torch.from_numpy(np.asarray(vol[start:start + self.config.window], dtype=np.float32) * entry["meta"]["scale"])
         lab = self.label(scan)
         return {
             "x": x.unsqueeze(0),  # [W, Z, Y, X] -> [1, W, Z, Y, X]
@@ -184,7 +195,7 @@ class FmriWindows(torch.utils.data.Dataset):
     @property
     def num_classes(self) -> int:
         """Classes of an integer label column: the largest label + 1 (0 when the column holds no integer label)."""
-        labels = [self.label(i) for i in range(len(self.index["scans"]))]
+        labels = [self.label(i) for i in range(len(self.scans))]
         ints = [v for v in labels if isinstance(v, int) and v >= 0]
         return max(ints) + 1 if ints and len(ints) == len(labels) else 0
 
@@ -197,13 +208,14 @@ class FmriWindows(torch.utils.data.Dataset):
         """Subject (or source file) of each item, for subject-wise splits."""
         out = []
         for scan, _ in self.items:
-            entry = self.index["scans"][scan]
-            out.append(str((entry.get("label") or {}).get("subject", entry["source"])))
+            entry = self.scans[scan]
+            out.append(str((entry["meta"].get("label") or {}).get("subject", entry["source"])))
         return out
 
     def describe(self) -> str:
+        """One paragraph for the model card."""
         c = self.config
-        left = len(self.index["left_out"])
-        return (f"{len(self.index['scans'])} fMRI scans ({'demo corpus' if not c.source else c.source}; {left} left out), "
-                f"grid {c.grid} at {c.voxel_size} mm, TR {c.tr} s, {len(self)} windows of {c.window} frames "
-                f"({c.selection}, k={c.top_k}).")
+        left = self.cache.report()["n_left_out"]
+        src = "the generated demo corpus" if is_demo(c.source) else c.source
+        return (f"{len(self.scans)} fMRI scans ({src}; {left} left out), grid {c.grid} at {c.voxel_size} mm, "
+                f"TR {c.tr} s, {len(self)} windows of {c.window} frames ({c.selection}, k={c.top_k}).")

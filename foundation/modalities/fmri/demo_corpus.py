@@ -27,12 +27,13 @@ weak for a study of 24 subjects to show anything (benchmarks/RESULTS.md).
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["generate_demo_corpus", "hrf", "NETWORKS", "N_NETWORKS", "TASK_EPOCHS", "DRIVE_RANGE", "BLOB_SIGMA_MM", "read_labels", "task_frames"]
+from foundation.data.demo import make_once
+
+__all__ = ["make_demo_corpus", "hrf", "NETWORKS", "N_NETWORKS", "TASK_EPOCHS", "DRIVE_RANGE", "BLOB_SIGMA_MM", "read_labels", "task_frames"]
 
 NETWORKS: dict[str, list[tuple[float, float, float]]] = {
     "visual": [(-12, -88, 4), (14, -88, 4)],
@@ -66,25 +67,28 @@ def _affine(voxel_size: float) -> tuple[np.ndarray, tuple[int, int, int]]:
     return aff, shape
 
 
-def generate_demo_corpus(out: str | Path, n_subjects: int = 24, n_frames: int = 96, tr: float = 2.0,
-                         voxel_size: float = 6.0, block: float = 16.0, seed: int = 0,
-                         drive_range: tuple[float, float] = DRIVE_RANGE, blob_sigma: float = BLOB_SIGMA_MM) -> Path:
-    """Write the corpus into ``out`` (skipped when ``out/labels.tsv`` exists with the same parameters).
+def make_demo_corpus(out: str | Path, n_subjects: int = 24, n_frames: int = 96, tr: float = 2.0,
+                     voxel_size: float = 6.0, block: float = 16.0, seed: int = 0,
+                     drive_range: tuple[float, float] = DRIVE_RANGE, blob_sigma: float = BLOB_SIGMA_MM) -> Path:
+    """Write the corpus into ``out`` unless one with the same parameters is there.
+
+    The corpus is generated in a staging folder and moved into place (:func:`foundation.data.demo.make_once`).
 
     Returns:
         ``out`` (a BIDS-like tree with dataset_description.json and labels.tsv).
     """
+    params = {"n_subjects": n_subjects, "n_frames": n_frames, "tr": tr, "voxel_size": voxel_size, "block": block, "seed": seed,
+              "drive_range": list(drive_range), "blob_sigma": blob_sigma}
+    return make_once(out, params, lambda stage: _write(stage, n_subjects, n_frames, tr, voxel_size, block, seed,
+                                                       drive_range, blob_sigma))
+
+
+def _write(out: Path, n_subjects: int, n_frames: int, tr: float, voxel_size: float, block: float, seed: int,
+           drive_range: tuple[float, float], blob_sigma: float) -> None:
     import nibabel as nib
 
     from foundation.modalities.fmri.preprocess import mni_mask_like
 
-    out = Path(out)
-    params = {"n_subjects": n_subjects, "n_frames": n_frames, "tr": tr, "voxel_size": voxel_size, "block": block, "seed": seed,
-              "drive_range": list(drive_range), "blob_sigma": blob_sigma}
-    stamp = out / "demo_params.json"
-    if (out / "labels.tsv").exists() and stamp.exists() and json.loads(stamp.read_text()) == params:
-        return out
-    out.mkdir(parents=True, exist_ok=True)
     (out / "dataset_description.json").write_text(json.dumps({"Name": "foundation-suite fMRI demo", "BIDSVersion": "1.8.0"}))
     rng = np.random.default_rng(seed)
     aff, shape = _affine(voxel_size)
@@ -131,14 +135,10 @@ def generate_demo_corpus(out: str | Path, n_subjects: int = 24, n_frames: int = 
         img.set_data_dtype(np.int16)  # scaled int16 (scl_slope): half the bytes to compress
         img.header.set_xyzt_units("mm", "sec")
         img.header["pixdim"][4] = tr
-        tmp = func / ("tmp-" + name)
-        nib.save(img, str(tmp))
-        os.replace(tmp, func / name)
+        nib.save(img, str(func / name))
         (func / f"{sub}_task-demo_bold.json").write_text(json.dumps({"RepetitionTime": tr, "TaskName": "demo"}))
         rows.append(f"{name}\t{sub}\t{label}\t{drive:.4f}")
     (out / "labels.tsv").write_text("\n".join(rows) + "\n")
-    stamp.write_text(json.dumps(params))
-    return out
 
 
 def task_frames(n_frames: int, tr: float = 2.0, block: float = 16.0, lag: float = 6.0) -> np.ndarray:

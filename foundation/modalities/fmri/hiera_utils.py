@@ -25,7 +25,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-__all__ = ["unit_permutation", "hiera_to_units", "unit_foreground", "sample_units"]
+__all__ = ["unit_permutation", "hiera_to_units", "unit_foreground"]
 
 
 def unit_permutation(tokens: Sequence[int], q_stride: Sequence[int], n_unroll: int) -> np.ndarray:
@@ -72,27 +72,3 @@ def unit_foreground(mask: np.ndarray, unit_voxels: Sequence[int]) -> np.ndarray:
     vz, vy, vx = unit_voxels
     m = mask[: uz * vz, : uy * vy, : ux * vx].reshape(uz, vz, uy, vy, ux, vx)  # [Z, Y, X] -> [Uz, vz, Uy, vy, Ux, vx]
     return m.any(axis=(1, 3, 5)).reshape(-1)
-
-
-def sample_units(fg: torch.Tensor, mask_ratio: float) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """Split each sample's foreground units into kept (context) and deleted (target) units at random.
-
-    Background units are in neither list. Draws come from torch's global RNG
-    (saved and restored by the engine's checkpoints).
-
-    Args:
-        fg: [B, U] bool, True = unit holds brain voxels.
-        mask_ratio: share of foreground units deleted (rounded; at least one kept and one deleted).
-
-    Returns:
-        (keep, drop): per sample, sorted unit indices (int64).
-    """
-    keep, drop = [], []
-    for row in fg:
-        units = torch.nonzero(row).flatten()
-        n = units.numel()
-        n_keep = min(max(1, round(n * (1 - mask_ratio))), n - 1)
-        order = units[torch.randperm(n, device="cpu").to(units.device)]
-        keep.append(order[:n_keep].sort().values)
-        drop.append(order[n_keep:].sort().values)
-    return keep, drop

@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from foundation.data.masking import sample_keep
 from foundation.errors import ConfigError, DataError
-from foundation.modalities.fmri.hiera_utils import sample_units
 
 __all__ = ["JepaConfig", "JepaObjective"]
 
@@ -65,7 +65,7 @@ class JepaObjective(nn.Module):
                 f"JEPA: a window has {int(n_fg.min())} foreground mask unit(s); need >= 2 (one context, one target); "
                 "check the brain mask or use smaller mask units"
             )
-        keep, drop = sample_units(fg, self.config.mask_ratio)
+        keep, drop = sample_keep(fg, self.config.mask_ratio, keep_one_masked=True)
         pred, tgt, std = model(batch["x"], keep, drop)
         loss = F.smooth_l1_loss(pred.float(), tgt.float(), beta=self.config.beta)
         if float(std) < self.config.collapse_std:

@@ -14,34 +14,31 @@ Output layout is time first, [T, Z, Y, X] (the encoder's (time, z, y, x)).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from foundation.errors import DataError
+from foundation.errors import ConfigError, DataError
 from foundation.modalities.fmri.reader import Scan
 
-__all__ = ["PreprocessSpec", "preprocess_scan", "resample_tr", "crop_or_pad", "zscore_in_mask", "brain_mask", "mni_mask_like", "load_mni_mask"]
+__all__ = ["PreprocessConfig", "preprocess_scan", "resample_tr", "crop_or_pad", "zscore_in_mask", "brain_mask", "mni_mask_like", "load_mni_mask"]
 
 
 @dataclass(frozen=True)
-class PreprocessSpec:
-    """What a scan is turned into.
+class PreprocessConfig:
+    """What a scan is turned into (the fMRI counterpart of the EEG ``PreprocessConfig``)."""
 
-    Attributes:
-        grid: spatial grid (X, Y, Z) in voxels after crop/pad.
-        voxel_size: target isotropic voxel size in mm (0: keep the scan's).
-        tr: target repetition time in seconds (0: keep the scan's).
-        mask: "mni", "compute" or a path to a 3D mask NIfTI in the scans' world space.
-        compute_threshold: for mask="compute", fraction of the mean image's 98th percentile.
-    """
+    grid: tuple[int, int, int] = field(default=(24, 28, 24), metadata={"help": "spatial grid (X, Y, Z) in voxels after crop/pad"})
+    voxel_size: float = field(default=8.0, metadata={"help": "target isotropic voxel size in mm (0: keep the scan's)"})
+    tr: float = field(default=2.0, metadata={"help": "target repetition time in seconds (0: keep the scan's)"})
+    mask: str = field(default="mni", metadata={"help": "'mni', 'compute' or a 3D mask NIfTI in the scans' world space"})
+    compute_threshold: float = field(default=0.3, metadata={"help": "mask='compute': fraction of the mean image's 98th percentile"})
 
-    grid: tuple[int, int, int] = (24, 28, 24)
-    voxel_size: float = 8.0
-    tr: float = 2.0
-    mask: str = "mni"
-    compute_threshold: float = 0.3
+    def __post_init__(self) -> None:
+        if len(self.grid) != 3 or min(self.grid) < 1 or self.voxel_size < 0 or self.tr < 0:
+            raise ConfigError(f"preprocess: need a grid of three sizes >= 1, voxel_size >= 0 and tr >= 0; got "
+                              f"grid={self.grid}, voxel_size={self.voxel_size}, tr={self.tr}")
 
 
 def _zoom(data: np.ndarray, factors: tuple[float, ...], order: int) -> np.ndarray:
@@ -157,12 +154,12 @@ def brain_mask(kind: str, data: np.ndarray, affine: np.ndarray, threshold: float
     return mask
 
 
-def preprocess_scan(scan: Scan, spec: PreprocessSpec, mni: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+def preprocess_scan(scan: Scan, config: PreprocessConfig, mni: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Resample, mask, z-score and crop/pad one scan.
 
     Args:
         scan: a scan from :func:`~foundation.modalities.fmri.reader.read_scan`.
-        spec: the target grid, voxel size, TR and mask.
+        config: the target grid, voxel size, TR and mask.
         mni: a preloaded :func:`load_mni_mask` (for many scans).
 
     Returns:
@@ -172,16 +169,16 @@ def preprocess_scan(scan: Scan, spec: PreprocessSpec, mni: tuple[np.ndarray, np.
         DataError: an empty brain mask.
     """
     data, affine = scan.data, scan.affine
-    if spec.voxel_size > 0:
-        factors = tuple(v / spec.voxel_size for v in scan.voxel_size)
+    if config.voxel_size > 0:
+        factors = tuple(v / config.voxel_size for v in scan.voxel_size)
         if any(abs(f - 1) > 1e-3 for f in factors):
             data = _zoom(data, factors + (1.0,), order=1)
             affine = affine.copy()
             affine[:3, :3] = affine[:3, :3] / np.asarray(factors)[None, :]
-    if spec.tr > 0 and abs(scan.tr - spec.tr) > 1e-6:
-        data = resample_tr(data, scan.tr, spec.tr)
-    mask = brain_mask(spec.mask, data, affine, spec.compute_threshold, where=f"{scan.path}: ", mni=mni)
+    if config.tr > 0 and abs(scan.tr - config.tr) > 1e-6:
+        data = resample_tr(data, scan.tr, config.tr)
+    mask = brain_mask(config.mask, data, affine, config.compute_threshold, where=f"{scan.path}: ", mni=mni)
     vol = zscore_in_mask(data, mask)
-    vol, mask = crop_or_pad(vol, spec.grid), crop_or_pad(mask, spec.grid)
+    vol, mask = crop_or_pad(vol, config.grid), crop_or_pad(mask, config.grid)
     # [X, Y, Z, T] -> [T, Z, Y, X]
     return np.ascontiguousarray(vol.transpose(3, 2, 1, 0)), np.ascontiguousarray(mask.transpose(2, 1, 0))

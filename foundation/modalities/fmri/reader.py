@@ -1,6 +1,6 @@
 """Read 4D fMRI scans (NIfTI-1/2, plain folders or BIDS ``func/`` trees) with nibabel.
 
-SLIM-Brain (the suite's fMRI model; REFERENCE.md "SLIM-Brain (fMRI)") starts from
+SLIM-Brain (the suite's fMRI model) starts from
 4D BOLD volumes. This module turns one file into a :class:`Scan`: float32 data in
 the canonical RAS+ orientation (``nibabel.as_closest_canonical``), time last
 [X, Y, Z, T], voxel sizes in mm and the repetition time (TR) in seconds.

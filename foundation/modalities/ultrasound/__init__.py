@@ -1,13 +1,14 @@
 """Ultrasound multi-head multi-task model over the 27 challenge tasks: task table, CSV reader, timm backbone + FPN
 + heads, losses and balancing, official metrics, submission writer, demo corpus.
 
-Registers ``ultrasound-mtl`` (model), ``ultrasound-csv`` (dataset), ``ultrasound-images`` (one classification task
-as single labelled images, for fine-tuning) and ``ultrasound-mtl`` (objective).
+Provides ``ultrasound-mtl`` (model), ``ultrasound-csv`` (dataset), ``ultrasound-images`` (one classification task
+as single labelled images, for fine-tuning) and ``ultrasound-mtl`` (objective), which :mod:`foundation.registry`
+finds by name.
 Importing is cheap: timm, MONAI and pydicom load inside the functions that need them.
 """
 from __future__ import annotations
 
-from foundation.modalities.ultrasound.dataset import UltrasoundDataConfig, UltrasoundDataset
+from foundation.modalities.ultrasound.dataset import UltrasoundDatasetConfig, UltrasoundDataset
 from foundation.modalities.ultrasound.labelled import UltrasoundImages, UltrasoundImagesConfig
 from foundation.modalities.ultrasound.model import UltrasoundMTL, UltrasoundMTLConfig
 from foundation.modalities.ultrasound.objective import MultiTaskObjective, MultiTaskObjectiveConfig
@@ -17,7 +18,7 @@ __all__ = [
     "BUILTIN_TASKS",
     "TaskSpec",
     "task_table",
-    "UltrasoundDataConfig",
+    "UltrasoundDatasetConfig",
     "UltrasoundDataset",
     "UltrasoundImages",
     "UltrasoundImagesConfig",

@@ -1,9 +1,9 @@
 """The multi-task ultrasound dataset: challenge CSVs -> validated records -> cached resized arrays -> batches.
 
-``prepare(config)`` (rank 0, once) generates the demo corpus when asked and builds the
-cache: every image fitted to ``image_size x image_size`` (stretched or letterboxed) as
-uint8 in a ``.npy`` memmap, segmentation masks alongside, under ``cache_dir/<key>``
-(the key hashes the records, sizes and file times, so a changed corpus gets a new cache).
+``prepare(config)`` (once per node, see :func:`foundation.data.protocol.prepare_dataset`) generates the
+demo corpus when ``source: demo`` and builds the cache (:mod:`.cache`: every image of the selected tasks,
+all splits, fitted to ``image_size x image_size`` as uint8 in a ``.npy`` memmap, segmentation masks
+alongside); records whose files are unreadable are left out and listed in the cache's ``report.json``.
 
 One item of the dataset is one whole batch drawn by the task sampler (single-task or
 mixed), so the engine's micro-batch of k items concatenates k planned batches
@@ -20,24 +20,22 @@ Augmentation defaults (zoom 0.15, shift 0.05, intensity 0.15) are ours (unverifi
 """
 from __future__ import annotations
 
-import hashlib
-import os
-import shutil
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from foundation.data.cache import DataCache
+from foundation.data.demo import check_source, demo_folder, is_demo, source_path
 from foundation.errors import ConfigError, DataError
 from foundation.modalities.ultrasound.augment import Geometry, fit_geometry, jitter_intensity, random_geometry, warp
+from foundation.modalities.ultrasound.cache import UltrasoundCacheBuilder, record_name
 from foundation.modalities.ultrasound.csv_reader import Record, read_csv_folder
-from foundation.modalities.ultrasound.images import read_image, read_mask
 from foundation.modalities.ultrasound.sampler import SAMPLING_MODES, BatchPlanner
 from foundation.modalities.ultrasound.tasks import TaskSpec, task_table
 
-__all__ = ["UltrasoundDataConfig", "UltrasoundDataset", "collate_batches", "split_records"]
+__all__ = ["UltrasoundDatasetConfig", "UltrasoundDataset", "collate_batches", "split_records"]
 
 
 def _h(text: str) -> dict[str, str]:
@@ -45,11 +43,10 @@ def _h(text: str) -> dict[str, str]:
 
 
 @dataclass
-class UltrasoundDataConfig:
+class UltrasoundDatasetConfig:
     """Where the CSVs are, which tasks and split, image geometry, sampling and augmentation."""
 
-    data_root: str = field(default="runs/cache/ultrasound-demo/csv_files", metadata=_h("folder of the challenge CSVs (paths in them are relative to it)"))
-    demo: bool = field(default=False, metadata=_h("generate the demo corpus at data_root's parent when data_root has no CSV"))
+    source: str = field(default="demo", metadata=_h("folder of the challenge CSVs (paths in them are relative to it), or 'demo' to generate the demo corpus"))
     demo_images_per_task: int = field(default=24, metadata=_h("demo corpus: images per task"))
     demo_seed: int = field(default=0, metadata=_h("demo corpus: seed"))
     tasks: tuple[str, ...] = field(default=(), metadata=_h("task table (empty: all 27 built-in + extra tasks); must match the model's"))
@@ -69,9 +66,10 @@ class UltrasoundDataConfig:
     shift: float = field(default=0.05, metadata=_h("maximum shift as a fraction of S"))
     intensity: float = field(default=0.15, metadata=_h("brightness / contrast / gamma jitter strength"))
     flip: bool = field(default=True, metadata=_h("horizontal flips for tasks whose spec is flip_safe"))
-    cache_dir: str = field(default="runs/cache/ultrasound-prep", metadata=_h("folder of the resized-array cache"))
+    cache_dir: str = field(default="runs/cache/ultrasound", metadata=_h("folder of the resized-array cache; the demo corpus goes to <cache_dir>-demo"))
 
     def __post_init__(self) -> None:
+        check_source(self.source)
         if self.split not in ("train", "val", "all"):
             raise ConfigError(f"data.split must be train, val or all, got {self.split!r}")
         if self.sampling not in SAMPLING_MODES:
@@ -114,19 +112,31 @@ def collate_batches(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Ten
     return {k: torch.cat([it[k] for it in items]) for k in items[0]}
 
 
+def _cache(config: UltrasoundDatasetConfig) -> DataCache:
+    table = task_table(config.tasks, config.extra_tasks, "data")
+    return DataCache(config.cache_dir, UltrasoundCacheBuilder(table, config.image_size, config.keep_aspect))
+
+
 class UltrasoundDataset(torch.utils.data.Dataset):
     """Multi-task ultrasound batches from challenge CSVs (see the module docstring for the layout)."""
 
-    config_class = UltrasoundDataConfig
+    config_class = UltrasoundDatasetConfig
     collate = staticmethod(collate_batches)
 
-    def __init__(self, config: UltrasoundDataConfig) -> None:
+    def __init__(self, config: UltrasoundDatasetConfig) -> None:
         self.config = config
         self.table: dict[str, TaskSpec] = task_table(config.tasks, config.extra_tasks, "data")
         self.task_ids = list(self.table)
         self.max_points = max([s.num_points for s in self.table.values()] + [1])
-        self.records = self._read(config)
-        self.cache = self._cache(config, self.records, build=True)
+        records = self._read(config)
+        cache = _cache(config)
+        index = cache.index(records)
+        row = {e["source"]: i for i, e in enumerate(index["entries"])}
+        chosen = self._split(config, records)
+        self.records = [r for r in chosen if record_name(r) in row]
+        self.rows = np.asarray([row[record_name(r)] for r in self.records], np.int64)
+        self.report = cache.report()
+        self.cache = {name: cache.array(name) for name in ("images", "masks", "sizes")}
         by_task: dict[str, list[int]] = {}
         for i, r in enumerate(self.records):
             by_task.setdefault(r.task_id, []).append(i)
@@ -135,75 +145,43 @@ class UltrasoundDataset(torch.utils.data.Dataset):
                                     config.mixed_tasks)
 
     @classmethod
-    def prepare(cls, config: UltrasoundDataConfig) -> None:
-        """Generate the demo corpus (``demo: true`` and no CSV yet) and build the cache."""
-        root = Path(config.data_root)
-        if config.demo and not any(root.glob("*.csv")):
+    def prepare(cls, config: UltrasoundDatasetConfig) -> dict[str, Any]:
+        """Generate the demo corpus (``source: demo``) and build the cache unless it is up to date.
+
+        Returns:
+            The cache report (every record, kept or left out and why).
+        """
+        if is_demo(config.source):
             from foundation.modalities.ultrasound.demo_corpus import make_demo_corpus
 
-            make_demo_corpus(root.parent, task_table(config.tasks, config.extra_tasks, "data"),
+            make_demo_corpus(demo_folder(config.cache_dir), task_table(config.tasks, config.extra_tasks, "data"),
                              config.demo_images_per_task, config.demo_seed)
-        cls._cache(config, cls._read(config), build=True)
+        return _cache(config).prepare(cls._read(config))
 
     @staticmethod
-    def _read(config: UltrasoundDataConfig) -> list[Record]:
+    def _read(config: UltrasoundDatasetConfig) -> list[Record]:
+        """Every record of the selected tasks (all splits)."""
         table = task_table(config.tasks, config.extra_tasks, "data")
         keep = set(config.train_tasks or table)
-        root = Path(config.data_root)
+        root = source_path(config.source, config.cache_dir, inside="csv_files")
         if not root.is_dir() or not any(root.glob("*.csv")):
-            hint = " or set data.demo: true to generate the demo corpus" if not config.demo else ""
-            raise DataError(f"data.data_root {str(root)!r}: no CSV files there; point it at the challenge's "
-                            f"csv_files folder{hint}")
+            hint = "run UltrasoundDataset.prepare(config) first" if is_demo(config.source) else \
+                "point data.source at the challenge's csv_files folder, or set data.source: demo"
+            raise DataError(f"data.source {config.source!r}: no CSV files in {str(root)!r}; {hint}")
         # with a task subset, rows of the other challenge tasks are left out on purpose (unknown ids still raise)
         records = [r for r in read_csv_folder(root, table, strict_tasks=not config.tasks) if r.task_id in keep]
         missing = sorted(keep - {r.task_id for r in records})
         if missing:
-            raise DataError(f"data.data_root {str(root)!r}: no rows for task(s) {', '.join(missing)}; add their "
+            raise DataError(f"data.source {str(root)!r}: no rows for task(s) {', '.join(missing)}; add their "
                             "CSVs or leave them out of data.train_tasks / data.tasks")
+        return records
+
+    @staticmethod
+    def _split(config: UltrasoundDatasetConfig, records: list[Record]) -> list[Record]:
         if config.split == "all":
             return records
         train, val = split_records(records, config.val_fraction, config.split_seed)
         return [records[i] for i in (train if config.split == "train" else val)]
-
-    @staticmethod
-    def _cache(config: UltrasoundDataConfig, records: list[Record], build: bool) -> dict[str, np.ndarray]:
-        key = hashlib.sha1()
-        key.update(f"{config.image_size}|{config.keep_aspect}".encode())
-        for r in records:
-            key.update(f"{r.image}|{r.image.stat().st_mtime_ns}|{r.mask}".encode())
-        folder = Path(config.cache_dir) / key.hexdigest()[:16]
-        if not (folder / "done").is_file():
-            tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-            S, n = config.image_size, len(records)
-            images = np.lib.format.open_memmap(tmp / "images.npy", "w+", np.uint8, (n, S, S, 3))
-            masks = np.lib.format.open_memmap(tmp / "masks.npy", "w+", np.uint8, (n, S, S))
-            sizes = np.zeros((n, 2), np.int64)
-            table = task_table(config.tasks, config.extra_tasks, "data")
-            for i, r in enumerate(records):
-                img = read_image(r.image)
-                H, W = img.shape[:2]
-                g = fit_geometry(H, W, S, config.keep_aspect)
-                images[i] = (warp(torch.from_numpy(img).permute(2, 0, 1), g).permute(1, 2, 0)  # [3,S,S] -> [S,S,3]
-                             .clamp(0, 1).mul(255).round().to(torch.uint8).numpy())
-                if r.mask is not None:
-                    m = read_mask(r.mask, table[r.task_id].num_classes)
-                    if m.shape != (H, W):
-                        raise DataError(f"{r.source}: mask {r.mask_path!r} is {m.shape[1]}x{m.shape[0]} but the image "
-                                        f"is {W}x{H}; masks must match their image")
-                    masks[i] = warp(torch.from_numpy(m)[None].float(), g, mode="nearest")[0].to(torch.uint8).numpy()
-                sizes[i] = (H, W)
-            images.flush()
-            masks.flush()
-            np.save(tmp / "sizes.npy", sizes)
-            (tmp / "done").write_text(str(n))
-            if (folder / "done").is_file():  # another process finished first
-                shutil.rmtree(tmp, ignore_errors=True)
-            else:
-                shutil.rmtree(folder, ignore_errors=True)
-                tmp.rename(folder)
-        return {name: np.load(folder / f"{name}.npy", mmap_mode="r") for name in ("images", "masks", "sizes")}
 
     def __len__(self) -> int:
         return len(self.planner)
@@ -222,7 +200,7 @@ class UltrasoundDataset(torch.utils.data.Dataset):
 
     def geometry(self, j: int) -> Geometry:
         """The original -> network map of record ``j`` (without augmentation)."""
-        H, W = (int(v) for v in self.cache["sizes"][j])
+        H, W = (int(v) for v in self.cache["sizes"][self.rows[j]])
         return fit_geometry(H, W, self.config.image_size, self.config.keep_aspect)
 
     def sample(self, j: int, train: bool = False, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
@@ -230,7 +208,7 @@ class UltrasoundDataset(torch.utils.data.Dataset):
         c, r = self.config, self.records[j]
         spec, S, P = self.table[r.task_id], c.image_size, self.max_points
         base = self.geometry(j)
-        image = torch.from_numpy(np.array(self.cache["images"][j])).permute(2, 0, 1).float() / 255  # [S,S,3] -> [3,S,S]
+        image = torch.from_numpy(np.array(self.cache["images"][self.rows[j]])).permute(2, 0, 1).float() / 255  # [S,S,3] -> [3,S,S]
         pts = torch.tensor(r.points, dtype=torch.float32).reshape(-1, 2)
         box = torch.tensor(r.box, dtype=torch.float32) if r.box is not None else None
         inside = torch.cat([pts, box.view(2, 2)]) if box is not None else pts
@@ -248,7 +226,7 @@ class UltrasoundDataset(torch.utils.data.Dataset):
             g = base.then(aug.sx, aug.ox, aug.sy, aug.oy)
         mask = torch.full((S, S), -1, dtype=torch.int16)  # int16: a quarter of the collate traffic of int64
         if spec.type == "segmentation":
-            m = torch.from_numpy(np.array(self.cache["masks"][j])).to(torch.int16)
+            m = torch.from_numpy(np.array(self.cache["masks"][self.rows[j]])).to(torch.int16)
             if train and c.augment:
                 m = warp(m[None].float(), aug, mode="nearest")[0].to(torch.int16)
             mask = m
@@ -269,13 +247,25 @@ class UltrasoundDataset(torch.utils.data.Dataset):
             "index": torch.tensor([j]),
         }
 
+    def groups(self) -> list[str]:
+        """Not defined: an item is a planned batch of several patients.
+
+        Raises:
+            ConfigError: always; split with ``data.split`` (patient-disjoint within each task), or fine-tune on
+                ``ultrasound-images``, whose items are single images with their patient.
+        """
+        raise ConfigError("ultrasound-csv: an item is a planned batch of several patients, so items have no group; "
+                          "use data.split (train | val, patient-disjoint) or the ultrasound-images dataset")
+
     def describe(self) -> str:
+        """One paragraph for the model card."""
         c = self.config
         types: dict[str, int] = {}
         for r in self.records:
             types[self.table[r.task_id].type] = types.get(self.table[r.task_id].type, 0) + 1
         parts = ", ".join(f"{n} {t}" for t, n in sorted(types.items()))
+        src = "the generated demo corpus" if is_demo(c.source) else c.source
         return (f"{len(self.records)} ultrasound images ({parts}) over {len(self.by_task)} tasks from "
-                f"{c.data_root} (split {c.split}), {c.image_size}x{c.image_size} "
+                f"{src} (split {c.split}; {self.report['n_left_out']} left out), {c.image_size}x{c.image_size} "
                 f"{'letterboxed' if c.keep_aspect else 'stretched'}, {c.sampling} task sampling"
                 f"{', mixed-task batches' if c.mixed_tasks else ''}.")

@@ -19,12 +19,14 @@ Two images share a patient id, so patient-disjoint splits have something to do.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 
+from foundation.data.demo import make_once
 from foundation.modalities.ultrasound.csv_reader import Record, write_csv
 from foundation.modalities.ultrasound.tasks import TaskSpec
 
@@ -134,10 +136,13 @@ def _sample(spec: TaskSpec, h: int, w: int, rng: np.random.Generator, echo: np.n
 
 def make_demo_corpus(root: str | Path, tasks: Mapping[str, TaskSpec], images_per_task: int = 24,
                      seed: int = 0, min_size: int = 96, max_size: int = 160, dicom_backgrounds: bool = True) -> Path:
-    """Write a demo corpus: ``root/csv_files/<task>.csv`` plus ``root/images`` and ``root/masks``.
+    """Write a demo corpus unless one with the same parameters is there: ``root/csv_files/<task>.csv`` plus
+    ``root/images`` and ``root/masks``.
+
+    The corpus is generated in a staging folder and moved into place (:func:`foundation.data.demo.make_once`).
 
     Args:
-        root: output folder (created; an existing corpus there is overwritten file by file).
+        root: output folder (replaced as a whole when its parameters differ).
         tasks: the tasks to cover.
         images_per_task: images per task.
         seed: seed of everything drawn.
@@ -146,11 +151,20 @@ def make_demo_corpus(root: str | Path, tasks: Mapping[str, TaskSpec], images_per
         dicom_backgrounds: blend every other image with a pydicom ultrasound frame (needs pydicom).
 
     Returns:
-        The ``csv_files`` folder (pass it as ``data_root``).
+        The ``csv_files`` folder (pass it as ``data.source``).
     """
+    params = {"tasks": {t: dataclasses.asdict(s) for t, s in tasks.items()}, "images_per_task": images_per_task,
+              "seed": seed, "min_size": min_size, "max_size": max_size, "dicom_backgrounds": dicom_backgrounds,
+              "version": 1}
+    make_once(root, params, lambda stage: _write(stage, tasks, images_per_task, seed, min_size, max_size,
+                                                 dicom_backgrounds))
+    return Path(root) / "csv_files"
+
+
+def _write(root: Path, tasks: Mapping[str, TaskSpec], images_per_task: int, seed: int, min_size: int, max_size: int,
+           dicom_backgrounds: bool) -> None:
     from PIL import Image
 
-    root = Path(root)
     csv_dir = root / "csv_files"
     for sub in ("csv_files", "images", "masks"):
         (root / sub).mkdir(parents=True, exist_ok=True)
@@ -178,4 +192,3 @@ def make_demo_corpus(root: str | Path, tasks: Mapping[str, TaskSpec], images_per
                                   label=labels.get("label", -1), mask_path=mask_path, box=labels.get("box"),
                                   points=labels.get("points", ()), group=f"{task_id}_p{i // 2:03d}"))
         write_csv(csv_dir / f"{task_id}.csv", records, tasks)
-    return csv_dir

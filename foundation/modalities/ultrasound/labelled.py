@@ -13,18 +13,20 @@ classification task (``task``) and returns, without augmentation::
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
+from foundation.data.demo import is_demo
 from foundation.errors import ConfigError, did_you_mean
-from foundation.modalities.ultrasound.dataset import UltrasoundDataConfig, UltrasoundDataset
+from foundation.modalities.ultrasound.dataset import UltrasoundDatasetConfig, UltrasoundDataset
 from foundation.modalities.ultrasound.tasks import task_table
 
 __all__ = ["UltrasoundImagesConfig", "UltrasoundImages"]
 
 
 @dataclass
-class UltrasoundImagesConfig(UltrasoundDataConfig):
+class UltrasoundImagesConfig(UltrasoundDatasetConfig):
     """The multi-task data config plus the one classification task to serve."""
 
     task: str = field(default="breast_3cls", metadata={"help": "classification task id whose images are served"})
@@ -46,16 +48,17 @@ class UltrasoundImages(torch.utils.data.Dataset):
     """Single images of one classification task (see the module docstring)."""
 
     config_class = UltrasoundImagesConfig
+    collate = staticmethod(torch.utils.data.default_collate)
 
     @classmethod
-    def prepare(cls, config: UltrasoundImagesConfig) -> None:
-        """Generate the demo corpus when asked and build the resized-array cache."""
-        UltrasoundDataset.prepare(cls._inner_config(config))
+    def prepare(cls, config: UltrasoundImagesConfig) -> dict[str, Any]:
+        """Generate the demo corpus (``source: demo``) and build the resized-array cache; return its report."""
+        return UltrasoundDataset.prepare(cls._inner_config(config))
 
     @staticmethod
-    def _inner_config(config: UltrasoundImagesConfig) -> UltrasoundDataConfig:
-        fields = {k: getattr(config, k) for k in UltrasoundDataConfig.__dataclass_fields__}
-        return UltrasoundDataConfig(**{**fields, "train_tasks": (config.task,), "augment": False})
+    def _inner_config(config: UltrasoundImagesConfig) -> UltrasoundDatasetConfig:
+        fields = {k: getattr(config, k) for k in UltrasoundDatasetConfig.__dataclass_fields__}
+        return UltrasoundDatasetConfig(**{**fields, "train_tasks": (config.task,), "augment": False})
 
     def __init__(self, config: UltrasoundImagesConfig) -> None:
         self.config = config
@@ -82,6 +85,8 @@ class UltrasoundImages(torch.utils.data.Dataset):
         return {"x": s["image"][0], "label": s["label"][0], "index": s["index"][0]}
 
     def describe(self) -> str:
+        """One paragraph for the model card."""
+        src = "the generated demo corpus" if is_demo(self.config.source) else self.config.source
         return (f"{len(self)} images of task {self.config.task} ({self.num_classes} classes, "
-                f"{len(set(self.groups()))} patients) from {self.config.data_root}, "
+                f"{len(set(self.groups()))} patients) from {src} ({self.inner.report['n_left_out']} left out), "
                 f"{self.config.image_size}x{self.config.image_size}.")

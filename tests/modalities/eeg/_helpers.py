@@ -6,16 +6,16 @@ from pathlib import Path
 
 import numpy as np
 
-from foundation.modalities.eeg.dataset import EEGDataConfig
+from foundation.modalities.eeg.dataset import EEGWindowsConfig
 from foundation.modalities.eeg.demo_corpus import CLASSES, DemoCorpusConfig
 from foundation.modalities.eeg.model import DeeperBrainConfig
 
 TINY_DEMO = DemoCorpusConfig(n_subjects=3, blocks_per_class=1, seed=3)
 
 
-def tiny_data_config(cache_dir: Path, source: str = "demo") -> EEGDataConfig:
+def tiny_data_config(cache_dir: Path, source: str = "demo") -> EEGWindowsConfig:
     """3 subjects (one per montage layout), one 8-s block per class: 18 windows of 4 s."""
-    return EEGDataConfig(source=source, cache_dir=str(cache_dir), labels=CLASSES, window_seconds=4.0, demo=TINY_DEMO)
+    return EEGWindowsConfig(source=source, cache_dir=str(cache_dir), labels=CLASSES, window_seconds=4.0, demo=TINY_DEMO)
 
 
 def tiny_model_config(**kw) -> DeeperBrainConfig:

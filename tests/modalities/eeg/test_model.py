@@ -6,7 +6,8 @@ import torch
 
 from foundation.errors import ConfigError, DataError
 from foundation.modalities.eeg.model import DeeperBrain, DeeperBrainConfig
-from foundation.modalities.eeg.objective import DeeperBrainObjective, DeeperBrainObjectiveConfig, random_keep
+from foundation.data.masking import sample_keep
+from foundation.modalities.eeg.objective import DeeperBrainObjective, DeeperBrainObjectiveConfig
 from foundation.registry import MODELS, OBJECTIVES
 from tests.modalities.eeg._helpers import tiny_model_config
 
@@ -29,7 +30,7 @@ def test_sample_alone_equals_sample_in_a_batch():
     torch.manual_seed(0)
     model = DeeperBrain(tiny_model_config()).eval()
     b = _batch()
-    keep = random_keep(model.valid_tokens(b["chan_mask"], 3), 0.5, torch.Generator().manual_seed(1))
+    keep, _ = sample_keep(model.valid_tokens(b["chan_mask"], 3), 0.5, torch.Generator().manual_seed(1))
     packed, cu = model.forward_features(b["x"], b["pos"], b["chan_mask"], keep)
     for i in range(3):
         n_real = int(b["chan_mask"][i].sum())  # alone: only its real channels, no padding at all
@@ -77,19 +78,10 @@ def test_objective_trains_every_part_and_ablation_leaves_stats_head_untrained():
     assert model.decoder_pred.weight.grad.abs().sum() > 0
 
 
-def test_random_keep_counts_and_validity():
-    valid = torch.zeros(2, 10, dtype=torch.bool)
-    valid[0, :8] = True
-    valid[1, 2:6] = True
-    keep = random_keep(valid, 0.5, torch.Generator().manual_seed(0))
-    assert [k.numel() for k in keep] == [4, 2]
-    assert all(valid[i, k].all() and (k.diff() > 0).all() for i, k in enumerate(keep))
-
-
 def test_reconstruction_shape_and_zero_padding():
     model = DeeperBrain(tiny_model_config())
     b = _batch()
-    keep = random_keep(model.valid_tokens(b["chan_mask"], 3), 0.5)
+    keep, _ = sample_keep(model.valid_tokens(b["chan_mask"], 3), 0.5)
     recon, stats = model(b["x"], b["pos"], b["chan_mask"], keep)
     assert recon.shape == (3, 15, 200) and stats.shape == (3, 5, 8)
     assert recon[1, 9:].abs().sum() == 0  # padded channels 3, 4 of sample 1

@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from foundation.errors import ConfigError, DataError
-from foundation.modalities.eeg.cache import build_cache
-from foundation.modalities.eeg.dataset import EEGDataConfig, EEGWindows
+from foundation.data.cache import DataCache
+from foundation.modalities.eeg.cache import EEGCacheBuilder
+from foundation.modalities.eeg.dataset import EEGWindowsConfig, EEGWindows
 from foundation.modalities.eeg.demo_corpus import CLASSES, make_demo_corpus
 from foundation.modalities.eeg.neurostats import StatsConfig, window_stats
 from foundation.modalities.eeg.preprocess import PreprocessConfig, cut_windows, preprocess
@@ -22,7 +23,7 @@ from tests.modalities.eeg._helpers import TINY_DEMO, tiny_data_config, write_edf
 def corpus(tmp_path_factory):
     """The tiny demo corpus plus one bad file of every kind, in one folder."""
     root = tmp_path_factory.mktemp("eeg")
-    files = make_demo_corpus(root / "demo", TINY_DEMO)
+    files = find_recordings(make_demo_corpus(root / "demo", TINY_DEMO))
     bad = root / "bad"
     bad.mkdir()
     (bad / "corrupt.edf").write_bytes(b"\x00garbage" * 40)
@@ -111,25 +112,29 @@ def test_flat_and_noisy_channels_are_dropped_and_reported(corpus):
 def test_cache_keeps_good_files_and_reports_bad_ones(corpus, tmp_path):
     root, files, bad = corpus
     all_files = files + sorted(bad.iterdir())
-    report = build_cache(all_files, tmp_path / "cache", PreprocessConfig(), StatsConfig(), 4.0, CLASSES)
-    assert report["included"] == [str(f) for f in files]
-    excluded = {e["path"].rsplit("/", 1)[1]: e["reason"] for e in report["excluded"]}
+    builder = EEGCacheBuilder(PreprocessConfig(), StatsConfig(), 4.0, CLASSES)
+    report = DataCache(tmp_path / "cache", builder).prepare(all_files)
+    assert [s["source"] for s in report["sources"] if s["status"] == "kept"] == [str(f) for f in files]
+    excluded = {s["source"].rsplit("/", 1)[1]: s["reason"] for s in report["sources"] if s["status"] == "left_out"}
     assert set(excluded) == {"corrupt.edf", "truncated_raw.fif", "short_raw.fif", "nans_raw.fif", "unknown_raw.fif",
                              "lowrate_raw.fif"}
     assert "shorter than one window" in excluded["short_raw.fif"] and "NaN" in excluded["nans_raw.fif"]
-    assert json.loads((tmp_path / "cache" / "report.json").read_text())["excluded"] == report["excluded"]
+    assert json.loads((tmp_path / "cache" / "report.json").read_text()) == report
 
-    cfg = EEGDataConfig(source=str(root / "demo"), cache_dir=str(tmp_path / "cache"), labels=CLASSES)
+    cfg = EEGWindowsConfig(source=str(root / "demo"), cache_dir=str(tmp_path / "cache"), labels=CLASSES)
+    with pytest.raises(DataError, match="built from other sources"):  # the cache holds the bad files too
+        EEGWindows(cfg)
+    DataCache(tmp_path / "cache", builder).prepare(files)
     ds = EEGWindows(cfg)
-    assert len(ds) == report["n_windows"] == 3 * 3 * 2
+    assert len(ds) == 3 * 3 * 2
     item = ds[0]
     C = ds.index["max_channels"]
     assert item["x"].shape == (C, 800) and item["pos"].shape == (C, 3) and item["stats"].shape == (C, 8)
     n_real = [int(ds[i]["chan_mask"].sum()) for i in range(len(ds))]
-    assert sorted(set(n_real)) == sorted({len(r["channels"]) for r in ds.index["recordings"]})
+    assert sorted(set(n_real)) == sorted({len(e["meta"]["channels"]) for e in ds.index["entries"]})
     assert len(set(n_real)) == 3  # three montages, three channel counts
     # the cached statistics are the z-scored statistics of the cached (unmasked) window
-    rec = ds.index["recordings"][0]
+    rec = ds.index["entries"][0]["meta"]
     raw_stats = window_stats(item["x"][: len(rec["channels"])].numpy(), 200.0, StatsConfig())
     z = (raw_stats - np.array(ds.index["stats_mean"])) / np.array(ds.index["stats_std"])
     np.testing.assert_allclose(item["stats"][: len(rec["channels"])].numpy(), z, atol=0.05)
@@ -140,15 +145,16 @@ def test_cache_keeps_good_files_and_reports_bad_ones(corpus, tmp_path):
 def test_dataset_prepare_builds_once_and_reuses(tmp_path):
     cfg = tiny_data_config(tmp_path / "c")
     report = EEGWindows.prepare(cfg)
-    assert report["excluded"] == [] and report["n_windows"] == 18
+    assert report["n_left_out"] == 0 and report["n_kept"] == 3
     stamp = (tmp_path / "c" / "index.json").stat().st_mtime_ns
     EEGWindows.prepare(cfg)
     assert (tmp_path / "c" / "index.json").stat().st_mtime_ns == stamp
     ds = EEGWindows(cfg)
+    assert len(ds) == 18
     assert "18 windows of 4 s at 200 Hz from 3 recordings of 3 subjects" in ds.describe()
-    only = EEGWindows(EEGDataConfig(**{**cfg.__dict__, "subjects": ("02",)}))
+    only = EEGWindows(EEGWindowsConfig(**{**cfg.__dict__, "subjects": ("02",)}))
     assert len(only) == 6 and set(only.subject_ids[only.rows]) == {ds.subjects.index("02")}
     with pytest.raises(DataError, match=r"data.subjects: \['77'\] are not in the cache"):
-        EEGWindows(EEGDataConfig(**{**cfg.__dict__, "subjects": ("77",)}))
-    with pytest.raises(DataError, match="not a complete EEG cache"):
+        EEGWindows(EEGWindowsConfig(**{**cfg.__dict__, "subjects": ("77",)}))
+    with pytest.raises(DataError, match="not a complete eeg cache"):
         EEGWindows(tiny_data_config(tmp_path / "missing"))

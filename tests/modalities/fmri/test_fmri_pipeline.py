@@ -10,8 +10,9 @@ import torch
 
 from foundation.config import load_recipe
 from foundation.errors import DataError
+from foundation.data.demo import demo_folder
 from foundation.data.splits import group_split
-from foundation.modalities.fmri.dataset import FmriWindows, FmriWindowsConfig
+from foundation.modalities.fmri.dataset import FMRIWindows, FMRIWindowsConfig
 from foundation.modalities.fmri.demo_corpus import N_NETWORKS, read_labels
 from foundation.modalities.fmri.downstream import attentive_probe, finetune, linear_probe
 from foundation.modalities.fmri.hiera4d import Hiera4D, Hiera4DConfig
@@ -23,30 +24,30 @@ TINY_RECIPE = ROOT / "foundation" / "recipes" / "slim-brain-tiny.yaml"
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     base = load_recipe("slim-brain-tiny").data.config
-    cfg = FmriWindowsConfig(**{**base.__dict__, "cache_dir": str(tmp_path_factory.mktemp("fmri") / "cache"),
+    cfg = FMRIWindowsConfig(**{**base.__dict__, "cache_dir": str(tmp_path_factory.mktemp("fmri") / "cache"),
                                "demo_subjects": 8, "demo_frames": 48, "top_k": 2})
-    index = FmriWindows.prepare(cfg)
-    return cfg, index, FmriWindows(cfg)
+    report = FMRIWindows.prepare(cfg)
+    return cfg, report, FMRIWindows(cfg)
 
 
 def test_demo_corpus_is_bids_with_labels_and_sidecars(demo):
-    cfg, index, ds = demo
-    src = Path(cfg.cache_dir) / "demo"
+    cfg, report, ds = demo
+    src = demo_folder(cfg.cache_dir)
     labels = read_labels(src / "labels.tsv")
     assert len(labels) == 8 and {v["label"] for v in labels.values()} == set(range(N_NETWORKS))
-    assert all("sidecar" in e["tr_note"] for e in index["scans"]) and index["left_out"] == []
+    assert all("sidecar" in e["meta"]["tr_note"] for e in ds.scans) and report["n_left_out"] == 0
     item = ds[0]
     assert item["x"].shape == (1, 8, 24, 24, 24) and item["unit_fg"].shape == (4 * 3 * 3 * 3,)
-    name = Path(index["scans"][int(item["scan"])]["source"]).name
+    name = Path(ds.scans[int(item["scan"])]["source"]).name
     assert int(item["label"]) == labels[name]["label"]
     assert len(ds) == 8 * 2 and len(set(ds.groups())) == 8
 
 
 def test_dataset_refuses_a_stale_window_list(demo, tmp_path):
     cfg, _, _ = demo
-    other = FmriWindowsConfig(**{**cfg.__dict__, "selection": "random"})
-    with pytest.raises(DataError, match="no window list; run FmriWindows.prepare"):
-        FmriWindows(other)
+    other = FMRIWindowsConfig(**{**cfg.__dict__, "selection": "random"})
+    with pytest.raises(DataError, match="no window list; run FMRIWindows.prepare"):
+        FMRIWindows(other)
 
 
 def test_probes_and_finetune_run_and_score(demo):
@@ -60,7 +61,7 @@ def test_probes_and_finetune_run_and_score(demo):
     ft = finetune(enc, ds, train_idx, test_idx, epochs=1, batch_size=4)
     for res in (lin, att, ft):
         assert 0.0 <= res.metrics["balanced_accuracy"] <= 1.0 and len(res.y_pred) == len(test_idx)
-    reg = finetune(enc, FmriWindows(FmriWindowsConfig(**{**cfg.__dict__, "label_column": "drive"})), train_idx, test_idx,
+    reg = finetune(enc, FMRIWindows(FMRIWindowsConfig(**{**cfg.__dict__, "label_column": "drive"})), train_idx, test_idx,
                    task="regression", epochs=1, batch_size=4)
     assert np.isfinite(reg.metrics["mae"]) and reg.y_true.dtype == torch.float32
 

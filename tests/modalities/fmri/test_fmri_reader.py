@@ -12,8 +12,9 @@ import pytest
 from nibabel.testing import data_path
 
 from foundation.errors import DataError
-from foundation.modalities.fmri.cache import build_cache, load_index, open_scan, quantize
-from foundation.modalities.fmri.preprocess import PreprocessSpec, crop_or_pad, resample_tr, zscore_in_mask
+from foundation.data.cache import DataCache
+from foundation.modalities.fmri.cache import FMRICacheBuilder, open_scan, quantize
+from foundation.modalities.fmri.preprocess import PreprocessConfig, crop_or_pad, resample_tr, zscore_in_mask
 from foundation.modalities.fmri.reader import find_scans, read_scan
 
 EX4D = os.path.join(data_path, "example4d.nii.gz")
@@ -111,17 +112,20 @@ def test_cache_keeps_good_scans_and_reports_left_out(tmp_path):
     shutil.copy(FUNC, src / "good.nii")
     nib.save(nib.Nifti1Image(np.zeros((4, 4, 4), np.float32), np.eye(4)), str(src / "flat3d.nii.gz"))
     _write(src / "short.nii.gz", np.random.rand(17, 21, 3, 3) + 1)
-    spec = PreprocessSpec(grid=(16, 20, 4), voxel_size=0, tr=2.0, mask="compute")
-    index = build_cache(find_scans(src), tmp_path / "cache", spec, min_frames=8)
-    assert [e["source"].split("/")[-1] for e in index["scans"]] == ["good.nii"]
-    errors = {e["source"].split("/")[-1]: e["error"] for e in index["left_out"]}
+    pre = PreprocessConfig(grid=(16, 20, 4), voxel_size=0, tr=2.0, mask="compute")
+    cache = DataCache(tmp_path / "cache", FMRICacheBuilder(pre, min_frames=8))
+    report = cache.prepare(find_scans(src))
+    index = cache.index(find_scans(src))
+    assert [e["source"].split("/")[-1] for e in index["entries"]] == ["good.nii"]
+    errors = {e["source"].split("/")[-1]: e["reason"] for e in report["sources"] if e["status"] == "left_out"}
     assert "expected a 4D" in errors["flat3d.nii.gz"] and "shorter than one window" in errors["short.nii.gz"]
-    vol, mask = open_scan(tmp_path / "cache", index["scans"][0])
+    vol, mask = open_scan(cache, index["entries"][0])
     assert isinstance(vol, np.memmap) and vol.dtype == np.int8 and vol.shape == (20, 4, 20, 16)
-    assert load_index(tmp_path / "cache") == json.loads(json.dumps(index))
-    # cache is reused: same spec and files -> same index object, no rewrite
+    assert mask.dtype == bool and mask.shape == (4, 20, 16)
+    assert json.loads((tmp_path / "cache" / "report.json").read_text()) == report
+    # cache is reused: same settings and files -> no rewrite
     mtime = (tmp_path / "cache" / "index.json").stat().st_mtime_ns
-    build_cache(find_scans(src), tmp_path / "cache", spec, min_frames=8)
+    cache.prepare(find_scans(src))
     assert (tmp_path / "cache" / "index.json").stat().st_mtime_ns == mtime
 
 
@@ -153,16 +157,17 @@ def test_nifti2_reads_like_nifti1(tmp_path):
 def test_dataset_prepare_on_a_user_folder_logs_left_out_and_serves_windows(tmp_path, caplog):
     import logging
 
-    from foundation.modalities.fmri.dataset import FmriWindows, FmriWindowsConfig
+    from foundation.modalities.fmri.dataset import FMRIWindows, FMRIWindowsConfig
 
     src = tmp_path / "src"
     src.mkdir()
     shutil.copy(FUNC, src / "good.nii")
     nib.save(nib.Nifti1Image(np.zeros((4, 4, 4), np.float32), np.eye(4)), str(src / "anat.nii.gz"))
-    cfg = FmriWindowsConfig(source=str(src), cache_dir=str(tmp_path / "cache"), grid=(4, 20, 16), voxel_size=0, tr=2.0,
+    cfg = FMRIWindowsConfig(source=str(src), cache_dir=str(tmp_path / "cache"), grid=(4, 20, 16), voxel_size=0, tr=2.0,
                             mask="compute", window=4, top_k=2, unit_size=(2, 2, 4, 4))
-    with caplog.at_level(logging.WARNING, logger="foundation.modalities.fmri.dataset"):
-        FmriWindows.prepare(cfg)
-    assert "1 of 2 scans left out" in caplog.text and "anat.nii.gz" in caplog.text
-    ds = FmriWindows(cfg)
+    with caplog.at_level(logging.WARNING, logger="foundation.data.cache"):
+        report = FMRIWindows.prepare(cfg)
+    assert "1 of 2 source(s) left out" in caplog.text and "anat.nii.gz" in caplog.text
+    assert report["n_kept"] == 1 and "expected a 4D" in report["sources"][0]["reason"]
+    ds = FMRIWindows(cfg)
     assert len(ds) == 2 and ds[0]["x"].shape == (1, 4, 4, 20, 16) and int(ds[0]["label"]) == -1

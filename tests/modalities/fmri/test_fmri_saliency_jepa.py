@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from foundation.errors import DataError, TrainingError
-from foundation.modalities.fmri.hiera_utils import sample_units
 from foundation.modalities.fmri.jepa import JepaConfig, JepaObjective
 from foundation.modalities.fmri.saliency import parcel_series, random_windows, top_k_windows, window_scores
 from foundation.modalities.fmri.slim_brain import SlimBrain, SlimBrainConfig, ema_momentum
@@ -128,15 +127,6 @@ def test_objective_trains_context_and_predictor_not_target():
     assert metrics["target_units"] == pytest.approx((10 - 3 + 16 - 5) / 2)
     assert all(p.grad is None for p in model.target.parameters())
     assert model.encoder.patch_embed.proj.weight.grad.abs().sum() > 0 and model.predictor.pos_embed.grad.abs().sum() > 0
-
-
-def test_sample_units_disjoint_and_foreground_only():
-    fg = torch.zeros(3, 20, dtype=torch.bool)
-    fg[:, 5:15] = True
-    keep, drop = sample_units(fg, 0.7)
-    for k, d in zip(keep, drop):
-        assert len(k) == 3 and len(d) == 7 and not set(k.tolist()) & set(d.tolist())
-        assert set(k.tolist()) | set(d.tolist()) == set(range(5, 15))
 
 
 def test_collapse_warning_and_bad_unit_counts(caplog):

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from foundation.modalities.ultrasound.dataset import UltrasoundDataConfig
+from foundation.modalities.ultrasound.dataset import UltrasoundDatasetConfig, UltrasoundDataset
 from foundation.modalities.ultrasound.demo_corpus import make_demo_corpus
 from foundation.modalities.ultrasound.model import UltrasoundMTLConfig
 from foundation.modalities.ultrasound.tasks import task_table
@@ -18,10 +18,17 @@ def make_corpus(root: Path, images_per_task: int = 8) -> Path:
                             max_size=72)
 
 
-def data_config(csv_dir: Path, cache: Path, **kw) -> UltrasoundDataConfig:
-    base = dict(data_root=str(csv_dir), tasks=TASKS, image_size=64, batch_size=4, cache_dir=str(cache))
+def data_config(csv_dir: Path, cache: Path, **kw) -> UltrasoundDatasetConfig:
+    base = dict(source=str(csv_dir), tasks=TASKS, image_size=64, batch_size=4, cache_dir=str(cache))
     base.update(kw)
-    return UltrasoundDataConfig(**base)
+    return UltrasoundDatasetConfig(**base)
+
+
+def prepared(csv_dir: Path, cache: Path, **kw) -> UltrasoundDataset:
+    """The dataset of :func:`data_config`, its cache prepared first (as pretrain.py does)."""
+    cfg = data_config(csv_dir, cache, **kw)
+    UltrasoundDataset.prepare(cfg)
+    return UltrasoundDataset(cfg)
 
 
 def model_config(**kw) -> UltrasoundMTLConfig:

@@ -5,14 +5,13 @@ import pytest
 import torch
 
 from foundation.errors import ConfigError, DataError
-from foundation.modalities.ultrasound.dataset import UltrasoundDataConfig, UltrasoundDataset
-from tests.modalities.ultrasound._helpers import TASKS, data_config
+from foundation.modalities.ultrasound.dataset import UltrasoundDatasetConfig, UltrasoundDataset
+from tests.modalities.ultrasound._helpers import TASKS, data_config, prepared
 
 
 @pytest.fixture(scope="module")
 def train_set(corpus, tmp_path_factory):
-    return UltrasoundDataset(data_config(corpus, tmp_path_factory.mktemp("cache"), mixed_tasks=True, zoom=0.3,
-                                         shift=0.1, intensity=0.0))
+    return prepared(corpus, tmp_path_factory.mktemp("cache"), mixed_tasks=True, zoom=0.3, shift=0.1, intensity=0.0)
 
 
 def test_batches_and_labels_follow_the_image(train_set):
@@ -73,30 +72,37 @@ def test_no_flips_for_left_right_tasks(train_set, monkeypatch):
 
 
 def test_patient_disjoint_split(corpus, tmp_path):
-    train = UltrasoundDataset(data_config(corpus, tmp_path, split="train"))
-    val = UltrasoundDataset(data_config(corpus, tmp_path, split="val"))
+    train = prepared(corpus, tmp_path, split="train")
+    val = UltrasoundDataset(data_config(corpus, tmp_path, split="val"))  # one cache serves every split
     assert not {r.group for r in train.records} & {r.group for r in val.records}
     assert len(train.records) + len(val.records) == 8 * len(TASKS)
     assert {r.task_id for r in val.records} == set(TASKS)
-    single = UltrasoundDataset(data_config(corpus, tmp_path, train_tasks=("fetal_head",)))
+    with pytest.raises(DataError, match="built from other sources"):  # another task subset: prepare again
+        UltrasoundDataset(data_config(corpus, tmp_path, train_tasks=("fetal_head",)))
+    single = prepared(corpus, tmp_path, train_tasks=("fetal_head",))
     assert {int(t) for t in single[0]["task"]} == {TASKS.index("fetal_head")}
 
 
 def test_letterbox_cache_and_describe(corpus, tmp_path):
-    ds = UltrasoundDataset(data_config(corpus, tmp_path, keep_aspect=True, split="all", augment=False))
+    ds = prepared(corpus, tmp_path / "cache", keep_aspect=True, split="all", augment=False)
     j = next(i for i, r in enumerate(ds.records) if r.task_id == "fetal_head")
     g = ds.geometry(j)
     assert g.sx == g.sy  # aspect kept
-    assert len(list(tmp_path.iterdir())) == 1  # one cache folder, reused on the next build
-    UltrasoundDataset(data_config(corpus, tmp_path, keep_aspect=True, split="all"))
-    assert len(list(tmp_path.iterdir())) == 1
-    assert "letterboxed" in ds.describe()
+    stamp = (tmp_path / "cache" / "index.json").stat().st_mtime_ns
+    prepared(corpus, tmp_path / "cache", keep_aspect=True, split="all")  # augmentation is not cached: reused
+    assert (tmp_path / "cache" / "index.json").stat().st_mtime_ns == stamp
+    assert list(tmp_path.iterdir()) == [tmp_path / "cache"]
+    assert "letterboxed" in ds.describe() and "0 left out" in ds.describe()
 
 
 def test_errors(corpus, tmp_path):
-    with pytest.raises(DataError, match="no CSV files there"):
-        UltrasoundDataset(data_config(tmp_path / "nothing", tmp_path))
+    with pytest.raises(DataError, match="no CSV files in .*nothing.*set data.source: demo"):
+        UltrasoundDataset.prepare(data_config(tmp_path / "nothing", tmp_path))
+    with pytest.raises(DataError, match="not a complete ultrasound cache"):
+        UltrasoundDataset(data_config(corpus, tmp_path / "never-built"))
+    with pytest.raises(ConfigError, match="data.source is empty.*data.source: demo"):
+        UltrasoundDatasetConfig(source="")
     with pytest.raises(ConfigError, match="multiple of 32"):
-        UltrasoundDataConfig(image_size=50)
+        UltrasoundDatasetConfig(image_size=50)
     with pytest.raises(ConfigError, match="train.*val.*all"):
-        UltrasoundDataConfig(split="test")
+        UltrasoundDatasetConfig(split="test")

@@ -16,8 +16,7 @@ RECIPE = ROOT / "foundation" / "recipes" / "ultrasound-mtl-tiny.yaml"
 
 
 def test_tiny_recipe_two_ranks_and_export(tmp_path):
-    data = [f"data.data_root={tmp_path / 'demo' / 'csv_files'}", f"data.cache_dir={tmp_path / 'cache'}",
-            "data.demo_images_per_task=4"]
+    data = [f"data.cache_dir={tmp_path / 'cache'}", "data.demo_images_per_task=4"]
     check(run_pretrain(tmp_path / "run", "train.steps=4", "train.warmup_steps=1", *data, ranks=2, recipe=RECIPE))
     records = read_jsonl(tmp_path / "run" / "metrics.jsonl")
     assert [r["step"] for r in records] == [1, 2, 3, 4]
