@@ -76,7 +76,8 @@ def _features(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> torch.
 
 
 def test_every_registered_model_has_a_case():
-    assert sorted(CASES) == MODELS.names()
+    built_in = [n for n in MODELS.names() if MODELS.target(n) is not None]  # test fixtures register toy models too
+    assert sorted(CASES) == built_in
 
 
 @pytest.mark.parametrize("name", sorted(CASES))

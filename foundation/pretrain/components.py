@@ -3,10 +3,9 @@
 Contract of registered components (each builder has a ``config_class`` dataclass):
 
 - model: ``Model(config) -> nn.Module`` with the hub mixin.
-- dataset: ``Dataset(config) -> torch Dataset``; optional ``Dataset.prepare(config)``
-  (classmethod, run once on local rank 0 before the others build: generate or
-  cache data), optional ``collate`` attribute (a collate_fn) and ``describe()``
-  (a one-paragraph data summary for the model card).
+- dataset: keeps :class:`foundation.data.protocol.DatasetProtocol` (``prepare``, ``collate``,
+  ``groups``, ``describe``); :func:`build_components` prepares it through
+  :func:`foundation.data.protocol.prepare_dataset` (local rank 0 builds, the others wait).
 - objective: ``Objective(config) -> nn.Module`` whose ``forward(model, batch)``
   returns ``(loss, metrics)``: a scalar tensor and a dict of scalar tensors or
   floats. It may hold trainable parameters (loss weights); it only calls the
@@ -23,6 +22,7 @@ import torch
 from torch import nn
 
 from foundation.config import RecipeConfig
+from foundation.data.protocol import prepare_dataset
 from foundation.registry import DATASETS, MODELS, OBJECTIVES
 
 __all__ = ["TrainModule", "Components", "build_model", "build_objective", "build_components"]
@@ -74,9 +74,9 @@ def build_objective(recipe: RecipeConfig) -> nn.Module:
 
 
 def build_components(recipe: RecipeConfig, prepare: bool = True) -> Components:
-    """Build model, objective and dataset (running ``prepare`` first when asked)."""
+    """Build model, objective and dataset; with ``prepare``, prepare the data first (call on every rank)."""
     dataset_cls = DATASETS.get(recipe.data.name)
-    if prepare and hasattr(dataset_cls, "prepare"):
-        dataset_cls.prepare(recipe.data.config)
+    if prepare:
+        prepare_dataset(dataset_cls, recipe.data.config)
     return Components(model=build_model(recipe), objective=build_objective(recipe),
                       dataset=dataset_cls(recipe.data.config))

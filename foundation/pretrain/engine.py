@@ -118,12 +118,8 @@ class Engine:
         torch.manual_seed(train.seed)  # same initial weights on every rank
         if self.model is not None:
             parts = Components(model=self.model, objective=build_objective(recipe), dataset=self.dataset)
-        elif dist.local_rank == 0:
-            parts = build_components(recipe, prepare=True)
-            dist.barrier()
         else:
-            dist.barrier()
-            parts = build_components(recipe, prepare=False)
+            parts = build_components(recipe, prepare=True)  # local rank 0 prepares the data, the others wait
         if recipe.memory.act_bits:
             from foundation.kernels.mesa import apply_act_bits
 
