@@ -79,6 +79,7 @@ class Strategy(ABC):
     """One way to fine-tune; instances are built per run by :func:`~foundation.finetune.strategies.make_strategy`."""
 
     name: str = ""
+    new_head: bool = True  # trains a new head, started as --head-init says (False: probes fit their own)
 
     @abstractmethod
     def fit(self, job: FinetuneJob) -> None:

@@ -41,6 +41,7 @@ def frozen_features(job: FinetuneJob) -> tuple[torch.Tensor, torch.Tensor, torch
 
 class _Probe(Strategy):
     kind = ""
+    new_head = False
 
     def __init__(self) -> None:
         self.result: ProbeResult | None = None
