@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import Subset
 
 from foundation.adapters.state import is_writer_rank
 from foundation.atomic import atomic_write_json, atomic_write_text

@@ -59,7 +59,7 @@ class _Wide(nn.Module):
         self.head = nn.Linear(8, 3)
 
 
-def test_from_adapter_is_strict_and_leaves_no_wrapper(tmp_path):
+def test_load_is_strict_and_leaves_no_wrapper(tmp_path):
     base, _ = make_model("toy")
     DopamineModel(base, DopamineConfig(target_modules=("mlp.fc1",))).save(tmp_path / "a")
     other = _Wide(hidden=32)
