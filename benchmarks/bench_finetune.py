@@ -25,6 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import yaml
+
 from foundation.config import load_recipe
 from foundation.eval.report import markdown_table
 from foundation.finetune.strategies import make_strategy
@@ -46,6 +48,8 @@ def main() -> None:
     ap.add_argument("--finetune", required=True, help="labelled recipe (objective: supervised)")
     ap.add_argument("--methods", nargs="*", default=["linear-probe", "lora", "full"], choices=method_names())
     ap.add_argument("--targets", nargs="*", default=[], help="adapter target suffixes (default: the method's preset)")
+    ap.add_argument("--adapter-set", dest="adapter_set", action="append", default=[], metavar="FIELD=VALUE",
+                    help="a field of every adapter method's config (value read as YAML), e.g. r=4")
     ap.add_argument("--steps", type=int, default=0, help="fine-tuning optimizer steps (0: the recipe's train.steps)")
     ap.add_argument("--seeds", type=int, nargs="*", default=[0], help="fine-tuning seeds (train.seed), one run each")
     ap.add_argument("--split-seed", type=int, default=0, help="seed of the held-out subject split")
@@ -54,6 +58,7 @@ def main() -> None:
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="override of the pretrain recipe")
     ap.add_argument("--ft-set", dest="ft_overrides", action="append", default=[], help="override of the finetune recipe")
     args = ap.parse_args()
+    adapter = {k: yaml.safe_load(v) for k, _, v in (item.partition("=") for item in args.adapter_set)}
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         pre = load_recipe(args.pretrain, args.overrides + ["train.progress_bar=false"])
@@ -70,7 +75,7 @@ def main() -> None:
                                                                            "train.progress_bar=false"])
                 t0 = time.perf_counter()
                 res = run_finetune(ft, str(result.export_dir), Path(tmp) / f"{method}-{head_init}-{seed}",
-                                   FinetuneOptions(method=method, targets=tuple(args.targets),
+                                   FinetuneOptions(method=method, targets=tuple(args.targets), adapter=adapter,
                                                    split_seed=args.split_seed,
                                                    head_init="probe" if head_init == "-" else head_init))
                 seconds.append(time.perf_counter() - t0)

@@ -42,9 +42,18 @@ def test_lora_files_match_peft_own_save_and_load_back_with_peft(tmp_path):
         torch.testing.assert_close(ours[key], ref[key], rtol=0, atol=0)
     assert json.loads((tmp_path / "ours/adapter_config.json").read_text())["peft_type"] == "LORA"
     wrapped.eval()
-    reread = PeftModel.from_pretrained(pristine, str(tmp_path / "ours")).eval()
+    reread = PeftModel.from_pretrained(clone(pristine), str(tmp_path / "ours")).eval()
+    ours_from_peft = LoraAdapterModel.load(pristine, tmp_path / "peft").eval()  # and we read peft's own folder
     with torch.no_grad():
         torch.testing.assert_close(reread(x), wrapped(x), rtol=0, atol=0)
+        torch.testing.assert_close(ours_from_peft(x), wrapped(x), rtol=0, atol=0)
+
+
+def test_a_config_of_another_method_is_refused_before_mutation():
+    base, _ = make_model("toy")
+    with pytest.raises(ConfigError, match="LoraAdapterModel: expected a LoraAdapterConfig, got DopamineConfig"):
+        LoraAdapterModel(base, DopamineConfig(target_modules=("mlp.fc1",)))
+    assert not any("lora_" in n for n, _ in base.named_parameters())
 
 
 def test_gather_uses_deepspeed_for_zero_partitioned_parameters(monkeypatch):
