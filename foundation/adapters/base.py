@@ -24,6 +24,7 @@ import json
 import os
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -40,6 +41,7 @@ from foundation.hub.names import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME
 __all__ = ["AdapterModel", "AdapterReportContext"]
 
 
+@dataclass
 class AdapterReportContext:
     """What :meth:`AdapterModel.report` may use: the output folder and the held-out batches.
 
@@ -51,9 +53,11 @@ class AdapterReportContext:
         is_main: whether this rank writes files (every rank runs the forward passes: ZeRO-3 is collective).
     """
 
-    def __init__(self, out: Path, batches: Callable[[], Iterable[tuple[Any, torch.Tensor]]], task: str,
-                 num_outputs: int, is_main: bool) -> None:
-        self.out, self.batches, self.task, self.num_outputs, self.is_main = Path(out), batches, task, num_outputs, is_main
+    out: Path
+    batches: Callable[[], Iterable[tuple[Any, torch.Tensor]]]
+    task: str = "classification"
+    num_outputs: int = 1
+    is_main: bool = True
 
 
 class AdapterModel(nn.Module):
@@ -134,6 +138,8 @@ class AdapterModel(nn.Module):
         """The config the fine-tuning runner uses: ``targets`` (or the method's default for ``model_name``),
         ``exclude`` (module-name suffixes never wrapped) and any other config ``fields``.
 
+        ``config_class`` is a dataclass with ``target_modules`` and ``exclude_modules`` fields (as peft's configs).
+
         Raises:
             ConfigError: a field of ``fields`` is not a field of ``config_class`` (lists the valid ones).
         """
@@ -153,6 +159,10 @@ class AdapterModel(nn.Module):
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         """Run the wrapped model (inputs and outputs are the base model's)."""
         return self.model(*args, **kwargs)
+
+    def num_trainable(self) -> int:
+        """Parameters that train: the adapter's, plus any the caller left trainable (a new task head)."""
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
 
     def adapter_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
         """``(name, parameter)`` of the adapter's own parameters (names hold ``marker``)."""

@@ -55,7 +55,7 @@ class AdapterFinetune(Strategy):
         self.wrapped = self.adapter_cls(model, config)
         for p in model.head.parameters():  # the new head always trains
             p.requires_grad_(True)
-        self._trainable = sum(p.numel() for p in self.wrapped.parameters() if p.requires_grad)
+        self._trainable = self.wrapped.num_trainable()
         train_with_engine(job, self.wrapped)
 
     def predict(self, job: FinetuneJob) -> tuple[torch.Tensor, torch.Tensor]:
@@ -80,5 +80,5 @@ class AdapterFinetune(Strategy):
     def report(self, job: FinetuneJob) -> dict[str, str]:
         """What the adapter writes about itself (:meth:`AdapterModel.report`)."""
         ctx = AdapterReportContext(job.out, lambda: job.batches(job.test), job.task, job.model.config.num_outputs,
-                                   is_writer_rank())
+                                   is_writer_rank())  # every rank runs the forward passes
         return self.wrapped.report(ctx)
