@@ -173,6 +173,11 @@ class AdapterModel(nn.Module):
     def on_step_end(self, step: int) -> None:
         """Engine hook after every optimizer step (``step`` counts from 1); the base class has no schedule."""
 
+    def auxiliary_loss(self) -> torch.Tensor | None:
+        """A loss term of the method's own, added by the supervised objective with ``objective.sparsity_weight``
+        (a scalar with gradient, from the last training forward); None: the method has none."""
+        return None
+
     def report(self, ctx: AdapterReportContext) -> dict[str, str]:
         """Files written about the trained adapter (name -> path); the base class writes none.
 

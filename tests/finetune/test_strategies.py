@@ -97,3 +97,20 @@ def test_a_third_adapter_method_fine_tunes_by_registration_alone(base, tmp_path)
     assert isinstance(rebuilt, ScaleAdapter)
     prob, y = predict(rebuilt, DataLoader(Subset(data, test_idx.tolist()), batch_size=64))
     assert classification_metrics(y, prob) == pytest.approx(res["metrics"], abs=1e-6)
+
+
+def test_the_sparsity_weight_needs_an_adapter_with_an_auxiliary_loss():
+    from foundation.adapters import DopamineConfig, DopamineModel
+    from foundation.finetune.task_model import Supervised, SupervisedConfig
+    from tests.adapters._helpers import ToyNet
+
+    x, y = torch.randn(4, 5, 8), torch.tensor([0, 1, 2, 0])
+    objective = Supervised(SupervisedConfig(sparsity_weight=0.5))
+    dop = DopamineModel(ToyNet(), DopamineConfig(target_modules=("mlp.fc1",), warmup_steps=0)).train()
+    loss, _ = objective(dop, (x, y))
+    plain, _ = Supervised(SupervisedConfig())(dop, (x, y))
+    torch.testing.assert_close(loss, plain + 0.5 * dop.gate_activity())
+    with pytest.raises(ConfigError, match="sparsity_weight is set but ToyNet has no auxiliary loss"):
+        objective(ToyNet(), (x, y))
+    with pytest.raises(ConfigError, match="sparsity_weight: expected >= 0"):
+        SupervisedConfig(sparsity_weight=-1.0)

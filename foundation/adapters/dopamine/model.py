@@ -146,6 +146,10 @@ class DopamineModel(AdapterModel):
                                 "call model.train() and run a forward pass first")
         return torch.stack(means).mean()
 
+    def auxiliary_loss(self) -> torch.Tensor:
+        """:meth:`gate_activity`: weighted into the loss, it makes the hard gate sparser."""
+        return self.gate_activity()
+
     def set_adapter_enabled(self, enabled: bool) -> None:
         """Enable or bypass every gate (a bypassed gate returns the base output unchanged)."""
         for _, layer in self.dopamine_layers():
