@@ -50,9 +50,9 @@ class AdapterFinetune(Strategy):
         exclude = ("head",) + unused_modules(model, job.unused)  # the new head trains whole
         config = self.adapter_cls.config_for(model.config.encoder, job.opts.targets, exclude, job.opts.adapter,
                                              where=f"--method {self.name} (--targets / --adapter-set)")
+        self.wrapped = self.adapter_cls(model, config)  # every check before the first change (head included)
         if job.opts.head_init == "probe":
-            init_head_from_probe(job)
-        self.wrapped = self.adapter_cls(model, config)
+            init_head_from_probe(job)  # through the adapter, an exact identity at step 0
         for p in model.head.parameters():  # the new head always trains
             p.requires_grad_(True)
         self._trainable = self.wrapped.num_trainable()
