@@ -25,9 +25,12 @@ import tempfile
 import time
 from pathlib import Path
 
+import yaml
+
 from foundation.config import load_recipe
 from foundation.eval.report import markdown_table
-from foundation.finetune.runner import METHODS, FinetuneOptions, run_finetune
+from foundation.finetune.strategies import make_strategy
+from foundation.finetune.runner import FinetuneOptions, method_names, run_finetune
 from foundation.pretrain.engine import Engine
 
 METRICS = ("balanced_accuracy", "cohen_kappa", "weighted_f1", "auroc", "r2", "mae")
@@ -43,8 +46,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--pretrain", required=True, help="recipe to pretrain")
     ap.add_argument("--finetune", required=True, help="labelled recipe (objective: supervised)")
-    ap.add_argument("--methods", nargs="*", default=["linear-probe", "lora", "full"], choices=METHODS)
-    ap.add_argument("--targets", nargs="*", default=[], help="LoRA/Dopamine target suffixes (default: the preset)")
+    ap.add_argument("--methods", nargs="*", default=["linear-probe", "lora", "full"], choices=method_names())
+    ap.add_argument("--targets", nargs="*", default=[], help="adapter target suffixes (default: the method's preset)")
+    ap.add_argument("--adapter-set", dest="adapter_set", action="append", default=[], metavar="FIELD=VALUE",
+                    help="a field of every adapter method's config (value read as YAML), e.g. r=4")
     ap.add_argument("--steps", type=int, default=0, help="fine-tuning optimizer steps (0: the recipe's train.steps)")
     ap.add_argument("--seeds", type=int, nargs="*", default=[0], help="fine-tuning seeds (train.seed), one run each")
     ap.add_argument("--split-seed", type=int, default=0, help="seed of the held-out subject split")
@@ -53,6 +58,7 @@ def main() -> None:
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="override of the pretrain recipe")
     ap.add_argument("--ft-set", dest="ft_overrides", action="append", default=[], help="override of the finetune recipe")
     args = ap.parse_args()
+    adapter = {k: yaml.safe_load(v) for k, _, v in (item.partition("=") for item in args.adapter_set)}
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         pre = load_recipe(args.pretrain, args.overrides + ["train.progress_bar=false"])
@@ -60,7 +66,7 @@ def main() -> None:
         result = Engine(pre, Path(tmp) / "pretrain").run()
         print(f"pretrained {pre.name} for {result.step} steps in {time.perf_counter() - t0:.0f} s")
         steps = [f"train.steps={args.steps}"] if args.steps else []
-        runs = [(m, h) for m in args.methods for h in (["-"] if m.endswith("probe") else args.head_inits)]
+        runs = [(m, h) for m in args.methods for h in (args.head_inits if make_strategy(m).new_head else ["-"])]
         for method, head_init in runs:
             metrics: dict[str, list[float]] = {}
             seconds, trainable = [], 0
@@ -69,7 +75,7 @@ def main() -> None:
                                                                            "train.progress_bar=false"])
                 t0 = time.perf_counter()
                 res = run_finetune(ft, str(result.export_dir), Path(tmp) / f"{method}-{head_init}-{seed}",
-                                   FinetuneOptions(method=method, targets=tuple(args.targets),
+                                   FinetuneOptions(method=method, targets=tuple(args.targets), adapter=adapter,
                                                    split_seed=args.split_seed,
                                                    head_init="probe" if head_init == "-" else head_init))
                 seconds.append(time.perf_counter() - t0)

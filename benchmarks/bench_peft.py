@@ -80,7 +80,7 @@ def train(model: nn.Module, params: list[nn.Parameter], x, y, steps: int, lr: fl
           extra_loss=None) -> None:
     opt = torch.optim.Adam(params, lr=lr)
     model.train()
-    for xb, yb in batches(x, y, steps, 64, gen):
+    for step, (xb, yb) in enumerate(batches(x, y, steps, 64, gen), start=1):
         loss = F.cross_entropy(model(xb), yb)
         if extra_loss is not None:
             loss = loss + extra_loss()
@@ -88,7 +88,7 @@ def train(model: nn.Module, params: list[nn.Parameter], x, y, steps: int, lr: fl
         loss.backward()
         opt.step()
         if on_step is not None:
-            on_step()
+            on_step(step)  # the engine's hook: AdapterModel.on_step_end(step) after every optimizer step
 
 
 @torch.no_grad()
@@ -156,7 +156,7 @@ def run_seed(seed: int, images, args) -> dict[str, dict]:
     base = fresh()
     sparse = DopamineModel(base, cfg)
     train(sparse, trainable(sparse), x_spec, y_spec, args.steps, args.lr_dopamine, torch.Generator().manual_seed(seed),
-          on_step=sparse.advance, extra_loss=lambda: args.sparsity * sparse.gate_activity())
+          on_step=sparse.on_step_end, extra_loss=lambda: args.sparsity * sparse.gate_activity())
     acc, active = evaluate(sparse, base, x_test, y_test)
     out[f"dopamine+sparsity{args.sparsity:g}"] = dict(acc=acc, active=active,
                                                       params=sum(p.numel() for p in trainable(sparse)))
@@ -176,7 +176,7 @@ def run_seed(seed: int, images, args) -> dict[str, dict]:
     base = fresh()
     dop = DopamineModel(base, cfg)
     gen = torch.Generator().manual_seed(seed)
-    train(dop, trainable(dop), x_spec, y_spec, args.steps, args.lr_dopamine, gen, on_step=dop.advance)
+    train(dop, trainable(dop), x_spec, y_spec, args.steps, args.lr_dopamine, gen, on_step=dop.on_step_end)
     acc, active = evaluate(dop, base, x_test, y_test)
     out["dopamine"] = dict(acc=acc, active=active, params=sum(p.numel() for p in trainable(dop)))
     dop.eval()

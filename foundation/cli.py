@@ -42,14 +42,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_args(ft)
     ft.add_argument("--from", dest="base", required=True, help="Hub repo id or local save_pretrained folder")
     ft.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit) of --from")
-    ft.add_argument("--method", default="full", help="linear-probe | mlp-probe | full | lora | dopamine")
+    ft.add_argument("--method", default="full",
+                    help="linear-probe | mlp-probe | full | a registered adapter method (lora, dopamine, ...)")
     ft.add_argument("--test-fraction", type=float, default=0.25, help="share of subjects/groups held out")
-    ft.add_argument("--targets", nargs="*", default=[], help="LoRA/Dopamine target module suffixes")
-    ft.add_argument("--skip-targets", nargs="*", default=[], help="Dopamine: layers that skip inactive units")
-    ft.add_argument("--lora-r", type=int, default=8, help="LoRA rank")
+    ft.add_argument("--targets", nargs="*", default=[], help="adapter target module suffixes (default: the "
+                                                             "method's preset for the encoder)")
+    ft.add_argument("--adapter-set", dest="adapter_set", action="append", default=[], metavar="FIELD=VALUE",
+                    help="a field of the adapter's config, repeatable, e.g. --adapter-set r=4 (value read as YAML)")
+    ft.add_argument("--skip-targets", nargs="*", default=None,
+                    help="shorthand for --adapter-set skip_modules=[...] (Dopamine: layers that skip inactive units)")
+    ft.add_argument("--lora-r", type=int, default=None, help="shorthand for --adapter-set r=N (LoRA rank)")
     ft.add_argument("--lr-decay", type=float, default=0.75, help="layer-wise LR decay (full)")
     ft.add_argument("--head-init", default="probe", choices=["probe", "random"],
-                    help="new head of full/lora/dopamine: a linear probe of the frozen features (LP-FT) or random")
+                    help="new head of trained methods: a linear probe of the frozen features (LP-FT) or random")
     ex = sub.add_parser("export", help="consolidate a run's checkpoint into a save_pretrained folder")
     ex.add_argument("run_dir", help="run folder written by `foundation pretrain`")
     ex.add_argument("--out", default=None, help="target folder (default: <run_dir>/export)")
@@ -96,13 +101,32 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _adapter_fields(args: argparse.Namespace) -> dict:
+    """``--adapter-set FIELD=VALUE`` (values parsed as YAML) plus the ``--skip-targets`` / ``--lora-r`` shorthands."""
+    import yaml
+
+    from foundation.errors import ConfigError
+
+    fields: dict = {}
+    for item in args.adapter_set:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise ConfigError(f"--adapter-set {item!r}: expected FIELD=VALUE, e.g. --adapter-set r=4")
+        fields[name.strip()] = yaml.safe_load(value)
+    if args.skip_targets is not None:
+        fields["skip_modules"] = tuple(args.skip_targets)
+    if args.lora_r is not None:
+        fields["r"] = args.lora_r
+    return fields
+
+
 def _finetune(recipe, args: argparse.Namespace, out: Path) -> int:
     import json
 
     from foundation.finetune.runner import FinetuneOptions, run_finetune
 
-    opts = FinetuneOptions(method=args.method, test_fraction=args.test_fraction, targets=tuple(args.targets), skip_targets=tuple(args.skip_targets),
-                           lora_r=args.lora_r, lr_decay=args.lr_decay, head_init=args.head_init)
+    opts = FinetuneOptions(method=args.method, test_fraction=args.test_fraction, targets=tuple(args.targets),
+                           adapter=_adapter_fields(args), lr_decay=args.lr_decay, head_init=args.head_init)
     result = run_finetune(recipe, args.base, out, opts, revision=args.revision)
     import torch.distributed as dist
 

@@ -1,4 +1,4 @@
-"""LoRA through peft: a plain-data config, target presets, adapter-only save/load, merge.
+"""LoRA through peft as an :class:`~foundation.adapters.base.AdapterModel`: config, inject, save/load, merge.
 
 Paper: Hu et al., "LoRA: Low-Rank Adaptation of Large Language Models",
 https://arxiv.org/abs/2106.09685. The layers, merge arithmetic and the folder
@@ -13,23 +13,19 @@ the suite's models).
 """
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
+from typing import Any
 
-from safetensors.torch import save_file
+import torch
 from torch import nn
 
-from foundation.hub.names import ADAPTER_CONFIG_NAME as CONFIG_NAME, ADAPTER_WEIGHTS_NAME as WEIGHTS_NAME
-from foundation.adapters.state import gathered_state_dict, is_writer_rank
-from foundation.atomic import staged_folder
-from foundation.hub.adapter_folder import read_adapter_config
-from foundation.adapters.targets import TARGET_PRESETS, resolve_targets
+from foundation.adapters.base import AdapterModel
+from foundation.adapters.state import gathered_state_dict
+from foundation.adapters.targets import TARGET_PRESETS, model_preset, resolve_targets
 from foundation.errors import CheckpointError, ConfigError, did_you_mean
 
 __all__ = ["LoraAdapterConfig", "LoraAdapterModel"]
-
 
 
 @dataclass
@@ -90,117 +86,120 @@ class LoraAdapterConfig:
                           target_modules=regex, use_rslora=self.use_rslora, init_lora_weights=True)
 
 
-def _is_lora_param(name: str) -> bool:
-    return "lora_" in name
+class LoraAdapterModel(AdapterModel):
+    """LoRA on the targets of ``model`` through peft; ``self.model`` is the ``peft.PeftModel``.
 
-
-class LoraAdapterModel:
-    """Inject, save, load and merge LoRA with peft; the returned model is a ``peft.PeftModel``.
-
-    peft's B matrices start at zero, so the wrapped model is an exact identity at step 0.
+    peft's B matrices start at zero, so the wrapped model is an exact identity at step 0. Files are peft's
+    (``base_model.model.<module>.lora_A.weight``, adapter name stripped), so ``PeftModel.from_pretrained``
+    reads a saved folder too.
     """
 
-    @staticmethod
-    def inject(model: nn.Module, config: LoraAdapterConfig, adapter_name: str = "default"):
-        """Wrap the targets of ``model`` with LoRA and freeze everything else.
+    method = "lora"
+    peft_type = "LORA"
+    config_class = LoraAdapterConfig
+    marker = "lora_"
+    supports_merge = True
 
-        All checks run before ``model`` is touched; peft then injects in place.
+    def _plan(self, model: nn.Module, config: LoraAdapterConfig) -> Any:
+        return config.to_peft(model)  # resolves and checks the targets
 
-        Returns:
-            A ``peft.PeftModel`` whose ``base_model.model`` is ``model``.
-
-        Raises:
-            ConfigError: see :meth:`LoraAdapterConfig.to_peft`.
-        """
+    def _inject(self, model: nn.Module, config: LoraAdapterConfig, plan: Any, adapter_name: str) -> nn.Module:
         from peft import get_peft_model
 
-        peft_config = config.to_peft(model)
-        return get_peft_model(model, peft_config, adapter_name=adapter_name)
+        return get_peft_model(model, plan, adapter_name=adapter_name)
 
-    @staticmethod
-    def save(peft_model, folder: str | os.PathLike, adapter_name: str = "default") -> Path:
-        """Write ``adapter_config.json`` + ``adapter_model.safetensors`` (adapter tensors only), atomically.
+    def _unload(self) -> nn.Module:
+        return self.model.unload()
 
-        The keys and files are peft's (``base_model.model.<module>.lora_A.weight``, adapter name stripped), so
-        ``PeftModel.from_pretrained`` reads the folder too. ZeRO-3 shards are gathered first
-        (:func:`gathered_state_dict`; call on every rank, rank 0 writes). Gates stacked on LoRA layers (a Dopamine layer's
-        ``base_layer`` hop) are seen through.
-        """
-        state = _through_wrappers(peft_model, gathered_state_dict(peft_model, _is_lora_param))
-        marker = re.compile(rf"\.(lora_\w+?)\.{re.escape(adapter_name)}(?=\.|$)")
-        state = {marker.sub(r".\1", k): v for k, v in state.items() if marker.search(k)}
-        if not state:
-            raise CheckpointError(f"LoRA save to {str(folder)!r}: the model holds no LoRA tensors of adapter "
-                                  f"{adapter_name!r}; inject it first")
-        if not is_writer_rank():
-            return Path(folder)
-        with staged_folder(folder) as tmp:
-            peft_model.peft_config[adapter_name].save_pretrained(str(tmp))
-            save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
-        return Path(folder)
+    @classmethod
+    def config_for(cls, model_name: str, targets: tuple[str, ...], exclude: tuple[str, ...],
+                   fields: dict[str, Any], where: str = "adapter options") -> LoraAdapterConfig:
+        """``targets`` as preset 'custom', else the preset of ``fields`` or the model's (``MODEL_PRESETS``)."""
+        fields = dict(fields)
+        if targets:
+            fields["preset"] = "custom"
+        else:
+            fields.setdefault("preset", model_preset(model_name))
+        return super().config_for(model_name, targets, exclude, fields, where)
 
-    @staticmethod
-    def load(model: nn.Module, folder: str | os.PathLike, adapter_name: str = "default", is_trainable: bool = False):
-        """Wrap ``model`` with the LoRA adapter saved in ``folder``; strict: every LoRA tensor must land.
+    def adapter_state_dict(self) -> dict[str, torch.Tensor]:
+        """LoRA tensors keyed as peft saves them; gates stacked on LoRA layers (a Dopamine ``base_layer`` hop)
+        are seen through. ZeRO-3 shards are gathered first: call on every rank."""
+        state = _through_wrappers(self.model, gathered_state_dict(self.model, lambda n: self.marker in n))
+        marker = re.compile(rf"\.(lora_\w+?)\.{re.escape(self.adapter_name)}(?=\.|$)")
+        return {marker.sub(r".\1", k): v for k, v in state.items() if marker.search(k)}
 
-        Returns:
-            A ``peft.PeftModel``; its LoRA parameters train only with ``is_trainable``.
+    def _load_adapter_state(self, state: dict[str, torch.Tensor], folder: str) -> None:
+        from peft import set_peft_model_state_dict
 
-        Raises:
-            CheckpointError: the folder is not a LoRA adapter, or its keys do not match the model.
-        """
-        from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
-        from safetensors.torch import load_file
-
-        cfg = read_adapter_config(folder)
-        if cfg["peft_type"] != "LORA":
-            raise CheckpointError(f"adapter folder {str(folder)!r}: {CONFIG_NAME} says peft_type "
-                                  f"{cfg['peft_type']!r}; expected 'LORA'; load it with its own method")
-        modules = dict(model.named_modules())
-        missing_targets = [t for t in _target_names(cfg) if t not in modules]
-        if missing_targets:
-            raise CheckpointError(f"adapter folder {str(folder)!r}: the adapter targets modules the model lacks: "
-                                  f"{missing_targets[:5]}; load it onto the model it was trained on")
-        peft_config = LoraConfig.from_pretrained(str(folder))
-        state = load_file(str(Path(folder) / WEIGHTS_NAME))
-        peft_model = get_peft_model(model, peft_config, adapter_name=adapter_name)
         try:
-            result = set_peft_model_state_dict(peft_model, state, adapter_name=adapter_name)
+            result = set_peft_model_state_dict(self.model, state, adapter_name=self.adapter_name)
         except RuntimeError as err:  # shape mismatch
-            peft_model.unload()
-            raise CheckpointError(f"adapter folder {str(folder)!r} does not fit the model: {err}") from err
-        missing = [k for k in result.missing_keys if "lora_" in k]
+            raise CheckpointError(f"adapter folder {folder!r} does not fit the model: {err}") from err
+        missing = [k for k in result.missing_keys if self.marker in k]
         unexpected = list(result.unexpected_keys)
         if missing or unexpected:
-            peft_model.unload()
-            raise CheckpointError(f"adapter folder {str(folder)!r} does not match the model: missing {missing[:5]}, "
+            raise CheckpointError(f"adapter folder {folder!r} does not match the model: missing {missing[:5]}, "
                                   f"unexpected {unexpected[:5]}; load it onto the model it was trained on")
-        for name, p in peft_model.named_parameters():
-            if "lora_" in name:
-                p.requires_grad_(is_trainable)
-        return peft_model
 
-    from_adapter = load  # the method table's common name (DopamineModel.from_adapter)
+    def _config_dict(self) -> dict[str, Any]:
+        data = self.model.peft_config[self.adapter_name].to_dict()
+        return json_ready(data)
 
-    @staticmethod
-    def merge(peft_model) -> nn.Module:
-        """Fold the LoRA update into the base weights (``safe_merge``: refuses non-finite results).
-
-        Returns:
-            The base model with merged weights and no adapter modules.
+    @classmethod
+    def config_from_dict(cls, data: dict[str, Any], folder: str) -> LoraAdapterConfig:
+        """peft's ``LoraConfig`` fields -> :class:`LoraAdapterConfig` (targets as saved: a regex or suffixes).
 
         Raises:
-            CheckpointError: the merged weights would hold NaN or inf.
+            CheckpointError: the folder uses LoRA options the suite does not wrap (trained biases, extra
+                modules saved whole, per-module ranks).
         """
+        unsupported = {k: data.get(k) for k in ("modules_to_save", "rank_pattern", "alpha_pattern") if data.get(k)}
+        if data.get("bias", "none") != "none":
+            unsupported["bias"] = data["bias"]
+        if unsupported:
+            raise CheckpointError(f"adapter folder {folder!r}: LoRA options {unsupported} are not supported; load it "
+                                  f"with peft.PeftModel.from_pretrained instead")
+        targets = data.get("target_modules")
+        targets = targets if isinstance(targets, str) else tuple(targets or ())
+        return LoraAdapterConfig(preset="custom", target_modules=targets, r=int(data.get("r", 8)),
+                                 alpha=float(data.get("lora_alpha", 8)), dropout=float(data.get("lora_dropout", 0.0)),
+                                 use_rslora=bool(data.get("use_rslora", False)))
+
+    def set_adapter_enabled(self, enabled: bool) -> None:
+        if enabled:
+            self.model.base_model.enable_adapter_layers()
+        else:
+            self.model.base_model.disable_adapter_layers()
+
+    def _merge(self) -> nn.Module:
+        """``merge_and_unload(safe_merge=True)``: refuses non-finite merged weights."""
         try:
-            return peft_model.merge_and_unload(safe_merge=True)
+            return self.model.merge_and_unload(safe_merge=True)
         except ValueError as err:
             raise CheckpointError(f"LoRA merge refused: {err}; the adapter holds non-finite values") from err
 
 
+def json_ready(data: Any) -> Any:
+    """Sets -> sorted lists, enums -> values, recursively (peft configs hold both)."""
+    import enum
+
+    if isinstance(data, dict):
+        return {k: json_ready(v) for k, v in data.items()}
+    if isinstance(data, (set, frozenset)):
+        return sorted(json_ready(v) for v in data)
+    if isinstance(data, (list, tuple)):
+        return [json_ready(v) for v in data]
+    if isinstance(data, enum.Enum):
+        return data.value
+    return data
+
+
 def _through_wrappers(model: nn.Module, state: dict) -> dict:
-    """Rename ``<gate>.base_layer.<rest>`` to ``<gate>.<rest>`` for every gate wrapped around a LoRA layer."""
-    gates = [n for n, m in model.named_modules() if "dopamine_tau" in getattr(m, "adapter_layer_names", ())]
+    """Rename ``<gate>.base_layer.<rest>`` to ``<gate>.<rest>`` for every other method's layer wrapped around a
+    LoRA layer (e.g. a Dopamine gate), so the keys are the ones peft expects."""
+    gates = [n for n, m in model.named_modules() if hasattr(m, "base_layer") and getattr(m, "adapter_layer_names", ())
+             and not any(a.startswith("lora_") for a in m.adapter_layer_names)]
     renamed = {}
     for key, value in state.items():
         for gate in gates:
@@ -209,11 +208,3 @@ def _through_wrappers(model: nn.Module, state: dict) -> dict:
                 break
         renamed[key] = value
     return renamed
-
-
-def _target_names(cfg: dict) -> list[str]:
-    targets = cfg.get("target_modules")
-    if isinstance(targets, str) and targets.startswith("^(") and targets.endswith(")$"):
-        return [t.replace(r"\.", ".") for t in targets[2:-2].split("|")]
-    return []
-

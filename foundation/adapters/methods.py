@@ -1,64 +1,49 @@
-"""The table of adapter methods: name -> (config class, model class).
+"""The table of adapter methods: name -> :class:`~foundation.adapters.base.AdapterModel` subclass.
 
-Written once, by one explicit call per method in :mod:`foundation.adapters`
-(peft's ``register_peft_method`` is the model). A duplicate name refuses; a
-look-up of an unknown name raises :class:`~foundation.errors.ConfigError`
-naming the closest valid method.
+Written once, by one explicit call per method (peft's ``register_peft_method`` is the model): the suite's own
+methods register in :mod:`foundation.adapters`, a user's method by calling :func:`register_adapter` on its
+class. A duplicate name or ``peft_type`` refuses; a look-up of an unknown name raises
+:class:`~foundation.errors.ConfigError` naming the closest valid method.
 """
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-
 
 from foundation.errors import ConfigError, did_you_mean
 
-__all__ = ["AdapterMethod", "register_adapter_method", "get_adapter_method", "adapter_method_names"]
+__all__ = ["register_adapter", "get_adapter", "adapter_names"]
 
 _NAME = re.compile(r"^[a-z][a-z0-9\-]*$")
+_METHODS: dict[str, type] = {}
 
 
-@dataclass(frozen=True)
-class AdapterMethod:
-    """One registered adapter method.
-
-    Args:
-        name: lower-case, hyphen-joined method name ("lora", "dopamine").
-        config_cls: the dataclass that configures it.
-        model_cls: the class that injects it into a model and saves/loads it.
-        peft_type: the value written to ``adapter_config.json["peft_type"]``.
-    """
-
-    name: str
-    config_cls: type
-    model_cls: type
-    peft_type: str
-
-
-_METHODS: dict[str, AdapterMethod] = {}
-
-
-def register_adapter_method(name: str, config_cls: type, model_cls: type, peft_type: str) -> AdapterMethod:
-    """Register an adapter method once.
+def register_adapter(cls: type) -> type:
+    """Register an :class:`AdapterModel` subclass under its ``method`` name once; usable as a class decorator.
 
     Raises:
-        ValueError: ``name`` is malformed, or the name or its ``peft_type`` is already taken
-            (a programming error, not a user error).
+        ValueError: the class is no ``AdapterModel``, lacks ``method``/``peft_type``/``marker``, the name is
+            malformed, or the name or its ``peft_type`` is already taken (a programming error, not a user error).
     """
+    from foundation.adapters.base import AdapterModel
+
+    if not (isinstance(cls, type) and issubclass(cls, AdapterModel)):
+        raise ValueError(f"register_adapter: {cls!r} is not a subclass of AdapterModel")
+    name, peft_type = cls.method, cls.peft_type
+    if not (name and peft_type and cls.marker):
+        raise ValueError(f"register_adapter: {cls.__name__} must set the class attributes method, peft_type and marker")
     if not _NAME.match(name):
         raise ValueError(f"adapter method name {name!r} must be lower-case and hyphen-joined, e.g. 'lora'")
     if name in _METHODS:
-        raise ValueError(f"adapter method {name!r} is already registered to {_METHODS[name]!r}")
-    taken = {m.peft_type: m.name for m in _METHODS.values()}
+        raise ValueError(f"adapter method {name!r} is already registered to {_METHODS[name].__qualname__}")
+    taken = {m.peft_type: m.method for m in _METHODS.values()}
     if peft_type in taken:
         raise ValueError(f"peft_type {peft_type!r} is already used by adapter method {taken[peft_type]!r}")
-    method = AdapterMethod(name, config_cls, model_cls, peft_type)
-    _METHODS[name] = method
-    return method
+    _METHODS[name] = cls
+    return cls
 
 
-def get_adapter_method(name: str, where: str | None = None) -> AdapterMethod:
-    """Return the method registered as ``name`` (or whose ``peft_type`` is ``name``).
+def get_adapter(name: str, where: str | None = None) -> type:
+    """Return the adapter class registered as ``name`` (or whose ``peft_type`` is ``name``).
 
     Args:
         name: a method name ("dopamine") or a peft_type ("DOPAMINE", read from adapter_config.json).
@@ -69,15 +54,13 @@ def get_adapter_method(name: str, where: str | None = None) -> AdapterMethod:
     """
     if name in _METHODS:
         return _METHODS[name]
-    for method in _METHODS.values():
-        if method.peft_type == name:
-            return method
+    for cls in _METHODS.values():
+        if cls.peft_type == name:
+            return cls
     loc = f"{where}: " if where else ""
     raise ConfigError(f"{loc}unknown adapter method {name!r}; {did_you_mean(str(name), _METHODS)}")
 
 
-def adapter_method_names() -> list[str]:
+def adapter_names() -> list[str]:
     """All registered method names, sorted."""
     return sorted(_METHODS)
-
-

@@ -165,11 +165,14 @@ class SupervisedConfig:
     input_key: str = field(default="*", metadata={"help": "batch key of the input tensor, or '*': every entry but "
                                                           "the label, passed by name to forward_features"})
     label_key: str = field(default="label", metadata={"help": "key of the label in dict batches"})
-    sparsity_weight: float = field(default=0.0, metadata={"help": "weight of Dopamine's gate-activity term"})
+    sparsity_weight: float = field(default=0.0, metadata={"help": "weight of the adapter's auxiliary loss "
+                                                                  "(Dopamine: mean gate activity); 0 = none"})
 
     def __post_init__(self) -> None:
         if self.task not in _TASKS:
             raise ConfigError(f"objective.task {self.task!r} unknown; valid: {', '.join(_TASKS)}")
+        if not self.sparsity_weight >= 0:
+            raise ConfigError(f"objective.sparsity_weight: expected >= 0, got {self.sparsity_weight!r}")
 
 
 class Supervised(nn.Module):
@@ -190,9 +193,24 @@ class Supervised(nn.Module):
         else:
             loss = nn.functional.mse_loss(out.reshape(labels.shape), labels.float())
             metrics = {}
-        if self.config.sparsity_weight and hasattr(model, "gate_activity"):
-            loss = loss + self.config.sparsity_weight * model.gate_activity()
+        if self.config.sparsity_weight:
+            loss = loss + self.config.sparsity_weight * _auxiliary_loss(model)
         return loss, metrics
+
+
+def _auxiliary_loss(model: nn.Module) -> torch.Tensor:
+    """The adapter's own loss term (:meth:`AdapterModel.auxiliary_loss`).
+
+    Raises:
+        ConfigError: the model is no adapter with an auxiliary loss (the weight would be silently ignored).
+    """
+    from foundation.adapters.base import AdapterModel
+
+    aux = model.auxiliary_loss() if isinstance(model, AdapterModel) else None
+    if aux is None:
+        raise ConfigError(f"objective.sparsity_weight is set but {type(model).__name__} has no auxiliary loss (only "
+                          "adapter methods such as dopamine have one); set objective.sparsity_weight=0")
+    return aux
 
 
 @torch.no_grad()

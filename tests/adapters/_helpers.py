@@ -1,4 +1,4 @@
-"""Toy models and per-method drivers shared by the adapter tests (one contract, two methods)."""
+"""Toy models and per-method drivers shared by the adapter tests (one contract, every method)."""
 from __future__ import annotations
 
 import copy
@@ -121,16 +121,18 @@ def _perturb_dopamine(model: DopamineModel) -> None:
             layer.dopamine_gamma["default"].copy_(1.0 + 0.5 * torch.rand(d, generator=gen))
 
 
+def _method(cls: type, config, perturb: Callable[[nn.Module], None]) -> Method:
+    """Every adapter drives the same way through the AdapterModel interface; only the perturbation differs."""
+    return Method(cls.method, lambda m: cls.inject(m, config), perturb, lambda m, f: m.save(f),
+                  lambda m, f: cls.load(m, f), lambda m: m.disable_adapter(), cls.marker)
+
+
 def lora_method(config: LoraAdapterConfig) -> Method:
-    return Method("lora", lambda m: LoraAdapterModel.inject(m, config), _perturb_lora,
-                  lambda m, f: LoraAdapterModel.save(m, f), lambda m, f: LoraAdapterModel.load(m, f),
-                  lambda m: m.disable_adapter(), "lora_")
+    return _method(LoraAdapterModel, config, _perturb_lora)
 
 
 def dopamine_method(config: DopamineConfig) -> Method:
-    return Method("dopamine", lambda m: DopamineModel(m, config), _perturb_dopamine,
-                  lambda m, f: m.save_adapter(f), lambda m, f: DopamineModel.from_adapter(m, f),
-                  lambda m: m.disable_adapter(), "dopamine_")
+    return _method(DopamineModel, config, _perturb_dopamine)
 
 
 def clone(model: nn.Module) -> nn.Module:

@@ -143,7 +143,7 @@ def test_lora_merge_keeps_outputs(kind, config):
     wrapped.eval()
     with torch.no_grad():
         expected = wrapped(x)
-    merged = LoraAdapterModel.merge(wrapped)
+    merged = wrapped.merge()
     assert not any("lora_" in n for n, _ in merged.named_parameters())
     with torch.no_grad():
         torch.testing.assert_close(merged(x), expected, rtol=1e-5, atol=1e-5)

@@ -16,9 +16,10 @@ from foundation.adapters import (
     DopamineModel,
     LoraAdapterConfig,
     LoraAdapterModel,
-    get_adapter_method,
+    adapter_names,
+    get_adapter,
     load_adapter,
-    register_adapter_method,
+    register_adapter,
 )
 from foundation.adapters.state import gathered_state_dict
 from foundation.atomic import staged_folder
@@ -32,8 +33,8 @@ def test_lora_files_match_peft_own_save_and_load_back_with_peft(tmp_path):
     pristine = clone(base)
     wrapped = LoraAdapterModel.inject(base, LoraAdapterConfig(preset="custom", target_modules=("mlp.fc1",), r=3))
     _perturb_lora(wrapped)
-    LoraAdapterModel.save(wrapped, tmp_path / "ours")
-    wrapped.save_pretrained(str(tmp_path / "peft"))  # peft's own writer, the reference
+    wrapped.save(tmp_path / "ours")
+    wrapped.model.save_pretrained(str(tmp_path / "peft"))  # peft's own writer (on the PeftModel), the reference
     ours, ref = load_file(str(tmp_path / "ours/adapter_model.safetensors")), load_file(
         str(tmp_path / "peft/adapter_model.safetensors"))
     assert sorted(ours) == sorted(ref)
@@ -41,9 +42,18 @@ def test_lora_files_match_peft_own_save_and_load_back_with_peft(tmp_path):
         torch.testing.assert_close(ours[key], ref[key], rtol=0, atol=0)
     assert json.loads((tmp_path / "ours/adapter_config.json").read_text())["peft_type"] == "LORA"
     wrapped.eval()
-    reread = PeftModel.from_pretrained(pristine, str(tmp_path / "ours")).eval()
+    reread = PeftModel.from_pretrained(clone(pristine), str(tmp_path / "ours")).eval()
+    ours_from_peft = LoraAdapterModel.load(pristine, tmp_path / "peft").eval()  # and we read peft's own folder
     with torch.no_grad():
         torch.testing.assert_close(reread(x), wrapped(x), rtol=0, atol=0)
+        torch.testing.assert_close(ours_from_peft(x), wrapped(x), rtol=0, atol=0)
+
+
+def test_a_config_of_another_method_is_refused_before_mutation():
+    base, _ = make_model("toy")
+    with pytest.raises(ConfigError, match="LoraAdapterModel: expected a LoraAdapterConfig, got DopamineConfig"):
+        LoraAdapterModel(base, DopamineConfig(target_modules=("mlp.fc1",)))
+    assert not any("lora_" in n for n, _ in base.named_parameters())
 
 
 def test_gather_uses_deepspeed_for_zero_partitioned_parameters(monkeypatch):
@@ -92,7 +102,7 @@ def test_read_adapter_config_errors(tmp_path):
     with pytest.raises(CheckpointError, match="adapter_model.safetensors not found"):
         read_adapter_config(tmp_path)
     (tmp_path / "adapter_model.safetensors").write_bytes(b"")
-    with pytest.raises(ConfigError, match=r"key peft_type: unknown adapter method 'IA3'; valid: dopamine, lora"):
+    with pytest.raises(ConfigError, match=r"key peft_type: unknown adapter method 'IA3'; valid: dopamine, lora\b"):
         load_adapter(make_model("toy")[0], tmp_path)
 
 
@@ -100,7 +110,7 @@ def test_load_adapter_dispatches_on_peft_type(tmp_path):
     base, x = make_model("toy")
     pristine = clone(base)
     dop = DopamineModel(base, DopamineConfig(target_modules=("mlp.fc1",), tau_init=0.0, warmup_steps=0))
-    dop.save_adapter(tmp_path / "d")
+    dop.save(tmp_path / "d")
     loaded = load_adapter(pristine, tmp_path / "d")
     assert isinstance(loaded, DopamineModel)
     with torch.no_grad():
@@ -110,7 +120,7 @@ def test_load_adapter_dispatches_on_peft_type(tmp_path):
 def test_lora_load_is_strict(tmp_path):
     base, _ = make_model("toy")
     wrapped = LoraAdapterModel.inject(base, LoraAdapterConfig(preset="custom", target_modules=("mlp.fc1",), r=2))
-    LoraAdapterModel.save(wrapped, tmp_path / "a")
+    wrapped.save(tmp_path / "a")
     state = load_file(str(tmp_path / "a/adapter_model.safetensors"))
     from safetensors.torch import save_file
 
@@ -122,13 +132,27 @@ def test_lora_load_is_strict(tmp_path):
 
 
 def test_method_table_is_write_once():
+    class Again(LoraAdapterModel):
+        peft_type = "LORA2"
+
+    class SameType(DopamineModel):
+        method = "dopamine-2"
+
+    class Unnamed(DopamineModel):
+        method = ""
+
     with pytest.raises(ValueError, match="'lora' is already registered"):
-        register_adapter_method("lora", LoraAdapterConfig, LoraAdapterModel, peft_type="LORA2")
+        register_adapter(Again)
     with pytest.raises(ValueError, match="peft_type 'DOPAMINE' is already used by adapter method 'dopamine'"):
-        register_adapter_method("dopamine-2", DopamineConfig, DopamineModel, peft_type="DOPAMINE")
+        register_adapter(SameType)
+    with pytest.raises(ValueError, match="must set the class attributes method, peft_type and marker"):
+        register_adapter(Unnamed)
+    with pytest.raises(ValueError, match="is not a subclass of AdapterModel"):
+        register_adapter(torch.nn.Linear)
     with pytest.raises(ConfigError, match="unknown adapter method 'dopamin'; did you mean 'dopamine'"):
-        get_adapter_method("dopamin")
-    assert get_adapter_method("DOPAMINE").model_cls is DopamineModel
+        get_adapter("dopamin")
+    assert get_adapter("DOPAMINE") is DopamineModel and get_adapter("lora") is LoraAdapterModel
+    assert {"lora", "dopamine"} <= set(adapter_names())
 
 
 @pytest.mark.parametrize("kwargs,match", [
@@ -150,11 +174,11 @@ def test_only_rank_zero_writes(monkeypatch, tmp_path):
     dop = DopamineModel(make_model("toy")[0], DopamineConfig(target_modules=("mlp.fc1",)))
     monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
     monkeypatch.setattr(torch.distributed, "get_rank", lambda: 1)
-    LoraAdapterModel.save(wrapped, tmp_path / "lora")
-    dop.save_adapter(tmp_path / "dop")
+    wrapped.save(tmp_path / "lora")
+    dop.save(tmp_path / "dop")
     assert not (tmp_path / "lora").exists() and not (tmp_path / "dop").exists()
     monkeypatch.setattr(torch.distributed, "get_rank", lambda: 0)
-    LoraAdapterModel.save(wrapped, tmp_path / "lora")
-    dop.save_adapter(tmp_path / "dop")
+    wrapped.save(tmp_path / "lora")
+    dop.save(tmp_path / "dop")
     assert read_adapter_config(tmp_path / "lora")["peft_type"] == "LORA"
     assert read_adapter_config(tmp_path / "dop")["peft_type"] == "DOPAMINE"

@@ -19,7 +19,7 @@ def test_lora_plus_dopamine_train_and_round_trip(tmp_path):
     pristine = clone(base)
     peft_model = LoraAdapterModel.inject(base, LoraAdapterConfig(preset="custom", target_modules=("mlp.fc1", "mlp.fc2"),
                                                                  r=2))
-    with pytest.raises(ConfigError, match=r"skip_modules: module 'base_model.model.blocks.0.mlp.fc2' .* is a "
+    with pytest.raises(ConfigError, match=r"skip_modules: module 'model.base_model.model.blocks.0.mlp.fc2' .* is a "
                        r"peft\.tuners\.lora.*Linear; expected one of torch\.nn\.modules\.linear\.Linear"):
         DopamineModel(peft_model, DopamineConfig(target_modules=("mlp.fc1",), skip_modules=("mlp.fc2",)))
     both = DopamineModel(peft_model, DopamineConfig(target_modules=("mlp.fc1",), skip_modules=(), warmup_steps=1))
@@ -34,16 +34,16 @@ def test_lora_plus_dopamine_train_and_round_trip(tmp_path):
         opt.zero_grad()
         loss.backward()
         opt.step()
-        both.advance()
+        both.on_step_end(both.step + 1)
     moved = {n for n, p in both.named_parameters() if p.requires_grad and not torch.equal(p, trainable[n])}
     assert any("lora_A" in n for n in moved) and any("lora_B" in n for n in moved)
     assert any("dopamine_tau" in n for n in moved) and any("dopamine_gamma" in n for n in moved)
     both.eval()
     with torch.no_grad():
         expected = both(x)
-    LoraAdapterModel.save(peft_model, tmp_path / "lora")
-    both.save_adapter(tmp_path / "dopamine")
-    reloaded = DopamineModel.from_adapter(LoraAdapterModel.load(pristine, tmp_path / "lora"), tmp_path / "dopamine")
+    peft_model.save(tmp_path / "lora")
+    both.save(tmp_path / "dopamine")
+    reloaded = DopamineModel.load(LoraAdapterModel.load(pristine, tmp_path / "lora"), tmp_path / "dopamine")
     assert reloaded.step == 5
     reloaded.eval()
     with torch.no_grad():
@@ -59,12 +59,12 @@ class _Wide(nn.Module):
         self.head = nn.Linear(8, 3)
 
 
-def test_from_adapter_is_strict_and_leaves_no_wrapper(tmp_path):
+def test_load_is_strict_and_leaves_no_wrapper(tmp_path):
     base, _ = make_model("toy")
-    DopamineModel(base, DopamineConfig(target_modules=("mlp.fc1",))).save_adapter(tmp_path / "a")
+    DopamineModel(base, DopamineConfig(target_modules=("mlp.fc1",))).save(tmp_path / "a")
     other = _Wide(hidden=32)
     with pytest.raises(CheckpointError, match=r"does not match the model.*shape mismatch \['blocks.0.mlp.fc1"):
-        DopamineModel.from_adapter(other, tmp_path / "a")
+        DopamineModel.load(other, tmp_path / "a")
     assert type(other.blocks[0]["mlp"].fc1) is nn.Linear and type(other.blocks[0]["mlp"].fc2) is nn.Linear
     with pytest.raises(CheckpointError, match=r"peft_type 'DOPAMINE'; expected 'LORA'"):
         LoraAdapterModel.load(ToyNet(), tmp_path / "a")

@@ -31,7 +31,9 @@ def test_linear_probe_caches_features(base, tmp_path):
     # the probe scored exactly what a probe on directly extracted features scores
     from torch.utils.data import DataLoader, Subset
 
-    from foundation.finetune import extract_features, fit_probe, group_split
+    from foundation.data.splits import group_split
+    from foundation.eval.probe import fit_probe
+    from foundation.finetune import extract_features
     from tests.fixtures.toy_mae import ToyLabelledTokens
 
     data = ToyLabelledTokens(recipe.data.config)
@@ -49,7 +51,7 @@ def test_linear_probe_caches_features(base, tmp_path):
 
 
 @pytest.mark.parametrize("method,extra", [("full", {}), ("lora", {"targets": ("fc1", "fc2")}),
-                                          ("dopamine", {"targets": ("fc1",), "skip_targets": ("fc2",)})])
+                                          ("dopamine", {"targets": ("fc1",), "adapter": {"skip_modules": ("fc2",)}})])
 def test_trained_methods(base, tmp_path, method, extra):
     recipe = load_recipe(str(RECIPE))
     res = run_finetune(recipe, str(base), tmp_path, FinetuneOptions(method=method, **extra))

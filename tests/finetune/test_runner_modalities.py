@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 from torch.utils.data import DataLoader, Subset
 
 from foundation.config import dataclass_to_dict, load_recipe
+from foundation.finetune.features import split_batch
 from foundation.finetune.runner import FinetuneOptions, _load_base, run_finetune
 from foundation.data.splits import group_split
 from foundation.finetune.task_model import TaskModel, TaskModelConfig, predict
@@ -45,8 +46,7 @@ def _fmri(tmp: Path) -> tuple[list[str], object]:
 def _ultrasound(tmp: Path) -> tuple[list[str], object]:
     from foundation.modalities.ultrasound.model import UltrasoundMTL, UltrasoundMTLConfig
 
-    data = [f"data.data_root={tmp / 'us-demo' / 'csv_files'}", f"data.cache_dir={tmp / 'us-cache'}",
-            "data.demo_images_per_task=16"]
+    data = [f"data.cache_dir={tmp / 'us-cache'}", "data.demo_images_per_task=16"]  # source: demo, beside the cache
     cfg = UltrasoundMTLConfig(backbone="tinynet_e", fpn_dim=16, head_dim=8, tasks=("breast_3cls", "lung"))
     return ["ultrasound-mtl-tiny-probe", *data], UltrasoundMTL(cfg)
 
@@ -80,8 +80,8 @@ def _checkpoint(recipe, base: Path) -> dict[str, torch.Tensor]:
 
 def test_load_is_strict_and_freezes_only_the_unreached_parts(setup):
     modality, recipe, base, _, train = setup
-    model, unused, report = _load_base(recipe, str(base), None, train.dataset.num_classes, "classification",
-                                       FinetuneOptions(), train)
+    model, report = _load_base(recipe, str(base), None, train.dataset.num_classes, "classification", "mean")
+    unused = model.freeze_unused(split_batch(next(iter(DataLoader(train, batch_size=2))))[0])  # as finetune_model does
     ckpt = _checkpoint(recipe, base)
     state = model.encoder.state_dict()
     assert state.keys() == ckpt.keys() and all(torch.equal(state[k], ckpt[k]) for k in ckpt)

@@ -1,8 +1,8 @@
 """Configuration and schedules of the Dopamine adapter.
 
-Dopamine (REFERENCE, "Dopamine gate"): the base model stays frozen; every hidden
-unit j of the chosen layers gets a threshold tau_j and a gain gamma_j, and the
-unit's output h_j becomes
+Dopamine, the suite's own gate adapter (no published paper or official code to cite): the
+base model stays frozen; every hidden unit j of the chosen layers gets a threshold tau_j
+and a gain gamma_j, and the unit's output h_j becomes
 
     training:  h'_j = gamma_j * sigmoid((h_j - tau_j) / T) * h_j
     inference: h'_j = gamma_j * 1[h_j > tau_j] * h_j        (hard gate)

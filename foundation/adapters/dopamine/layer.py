@@ -1,6 +1,6 @@
 """The Dopamine layer: per-unit threshold tau and gain gamma on the outputs of one frozen layer.
 
-Paper/REFERENCE: "Dopamine gate" (see :mod:`foundation.adapters.dopamine.config`).
+The method and its equations are in :mod:`foundation.adapters.dopamine.config`.
 Shaped like peft's IA3 layer: it keeps ``base_layer``, stores its parameters
 in ``ParameterDict``s keyed by adapter name and lists their attribute names in
 ``adapter_layer_names`` so saving can filter by name.

@@ -1,20 +1,17 @@
-"""Downstream evaluation of DeeperBrain encoders: frozen probing, full fine-tuning, band-power baseline.
+"""Downstream evaluation of DeeperBrain encoders: frozen probing, region pooling, band-power baseline.
 
 - :func:`encode_windows`: pooled frozen features [S, D] (mean over every real channel's patches).
 - :func:`band_power_features`: the handcrafted baseline, log band power per band averaged over six
   scalp regions (nearest of Fz, Cz, T7, T8, Pz, Oz by 3D position), so it works on any montage.
 - :func:`frozen_probe`: linear or small-MLP probe (``foundation.eval.probe.fit_probe``) on a
   subject-disjoint split; balanced accuracy, Cohen's kappa, weighted F1, AUROC (and AUC-PR when binary).
-- :func:`finetune`: the encoder plus a linear head (``foundation.finetune.TaskModel.for_encoder``) trained
-  end to end with layer-wise learning-rate decay (BEiT, https://arxiv.org/abs/2106.08254;
-  ``TaskModel.llrd_groups``) and the shared supervised loss, in memory.
-  The same through the engine, with LoRA and linear probes too: ``foundation finetune --recipe
-  deeperbrain-tiny-probe`` (``foundation.finetune.runner``).
+- fine-tuning (full with layer-wise LR decay, LoRA, Dopamine, probes) is the shared loop of
+  :mod:`foundation.finetune`: ``foundation finetune --recipe deeperbrain-tiny-probe`` from a checkpoint, or
+  ``finetune_model(TaskModel.for_encoder(encoder, n_classes), train, test, recipe, opts, out)`` in memory.
 - :func:`write_report`: a markdown results table and a confusion-matrix PNG.
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -23,24 +20,19 @@ import numpy as np
 import torch
 
 from foundation.errors import ConfigError, DataError
-from foundation.finetune.features import extract_features, split_batch
-from foundation.eval.metrics import classification_metrics
 from foundation.eval.probe import fit_probe
 from foundation.eval.report import markdown_table, save_confusion_matrix
-from foundation.finetune.task_model import Supervised, SupervisedConfig, TaskModel, predict
+from foundation.finetune.features import extract_features
 from foundation.modalities.eeg.channels import template_positions
 from foundation.modalities.eeg.model import DeeperBrain
 
-__all__ = ["REGIONS", "encode_windows", "band_power_features", "frozen_probe", "finetune",
-           "write_report"]
+__all__ = ["REGIONS", "encode_windows", "band_power_features", "frozen_probe", "write_report"]
 
 REGIONS = ("Fz", "Cz", "T7", "T8", "Pz", "Oz")
 
 
-def _loader(dataset: torch.utils.data.Dataset, batch_size: int, shuffle: bool = False,
-            seed: int = 0) -> torch.utils.data.DataLoader:
-    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=shuffle,
-                                       generator=torch.Generator().manual_seed(seed))
+def _loader(dataset: torch.utils.data.Dataset, batch_size: int) -> torch.utils.data.DataLoader:
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size)
 
 
 def _region_of(pos: torch.Tensor) -> torch.Tensor:
@@ -141,37 +133,6 @@ def frozen_probe(X: torch.Tensor, y: torch.Tensor, train_idx: np.ndarray, test_i
     if (y[rows] < 0).any():
         raise DataError("frozen_probe: windows with label -1 (unlabelled); build the cache with data.labels set")
     return fit_probe(X[train_idx], y[train_idx], X[test_idx], y[test_idx], kind=kind, seed=seed, epochs=epochs)
-
-
-def finetune(encoder: DeeperBrain, train_set: torch.utils.data.Dataset, test_set: torch.utils.data.Dataset,
-             n_classes: int, *, epochs: int = 10, batch_size: int = 16, lr: float = 1e-3, decay: float = 0.75,
-             head_lr: float | None = None, weight_decay: float = 0.05, seed: int = 0) -> tuple[dict[str, float], torch.Tensor, torch.Tensor]:
-    """Full fine-tuning with layer-wise LR decay and a cosine schedule; the decoder and statistics head,
-    which the encoder's features never reach, stay frozen (``TaskModel.freeze_unused``).
-
-    Returns:
-        ``(metrics, y_true [S], y_prob [S, n_classes])`` on ``test_set``.
-    """
-    torch.manual_seed(seed)
-    clf = TaskModel.for_encoder(encoder, n_classes)  # trains the encoder in place
-    clf.freeze_unused(split_batch(next(iter(_loader(train_set, 2))))[0])
-    opt = torch.optim.AdamW(clf.llrd_groups(lr, decay, head_lr or lr * 10, weight_decay), lr=lr)
-    loss_fn = Supervised(SupervisedConfig())
-    loader = _loader(train_set, batch_size, shuffle=True, seed=seed)
-    total = max(1, epochs * len(loader))
-    step = 0
-    clf.train()
-    for _ in range(epochs):
-        for b in loader:
-            for g in opt.param_groups:
-                g["lr"] = g["lr_scale"] * lr * 0.5 * (1 + math.cos(math.pi * step / total))
-            loss, _ = loss_fn(clf, b)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            step += 1
-    prob, y = predict(clf, _loader(test_set, 64))
-    return classification_metrics(y, prob), y, prob
 
 
 def write_report(rows: list[dict[str, Any]], out_dir: str | Path, y_true: torch.Tensor, y_pred: torch.Tensor,

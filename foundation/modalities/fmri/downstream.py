@@ -1,14 +1,13 @@
-"""Downstream evaluation of a SLIM-Brain encoder: linear probe, attentive probe, full fine-tuning (LLRD).
+"""Downstream evaluation of a SLIM-Brain encoder: linear probe and attentive probe on frozen tokens.
 
-* linear probe (SLIM-Brain's default, REFERENCE.md): mean-pooled frozen tokens ->
-  :func:`foundation.eval.probe.fit_probe`;
+* linear probe (the usual frozen-encoder protocol of MAE/JEPA papers, e.g. He et al. 2021,
+  https://arxiv.org/abs/2111.06377): mean-pooled frozen tokens -> :func:`foundation.eval.probe.fit_probe`;
 * attentive probe (V-JEPA's evaluation, Bardes et al. 2024,
   https://arxiv.org/abs/2404.08471): one learned query cross-attends over the
   frozen tokens, then a linear head; trained on cached tokens;
-* full fine-tuning: encoder + linear head on mean-pooled tokens (a ``foundation.finetune.TaskModel``),
-  AdamW with layer-wise LR decay (``TaskModel.llrd_groups``, BEiT, https://arxiv.org/abs/2106.08254) and
-  the shared supervised loss, in memory. The same through the engine, with LoRA too: ``foundation
-  finetune --recipe slim-brain-tiny-probe`` (``foundation.finetune.runner``).
+* fine-tuning (full with layer-wise LR decay, LoRA, Dopamine) is the shared loop of
+  :mod:`foundation.finetune`: ``foundation finetune --recipe slim-brain-tiny-probe`` from a checkpoint, or
+  ``finetune_model(TaskModel.for_encoder(encoder, n_out, task), train, test, recipe, opts, out)`` in memory.
 
 Every function splits by subject (:func:`foundation.data.splits.group_split`)
 outside, takes index arrays and returns metrics from
@@ -16,7 +15,6 @@ outside, takes index arrays and returns metrics from
 """
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,9 +27,8 @@ from foundation.errors import ConfigError
 from foundation.finetune.features import encode, extract_features, split_batch
 from foundation.eval.metrics import classification_metrics, regression_metrics
 from foundation.eval.probe import fit_probe
-from foundation.finetune.task_model import Supervised, SupervisedConfig, TaskModel, predict
 
-__all__ = ["frozen_tokens", "linear_probe", "AttentiveProbe", "attentive_probe", "finetune", "DownstreamResult"]
+__all__ = ["frozen_tokens", "linear_probe", "AttentiveProbe", "attentive_probe", "DownstreamResult"]
 
 
 @dataclass
@@ -41,9 +38,8 @@ class DownstreamResult:
     y_pred: torch.Tensor
 
 
-def _loader(dataset: Any, idx: np.ndarray, batch_size: int, shuffle: bool = False, seed: int = 0) -> torch.utils.data.DataLoader:
-    g = torch.Generator().manual_seed(seed)
-    return torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, idx.tolist()), batch_size=batch_size, shuffle=shuffle, generator=g)
+def _loader(dataset: Any, idx: np.ndarray, batch_size: int) -> torch.utils.data.DataLoader:
+    return torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, idx.tolist()), batch_size=batch_size)
 
 
 def _metrics(task: str, y: torch.Tensor, out: torch.Tensor) -> tuple[dict[str, float], torch.Tensor]:
@@ -115,33 +111,3 @@ def attentive_probe(encoder: nn.Module, dataset: Any, train_idx: np.ndarray, tes
     with torch.no_grad():
         metrics, pred = _metrics(task, yte, probe(Xte))
     return DownstreamResult(metrics, yte, pred)
-
-
-def finetune(encoder: nn.Module, dataset: Any, train_idx: np.ndarray, test_idx: np.ndarray, *,
-             task: str = "classification", seed: int = 0, epochs: int = 5, lr: float = 1e-3, decay: float = 0.75,
-             head_lr: float | None = None, batch_size: int = 8) -> DownstreamResult:
-    """Full fine-tuning of a copy of ``encoder`` (a registered model: Hiera4D or SLIM-Brain) + linear head
-    with layer-wise LR decay.
-
-    Depth of a parameter (``TaskModel.llrd_groups``): 0 for the patch and position embeddings, i + 1 in
-    block i, ``depth + 1`` for the final norm; the head gets ``head_lr`` (default ``lr``). Parts the
-    features never reach (SLIM-Brain's predictor and EMA target) stay frozen.
-    """
-    torch.manual_seed(seed)
-    labels = torch.stack([dataset[int(i)]["label"] for i in train_idx])
-    n_out = int(labels.max()) + 1 if task == "classification" else 1
-    model = TaskModel.for_encoder(copy.deepcopy(encoder), n_out, task)
-    model.freeze_unused(split_batch(next(iter(_loader(dataset, train_idx[:2], 2))))[0])
-    opt = torch.optim.AdamW(model.llrd_groups(lr, decay, head_lr or lr, weight_decay=0.05))
-    loss_fn = Supervised(SupervisedConfig(task=task))
-    model.train()
-    for epoch in range(epochs):
-        for batch in _loader(dataset, train_idx, batch_size, shuffle=True, seed=seed + epoch):
-            loss, _ = loss_fn(model, batch)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    out, y = predict(model, _loader(dataset, test_idx, batch_size), task)
-    if task == "classification":
-        return DownstreamResult(classification_metrics(y, out), y, out.argmax(-1))
-    return DownstreamResult(regression_metrics(y, out), y, out)

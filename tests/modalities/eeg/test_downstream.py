@@ -6,15 +6,15 @@ import pytest
 import torch
 from scipy import signal
 
-from foundation.errors import DataError
-from foundation.finetune.llrd import depths_by_order
+from foundation.config import load_recipe
 from foundation.data.splits import group_split
-from foundation.finetune.task_model import TaskModel
+from foundation.errors import DataError
+from foundation.finetune import FinetuneOptions, TaskModel, finetune_model, predict
+from foundation.finetune.llrd import depths_by_order
 from foundation.modalities.eeg.channels import template_positions
 from foundation.modalities.eeg.dataset import EEGWindows
 from foundation.modalities.eeg.demo_corpus import CLASSES
-from foundation.modalities.eeg.downstream import (REGIONS, band_power_features, encode_windows, finetune,
-                                                  frozen_probe, write_report)
+from foundation.modalities.eeg.downstream import REGIONS, band_power_features, encode_windows, frozen_probe, write_report
 from foundation.modalities.eeg.model import DeeperBrain
 from tests.modalities.eeg._helpers import tiny_data_config, tiny_model_config
 
@@ -53,21 +53,30 @@ def test_frozen_probe_on_subject_disjoint_split(ds):
         frozen_probe(X, torch.full_like(y, -1), tr, te)
 
 
-def test_finetune_with_layerwise_decay_changes_the_encoder_and_reports(ds, tmp_path):
+def test_shared_finetune_with_layerwise_decay_changes_the_encoder_and_reports(ds, tmp_path):
+    """Full fine-tuning of an in-memory encoder goes through the shared loop (foundation.finetune)."""
     torch.manual_seed(0)
     enc = DeeperBrain(tiny_model_config())
     before = {n: p.detach().clone() for n, p in enc.named_parameters()}
     tr, te = group_split(ds.subject_ids, 0.34, seed=0)
     sub = lambda idx: torch.utils.data.Subset(ds, idx.tolist())  # noqa: E731
-    metrics, y, prob = finetune(enc, sub(tr), sub(te), len(CLASSES), epochs=1, batch_size=4, decay=0.5)
-    assert prob.shape == (len(te), 3) and torch.allclose(prob.sum(-1), torch.ones(len(te)))
+    recipe = load_recipe("deeperbrain-tiny-probe", ["train.steps=3", "train.warmup_steps=1",
+                                                    "train.micro_batch_size=4", "train.progress_bar=false"])
+    clf = TaskModel.for_encoder(enc, len(CLASSES))  # trains the encoder in place
+    res = finetune_model(clf, sub(tr), sub(te), recipe, FinetuneOptions(method="full", lr_decay=0.5),
+                         tmp_path / "ft", class_names=list(CLASSES))
     assert not torch.equal(before["blocks.0.attn.qkv.weight"], enc.blocks[0].attn.qkv.weight)
     assert torch.equal(before["decoder_pred.weight"], enc.decoder_pred.weight)  # the decoder is frozen
-    clf = TaskModel.for_encoder(enc, 3)
-    depths = depths_by_order(clf, "encoder.blocks")[0]  # what clf.llrd_groups decays by
+    assert "decoder" in res["load_report"]
+    prob, y = predict(clf, torch.utils.data.DataLoader(sub(te), batch_size=8))
+    assert prob.shape == (len(te), 3) and torch.allclose(prob.sum(-1), torch.ones(len(te)))
+    from foundation.eval.metrics import classification_metrics
+
+    assert classification_metrics(y, prob) == pytest.approx(res["metrics"], abs=1e-6)  # the scored model is this one
+    depths = depths_by_order(clf, "encoder.blocks")[0]  # what the full strategy decays by
     assert [depths[n] for n in ("encoder.patch_embed.weight", "encoder.blocks.1.mlp.fc1.weight",
                                 "encoder.norm.weight")] == [0, 2, 3]
-    md, png = write_report([{"features": "finetuned", **metrics}], tmp_path, y, prob.argmax(-1), CLASSES)
+    md, png = write_report([{"features": "finetuned", **res["metrics"]}], tmp_path, y, prob.argmax(-1), CLASSES)
     assert "balanced_accuracy" in md.read_text() and png.stat().st_size > 0
 
 

@@ -1,0 +1,60 @@
+"""What the trained strategies (``full`` and ``adapter``) share: the LP-FT head start, the engine run,
+held-out prediction and the model card."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from foundation.eval.probe import fit_probe
+from foundation.finetune.features import extract_features
+from foundation.finetune.strategies.base import FinetuneJob
+from foundation.finetune.task_model import predict
+
+__all__ = ["init_head_from_probe", "train_with_engine", "predict_held_out", "card_info"]
+
+
+def init_head_from_probe(job: FinetuneJob) -> None:
+    """LP-FT (Kumar et al., 2022, https://arxiv.org/abs/2202.10054): set the new head to a linear probe of the
+    frozen features of ``job.train``.
+
+    Fine-tuning then starts from the probe's solution instead of first pulling the pretrained features
+    towards a random head. The probe's standardisation is folded into the head (``ProbeResult.as_linear``),
+    so the head reads the encoder's pooled features ``[B, D]`` as they are. A class missing from the
+    training split keeps a zero weight row and a bias 10 below the smallest (it is never predicted,
+    as with a probe that never saw it).
+    """
+    model = job.model
+    X, y = extract_features(model.encoder, job.loader(job.train), pool=model.config.pool, **job.keys)
+    lin = fit_probe(X, y, X, y, kind="linear", task=job.task, seed=job.recipe.train.seed).as_linear()
+    with torch.no_grad():
+        head = model.head
+        n = lin.weight.shape[0]
+        head.weight.zero_()
+        head.bias.fill_(float(lin.bias.min()) - 10.0)
+        head.weight[:n].copy_(lin.weight)
+        head.bias[:n].copy_(lin.bias)
+
+
+def train_with_engine(job: FinetuneJob, module: nn.Module) -> None:
+    """Train ``module`` on ``job.train`` with the DeepSpeed engine under the recipe's train/deepspeed sections.
+
+    The engine's warmup-cosine schedule scales every optimizer group (a module's ``param_groups`` keep their
+    ``lr_scale``); ``module.on_step_end(step)``, when defined, runs after every optimizer step.
+    """
+    from foundation.pretrain.engine import Engine
+
+    module.train()  # frozen batch norms stay in eval mode (TaskModel.train)
+    Engine(job.recipe, job.out / "run", export=False, model=module, dataset=job.train).run()
+
+
+def predict_held_out(job: FinetuneJob, module: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """``module``'s held-out outputs and labels (see :func:`~foundation.finetune.task_model.predict`)."""
+    return predict(module, job.loader(job.test), job.task, **job.keys)
+
+
+def card_info(job: FinetuneJob, metrics: dict[str, float]):
+    """The model card of a fine-tuned model or adapter."""
+    from foundation.hub import ModelCardInfo
+
+    return ModelCardInfo(description=f"{job.opts.method} fine-tune of {job.base or 'an in-memory encoder'}.",
+                         tags=("fine-tuned", job.opts.method), metrics=metrics, base_model=job.base or None)

@@ -1,0 +1,116 @@
+"""Methods resolve through registries; a third adapter method fine-tunes through `run_finetune` by registration alone."""
+from __future__ import annotations
+
+import ast
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from torch.utils.data import DataLoader, Subset
+
+import tests.adapters._scale_adapter  # noqa: F401  (registers the third adapter method "scale")
+from foundation.adapters import LoraAdapterModel, load_adapter
+from foundation.config import load_recipe
+from foundation.data.splits import group_split
+from foundation.errors import ConfigError
+from foundation.eval.metrics import classification_metrics
+from foundation.finetune.runner import FinetuneOptions, run_finetune
+from foundation.finetune.strategies import STRATEGIES, make_strategy, method_names
+from foundation.finetune.strategies.adapter import AdapterFinetune
+from foundation.finetune.strategies.full import FullFinetune
+from foundation.finetune.strategies.probe import LinearProbe, MlpProbe
+from foundation.finetune.task_model import TaskModel, TaskModelConfig, predict
+from tests.adapters._scale_adapter import ScaleAdapter
+from tests.fixtures.toy_mae import ToyLabelledTokens, ToyMAE, ToyMAEConfig
+
+ROOT = Path(__file__).resolve().parents[2]
+RECIPE = ROOT / "tests" / "fixtures" / "recipes" / "toy-classify.yaml"
+
+
+def test_methods_resolve_through_the_two_registries():
+    assert {"linear-probe", "mlp-probe", "full", "lora", "dopamine", "scale"} <= set(method_names())
+    assert type(make_strategy("linear-probe")) is LinearProbe and type(make_strategy("mlp-probe")) is MlpProbe
+    assert type(make_strategy("full")) is FullFinetune
+    for name, cls in (("lora", LoraAdapterModel), ("scale", ScaleAdapter)):
+        strategy = make_strategy(name)
+        assert isinstance(strategy, AdapterFinetune) and strategy.adapter_cls is cls and strategy.name == name
+    with pytest.raises(ConfigError, match="unknown method 'scal'; did you mean 'scale'"):
+        make_strategy("scal")
+    with pytest.raises(ConfigError, match="--method 'lora2' unknown; did you mean 'lora'"):
+        FinetuneOptions(method="lora2")
+    with pytest.raises(ValueError, match="'full' is (already registered|a built-in)"):
+        STRATEGIES.register("full", FullFinetune)
+
+
+def test_adapter_fields_are_checked_against_the_config_class():
+    with pytest.raises(ConfigError, match=r"LoraAdapterConfig has no field 'rank'; valid: .*\br\b"):
+        LoraAdapterModel.config_for("toy-mae", (), ("head",), {"rank": 4})
+    cfg = LoraAdapterModel.config_for("deeperbrain", (), ("head",), {"r": 4})
+    assert (cfg.preset, cfg.r, cfg.exclude_modules) == ("attention-mlp", 4, ("head",))
+    cfg = LoraAdapterModel.config_for("deeperbrain", ("fc1",), ("head",), {})
+    assert (cfg.preset, cfg.target_modules) == ("custom", ("fc1",))
+
+
+def test_the_runner_and_strategies_never_branch_on_a_method_name():
+    names = set(method_names())
+    files = [ROOT / "foundation/finetune/runner.py", *sorted((ROOT / "foundation/finetune/strategies").glob("*.py"))]
+    for file in files:
+        tree = ast.parse(file.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Compare):
+                consts = [c.value for c in [node.left, *node.comparators] if isinstance(c, ast.Constant)]
+                assert not names & set(consts), (file.name, ast.unparse(node))
+                assert not any(isinstance(c, ast.Attribute) and c.attr == "method"
+                               for c in [node.left, *node.comparators]), (file.name, ast.unparse(node))
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "endswith":
+                raise AssertionError(f"{file.name}: {ast.unparse(node)}")
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("base") / "export"
+    torch.manual_seed(0)
+    ToyMAE(ToyMAEConfig()).save_pretrained(folder)
+    return folder
+
+
+def test_a_third_adapter_method_fine_tunes_by_registration_alone(base, tmp_path):
+    recipe = load_recipe(str(RECIPE))
+    res = run_finetune(recipe, str(base), tmp_path, FinetuneOptions(method="scale", targets=("fc1", "fc2")))
+    assert res["metrics"]["balanced_accuracy"] > 0.6, res["metrics"]  # chance is 1/3
+    assert json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())["peft_type"] == "SCALE"
+    adapter, head = load_file(tmp_path / "adapter" / "adapter_model.safetensors"), load_file(tmp_path / "head.safetensors")
+    assert adapter and all(k.endswith(".scale_gain") for k in adapter)
+    assert any(not torch.equal(t, torch.ones_like(t)) for t in adapter.values())  # the gains trained
+    assert res["trainable_params"] == sum(t.numel() for t in [*adapter.values(), *head.values()])
+    # the untouched checkpoint + adapter + head reproduce the run's held-out metrics
+    data = ToyLabelledTokens(recipe.data.config)
+    _, test_idx = group_split(data.groups(), 0.25, 0)
+    cfg = TaskModelConfig(encoder="toy-mae", encoder_config=ToyMAE.from_pretrained(base).hub_config().__dict__,
+                          num_outputs=data.num_classes)
+    rebuilt = TaskModel(cfg)
+    rebuilt.encoder.load_state_dict(ToyMAE.from_pretrained(base).state_dict())
+    rebuilt.head.load_state_dict(head)
+    rebuilt = load_adapter(rebuilt, tmp_path / "adapter")
+    assert isinstance(rebuilt, ScaleAdapter)
+    prob, y = predict(rebuilt, DataLoader(Subset(data, test_idx.tolist()), batch_size=64))
+    assert classification_metrics(y, prob) == pytest.approx(res["metrics"], abs=1e-6)
+
+
+def test_the_sparsity_weight_needs_an_adapter_with_an_auxiliary_loss():
+    from foundation.adapters import DopamineConfig, DopamineModel
+    from foundation.finetune.task_model import Supervised, SupervisedConfig
+    from tests.adapters._helpers import ToyNet
+
+    x, y = torch.randn(4, 5, 8), torch.tensor([0, 1, 2, 0])
+    objective = Supervised(SupervisedConfig(sparsity_weight=0.5))
+    dop = DopamineModel(ToyNet(), DopamineConfig(target_modules=("mlp.fc1",), warmup_steps=0)).train()
+    loss, _ = objective(dop, (x, y))
+    plain, _ = Supervised(SupervisedConfig())(dop, (x, y))
+    torch.testing.assert_close(loss, plain + 0.5 * dop.gate_activity())
+    with pytest.raises(ConfigError, match="sparsity_weight is set but ToyNet has no auxiliary loss"):
+        objective(ToyNet(), (x, y))
+    with pytest.raises(ConfigError, match="sparsity_weight: expected >= 0"):
+        SupervisedConfig(sparsity_weight=-1.0)
