@@ -29,7 +29,6 @@ after ``reset_peak_memory_stats``.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 from pathlib import Path

@@ -32,6 +32,7 @@ from foundation.eval.report import markdown_table
 from foundation.finetune.strategies import make_strategy
 from foundation.finetune.runner import FinetuneOptions, method_names, run_finetune
 from foundation.pretrain.engine import Engine
+from foundation.pretrain.export import export_run
 
 METRICS = ("balanced_accuracy", "cohen_kappa", "weighted_f1", "auroc", "r2", "mae")
 
@@ -64,6 +65,7 @@ def main() -> None:
         pre = load_recipe(args.pretrain, args.overrides + ["train.progress_bar=false"])
         t0 = time.perf_counter()
         result = Engine(pre, Path(tmp) / "pretrain").run()
+        export_dir = export_run(pre, result)
         print(f"pretrained {pre.name} for {result.step} steps in {time.perf_counter() - t0:.0f} s")
         steps = [f"train.steps={args.steps}"] if args.steps else []
         runs = [(m, h) for m in args.methods for h in (args.head_inits if make_strategy(m).new_head else ["-"])]
@@ -74,7 +76,7 @@ def main() -> None:
                 ft = load_recipe(args.finetune, args.ft_overrides + steps + [f"train.seed={seed}",
                                                                            "train.progress_bar=false"])
                 t0 = time.perf_counter()
-                res = run_finetune(ft, str(result.export_dir), Path(tmp) / f"{method}-{head_init}-{seed}",
+                res = run_finetune(ft, str(export_dir), Path(tmp) / f"{method}-{head_init}-{seed}",
                                    FinetuneOptions(method=method, targets=tuple(args.targets), adapter=adapter,
                                                    split_seed=args.split_seed,
                                                    head_init="probe" if head_init == "-" else head_init))

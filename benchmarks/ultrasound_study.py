@@ -80,7 +80,7 @@ def train_one(tasks: tuple[str, ...], csv_dir: Path, cache: Path, steps: int, ba
 def scores(model: UltrasoundMTL, csv_dir: Path, cache: Path, tasks: tuple[str, ...], args) -> dict[str, float]:
     val = UltrasoundDataset(UltrasoundDatasetConfig(source=str(csv_dir), tasks=tasks, image_size=args.size,
                                                  cache_dir=str(cache / "-".join(tasks)), split="val"))
-    per_task = evaluate(predict(model, val.records, image_size=args.size), model.table)
+    per_task = evaluate(predict(model, val.records, image_size=args.size), model.table, rules="strict")  # negatives scored
     return {t: per_task[t][HEADLINE[model.table[t].type]] for t in tasks}
 
 

@@ -26,7 +26,7 @@ def read_adapter_config(folder: str | os.PathLike) -> dict[str, Any]:
     path = Path(folder) / ADAPTER_CONFIG_NAME
     if not path.is_file():
         raise CheckpointError(f"adapter folder {str(folder)!r}: {ADAPTER_CONFIG_NAME} not found; expected an adapter saved "
-                              f"by save_adapter (files {ADAPTER_CONFIG_NAME} and {ADAPTER_WEIGHTS_NAME})")
+                              f"by AdapterModel.save (files {ADAPTER_CONFIG_NAME} and {ADAPTER_WEIGHTS_NAME})")
     try:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as err:
@@ -43,7 +43,7 @@ def push_adapter(folder: str | os.PathLike, repo_id: str, private: bool = False,
     """Push a saved adapter folder to the Hub through :func:`foundation.hub.client.push_folder`.
 
     Args:
-        folder: a folder written by ``save_adapter`` (checked before any network call).
+        folder: a folder written by ``AdapterModel.save`` (checked before any network call).
         repo_id: "user/name".
         private: create the repository private.
         commit_message: defaults to "Upload <peft_type> adapter".

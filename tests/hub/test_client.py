@@ -7,7 +7,7 @@ from huggingface_hub import HfApi, ModelCard
 
 from foundation.errors import CheckpointError, ConfigError, HubError
 from foundation.hub import CONFIG_NAME, WEIGHTS_NAME, ModelCardInfo, download_folder, push_folder
-from tests.hub._helpers import ToyConfig, ToyNet, folder_digest, inputs, randomized
+from tests.hub._helpers import ToyConfig, ToyNet, inputs, randomized
 
 
 def _exact(a: torch.Tensor, b: torch.Tensor) -> None:

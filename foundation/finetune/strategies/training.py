@@ -44,7 +44,7 @@ def train_with_engine(job: FinetuneJob, module: nn.Module) -> None:
     from foundation.pretrain.engine import Engine
 
     module.train()  # frozen batch norms stay in eval mode (TaskModel.train)
-    Engine(job.recipe, job.out / "run", export=False, model=module, dataset=job.train).run()
+    Engine(job.recipe, job.out / "run", model=module, dataset=job.train).run()
 
 
 def predict_held_out(job: FinetuneJob, module: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:

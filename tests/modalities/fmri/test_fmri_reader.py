@@ -1,7 +1,6 @@
 """Reader, preprocessing and cache: nibabel's shipped 4D files, TR units, bad inputs, left-out report."""
 from __future__ import annotations
 
-import gzip
 import json
 import os
 import shutil
