@@ -13,6 +13,7 @@ launches on a GPU (issue 17: 0.5-0.8 ms of it per forward+backward at the H200 s
       PYTHONPATH=.        .venv/bin/python benchmarks/bench_varlen_overhead.py --label after  --jsonl o.jsonl
     done
     .venv/bin/python benchmarks/bench_varlen_overhead.py --table o.jsonl
+    # the same with --stub on every run: the wrapper alone, no arithmetic
 
 Rows (fwd = forward without grad; fwd+bwd = forward with grad on q, k, v and ``backward``):
 
@@ -24,12 +25,20 @@ Rows (fwd = forward without grad; fwd+bwd = forward with grad on q, k, v and ``b
   cu_seqlens on every call, after it only when asked) and ``varlen_attention(validate=True)``;
 * ``SDPA, one sequence``: ``F.scaled_dot_product_attention`` on [1, H, 8, Dh], one C++ call, for scale.
 
+``--stub`` replaces the reference maths by output allocations (in the namespace the wrapper calls it from),
+leaving the wrapper's own host work: what surrounds the asynchronous kernel launches on a GPU. It also adds
+``varlen_attention(backend="triton")`` with the four Triton kernels replaced by no-op launches (q, k, v strided
+views of one qkv buffer, as ``Attention`` passes them): the Python of ``triton_varlen_fwd`` / ``_bwd`` around
+the launches (allocations, copies, grids, segment ids), without Triton's own launch cost.
+
 Each figure is the best over rounds of the median of 200-call batches (one intra-op thread), in microseconds.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
 import statistics
 import time
 
@@ -41,6 +50,9 @@ from foundation.kernels.reference import reference_varlen_bwd, reference_varlen_
 from foundation.kernels.varlen import varlen_attention
 
 LENS, HEADS, HEAD_DIM = (3, 5), 2, 16
+STUB = "--stub" in sys.argv
+if STUB:
+    os.environ["TRITON_INTERPRET"] = "1"  # before triton is imported
 
 
 def _inputs():
@@ -51,8 +63,33 @@ def _inputs():
     return q, k, v, do, cu
 
 
+def _stub_arithmetic() -> None:
+    """Replace the reference maths by output allocations only, in the namespace the wrapper calls it from
+    (both trees call ``reference_varlen_fwd`` / ``_bwd`` through ``foundation.kernels.varlen``): what remains is
+    the wrapper's own host work, as on a GPU where the kernels run asynchronously."""
+
+    def fwd(q, k, v, cu, scale, aten_cpu=True):
+        return torch.empty_like(q), q.new_empty((q.shape[1], q.shape[0]), dtype=torch.float32)
+
+    def bwd(do, q, k, v, out, lse, cu, scale, aten_cpu=True):
+        return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+    global reference_varlen_fwd, reference_varlen_bwd
+    varlen_mod.reference_varlen_fwd = reference_varlen_fwd = fwd
+    varlen_mod.reference_varlen_bwd = reference_varlen_bwd = bwd
+
+    class NoLaunch:  # kernel[grid](*args, **meta) does nothing
+        def __getitem__(self, grid):
+            return lambda *args, **meta: None
+
+    import foundation.kernels.triton_varlen as tv  # TRITON_INTERPRET=1 is set: CPU tensors pass the device check
+
+    for name in ("_fwd_kernel", "_delta_kernel", "_bwd_dkdv_kernel", "_bwd_dq_kernel"):
+        setattr(tv, name, NoLaunch())
+
+
 def _rows():
-    """name -> (fwd callable factory, needs grad)."""
+    """name -> (forward callable, forward+backward callable)."""
     q, k, v, do, cu = _inputs()
     scale = HEAD_DIM**-0.5
     m = max(LENS)
@@ -84,6 +121,7 @@ def _rows():
 
     qs, ks, vs, dos = (t.transpose(0, 1)[None] for t in (q, k, v, do))  # [T, H, Dh] -> [1, H, T, Dh]
     sleaves = [t.clone().requires_grad_(True) for t in (qs, ks, vs)]
+    grads = leaves + sleaves  # leaves whose .grad is reset between batches
 
     def sdpa_f():
         F.scaled_dot_product_attention(qs, ks, vs)
@@ -95,8 +133,23 @@ def _rows():
             "varlen_attention(validate=False)": va(validate=False), "varlen_attention() default": va()}
     if hasattr(varlen_mod, "VarlenAttentionFunction"):  # the tree after issue 17
         rows["varlen_attention(validate=True)"] = va(validate=True)
+    if STUB:  # the Triton wrapper around its launches, q, k, v strided views of one qkv buffer as in Attention
+        qkv = torch.stack([q, k, v], dim=1).requires_grad_(True)  # [T, 3, H, Dh]
+
+        def tri(mode):
+            def f():
+                varlen_attention(*qkv.detach().unbind(1), cu, m, backend="triton", mode=mode)
+
+            def fb():
+                varlen_attention(*qkv.unbind(1), cu, m, backend="triton", mode=mode).backward(do)
+
+            return f, fb
+
+        rows["triton wrapper, launches stubbed, sequence"] = tri("sequence")
+        rows["triton wrapper, launches stubbed, packed"] = tri("packed")
+        grads.append(qkv)
     rows["SDPA, one sequence"] = (sdpa_f, sdpa_fb)
-    return rows, leaves + sleaves
+    return rows, grads
 
 
 def _per_call_us(fn, calls: int) -> float:
@@ -147,6 +200,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batches", type=int, default=7, help="batches per row (interleaved)")
     parser.add_argument("--calls", type=int, default=200, help="calls per batch")
+    parser.add_argument("--stub", action="store_true",
+                        help="replace the reference maths by output allocations: the wrapper's own host cost")
     parser.add_argument("--label", default="this tree")
     parser.add_argument("--jsonl", default=None, help="append this run's medians to this file instead of printing")
     parser.add_argument("--table", default=None, help="print the table of a --jsonl file and exit")
@@ -156,6 +211,8 @@ def main() -> None:
             print_table([json.loads(line) for line in fh if line.strip()])
         return
     torch.set_num_threads(1)
+    if args.stub:
+        _stub_arithmetic()
     record = {"label": args.label, "torch": torch.__version__, "us": measure(args.batches, args.calls)}
     if args.jsonl:
         with open(args.jsonl, "a") as fh:
