@@ -133,9 +133,14 @@ part_deepspeed() {
   [ -n "${DS_LAUNCH:-}" ] && read -r -a launcher <<< "$DS_LAUNCH"  # e.g. DS_LAUNCH=python3 for a CPU smoke test
   export DS_STATS="$OUT/ds_stats.jsonl"
   rm -f "$DS_STATS"
+  mkdir -p "$OUT/runs"
   for recipe in ${DS_RECIPES:-deeperbrain slim-brain ultrasound-mtl}; do
-    local extra=()
-    [[ $recipe == ultrasound-mtl ]] && extra=(--set data.source=demo --set train.num_workers=2)
+    local extra=()  # a smaller generated corpus, the recipe's geometry (model, window, micro-batch) unchanged
+    case $recipe in
+      deeperbrain) extra=(--set data.demo.n_subjects=6) ;;  # 84 windows of 10 s >= micro-batch 64
+      slim-brain) extra=(--set data.demo_subjects=4) ;;  # 4 scans x top-4 windows of 40 frames at 96^3
+      ultrasound-mtl) extra=(--set data.source=demo --set train.num_workers=2) ;;
+    esac
     local run="$OUT/runs/$recipe"
     rm -rf "$run"
     local common=(--recipe "$recipe" --output-dir "$run" --set train.steps=10 --set train.warmup_steps=2
