@@ -423,6 +423,21 @@ def _model_batch(name: str, recipe, model, batch: int, device: str) -> dict:
     return {k: v.to(device) for k, v in out.items()}
 
 
+def _train_step(module, data: dict, device: str):
+    """One training step of ``module`` on ``data``: bf16 autocast forward, backward, AdamW, the step-end hook."""
+    opt = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=1e-5)
+
+    def step() -> None:
+        with torch.autocast(device, dtype=torch.bfloat16):
+            loss, _ = module(data)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        module.on_step_end(1)
+
+    return step
+
+
 def run_models(steps: int, device: str = "cuda", tiny: bool = False) -> None:
     """Training steps (forward, backward, AdamW) under bf16 autocast, the attention backend switched by config."""
     from foundation.config import load_recipe
@@ -431,8 +446,8 @@ def run_models(steps: int, device: str = "cuda", tiny: bool = False) -> None:
     cases = {"deeperbrain": ("model.attention_backend", 64), "slim-brain": ("model.backend", 4)}
     cuda = device == "cuda"
     print(f"torch {torch.__version__}, {torch.cuda.get_device_name() if cuda else 'cpu'}, bf16 autocast, AdamW, "
-          f"{steps} steps after 2 warm-ups; step time by CUDA events around the steps; peak = max_memory_allocated "
-          "above the start\n")
+          f"{steps} steps after 2 warm-ups; step time: wall time of the steps, synchronised at both ends; peak = "
+          "max_memory_allocated above the start\n")
     print("| recipe | micro-batch | backend | ms/step | samples/s | peak MiB | speed-up vs sdpa |")
     print("|---|---|---|---|---|---|---|")
     for name, (key, batch) in cases.items():
@@ -443,16 +458,7 @@ def run_models(steps: int, device: str = "cuda", tiny: bool = False) -> None:
             torch.manual_seed(0)
             module = TrainModule(build_model(recipe), build_objective(recipe)).to(device)
             data = _model_batch(name, recipe, module.model, batch, device)
-            opt = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=1e-5)
-
-            def step() -> None:
-                with torch.autocast(device, dtype=torch.bfloat16):
-                    loss, _ = module(data)
-                loss.backward()
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-                module.on_step_end(1)
-
+            step = _train_step(module, data, device)
             try:
                 for _ in range(2):
                     step()
@@ -469,7 +475,7 @@ def run_models(steps: int, device: str = "cuda", tiny: bool = False) -> None:
                 results[backend] = (ms, (torch.cuda.max_memory_allocated() - base) / 2**20 if cuda else float("nan"))
             except Exception as err:  # a failing configuration is a result too
                 print(f"| {name} | {batch} | {backend} | failed: {type(err).__name__}: {str(err)[:120]} | | | |")
-            del module, opt, data
+            module = data = step = None  # free before the next model
             if cuda:
                 torch.cuda.empty_cache()
         for backend, (ms, mib) in results.items():

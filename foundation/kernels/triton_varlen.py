@@ -254,7 +254,7 @@ def _measured(head_dim: int, dtype: torch.dtype) -> bool:
     return dtype in (torch.bfloat16, torch.float16) and head_dim <= 64
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def fwd_config(head_dim: int, dtype: torch.dtype) -> TileConfig:
     """The forward kernel's tiles for this head dim and dtype (cached: one choice per pair).
 
@@ -272,7 +272,7 @@ def fwd_config(head_dim: int, dtype: torch.dtype) -> TileConfig:
     return TileConfig(128, 64 if not wide else 32, 8 if wide else 4)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def bwd_configs(head_dim: int, dtype: torch.dtype) -> tuple[TileConfig, TileConfig]:
     """``(dK/dV kernel, dQ kernel)`` tiles for this head dim and dtype (cached: one choice per pair).
 
