@@ -261,17 +261,22 @@ def run_check() -> None:
         qd, kd, vd = q.double(), k.double(), v.double()
         exact = forward_backward(lambda a, b, c: plain_attention(a, b, c, cu, scale), qd, kd, vd, do)
         plain = forward_backward(lambda a, b, c: plain_attention(a, b, c, cu, scale), q, k, v, do)
-        for mode in ("sequence", "packed"):
-            def kernel(a, b, c, mode=mode):
+        # strided: q, k, v views of one [T, 3, H, Dh] buffer and dO with a padded head axis (no copies since issue 17)
+        do_strided = torch.cat([do, do[:, :1]], dim=1)[:, :heads]  # [T, H, Dh], token stride (H + 1) * Dh
+        for mode, strided in (("sequence", False), ("packed", False), ("sequence", True), ("packed", True)):
+            def kernel(a, b, c, mode=mode, strided=strided):
+                if strided:
+                    a, b, c = torch.stack([a, b, c], dim=1).unbind(1)  # 3 x [T, H, Dh], token stride 3 * H * Dh
                 return varlen_attention(a, b, c, cu, max(lens), backend="triton", mode=mode)
 
-            got = forward_backward(kernel, q, k, v, do)
+            got = forward_backward(kernel, q, k, v, do_strided if strided else do)
             errs, base = max_errors(got, exact), max_errors(plain, exact)
             floor = 1e-6 if dtype == torch.float32 else 0.0
             ok = all(e <= 2 * b + floor for e, b in zip(errs, base))
             failures += not ok
-            print(f"{'ok  ' if ok else 'FAIL'} {dtype} Dh={dim} H={heads} S={len(lens)} {mode}: kernel "
-                  f"{[f'{e:.2e}' for e in errs]} vs plain {[f'{b:.2e}' for b in base]}")
+            print(f"{'ok  ' if ok else 'FAIL'} {dtype} Dh={dim} H={heads} S={len(lens)} {mode}"
+                  f"{' strided' if strided else ''}: kernel {[f'{e:.2e}' for e in errs]} vs plain "
+                  f"{[f'{b:.2e}' for b in base]}")
     if failures:
         raise SystemExit(f"{failures} check(s) failed")
 
