@@ -4,7 +4,7 @@
 
 Workload as ``bench_attention.py`` (bf16, H = 12, Dh = 64, 70% masking of 196 and 1568 tokens). Per workload:
 
-1. where the time goes: ``varlen_attention`` through its custom op (fwd, and fwd+bwd through autograd) vs the
+1. where the time goes: ``varlen_attention`` (eager: its autograd.Function; fwd, and fwd+bwd) vs the
    forward kernel called directly with the default tiles, vs padded SDPA with a key-padding mask (fwd, fwd+bwd);
 2. forward tiles: each :class:`~foundation.kernels.triton_varlen.TileConfig`, kernel time and max |out - default|;
 3. backward tiles: each (dK/dV, dQ) pair, time of ``triton_varlen_bwd`` (Delta pre-pass + both kernels) and the
@@ -72,7 +72,7 @@ def main() -> None:
         sdpa_f = bench(lambda: F.scaled_dot_product_attention(qp, kp, vp, attn_mask=mask[:, None, None, :]))
         sdpa_b = bench(sdpa_fb)
         rows = [("padded SDPA + mask", sdpa_f, sdpa_b),
-                ("varlen_attention (custom op, autograd)",
+                ("varlen_attention (autograd.Function)",
                  bench(lambda: varlen_attention(q, k, v, cu, longest, backend="triton", validate=False)), bench(ours_fb)),
                 ("forward kernel called directly, default tiles",
                  bench(lambda: triton_varlen_fwd(q, k, v, cu, longest, scale, mode)), float("nan"))]

@@ -13,6 +13,7 @@ mask means True = visible, False = masked (deleted).
 """
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 import torch
@@ -20,6 +21,21 @@ import torch
 from foundation.errors import ConfigError
 
 __all__ = ["pack_visible", "unpack", "seqlens_to_cu", "sample_ids", "packed_mean"]
+
+
+def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """t on device; a host tensor goes to a GPU through pinned memory without waiting for the device
+    (a plain ``.to("cuda")`` of pageable memory synchronises the stream)."""
+    if t.device == device:
+        return t
+    if t.device.type == "cpu" and device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
+def _cu_from_host(lengths: list[int], device: torch.device) -> torch.Tensor:
+    """cu_seqlens [S + 1] int32 built on the host, then copied."""
+    return _to_device(torch.tensor([0, *itertools.accumulate(lengths)], dtype=torch.int32), device)
 
 
 def seqlens_to_cu(seqlens: torch.Tensor) -> torch.Tensor:
@@ -94,7 +110,7 @@ def _index_lists(x: torch.Tensor, keep: torch.Tensor | Sequence[torch.Tensor]) -
                 )
             if torch.unique(row).numel() != row.numel():
                 raise ConfigError(f"pack_visible: keep[{b}] repeats a token index; each visible token must appear once")
-    return [row.to(device=x.device, dtype=torch.long) for row in rows]
+    return [row.long() for row in rows]
 
 
 def pack_visible(
@@ -109,7 +125,10 @@ def pack_visible(
             boolean mask [B, N] (True = visible). Indices are kept in the order given.
 
     Returns:
-        ``(packed [sum K_b, D], cu_seqlens [B + 1] int32, max_seqlen)``.
+        ``(packed [sum K_b, D], cu_seqlens [B + 1] int32, max_seqlen)``; max_seqlen is a host int, so
+        ``varlen_attention`` needs no device read. Host synchronisation: none for index forms whose
+        indices live on the host (the usual case, masks drawn on the CPU), one copy of the lengths for a
+        boolean mask on the device.
 
     Raises:
         ConfigError: x is not at least 2-D, keep has the wrong shape or dtype,
@@ -119,24 +138,32 @@ def pack_visible(
         raise ConfigError(f"pack_visible: x must be [B, N, D], received shape {list(x.shape)}")
     B, N = x.shape[:2]
     if isinstance(keep, torch.Tensor) and keep.dtype == torch.bool and tuple(keep.shape) == (B, N):
-        keep = keep.to(x.device)
-        seqlens = keep.sum(1, dtype=torch.int32)
-        packed = x[keep]  # [B, N, D] -> [sum K_b, D], row-major (= index order within each sample)
-        return packed, seqlens_to_cu(seqlens), int(seqlens.max()) if B else 0
+        lengths = keep.sum(1).tolist()  # the one read of the mask: no device wait when it lives on the host
+        total = sum(lengths)
+        flat = keep.reshape(-1).nonzero_static(size=total).squeeze(1)  # [sum K_b], row-major order
+        packed = x.reshape(B * N, *x.shape[2:]).index_select(0, _to_device(flat, x.device))  # -> [sum K_b, D]
+        return packed, _cu_from_host(lengths, x.device), max(lengths, default=0)
     if _is_index_matrix(keep, B):
         _check_index_matrix(keep, N)
-        keep = keep.to(device=x.device, dtype=torch.long)
+        keep = _to_device(keep.long(), x.device)
         K = keep.shape[1]
         packed = x.gather(1, keep.view(B, K, *([1] * (x.dim() - 2))).expand(B, K, *x.shape[2:]))  # [B, K, D]
-        seqlens = torch.full((B,), K, dtype=torch.int32, device=x.device)
-        return packed.reshape(B * K, *x.shape[2:]), seqlens_to_cu(seqlens), K  # [B, K, D] -> [B*K, D]
+        cu = torch.arange(B + 1, dtype=torch.int32, device=x.device) * K  # [B + 1]
+        return packed.reshape(B * K, *x.shape[2:]), cu, K  # [B, K, D] -> [B*K, D]
     rows = _index_lists(x, keep)
-    seqlens = torch.tensor([r.numel() for r in rows], dtype=torch.int32, device=x.device)
-    batch_idx = torch.repeat_interleave(torch.arange(len(rows), device=x.device), seqlens.long())
-    token_idx = torch.cat(rows) if rows else torch.empty(0, dtype=torch.long, device=x.device)
+    lengths = [r.numel() for r in rows]  # known on the host: no device read below
+    cu = _cu_from_host(lengths, x.device)
+    batch_idx = torch.repeat_interleave(
+        torch.arange(len(rows), device=x.device), cu[1:] - cu[:-1], output_size=sum(lengths)
+    )
+    if not rows:
+        token_idx = torch.empty(0, dtype=torch.long, device=x.device)
+    elif all(r.device == x.device for r in rows):
+        token_idx = torch.cat(rows)
+    else:  # host indices (the usual case): one copy for all rows
+        token_idx = _to_device(torch.cat([r.cpu() for r in rows]), x.device)
     packed = x[batch_idx, token_idx]  # [B, N, D] -> [sum K_b, D]
-    max_seqlen = int(seqlens.max()) if rows else 0
-    return packed, seqlens_to_cu(seqlens), max_seqlen
+    return packed, cu, max(lengths, default=0)
 
 
 def unpack(

@@ -25,9 +25,16 @@ lse and Delta [H, T] fp32 (natural-log lse, the same as the reference). Set
 Tile sizes: :func:`fwd_config` and :func:`bwd_configs`, chosen per head dim and dtype from a measured sweep
 for 16-bit inputs with head dim <= 64 (``benchmarks/sweep_varlen_tiles.py``), heuristics otherwise; not
 autotuned at run time. Every kernel call also takes an explicit ``TileConfig``.
+
+Host side, per call: no synchronisation with the device, no copy of inputs whose last
+dim is contiguous (q, k, v straight from ``qkv.unbind`` are strided views: every
+tensor passes its own token and head strides), tile choices, grids and compile-time
+arguments looked up from caches keyed by shape, and the segment ids of the packed
+tiling built once per forward or backward.
 """
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import torch
@@ -142,22 +149,21 @@ def _fwd_kernel(
 
 
 @triton.jit
-def _delta_kernel(O, DO, DELTA, sot, soh, T, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr):
-    """Delta [H, T] = rowsum(dO * O) in fp32 (O and dO share strides)."""
+def _delta_kernel(O, DO, DELTA, sot, soh, sdt, sdh, T, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr):
+    """Delta [H, T] = rowsum(dO * O) in fp32."""
     h = tl.program_id(1)
     offs_m = (tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
     offs_d = tl.arange(0, HEAD_DIM)
     ok = offs_m < T
-    ptr = offs_m[:, None] * sot + h * soh + offs_d[None, :]
-    o = tl.load(O + ptr, mask=ok[:, None], other=0.0).to(tl.float32)
-    do = tl.load(DO + ptr, mask=ok[:, None], other=0.0).to(tl.float32)
+    o = tl.load(O + offs_m[:, None] * sot + h * soh + offs_d[None, :], mask=ok[:, None], other=0.0).to(tl.float32)
+    do = tl.load(DO + offs_m[:, None] * sdt + h * sdh + offs_d[None, :], mask=ok[:, None], other=0.0).to(tl.float32)
     tl.store(DELTA + h * T + offs_m, tl.sum(o * do, 1), mask=ok)
 
 
 @triton.jit
 def _bwd_dkdv_kernel(
     Q, K, V, DO, LSE, DELTA, DK, DV, CU, SEG,
-    sqt, sqh, skt, skh, svt, svh, sot, soh,
+    sqt, sqh, skt, skh, svt, svh, sdt, sdh, sgt, sgh,
     T, H, NUM_BLOCKS, qk_scale, scale,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     PACKED: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
@@ -175,7 +181,7 @@ def _bwd_dkdv_kernel(
             offs_m = (m0 + tl.arange(0, BLOCK_M)).to(tl.int64)
             row_ok = offs_m < hi
             q = tl.load(Q + offs_m[:, None] * sqt + h * sqh + offs_d[None, :], mask=row_ok[:, None], other=0.0)
-            do = tl.load(DO + offs_m[:, None] * sot + h * soh + offs_d[None, :], mask=row_ok[:, None], other=0.0)
+            do = tl.load(DO + offs_m[:, None] * sdt + h * sdh + offs_d[None, :], mask=row_ok[:, None], other=0.0)
             lse2 = tl.load(LSE + h * T + offs_m, mask=row_ok, other=0.0) * 1.4426950408889634
             delta = tl.load(DELTA + h * T + offs_m, mask=row_ok, other=0.0)
             s = _mm(q, tl.trans(k), PRECISION, UPCAST) * qk_scale  # [BM, BN]
@@ -184,7 +190,7 @@ def _bwd_dkdv_kernel(
             dp = _mm(do, tl.trans(v), PRECISION, UPCAST)
             ds = p * (dp - delta[:, None])
             dk += _mm(tl.trans(_to(ds, q.dtype, UPCAST)), q, PRECISION, UPCAST)
-        ptr = offs_n[:, None] * skt + h * skh + offs_d[None, :]
+        ptr = offs_n[:, None] * sgt + h * sgh + offs_d[None, :]
         tl.store(DK + ptr, _to(dk * scale, DK.dtype.element_ty, UPCAST), mask=col_ok[:, None])
         tl.store(DV + ptr, _to(dv, DV.dtype.element_ty, UPCAST), mask=col_ok[:, None])
 
@@ -192,7 +198,7 @@ def _bwd_dkdv_kernel(
 @triton.jit
 def _bwd_dq_kernel(
     Q, K, V, DO, LSE, DELTA, DQ, CU, SEG,
-    sqt, sqh, skt, skh, svt, svh, sot, soh,
+    sqt, sqh, skt, skh, svt, svh, sdt, sdh, sgt, sgh,
     T, H, NUM_BLOCKS, qk_scale, scale,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     PACKED: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
@@ -203,7 +209,7 @@ def _bwd_dq_kernel(
         offs_d = tl.arange(0, HEAD_DIM)
         row_ok = offs_m < m_end
         q = tl.load(Q + offs_m[:, None] * sqt + h * sqh + offs_d[None, :], mask=row_ok[:, None], other=0.0)
-        do = tl.load(DO + offs_m[:, None] * sot + h * soh + offs_d[None, :], mask=row_ok[:, None], other=0.0)
+        do = tl.load(DO + offs_m[:, None] * sdt + h * sdh + offs_d[None, :], mask=row_ok[:, None], other=0.0)
         lse2 = tl.load(LSE + h * T + offs_m, mask=row_ok, other=0.0) * 1.4426950408889634
         delta = tl.load(DELTA + h * T + offs_m, mask=row_ok, other=0.0)
         dq = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
@@ -217,7 +223,7 @@ def _bwd_dq_kernel(
             dp = _mm(do, tl.trans(v), PRECISION, UPCAST)
             ds = p * (dp - delta[:, None])
             dq += _mm(_to(ds, k.dtype, UPCAST), k, PRECISION, UPCAST)
-        tl.store(DQ + offs_m[:, None] * sqt + h * sqh + offs_d[None, :], _to(dq * scale, DQ.dtype.element_ty, UPCAST),
+        tl.store(DQ + offs_m[:, None] * sgt + h * sgh + offs_d[None, :], _to(dq * scale, DQ.dtype.element_ty, UPCAST),
                  mask=row_ok[:, None])
 
 
@@ -248,8 +254,9 @@ def _measured(head_dim: int, dtype: torch.dtype) -> bool:
     return dtype in (torch.bfloat16, torch.float16) and head_dim <= 64
 
 
+@functools.cache
 def fwd_config(head_dim: int, dtype: torch.dtype) -> TileConfig:
-    """The forward kernel's tiles for this head dim and dtype.
+    """The forward kernel's tiles for this head dim and dtype (cached: one choice per pair).
 
     16-bit, head dim <= 64: 64 x 32, 4 warps, 3 stages, the fastest of five in the H200 sweep
     (``benchmarks/sweep_varlen_tiles.py``, RESULTS.md: 0.046 vs 0.066 ms at 196 tokens, a tie at 1568).
@@ -265,8 +272,9 @@ def fwd_config(head_dim: int, dtype: torch.dtype) -> TileConfig:
     return TileConfig(128, 64 if not wide else 32, 8 if wide else 4)
 
 
+@functools.cache
 def bwd_configs(head_dim: int, dtype: torch.dtype) -> tuple[TileConfig, TileConfig]:
-    """``(dK/dV kernel, dQ kernel)`` tiles for this head dim and dtype.
+    """``(dK/dV kernel, dQ kernel)`` tiles for this head dim and dtype (cached: one choice per pair).
 
     16-bit, head dim <= 64: each program's own tile 64 rows, the looped tile 16, 4 warps, 3 stages: the fastest
     of six pairs in the H200 sweep at 196 tokens (0.136 vs 0.255 ms for the first heuristic) and within 2% of
@@ -280,29 +288,38 @@ def bwd_configs(head_dim: int, dtype: torch.dtype) -> tuple[TileConfig, TileConf
     return c, c
 
 
-def _upcast(dtype: torch.dtype) -> bool:
-    return INTERPRETED and dtype == torch.bfloat16
-
-
 def _prep(*ts: torch.Tensor) -> list[torch.Tensor]:
+    """Copy only a tensor whose last dim is not contiguous (the kernels take every other stride)."""
     return [t if t.stride(-1) == 1 else t.contiguous() for t in ts]
 
 
-def _layout(cu_seqlens: torch.Tensor, total: int, heads: int, max_seqlen: int, block: int, mode: str):
-    """(grid size, NUM_BLOCKS, SEG) for a tiling."""
-    if mode == "packed":
-        seq_lens = (cu_seqlens[1:] - cu_seqlens[:-1]).long()
-        seg = torch.repeat_interleave(
-            torch.arange(seq_lens.numel(), device=cu_seqlens.device, dtype=torch.int32), seq_lens, output_size=total
-        )
+@functools.lru_cache(maxsize=1024)
+def _grid(total: int, heads: int, n_seqs: int, max_seqlen: int, block: int, packed: bool) -> tuple[int, int]:
+    """(programs, NUM_BLOCKS) of one tiling, cached per shape."""
+    if packed:
         nblk = triton.cdiv(total, block)
-        return nblk * heads, nblk, seg
+        return nblk * heads, nblk
     nblk = max(triton.cdiv(max_seqlen, block), 1)
-    return (cu_seqlens.numel() - 1) * heads * nblk, nblk, cu_seqlens
+    return n_seqs * heads * nblk, nblk
 
 
-def _strides(q, k, v, o) -> tuple[int, ...]:
-    return (q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), o.stride(0), o.stride(1))
+@functools.lru_cache(maxsize=64)
+def _meta(head_dim: int, dtype: torch.dtype, packed: bool) -> dict:
+    """Compile-time arguments shared by the kernels of one call, cached per (head dim, dtype, tiling)."""
+    return {"HEAD_DIM": head_dim, "PACKED": packed, "PRECISION": "ieee" if dtype == torch.float32 else "tf32",
+            "UPCAST": INTERPRETED and dtype == torch.bfloat16}
+
+
+def _segment_ids(cu_seqlens: torch.Tensor, total: int) -> torch.Tensor:
+    """Sequence of each packed row [T] int32 (packed tiling only; no host synchronisation)."""
+    seq_lens = (cu_seqlens[1:] - cu_seqlens[:-1]).long()
+    ids = torch.arange(seq_lens.numel(), device=cu_seqlens.device, dtype=torch.int32)
+    return torch.repeat_interleave(ids, seq_lens, output_size=total)
+
+
+def _strides(*ts: torch.Tensor) -> tuple[int, ...]:
+    """(token stride, head stride) of each tensor, flattened."""
+    return tuple(x for t in ts for x in (t.stride(0), t.stride(1)))
 
 
 def triton_varlen_fwd(
@@ -316,7 +333,7 @@ def triton_varlen_fwd(
     config: TileConfig | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Forward: ``(out [T, H, Dh], lse [H, T] fp32)``; mode "sequence" or "packed"; ``config``: tiles
-    (None: :func:`fwd_config`)."""
+    (None: :func:`fwd_config`). q, k, v may have any token / head strides (no copy)."""
     q, k, v = _prep(q, k, v)
     T, H, D = q.shape
     out = torch.empty((T, H, D), dtype=q.dtype, device=q.device)
@@ -325,11 +342,11 @@ def triton_varlen_fwd(
         return out, lse
     c = config or fwd_config(D, q.dtype)
     packed = mode == "packed"
-    grid, nblk, seg = _layout(cu_seqlens, T, H, max_seqlen, c.block_m, mode)
+    grid, nblk = _grid(T, H, cu_seqlens.numel() - 1, max_seqlen, c.block_m, packed)
+    seg = _segment_ids(cu_seqlens, T) if packed else cu_seqlens
     _fwd_kernel[(grid,)](
         q, k, v, out, lse, cu_seqlens, seg, *_strides(q, k, v, out), T, H, nblk, scale * _LOG2E,
-        HEAD_DIM=D, BLOCK_M=c.block_m, BLOCK_N=c.block_n, PACKED=packed,
-        PRECISION="ieee" if q.dtype == torch.float32 else "tf32", UPCAST=_upcast(q.dtype), **c.launch(),
+        BLOCK_M=c.block_m, BLOCK_N=c.block_n, **_meta(D, q.dtype, packed), **c.launch(),
     )
     return out, lse
 
@@ -347,27 +364,29 @@ def triton_varlen_bwd(
     mode: str,
     configs: tuple[TileConfig, TileConfig] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Backward: ``(dq, dk, dv)`` each [T, H, Dh]; Delta pre-pass, dK/dV kernel, dQ kernel; ``configs``:
-    ``(dK/dV, dQ)`` tiles (None: :func:`bwd_configs`)."""
-    # All operands contiguous [T, H, Dh] so that inputs and gradients share one set of strides.
-    q, k, v, grad_out, out = (t.contiguous() for t in (q, k, v, grad_out, out))
+    """Backward: ``(dq, dk, dv)`` each [T, H, Dh] (contiguous); Delta pre-pass, dK/dV kernel, dQ kernel;
+    ``configs``: ``(dK/dV, dQ)`` tiles (None: :func:`bwd_configs`). Inputs may have any token / head strides."""
+    q, k, v, grad_out, out = _prep(q, k, v, grad_out, out)
     T, H, D = q.shape
     dq, dk, dv = (torch.empty((T, H, D), dtype=q.dtype, device=q.device) for _ in range(3))
     if T == 0:
         return dq, dk, dv
     ckv, cq = configs or bwd_configs(D, q.dtype)
-    st, sh = q.stride(0), q.stride(1)
+    packed = mode == "packed"
     delta = torch.empty((H, T), dtype=torch.float32, device=q.device)
-    _delta_kernel[(triton.cdiv(T, cq.block_m), H)](out, grad_out, delta, st, sh, T, HEAD_DIM=D, BLOCK_M=cq.block_m)
-    meta = {"HEAD_DIM": D, "PACKED": mode == "packed", "PRECISION": "ieee" if q.dtype == torch.float32 else "tf32",
-            "UPCAST": _upcast(q.dtype)}
-    strides = (st, sh) * 4
-    grid_n, nblk_n, seg = _layout(cu_seqlens, T, H, max_seqlen, ckv.block_n, mode)
+    _delta_kernel[(triton.cdiv(T, cq.block_m), H)](
+        out, grad_out, delta, *_strides(out, grad_out), T, HEAD_DIM=D, BLOCK_M=cq.block_m
+    )
+    meta = _meta(D, q.dtype, packed)
+    strides = _strides(q, k, v, grad_out, dq)  # dq, dk, dv share one layout
+    seg = _segment_ids(cu_seqlens, T) if packed else cu_seqlens
+    n_seqs = cu_seqlens.numel() - 1
+    grid_n, nblk_n = _grid(T, H, n_seqs, max_seqlen, ckv.block_n, packed)
     _bwd_dkdv_kernel[(grid_n,)](
         q, k, v, grad_out, lse, delta, dk, dv, cu_seqlens, seg, *strides, T, H, nblk_n, scale * _LOG2E, scale,
         BLOCK_M=ckv.block_m, BLOCK_N=ckv.block_n, **meta, **ckv.launch(),
     )
-    grid_m, nblk_m, seg = _layout(cu_seqlens, T, H, max_seqlen, cq.block_m, mode)
+    grid_m, nblk_m = _grid(T, H, n_seqs, max_seqlen, cq.block_m, packed)
     _bwd_dq_kernel[(grid_m,)](
         q, k, v, grad_out, lse, delta, dq, cu_seqlens, seg, *strides, T, H, nblk_m, scale * _LOG2E, scale,
         BLOCK_M=cq.block_m, BLOCK_N=cq.block_n, **meta, **cq.launch(),

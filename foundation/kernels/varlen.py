@@ -10,12 +10,24 @@ implementations give the same numbers (fp32 accumulation in both):
   was imported (the interpreter, used by the tests);
 * ``"reference"``: segment-by-segment torch in :mod:`foundation.kernels.reference`.
 
+A third, ``"sdpa"``, pads the packed tokens and runs ``scaled_dot_product_attention``
+with a key-padding mask (:mod:`foundation.kernels.padded`): the padded baseline,
+so that a model can be timed with and without the kernels by one config value.
+
 ``backend="auto"`` takes Triton when ``q.is_cuda`` and triton imports, else the
 reference. The choice is an argument of every call, never process-wide state.
 
-Both run through the torch.library custom ops ``foundation::varlen_attn_fwd`` and
-``foundation::varlen_attn_bwd`` (with ``register_autograd`` and ``register_fake``),
-so ``torch.compile(fullgraph=True)`` traces through a call as one opaque node.
+Two call paths give the same numbers (both call :func:`_forward` / :func:`_backward`):
+
+* eager: :class:`VarlenAttentionFunction`, a plain ``torch.autograd.Function``
+  (the least host work per call: no custom-op dispatch, no schema checks);
+* under ``torch.compile``: the torch.library custom ops ``foundation::varlen_attn_fwd``
+  and ``foundation::varlen_attn_bwd`` (with ``register_autograd`` and ``register_fake``),
+  so that ``torch.compile(fullgraph=True)`` traces through a call as one opaque node.
+
+Neither synchronises with the device: the values of ``cu_seqlens`` are checked only
+with ``validate=True`` (a host copy), and ``max_seqlen`` comes from the caller (from
+:func:`foundation.kernels.pack_visible`, which knows the lengths on the host).
 """
 from __future__ import annotations
 
@@ -25,11 +37,12 @@ import importlib.util
 import torch
 
 from foundation.errors import ConfigError, did_you_mean
+from foundation.kernels.padded import padded_sdpa
 from foundation.kernels.reference import reference_varlen_bwd, reference_varlen_fwd
 
-__all__ = ["varlen_attention", "BACKENDS", "MODES", "PACK_MAX_SEQLEN", "resolve_backend"]
+__all__ = ["varlen_attention", "VarlenAttentionFunction", "BACKENDS", "MODES", "PACK_MAX_SEQLEN", "resolve_backend"]
 
-BACKENDS = ("auto", "triton", "reference")
+BACKENDS = ("auto", "triton", "reference", "sdpa")
 MODES = ("auto", "sequence", "packed")
 PACK_MAX_SEQLEN = 64
 """``mode="auto"`` tiles the packed buffer (packing mode) when max_seqlen is at most this (unverified tuning)."""
@@ -41,6 +54,13 @@ _TRITON_HEAD_DIMS = (16, 32, 64, 128)
 @functools.lru_cache(maxsize=1)
 def _triton_importable() -> bool:
     return importlib.util.find_spec("triton") is not None
+
+
+@functools.lru_cache(maxsize=1)
+def _triton_interpreted() -> bool:
+    from foundation.kernels.triton_varlen import INTERPRETED  # raises ImportError naming triton
+
+    return INTERPRETED
 
 
 def resolve_backend(backend: str, q: torch.Tensor) -> str:
@@ -139,6 +159,47 @@ def _resolve_mode(mode: str, max_seqlen: int) -> str:
     return mode
 
 
+def _forward(q, k, v, cu_seqlens, max_seqlen, scale, backend, mode):
+    """(out, lse) of one backend; the one forward of both call paths."""
+    if backend == "triton":
+        from foundation.kernels.triton_varlen import triton_varlen_fwd
+
+        return triton_varlen_fwd(q, k, v, cu_seqlens, max_seqlen, scale, _resolve_mode(mode, max_seqlen))
+    return reference_varlen_fwd(q, k, v, cu_seqlens, scale)
+
+
+def _backward(grad_out, q, k, v, out, lse, cu_seqlens, max_seqlen, scale, backend, mode):
+    """(dq, dk, dv) of one backend; the one backward of both call paths."""
+    if backend == "triton":
+        from foundation.kernels.triton_varlen import triton_varlen_bwd
+
+        return triton_varlen_bwd(
+            grad_out, q, k, v, out, lse, cu_seqlens, max_seqlen, scale, _resolve_mode(mode, max_seqlen)
+        )
+    return reference_varlen_bwd(grad_out, q, k, v, out, lse, cu_seqlens, scale)
+
+
+class VarlenAttentionFunction(torch.autograd.Function):
+    """The eager path: ``apply(q, k, v, cu_seqlens, max_seqlen, scale, backend, mode) -> out [T, H, Dh]``.
+
+    ``backend`` must be resolved ("triton" or "reference") and the inputs checked (see
+    :func:`varlen_attention`, the public entry).
+    """
+
+    @staticmethod
+    def forward(ctx, q, k, v, cu_seqlens, max_seqlen, scale, backend, mode):
+        out, lse = _forward(q, k, v, cu_seqlens, max_seqlen, scale, backend, mode)
+        ctx.save_for_backward(q, k, v, out, lse, cu_seqlens)
+        ctx.args = (max_seqlen, scale, backend, mode)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        q, k, v, out, lse, cu_seqlens = ctx.saved_tensors
+        dq, dk, dv = _backward(grad_out, q, k, v, out, lse, cu_seqlens, *ctx.args)
+        return dq, dk, dv, None, None, None, None, None
+
+
 @torch.library.custom_op("foundation::varlen_attn_fwd", mutates_args=())
 def _varlen_fwd_op(
     q: torch.Tensor,
@@ -153,11 +214,7 @@ def _varlen_fwd_op(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     if validate:
         _check_values(cu_seqlens, max_seqlen, q.shape[0])
-    if backend == "triton":
-        from foundation.kernels.triton_varlen import triton_varlen_fwd
-
-        return triton_varlen_fwd(q, k, v, cu_seqlens, max_seqlen, scale, _resolve_mode(mode, max_seqlen))
-    return reference_varlen_fwd(q, k, v, cu_seqlens, scale)
+    return _forward(q, k, v, cu_seqlens, max_seqlen, scale, backend, mode)
 
 
 @_varlen_fwd_op.register_fake
@@ -181,14 +238,7 @@ def _varlen_bwd_op(
     backend: str,
     mode: str,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    grad_out = grad_out.contiguous()
-    if backend == "triton":
-        from foundation.kernels.triton_varlen import triton_varlen_bwd
-
-        return triton_varlen_bwd(
-            grad_out, q, k, v, out, lse, cu_seqlens, max_seqlen, scale, _resolve_mode(mode, max_seqlen)
-        )
-    return reference_varlen_bwd(grad_out, q, k, v, out, lse, cu_seqlens, scale)
+    return _backward(grad_out, q, k, v, out, lse, cu_seqlens, max_seqlen, scale, backend, mode)
 
 
 @_varlen_bwd_op.register_fake
@@ -203,7 +253,7 @@ def _setup_context(ctx, inputs, output) -> None:
     ctx.max_seqlen, ctx.scale, ctx.backend, ctx.mode = max_seqlen, scale, backend, mode
 
 
-def _backward(ctx, grad_out, grad_lse):
+def _op_backward(ctx, grad_out, grad_lse):
     q, k, v, out, lse, cu_seqlens = ctx.saved_tensors
     dq, dk, dv = _varlen_bwd_op(
         grad_out, q, k, v, out, lse, cu_seqlens, ctx.max_seqlen, ctx.scale, ctx.backend, ctx.mode
@@ -211,7 +261,7 @@ def _backward(ctx, grad_out, grad_lse):
     return dq, dk, dv, None, None, None, None, None, None
 
 
-_varlen_fwd_op.register_autograd(_backward, setup_context=_setup_context)
+_varlen_fwd_op.register_autograd(_op_backward, setup_context=_setup_context)
 
 
 def varlen_attention(
@@ -223,49 +273,57 @@ def varlen_attention(
     scale: float | None = None,
     backend: str = "auto",
     mode: str = "auto",
-    validate: bool = True,
+    validate: bool = False,
 ) -> torch.Tensor:
     """Non-causal softmax attention inside each packed sequence.
 
     Args:
-        q: queries [T, H, Dh], T = total tokens of all sequences.
+        q: queries [T, H, Dh], T = total tokens of all sequences (any strides with a
+            contiguous last dim, e.g. ``qkv.unbind``: no copy is made).
         k: keys [T, H, Dh].
         v: values [T, H, Dh].
         cu_seqlens: sequence starts [S + 1], int32, 0 first, non-decreasing, last = T.
-        max_seqlen: length of the longest sequence (an upper bound is accepted).
+        max_seqlen: length of the longest sequence (an upper bound is accepted), a
+            host int: :func:`foundation.kernels.pack_visible` returns it.
         scale: factor on q.k; default Dh ** -0.5.
         backend: "auto" (Triton for CUDA tensors when triton imports, else the
-            reference), "triton" or "reference".
+            reference), "triton", "reference" or "sdpa" (padded
+            ``scaled_dot_product_attention`` with a key-padding mask: the baseline).
         mode: Triton tiling: "sequence" (one program per query block of a
             sequence), "packed" (tiles of the packed buffer masked by segment id,
             for short sequences) or "auto" (packed when max_seqlen <= PACK_MAX_SEQLEN).
-            The reference ignores it.
-        validate: check the values of cu_seqlens (start 0, non-decreasing, last = T,
-            max_seqlen large enough). This copies cu_seqlens to the host, one
-            synchronisation per call on CUDA; pass False in a hot loop whose layout
-            comes from :func:`foundation.kernels.pack_visible`.
+            The other backends ignore it.
+        validate: also check the values of cu_seqlens (start 0, non-decreasing,
+            last = T, max_seqlen large enough). This copies cu_seqlens to the host,
+            one synchronisation per call on CUDA, so it is off unless asked for; a
+            layout from :func:`foundation.kernels.pack_visible` is right by
+            construction. Shapes, dtypes and devices are always checked (no copy).
 
     Returns:
         The attention output [T, H, Dh] in the dtype of q.
 
     Raises:
-        ConfigError: mismatched shapes, dtypes or devices, malformed cu_seqlens (not
-            int32, not starting at 0, decreasing, last != T), max_seqlen too small,
-            unknown backend or mode, head dim unsupported by Triton, or Triton asked
-            for CPU tensors without the interpreter.
+        ConfigError: mismatched shapes, dtypes or devices, cu_seqlens not 1-D int32,
+            unknown backend or mode, head dim unsupported by Triton, Triton asked for
+            CPU tensors without the interpreter; with ``validate=True`` also
+            cu_seqlens not starting at 0, decreasing or last != T, max_seqlen too small.
         ImportError: backend="triton" and triton is not installed.
     """
     backend = resolve_backend(backend, q)
     _check_static(q, k, v, cu_seqlens, max_seqlen, backend, mode)
-    if backend == "triton":
-        from foundation.kernels.triton_varlen import INTERPRETED  # raises ImportError naming triton
-
-        if not q.is_cuda and not INTERPRETED:
-            raise ConfigError(
-                f"varlen_attention: backend='triton' needs CUDA tensors (received {q.device}) or "
-                "TRITON_INTERPRET=1 set before triton is first imported; use backend='reference' on CPU"
-            )
-    if scale is None:
-        scale = q.shape[-1] ** -0.5
-    out, _ = _varlen_fwd_op(q, k, v, cu_seqlens, max_seqlen, float(scale), backend, mode, validate)
-    return out
+    if backend == "triton" and not q.is_cuda and not _triton_interpreted():
+        raise ConfigError(
+            f"varlen_attention: backend='triton' needs CUDA tensors (received {q.device}) or "
+            "TRITON_INTERPRET=1 set before triton is first imported; use backend='reference' on CPU"
+        )
+    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    if backend == "sdpa":
+        if validate:
+            _check_values(cu_seqlens, max_seqlen, q.shape[0])
+        return padded_sdpa(q, k, v, cu_seqlens, max_seqlen, scale)
+    if torch.compiler.is_compiling():
+        out, _ = _varlen_fwd_op(q, k, v, cu_seqlens, max_seqlen, scale, backend, mode, validate)
+        return out
+    if validate:
+        _check_values(cu_seqlens, max_seqlen, q.shape[0])
+    return VarlenAttentionFunction.apply(q, k, v, cu_seqlens, max_seqlen, scale, backend, mode)

@@ -36,20 +36,36 @@ CU = torch.tensor([0, 2, 6], dtype=torch.int32)
         (lambda q, k, v: (q, k, v, CU, -1), "max_seqlen must be a non-negative int, received -1"),
     ],
 )
-def test_bad_inputs_raise(make, match):
+@pytest.mark.parametrize("backend", ["reference", "sdpa"])
+def test_bad_inputs_raise(make, match, backend):
     with pytest.raises(ConfigError, match=match):
-        varlen_attention(*make(*_qkv()), backend="reference")
+        varlen_attention(*make(*_qkv()), backend=backend, validate=True)
 
 
-def test_validate_false_skips_only_the_value_checks():
+def test_value_checks_run_only_when_asked():
+    """validate=False (the default) makes no host copy of cu_seqlens; shapes, dtypes and devices are still checked."""
     q, k, v = _qkv()
     bad = torch.tensor([0, 2, 5], dtype=torch.int32)
     with pytest.raises(ConfigError, match="does not match the token count"):
-        varlen_attention(q, k, v, bad, 4)
-    good = varlen_attention(q, k, v, CU, 4, validate=False)
-    torch.testing.assert_close(good, varlen_attention(q, k, v, CU, 4))
+        varlen_attention(q, k, v, bad, 4, validate=True)
+    good = varlen_attention(q, k, v, CU, 4)
+    torch.testing.assert_close(good, varlen_attention(q, k, v, CU, 4, validate=True))
     with pytest.raises(ConfigError, match="1-D int32"):  # static checks still run
-        varlen_attention(q, k, v, CU.long(), 4, validate=False)
+        varlen_attention(q, k, v, CU.long(), 4)
+
+
+def test_default_call_reads_no_tensor_values(monkeypatch):
+    """No .tolist() / .item() on cu_seqlens in a default call (on CUDA each would be a device synchronisation)."""
+    q, k, v = (t.requires_grad_(True) for t in _qkv())
+    import foundation.kernels.varlen as varlen_mod
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a value check ran without validate=True")
+
+    monkeypatch.setattr(varlen_mod, "_check_values", refuse)
+    varlen_attention(q, k, v, CU, 4).sum().backward()
+    with pytest.raises(AssertionError, match="without validate=True"):
+        varlen_attention(q, k, v, CU, 4, validate=True)
 
 
 def test_config_error_is_a_value_error_and_backend_names_are_checked():
