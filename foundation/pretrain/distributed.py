@@ -20,7 +20,7 @@ import torch
 
 from foundation.atomic import atomic_write_text
 
-__all__ = ["DistInfo", "init_distributed", "free_port", "is_collective_failure"]
+__all__ = ["DistInfo", "apply_timeout", "free_port", "init_distributed", "is_collective_failure"]
 
 # words of the errors gloo, NCCL and the c10d store raise when a peer is gone or does not answer
 _COMM_MARKERS = ("connection closed by peer", "connection reset by peer", "broken pipe", "timed out", "timeout",
@@ -64,6 +64,25 @@ def _process_alive(pid: int, started: str | None) -> bool:
     except OSError:
         return False
     return fields[0] not in ("Z", "X") and (started is None or fields[19] == started)
+
+
+def apply_timeout(timeout_s: float) -> int:
+    """Give every process group of this process the collective timeout ``timeout_s``.
+
+    ``init_distributed`` sets it on the world group, but DeepSpeed then makes groups of its own (its clone of the
+    world group, on which ZeRO reduces and gathers) with torch's default of 30 minutes; call this after
+    ``deepspeed.initialize``.
+
+    Returns:
+        The number of groups updated.
+    """
+    from torch.distributed import distributed_c10d as c10d
+
+    set_timeout = getattr(torch.distributed, "set_timeout", None) or c10d._set_pg_timeout  # torch < 2.10
+    groups = list(c10d._world.pg_map)
+    for group in groups:
+        set_timeout(timedelta(seconds=timeout_s), group)
+    return len(groups)
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,7 @@ from foundation.atomic import atomic_write_text
 from foundation.pretrain.checkpoint import CheckpointDir
 from foundation.data.batch import to_device
 from foundation.pretrain.components import Components, TrainModule, build_components, build_objective
-from foundation.pretrain.distributed import DistInfo, init_distributed, is_collective_failure
+from foundation.pretrain.distributed import DistInfo, apply_timeout, init_distributed, is_collective_failure
 from foundation.pretrain.result import RunResult
 from foundation.pretrain.optim import WarmupCosineScheduler, build_optimizer
 from foundation.pretrain.run_log import RunLog
@@ -204,6 +204,7 @@ class Engine:
             lr_scheduler=lambda opt: WarmupCosineScheduler(opt, train),
         )
         self.ds_engine = engine
+        apply_timeout(train.collective_timeout_s)  # DeepSpeed's own groups, too
         state = {"step": 0, "micro_batches": 0, "nonfinite_skips": 0}
         if resume_tag is not None:
             path, client = engine.load_checkpoint(str(ckpts.root), tag=resume_tag)
