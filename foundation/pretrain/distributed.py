@@ -23,8 +23,8 @@ from foundation.atomic import atomic_write_text
 __all__ = ["DistInfo", "apply_timeout", "free_port", "init_distributed", "is_collective_failure"]
 
 # words of the errors gloo, NCCL and the c10d store raise when a peer is gone or does not answer
-_COMM_MARKERS = ("connection closed by peer", "connection reset by peer", "broken pipe", "timed out", "timeout",
-                 "connection refused", "gloo", "nccl", "socket")
+_COMM_MARKERS = ("connection closed by peer", "connection reset by peer", "broken pipe", "connection refused",
+                 "timed out waiting", "collective operation timeout", "gloo/transport", "nccl error")
 
 
 def free_port() -> int:
@@ -129,6 +129,8 @@ class DistInfo:
         Returns:
             A copy of this DistInfo that knows where the records are (for :meth:`describe_failure`).
         """
+        if self.world_size == 1:
+            return self
         folder = Path(run_dir) / ".ranks"
         pid = os.getpid()
         record = {"rank": self.rank, "host": socket.gethostname(), "pid": pid, "started": _process_start(pid)}

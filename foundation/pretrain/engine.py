@@ -14,10 +14,12 @@ What a run does: ``deepspeed.initialize`` with the recipe's DeepSpeed section
 cosine, a resumable distributed sampler seeded per epoch, a tqdm bar on rank 0,
 ``metrics.jsonl`` and ``curves.png``, checkpoints every N steps (last K kept, an
 atomic ``latest``), exact ``--resume``, a checkpoint on SIGTERM/SIGINT, a clear
-stop on a non-finite loss, a clear stop when a rank is lost (named, with the
-checkpoint to ``--resume`` from) or a checkpoint cannot be written. ``run()`` returns a :class:`RunResult`; exporting the
-final checkpoint (``foundation.pretrain.export.export_run``) is a separate step
-that the ``pretrain`` command takes afterwards.
+stop on a non-finite loss, on a lost rank (named, with the checkpoint to
+``--resume`` from; collectives wait at most ``train.collective_timeout_s``) and
+on a checkpoint that cannot be written (``latest`` stays on the previous one).
+``run()`` returns a :class:`RunResult`; exporting the final checkpoint
+(``foundation.pretrain.export.export_run``) is a separate step that the
+``pretrain`` command takes afterwards.
 """
 from __future__ import annotations
 
@@ -171,7 +173,8 @@ class Engine:
         else:
             resume = "no checkpoint was written yet: restart the run without --resume"
         # gloo's text ends in advice about reading the other ranks' logs; the first sentence is the cause
-        detail = str(err).strip().splitlines()[0].split(" This is typically")[0] if str(err).strip() else type(err).__name__
+        text = str(err).strip()
+        detail = text.splitlines()[0].split(" This is typically")[0] if text else type(err).__name__
         return TrainingError(
             f"rank {dist.rank}: a collective failed after optimizer step {self._step} "
             f"({dist.describe_failure()}); the run stopped. {resume}. (cause: {detail})"
@@ -311,10 +314,11 @@ class Engine:
                 due = train.checkpoint_every and state["step"] % train.checkpoint_every == 0
                 if due or stop_now or state["step"] >= train.steps:
                     last_tag = self._save(engine, ckpts, state, dist, log)
-                    # a signal that came while the checkpoint was written stops the run here, on every rank,
-                    # rather than after one more step and a second checkpoint
-                    stop_now = stop_now or dist.all_reduce_sum(
-                        torch.tensor([0.0 if stop.received is None else 1.0], dtype=torch.float64)).item() > 0
+                    if not stop_now and state["step"] < train.steps:
+                        # a signal that came while the checkpoint was written stops the run here, on every
+                        # rank, rather than after one more step and a second checkpoint
+                        signalled = torch.tensor([0.0 if stop.received is None else 1.0], dtype=torch.float64)
+                        stop_now = dist.all_reduce_sum(signalled).item() > 0
                 if stop_now:
                     result.stopped_early = True
                     break
