@@ -9,7 +9,10 @@ Layout under ``<output_dir>/checkpoints``::
 
 A crash while a checkpoint is written leaves a folder without ``COMPLETE``;
 ``latest`` still names the previous good one, and the torso is removed at the
-next successful save.
+next successful save. A write that fails (disk full, an I/O error) on any rank
+fails the save on every rank alike (the ranks gather their errors): ``latest``
+is kept, the partial folder removed, and a :class:`CheckpointError` names the
+folder, the rank and the cause.
 
 A run folder is untrusted input (copied from a colleague, a shared drive): DeepSpeed
 unpickles its state files with ``weights_only=False``, so :meth:`CheckpointDir.verify`
