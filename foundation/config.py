@@ -64,6 +64,10 @@ class TrainConfig:
     num_workers: int = field(default=0, metadata=_help("DataLoader worker processes per rank"))
     tensorboard: bool = field(default=False, metadata=_help("also write TensorBoard event files"))
     progress_bar: bool = field(default=True, metadata=_help("tqdm progress bar on rank 0"))
+    collective_timeout_s: float = field(default=1800.0, metadata=_help(
+        "seconds a rank waits in a collective (all-reduce, barrier) for the others before the run stops with an "
+        "error naming the ranks that did not answer; longer than any work one rank does alone (data preparation "
+        "on rank 0, a checkpoint write)"))
 
     def __post_init__(self) -> None:
         for name in ("steps", "micro_batch_size", "log_every", "keep_last"):
@@ -74,6 +78,8 @@ class TrainConfig:
                 raise ConfigError(f"train.{name} must be >= 0, got {getattr(self, name)}")
         if self.lr <= 0:
             raise ConfigError(f"train.lr must be > 0, got {self.lr}")
+        if self.collective_timeout_s <= 0:
+            raise ConfigError(f"train.collective_timeout_s must be > 0 seconds, got {self.collective_timeout_s}")
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise ConfigError(f"train.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         if self.warmup_steps > self.steps:

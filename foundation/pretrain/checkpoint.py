@@ -9,7 +9,10 @@ Layout under ``<output_dir>/checkpoints``::
 
 A crash while a checkpoint is written leaves a folder without ``COMPLETE``;
 ``latest`` still names the previous good one, and the torso is removed at the
-next successful save.
+next successful save. A write that fails (disk full, an I/O error) on any rank
+fails the save on every rank alike (the ranks gather their errors): ``latest``
+is kept, the partial folder removed, and a :class:`CheckpointError` names the
+folder, the rank and the cause.
 
 A run folder is untrusted input (copied from a colleague, a shared drive): DeepSpeed
 unpickles its state files with ``weights_only=False``, so :meth:`CheckpointDir.verify`
@@ -33,6 +36,7 @@ import torch
 
 from foundation.atomic import atomic_write_text
 from foundation.errors import CheckpointError
+from foundation.pretrain.distributed import is_collective_failure
 
 __all__ = [
     "CheckpointDir",
@@ -89,6 +93,17 @@ def check_state_file(path: str | Path) -> None:
         raise CheckpointError(f"{path}: unreadable state file ({type(err).__name__}: "
                               f"{str(err).splitlines()[0] if str(err) else 'truncated'}); the checkpoint is damaged, "
                               "resume or export from an earlier tag") from err
+
+
+def _attempt(write: Callable[[], None]) -> str | None:
+    """Run ``write``; return None, or its I/O error in words (the ranks agree on failures afterwards)."""
+    try:
+        write()
+    except (OSError, RuntimeError) as err:
+        if is_collective_failure(err):
+            raise  # a lost peer, not a write error: the engine names the rank
+        return f"{type(err).__name__}: {err}"
+    return None
 
 
 def capture_rng() -> dict[str, Any]:
@@ -174,30 +189,82 @@ class CheckpointDir:
         return folder
 
     def save(self, save_states: Callable[[Path, str], None], step: int, rank: int,
-             barrier: Callable[[], None]) -> str:
+             barrier: Callable[[], None] | None = None, *,
+             gather: Callable[[str | None], list[str | None]] | None = None) -> str:
         """Write a checkpoint on every rank, then mark it complete and move ``latest``.
+
+        A write that fails on any rank (disk full, an I/O error) fails the save on every rank: ``latest`` stays
+        on the previous complete checkpoint, rank 0 removes the partial folder, and each rank raises the same
+        :class:`CheckpointError`, naming the folder, the rank and the cause.
 
         Args:
             save_states: writes this rank's share of the states into ``(root, tag)``
-                (DeepSpeed's ``save_checkpoint``), on every rank.
+                (DeepSpeed's ``save_checkpoint``), on every rank. It must take part in the same collectives on
+                every rank even when its write fails, and raise the write error afterwards.
             step: optimizer step, which names the tag.
             rank: global rank; rank 0 does the bookkeeping.
-            barrier: a collective barrier over all ranks.
+            barrier: a collective barrier over all ranks (enough for one process; ignored when ``gather``
+                is given).
+            gather: every rank's error text (None: fine), indexed by rank, on every rank: a collective that
+                lets all ranks agree whether the save worked. Without it, only this rank's errors are seen.
 
         Returns:
             The tag written.
+
+        Raises:
+            CheckpointError: a rank could not write its states, its RNG file, or (rank 0) the markers.
         """
+        if gather is None:
+            def gather(error: str | None) -> list[str | None]:
+                if barrier is not None:
+                    barrier()
+                return [error]
+
         tag = self.tag(step)
+        previous = self._latest_tag()
+        error = _attempt(lambda: self._write_states(save_states, tag, rank))
+        self._agree(gather(error), tag, previous, rank, what="could not be written")
+        error = _attempt(lambda: self._mark_complete(tag, step)) if rank == 0 else None
+        self._agree(gather(error), tag, previous, rank, what="was written, but marking it complete failed")
+        return tag
+
+    def _write_states(self, save_states: Callable[[Path, str], None], tag: str, rank: int) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         save_states(self.root, tag)
         atomic_write_text(self.root / tag / f"rng_rank{rank}.json", json.dumps(capture_rng()), fsync=True)
-        barrier()
-        if rank == 0:
-            atomic_write_text(self.root / tag / _COMPLETE, f"{step}\n", fsync=True)
-            atomic_write_text(self.root / "latest", tag, fsync=True)
-            self._rotate(keep=tag)
-        barrier()
-        return tag
+
+    def _mark_complete(self, tag: str, step: int) -> None:
+        atomic_write_text(self.root / tag / _COMPLETE, f"{step}\n", fsync=True)
+        atomic_write_text(self.root / "latest", tag, fsync=True)
+        self._rotate(keep=tag)
+
+    def _latest_tag(self) -> str | None:
+        pointer = self.root / "latest"
+        return pointer.read_text().strip() if pointer.is_file() else None
+
+    def _agree(self, errors: list[str | None], tag: str, previous: str | None, rank: int, what: str) -> None:
+        """Raise the same CheckpointError on every rank when any rank reported an error."""
+        failed = [(r, e) for r, e in enumerate(errors) if e is not None]
+        if not failed:
+            return
+        folder = self.root / tag
+        if (folder / _COMPLETE).is_file():
+            left = "the folder itself is whole"
+        elif rank == 0:
+            shutil.rmtree(folder, ignore_errors=True)  # a partial folder only takes space (a full disk)
+            left = "the partial folder was removed" if not folder.exists() else "the partial folder is left"
+        else:
+            left = "rank 0 removes the partial folder"
+        now = self._latest_tag()
+        if now == previous:
+            kept = f"`latest` still names {previous}" if previous else "there is no earlier checkpoint"
+        else:
+            kept = f"`latest` now names {now}"
+        causes = "; ".join(f"rank {r}: {e}" for r, e in failed)
+        raise CheckpointError(
+            f"checkpoint {folder} {what} ({causes}); {kept}, {left}. Free disk space or fix the error above, "
+            f"then continue with --resume" + (f" from {previous}" if previous and now == previous else "")
+        )
 
     def _rotate(self, keep: str) -> None:
         complete = self.complete_tags()

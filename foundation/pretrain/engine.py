@@ -14,9 +14,12 @@ What a run does: ``deepspeed.initialize`` with the recipe's DeepSpeed section
 cosine, a resumable distributed sampler seeded per epoch, a tqdm bar on rank 0,
 ``metrics.jsonl`` and ``curves.png``, checkpoints every N steps (last K kept, an
 atomic ``latest``), exact ``--resume``, a checkpoint on SIGTERM/SIGINT, a clear
-stop on a non-finite loss. ``run()`` returns a :class:`RunResult`; exporting the
-final checkpoint (``foundation.pretrain.export.export_run``) is a separate step
-that the ``pretrain`` command takes afterwards.
+stop on a non-finite loss, on a lost rank (named, with the checkpoint to
+``--resume`` from; collectives wait at most ``train.collective_timeout_s``) and
+on a checkpoint that cannot be written (``latest`` stays on the previous one).
+``run()`` returns a :class:`RunResult`; exporting the final checkpoint
+(``foundation.pretrain.export.export_run``) is a separate step that the
+``pretrain`` command takes afterwards.
 """
 from __future__ import annotations
 
@@ -30,12 +33,12 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from foundation.config import RecipeConfig
-from foundation.errors import CheckpointError, TrainingError
+from foundation.errors import CheckpointError, FoundationError, TrainingError
 from foundation.atomic import atomic_write_text
 from foundation.pretrain.checkpoint import CheckpointDir
 from foundation.data.batch import to_device
 from foundation.pretrain.components import Components, TrainModule, build_components, build_objective
-from foundation.pretrain.distributed import DistInfo, init_distributed
+from foundation.pretrain.distributed import DistInfo, apply_timeout, init_distributed, is_collective_failure
 from foundation.pretrain.result import RunResult
 from foundation.pretrain.optim import WarmupCosineScheduler, build_optimizer
 from foundation.pretrain.run_log import RunLog
@@ -82,6 +85,37 @@ class _StopSignal:
             signal.signal(sig, handler)
 
 
+class _KeepWriteError:
+    """Stands in for DeepSpeed's checkpoint engine during one save: the first failed write is kept, not raised.
+
+    Later writes of the same save are skipped (the checkpoint is lost anyway). Everything else goes to ``inner``.
+    """
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.error: OSError | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def makedirs(self, path: str, exist_ok: bool = False) -> None:
+        try:
+            self.inner.makedirs(path, exist_ok=exist_ok)
+        except OSError as err:
+            self.error = self.error or err
+
+    def save(self, state_dict: Any, path: str) -> None:
+        if self.error is not None:
+            return
+        try:
+            self.inner.save(state_dict, path)
+        except (OSError, RuntimeError) as err:  # torch.save reports a failed write as a RuntimeError
+            if is_collective_failure(err):
+                raise
+            self.error = err if isinstance(err, OSError) else OSError(f"writing {path}: {err}")
+            self.error.__cause__ = err
+
+
 class Engine:
     """Train a recipe's model with DeepSpeed.
 
@@ -106,15 +140,50 @@ class Engine:
             raise ValueError("Engine: pass both model and dataset to train prebuilt components, or neither")
         self.model, self.dataset = model, dataset
         self.ds_engine: Any = None  # the DeepSpeed engine, set by run() (for inspection and benchmarks)
+        self._step = 0  # optimizer steps done (named when a rank is lost)
 
     def run(self) -> RunResult:
-        """Train until ``train.steps`` (or a stop request) and return where the results are."""
+        """Train until ``train.steps`` (or a stop request) and return where the results are.
+
+        Raises:
+            TrainingError: a non-finite loss, or a collective failed (a rank died or hung); the message names the
+                lost ranks, the step and the checkpoint to ``--resume`` from.
+            CheckpointError: ``--resume`` found no usable checkpoint, or a checkpoint could not be written.
+        """
+        train = self.recipe.train
+        dist = init_distributed(timeout_s=train.collective_timeout_s)
+        ckpts = CheckpointDir(self.output_dir / "checkpoints", keep_last=train.keep_last)
+        resume_tag = self._resume_tag(ckpts)
+        try:
+            dist = dist.register(self.output_dir)
+            return self._run(dist, ckpts, resume_tag)
+        except RuntimeError as err:
+            if dist.world_size == 1 or isinstance(err, FoundationError) or not is_collective_failure(err):
+                raise
+            raise self._lost_rank_error(dist, ckpts, err) from err
+
+    def _lost_rank_error(self, dist: DistInfo, ckpts: CheckpointDir, err: RuntimeError) -> TrainingError:
+        """The error a rank raises when a collective fails: who was lost, at which step, how to continue."""
+        try:
+            tag = ckpts.latest()
+        except CheckpointError:  # `latest` names a torso: say so rather than point at it
+            tag = None
+        if tag is not None:
+            resume = f"restart all {dist.world_size} ranks with --resume to continue from {ckpts.root / tag}"
+        else:
+            resume = "no checkpoint was written yet: restart the run without --resume"
+        # gloo's text ends in advice about reading the other ranks' logs; the first sentence is the cause
+        text = str(err).strip()
+        detail = text.splitlines()[0].split(" This is typically")[0] if text else type(err).__name__
+        return TrainingError(
+            f"rank {dist.rank}: a collective failed after optimizer step {self._step} "
+            f"({dist.describe_failure()}); the run stopped. {resume}. (cause: {detail})"
+        )
+
+    def _run(self, dist: DistInfo, ckpts: CheckpointDir, resume_tag: str | None) -> RunResult:
         import deepspeed
 
         recipe, train = self.recipe, self.recipe.train
-        dist = init_distributed()
-        ckpts = CheckpointDir(self.output_dir / "checkpoints", keep_last=train.keep_last)
-        resume_tag = self._resume_tag(ckpts)
         torch.manual_seed(train.seed)  # same initial weights on every rank
         if self.model is not None:
             parts = Components(model=self.model, objective=build_objective(recipe), dataset=self.dataset)
@@ -134,6 +203,7 @@ class Engine:
             lr_scheduler=lambda opt: WarmupCosineScheduler(opt, train),
         )
         self.ds_engine = engine
+        apply_timeout(train.collective_timeout_s)  # DeepSpeed's own groups, too
         state = {"step": 0, "micro_batches": 0, "nonfinite_skips": 0}
         if resume_tag is not None:
             path, client = engine.load_checkpoint(str(ckpts.root), tag=resume_tag)
@@ -141,6 +211,7 @@ class Engine:
                 raise CheckpointError(f"DeepSpeed could not load {ckpts.root / resume_tag}; the folder is incomplete")
             state.update({k: client[k] for k in state})
             ckpts.load_rng(resume_tag, dist.rank)
+            self._step = state["step"]
         log = RunLog(self.output_dir, recipe.name, train.tensorboard and dist.is_main,
                      resume_step=state["step"]) if dist.is_main else None
         if dist.is_main:
@@ -224,6 +295,7 @@ class Engine:
                 if n_micro < accum:
                     continue
                 state["step"] += 1
+                self._step = state["step"]
                 engine.module.on_step_end(state["step"])
                 record = self._record(state, sums, n_micro, engine, time.perf_counter() - t_step, dist,
                                       per_epoch)
@@ -238,6 +310,11 @@ class Engine:
                 due = train.checkpoint_every and state["step"] % train.checkpoint_every == 0
                 if due or stop_now or state["step"] >= train.steps:
                     last_tag = self._save(engine, ckpts, state, dist, log)
+                    if not stop_now and state["step"] < train.steps:
+                        # a signal that came while the checkpoint was written stops the run here, on every
+                        # rank, rather than after one more step and a second checkpoint
+                        signalled = torch.tensor([0.0 if stop.received is None else 1.0], dtype=torch.float64)
+                        stop_now = dist.all_reduce_sum(signalled).item() > 0
                 if stop_now:
                     result.stopped_early = True
                     break
@@ -270,9 +347,18 @@ class Engine:
         client = dict(state, recipe=self.recipe.to_yaml())
 
         def save_states(root: Path, tag: str) -> None:
-            engine.save_checkpoint(str(root), tag=tag, client_state=client, save_latest=False)
+            # DeepSpeed's save runs collectives between its writes: a rank whose write fails must still take
+            # part in them (or the others wait for it forever), so the error is kept and raised afterwards
+            writer = _KeepWriteError(engine.checkpoint_engine)
+            engine.checkpoint_engine = writer
+            try:
+                engine.save_checkpoint(str(root), tag=tag, client_state=client, save_latest=False)
+            finally:
+                engine.checkpoint_engine = writer.inner
+            if writer.error is not None:
+                raise writer.error
 
-        tag = ckpts.save(save_states, state["step"], dist.rank, dist.barrier)
+        tag = ckpts.save(save_states, state["step"], dist.rank, gather=dist.gather)
         if log is not None:
             log.plot()
         return tag

@@ -45,3 +45,27 @@ def check(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
 
 def losses(out: Path) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in read_jsonl(out / "metrics.jsonl")}
+
+
+def start_ranks(out: Path, *overrides: str, world: int = 2, extra: tuple[str, ...] = (),
+                recipe: Path = TOY_RECIPE, pythonpath: tuple[Path, ...] = (),
+                fault_env: dict[str, str] | None = None) -> list[subprocess.Popen]:
+    """Start ``world`` separate ``python pretrain.py`` processes as the ranks of one job, the way a multi-node
+    launcher does (each with RANK/WORLD_SIZE/LOCAL_RANK/MASTER_ADDR/MASTER_PORT), so that one rank can die
+    without a launcher taking the others down. ``pythonpath`` is put first on each rank's PYTHONPATH (a test's
+    ``sitecustomize`` that injects a fault) and ``fault_env`` added to each rank's environment."""
+    args = ["--recipe", str(recipe), "--output-dir", str(out), "--set", "train.progress_bar=false"]
+    for o in overrides:
+        args += ["--set", o]
+    port = free_port()
+    procs = []
+    for rank in range(world):
+        e = env()
+        e.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                 MASTER_PORT=str(port), PYTHONUNBUFFERED="1")
+        e.update(fault_env or {})
+        if pythonpath:
+            e["PYTHONPATH"] = os.pathsep.join([*map(str, pythonpath), e["PYTHONPATH"]])
+        procs.append(subprocess.Popen([sys.executable, str(ROOT / "pretrain.py"), *args, *extra], cwd=ROOT, env=e,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    return procs
