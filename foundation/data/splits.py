@@ -32,7 +32,7 @@ def _check_labels(groups: np.ndarray, labels: Sequence, n_splits: int, fn: str) 
         n_groups = np.unique(groups[y == cls]).size
         if n_groups < 2:
             raise DataError(
-                f"{fn}: class {cls.item() if hasattr(cls, "item") else cls!r} occurs in {n_groups} group (subject) only, so it cannot be on both the train "
+                f"{fn}: class {cls.item()!r} occurs in {n_groups} group (subject) only, so it cannot be on both the train "
                 "and the test side; add subjects of that class or drop it before splitting")
     if n_splits > np.unique(groups).size:
         raise DataError(f"{fn}: {n_splits} folds for {np.unique(groups).size} groups; use fewer folds")
