@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -127,3 +128,49 @@ def test_pool_tokens_of_packed_tokens_and_feature_kwargs():
     assert feature_kwargs(fn, {"x": 1, "pos": 2, "stats": 3}) == {"x": 1, "pos": 2}
     with pytest.raises(DataError, match=r"needs \['pos'\] but the batch has only \['stats', 'x'\]"):
         feature_kwargs(fn, {"x": 1, "stats": 3})
+
+
+def _subject_data(seed, n_subjects=16, per_subject=15, d=40, n_classes=3):
+    """Noisy classes in many dimensions with a subject offset: regularisation matters."""
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(0, 0.35, (n_classes, d))
+    groups = np.repeat(np.arange(n_subjects), per_subject)
+    y = rng.integers(0, n_classes, groups.size)
+    X = centers[y] + rng.normal(0, 0.5, (n_subjects, d))[groups] + rng.normal(0, 1.0, (groups.size, d))
+    return torch.tensor(X, dtype=torch.float32), torch.tensor(y), groups
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_linear_probe_matches_logistic_regression_cv(seed):
+    """Same C grid, same subject folds, balanced-accuracy scoring: the test score equals scikit-learn's within 0.01."""
+    from sklearn.linear_model import LogisticRegressionCV
+    from sklearn.metrics import balanced_accuracy_score
+    from sklearn.model_selection import StratifiedGroupKFold
+    from sklearn.preprocessing import StandardScaler
+
+    from foundation.eval.probe import CS_GRID
+
+    X, y, groups = _subject_data(seed)
+    train = groups < 11
+    Xtr, ytr, Xte, yte, gtr = X[train], y[train], X[~train], y[~train], groups[train]
+    res = fit_probe(Xtr, ytr, Xte, yte, groups=gtr, seed=seed)
+    scaler = StandardScaler().fit(Xtr.double().numpy())
+    folds = list(StratifiedGroupKFold(5, shuffle=True, random_state=seed).split(Xtr, ytr, groups=gtr))
+    ref = LogisticRegressionCV(Cs=list(CS_GRID), cv=folds, scoring="balanced_accuracy", max_iter=5000, tol=1e-6)
+    ref.fit(scaler.transform(Xtr.double().numpy()), ytr.numpy())
+    ref_bacc = balanced_accuracy_score(yte.numpy(), ref.predict(scaler.transform(Xte.double().numpy())))
+    assert res.regularisation_name == "C" and res.regularisation in CS_GRID
+    assert abs(res.metrics["balanced_accuracy"] - ref_bacc) < 0.01, (res.metrics["balanced_accuracy"], ref_bacc)
+    assert max(res.cv_scores, key=res.cv_scores.get) == res.regularisation
+    fixed = fit_probe(Xtr, ytr, Xte, yte, C=res.regularisation)
+    torch.testing.assert_close(fixed.y_prob, res.y_prob)  # C= skips the search and gives the same probe
+    with torch.no_grad():  # the LP-FT head start still reads raw features
+        torch.testing.assert_close(res.as_linear()(Xte).softmax(-1), res.y_prob, rtol=1e-4, atol=1e-5)
+
+
+def test_probe_cv_needs_two_subjects_per_class():
+    X, y, groups = _subject_data(0, n_subjects=4)
+    y = torch.tensor(groups % 2)
+    y[groups == 0] = 2  # class 2 in one training subject only
+    with pytest.raises(DataError, match="give C="):
+        fit_probe(X, y, X, y, groups=groups)
