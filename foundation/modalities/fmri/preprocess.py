@@ -3,7 +3,7 @@
 Steps (all pure functions of a :class:`~foundation.modalities.fmri.reader.Scan`):
 
 1. spatial resampling to ``voxel_size`` mm (trilinear, ``scipy.ndimage.zoom``);
-2. temporal resampling to ``tr`` seconds (linear interpolation between volumes);
+2. temporal resampling to ``tr`` seconds (polyphase low-pass filter, ``scipy.signal.resample_poly``);
 3. centre crop / zero pad to the spatial ``grid`` (X, Y, Z);
 4. a brain mask: ``"mni"`` (nilearn's MNI152 brain mask, read from the file nilearn ships,
    resampled by nearest neighbour into the scan's world space), ``"compute"``
@@ -48,18 +48,26 @@ def _zoom(data: np.ndarray, factors: tuple[float, ...], order: int) -> np.ndarra
 
 
 def resample_tr(data: np.ndarray, tr: float, new_tr: float) -> np.ndarray:
-    """Linear interpolation of [..., T] sampled every ``tr`` s onto a ``new_tr`` s grid starting at 0.
+    """Polyphase resampling of [..., T] sampled every ``tr`` s onto a ``new_tr`` s grid starting at 0.
+
+    ``scipy.signal.resample_poly`` with ``up / down = tr / new_tr`` (a fraction with denominator
+    at most 1000) and its default Kaiser-windowed low-pass, so content above the new Nyquist
+    frequency ``1 / (2 new_tr)`` is filtered out instead of aliased. ``padtype="line"`` removes
+    the line through the end points before filtering and adds it back (a linear trend passes
+    unchanged, no ringing at the ends).
 
     Returns:
-        [..., T'] with T' = floor((T - 1) * tr / new_tr) + 1.
+        [..., T'] float32 with T' = floor((T - 1) * tr / new_tr) + 1 (the samples inside the scan).
     """
+    from fractions import Fraction
+
+    from scipy.signal import resample_poly
+
     T = data.shape[-1]
     n_new = int(np.floor((T - 1) * tr / new_tr + 1e-9)) + 1
-    pos = np.arange(n_new) * new_tr / tr  # fractional source index of each new sample
-    lo = np.minimum(np.floor(pos).astype(np.int64), T - 1)
-    hi = np.minimum(lo + 1, T - 1)
-    w = (pos - lo).astype(data.dtype)
-    return data[..., lo] * (1 - w) + data[..., hi] * w
+    ratio = Fraction(tr / new_tr).limit_denominator(1000)
+    out = resample_poly(data.astype(np.float64), ratio.numerator, ratio.denominator, axis=-1, padtype="line")
+    return out[..., :n_new].astype(np.float32)
 
 
 def crop_or_pad(data: np.ndarray, grid: tuple[int, ...]) -> np.ndarray:

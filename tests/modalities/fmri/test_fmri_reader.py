@@ -88,8 +88,28 @@ def test_bad_inputs_raise_dataerror_naming_file(tmp_path, case, match):
 
 def test_resample_tr_linear_closed_form():
     t = np.arange(10, dtype=np.float32)
-    out = resample_tr(3 * t[None] + 1, tr=2.0, new_tr=1.0)  # linear signal stays linear
-    np.testing.assert_allclose(out[0], 3 * np.arange(19) * 0.5 + 1, rtol=1e-6)
+    out = resample_tr(3 * t[None] + 1, tr=2.0, new_tr=1.0)  # linear signal stays linear (padtype="line")
+    np.testing.assert_allclose(out[0], 3 * np.arange(19) * 0.5 + 1, rtol=1e-3)  # resample_poly's own accuracy
+
+
+def test_resample_tr_is_polyphase_and_does_not_alias():
+    """Equals scipy.signal.resample_poly; a slow sine is kept, one above the new Nyquist is removed
+    (linear interpolation would fold it back as a slow wave)."""
+    from scipy.signal import resample_poly
+
+    tr, new_tr = 0.8, 2.0  # up / down = 2 / 5; new Nyquist 0.25 Hz
+    t = np.arange(400) * tr
+    slow, fast = np.sin(2 * np.pi * 0.03 * t), np.sin(2 * np.pi * 0.45 * t)
+    out = resample_tr(np.stack([slow, fast]), tr, new_tr)
+    n = int(np.floor(399 * tr / new_tr)) + 1
+    ref = resample_poly(np.stack([slow, fast]), 2, 5, axis=-1, padtype="line")[:, :n]
+    np.testing.assert_allclose(out, ref, atol=1e-6)
+    new_t = np.arange(n) * new_tr
+    inner = slice(10, n - 10)
+    np.testing.assert_allclose(out[0, inner], np.sin(2 * np.pi * 0.03 * new_t[inner]), atol=1e-2)
+    assert np.abs(out[1, inner]).max() < 0.05  # the 0.45 Hz sine is gone
+    lin = np.interp(new_t, t, fast)
+    assert np.abs(lin[inner]).max() > 0.5  # linear interpolation aliases it to 0.05 Hz
 
 
 def test_crop_pad_and_zscore_properties():
