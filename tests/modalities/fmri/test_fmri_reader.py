@@ -190,3 +190,83 @@ def test_dataset_prepare_on_a_user_folder_logs_left_out_and_serves_windows(tmp_p
     assert report["n_kept"] == 1 and "expected a 4D" in report["sources"][0]["reason"]
     ds = FMRIWindows(cfg)
     assert len(ds) == 2 and ds[0]["x"].shape == (1, 4, 4, 20, 16) and int(ds[0]["label"]) == -1
+
+
+def _oblique(codes: str, spacing, degrees=12.0) -> np.ndarray:
+    """A voxel -> world affine with axes along ``codes`` (e.g. "LPS") rotated ``degrees`` about z and x."""
+    a = np.deg2rad(degrees)
+    rz = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]])
+    rx = np.array([[1, 0, 0], [0, np.cos(a / 2), -np.sin(a / 2)], [0, np.sin(a / 2), np.cos(a / 2)]])
+    signs = [-1.0 if c in "LPI" else 1.0 for c in codes]
+    aff = np.eye(4)
+    aff[:3, :3] = rz @ rx @ np.diag(np.asarray(signs) * np.asarray(spacing))
+    aff[:3, 3] = [40.0, -60.0, -30.0]
+    return aff
+
+
+def _linear_field(world: np.ndarray) -> np.ndarray:
+    return 0.7 * world[0] - 0.4 * world[1] + 1.3 * world[2] + 5.0
+
+
+@pytest.mark.parametrize("codes", ["LPS", "LAS"])
+@pytest.mark.parametrize("voxel_size", [7.0, 2.0])
+def test_resampled_values_sit_where_the_new_affine_says(tmp_path, codes, voxel_size):
+    """A linear field written on an oblique LPS / LAS grid, read (reoriented to RAS+) and resampled: every
+    interior voxel holds the field at the world position the new affine gives it."""
+    from foundation.modalities.fmri.preprocess import resample_voxels
+
+    shape, spacing = (20, 17, 11), (3.0, 2.5, 3.5)
+    aff = _oblique(codes, spacing)
+    idx = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij")).reshape(3, -1)
+    world = (aff[:3, :3] @ idx + aff[:3, 3:]).reshape((3,) + shape)
+    data = np.stack([_linear_field(world), 2 * _linear_field(world)], -1)
+    img = nib.Nifti1Image(data.astype(np.float32), aff)
+    img.header.set_xyzt_units("mm", "sec")
+    nib.save(img, str(tmp_path / "obl.nii.gz"))
+    scan = read_scan(tmp_path / "obl.nii.gz")
+    out, new_aff = resample_voxels(scan.data, scan.affine, voxel_size)
+    np.testing.assert_allclose(np.sqrt((new_aff[:3, :3] ** 2).sum(0)), voxel_size, rtol=1e-12)
+    m = 2 if voxel_size > 3.5 else 0  # the anti-aliasing blur meets the edge within two new voxels
+    new_idx = np.stack(np.meshgrid(*[np.arange(m, n - m) for n in out.shape[:3]], indexing="ij")).reshape(3, -1)
+    new_world = new_aff[:3, :3] @ new_idx + new_aff[:3, 3:]
+    inner = out[m:out.shape[0] - m, m:out.shape[1] - m, m:out.shape[2] - m]
+    np.testing.assert_allclose(inner[..., 0].reshape(-1), _linear_field(new_world), atol=2e-3)
+    np.testing.assert_allclose(inner[..., 1].reshape(-1), 2 * _linear_field(new_world), atol=4e-3)
+
+
+@pytest.mark.parametrize("voxel_size", [6.0, 2.0])
+def test_resample_voxels_matches_nilearn(voxel_size):
+    """Same values as nilearn: resample_img(interpolation='linear') on the new affine, after smooth_img with
+    the anti-aliasing Gaussian when downsampling (compared inside, where both blurs see no edge)."""
+    from nilearn.image import resample_img, smooth_img
+
+    from foundation.modalities.fmri.preprocess import resample_voxels
+
+    rng = np.random.default_rng(0)
+    aff = _oblique("LAS", (3.0, 2.5, 3.5))
+    data = rng.normal(size=(22, 24, 14, 3)).astype(np.float32)
+    out, new_aff = resample_voxels(data, aff, voxel_size)
+    spacing = np.array([3.0, 2.5, 3.5])
+    sigma_mm = np.maximum(0.0, (voxel_size / spacing - 1) / 2) * spacing
+    img = nib.Nifti1Image(data, aff)
+    if sigma_mm.any():
+        img = smooth_img(img, fwhm=sigma_mm * np.sqrt(8 * np.log(2)))
+    ref = resample_img(img, target_affine=new_aff, target_shape=out.shape[:3], interpolation="linear",
+                       force_resample=True, copy_header=True).get_fdata()
+    m = 2 if sigma_mm.any() else 1  # (nilearn fills 0 where round-off puts an edge centre a hair outside)
+    sl = tuple(slice(m, n - m) for n in out.shape[:3])
+    np.testing.assert_allclose(out[sl], ref[sl], atol=1e-4)
+
+
+def test_mni_mask_is_nilearns():
+    from nilearn.datasets import load_mni152_brain_mask
+    from nilearn.image import resample_img
+
+    from foundation.modalities.fmri.preprocess import mni_mask_like
+
+    aff = _oblique("RAS", (8.0, 8.0, 8.0), degrees=5.0)
+    aff[:3, 3] = [-90, -120, -70]
+    ref = resample_img(load_mni152_brain_mask(resolution=1), target_affine=aff, target_shape=(24, 28, 24),
+                       interpolation="nearest", force_resample=True, copy_header=True).get_fdata() > 0
+    got = mni_mask_like(aff, (24, 28, 24))
+    assert got.any() and np.array_equal(got, ref)
