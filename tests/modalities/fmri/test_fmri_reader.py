@@ -270,3 +270,34 @@ def test_mni_mask_is_nilearns():
                        interpolation="nearest", force_resample=True, copy_header=True).get_fdata() > 0
     got = mni_mask_like(aff, (24, 28, 24))
     assert got.any() and np.array_equal(got, ref)
+
+
+def test_bids_dataset_through_pybids_inheritance_derivatives_and_subjects(tmp_path):
+    """A top-level task sidecar applies to every run (a run's own sidecar overrides it), derivatives/ is not
+    read, and the subject entity is the scan's group: two runs of one subject stay on one side of a split."""
+    from bids import BIDSLayout
+
+    from foundation.data.splits import group_split
+
+    (tmp_path / "dataset_description.json").write_text(json.dumps({"Name": "t", "BIDSVersion": "1.9.0"}))
+    (tmp_path / "task-rest_bold.json").write_text(json.dumps({"RepetitionTime": 1.5}))
+    for sub in ("01", "02", "03", "04"):
+        for run in ("1", "2"):
+            (tmp_path / f"sub-{sub}" / "func").mkdir(parents=True, exist_ok=True)
+            _write(tmp_path / f"sub-{sub}" / "func" / f"sub-{sub}_task-rest_run-{run}_bold.nii.gz", np.random.rand(3, 3, 3, 4))
+    (tmp_path / "sub-02" / "func" / "sub-02_task-rest_run-2_bold.json").write_text(json.dumps({"RepetitionTime": 0.8}))
+    deriv = tmp_path / "derivatives" / "prep" / "sub-01" / "func"
+    deriv.mkdir(parents=True)
+    _write(deriv / "sub-01_task-rest_desc-preproc_bold.nii.gz", np.random.rand(3, 3, 3, 4))
+    files = find_scans(tmp_path)
+    assert len(files) == 8 and not any("derivatives" in p.parts for p in files)
+    layout = BIDSLayout(str(tmp_path), validate=False)
+    scans = [read_scan(f) for f in files]
+    for f, s in zip(files, scans):
+        assert s.tr == pytest.approx(layout.get_metadata(str(f))["RepetitionTime"])  # pybids' inheritance
+        assert s.subject == layout.get_file(str(f)).get_entities()["subject"]
+    assert [s.tr for s in scans] == [1.5, 1.5, 1.5, 0.8, 1.5, 1.5, 1.5, 1.5] and "pybids" in scans[0].tr_note
+    groups = [s.subject for s in scans]
+    for seed in range(10):
+        tr, te = group_split(groups, 0.25, seed)
+        assert not {groups[i] for i in tr} & {groups[i] for i in te}
