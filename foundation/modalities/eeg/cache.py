@@ -50,7 +50,7 @@ class EEGCacheBuilder(CacheBuilder):
     """
 
     kind = "eeg"
-    version = "2"
+    version = "3"  # 3: BIDS through mne_bids (bads, electrodes, line-frequency notch)
 
     def __init__(self, pre: PreprocessConfig, stats: StatsConfig, window_s: float, labels: tuple[str, ...] = (),
                  montage: str | None = None) -> None:
