@@ -140,7 +140,7 @@ def _linear_sklearn(xtr: torch.Tensor, target: torch.Tensor, n_out: int, task: s
 
 def fit_probe(X_train: torch.Tensor, y_train: torch.Tensor, X_test: torch.Tensor, y_test: torch.Tensor, *,
               kind: str = "linear", task: str = "classification", seed: int = 0, epochs: int = 300,
-              lr: float = 1e-2, weight_decay: float = 1e-3, hidden: int = 256, groups=None, n_folds: int = 5,
+              lr: float = 1e-2, weight_decay: float | None = None, hidden: int = 256, groups=None, n_folds: int = 5,
               C: float | None = None, alpha: float | None = None) -> ProbeResult:
     """Fit a probe on ``X_train [S, D]`` and score it on ``X_test``.
 
@@ -167,7 +167,7 @@ def fit_probe(X_train: torch.Tensor, y_train: torch.Tensor, X_test: torch.Tensor
         seed: seed of the CV folds and of the MLP.
         epochs: MLP optimisation steps.
         lr: MLP learning rate.
-        weight_decay: MLP AdamW weight decay.
+        weight_decay: MLP AdamW weight decay (None: 1e-3); the linear probe's penalty is ``C`` / ``alpha``.
         hidden: MLP hidden width.
         groups: the group (subject) of every training sample ``[S]``, for the CV folds.
         n_folds: CV folds (fewer when a class has fewer training groups / samples).
@@ -178,7 +178,8 @@ def fit_probe(X_train: torch.Tensor, y_train: torch.Tensor, X_test: torch.Tensor
         The test metrics, predictions and the fitted probe.
 
     Raises:
-        ConfigError: unknown ``kind`` or ``task``.
+        ConfigError: unknown ``kind`` or ``task``, or a penalty the probe does not have (``weight_decay``
+            for a linear probe, ``C`` / ``alpha`` for an MLP, ``C`` for regression, ``alpha`` for classification).
         DataError: non-finite features, mismatched shapes, one training class only, or too few
             training subjects / samples per class to cross-validate.
     """
@@ -186,6 +187,14 @@ def fit_probe(X_train: torch.Tensor, y_train: torch.Tensor, X_test: torch.Tensor
         raise ConfigError(f"probe kind {kind!r} unknown; valid: linear, mlp")
     if task not in ("classification", "regression"):
         raise ConfigError(f"probe task {task!r} unknown; valid: classification, regression")
+    if kind == "linear" and weight_decay is not None:
+        raise ConfigError("probe: weight_decay is the MLP probe's penalty; the linear probe's is C (classification) or "
+                          "alpha (regression), chosen by cross-validation when not given")
+    if kind == "mlp" and (C is not None or alpha is not None):
+        raise ConfigError("probe: C / alpha are the linear probe's penalties; the MLP probe takes weight_decay")
+    if (task == "classification" and alpha is not None) or (task == "regression" and C is not None):
+        raise ConfigError(f"probe: a {task} probe's penalty is {'C' if task == 'classification' else 'alpha'}, "
+                          f"not {'alpha' if task == 'classification' else 'C'}")
     for name, X, y in (("train", X_train, y_train), ("test", X_test, y_test)):
         if X.ndim != 2 or X.shape[0] != y.shape[0]:
             raise DataError(f"probe {name} features {tuple(X.shape)} and labels {tuple(y.shape)} do not match")
@@ -215,6 +224,7 @@ def fit_probe(X_train: torch.Tensor, y_train: torch.Tensor, X_test: torch.Tensor
         for p in head.parameters():  # seeded init independent of the global RNG's history
             with torch.no_grad():
                 p.copy_((torch.rand(p.shape, generator=g) * 2 - 1) / d**0.5 if p.ndim > 1 else torch.zeros(p.shape))
+        weight_decay = 1e-3 if weight_decay is None else weight_decay
         opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=weight_decay)
         head.train()
         for _ in range(epochs):

@@ -32,8 +32,29 @@ def test_probe_regression_recovers_linear_map():
     g = torch.Generator().manual_seed(0)
     X = torch.randn(400, 5, generator=g)
     y = X @ torch.tensor([1.0, -2.0, 0.5, 0.0, 3.0]) + 7
-    res = fit_probe(X[:300], y[:300], X[300:], y[300:], task="regression", epochs=600, weight_decay=0.0)
-    assert res.metrics["r2"] > 0.99
+    res = fit_probe(X[:300], y[:300], X[300:], y[300:], task="regression")
+    assert res.metrics["r2"] > 0.99 and res.regularisation_name == "alpha"
+    fixed = fit_probe(X[:300], y[:300], X[300:], y[300:], task="regression", alpha=1e-6)
+    assert fixed.metrics["r2"] > 0.999 and fixed.regularisation == 1e-6
+    mlp = fit_probe(X[:300], y[:300], X[300:], y[300:], task="regression", kind="mlp", epochs=600, weight_decay=0.0)
+    assert mlp.metrics["r2"] > 0.9 and mlp.regularisation_name == "weight_decay"
+    with pytest.raises(ConfigError, match="weight_decay is the MLP probe's penalty"):
+        fit_probe(X, y, X, y, task="regression", weight_decay=0.0)
+    with pytest.raises(ConfigError, match="penalty is alpha, not C"):
+        fit_probe(X, y, X, y, task="regression", C=1.0)
+
+
+def test_binary_probe_and_a_class_absent_from_training():
+    """Binary: scikit-learn's one logit becomes two softmax rows; a class only in the test labels is never predicted."""
+    Xtr, ytr = _blobs(300, 0)
+    Xte, yte = _blobs(200, 1)
+    keep = ytr < 2
+    res = fit_probe(Xtr[keep], ytr[keep], Xte, yte)
+    assert res.y_prob.shape == (200, 3) and (res.y_pred < 2).all() and float(res.y_prob[:, 2].max()) < 1e-3
+    two = yte < 2
+    assert (res.y_pred[two] == yte[two]).float().mean() > 0.95
+    with torch.no_grad():
+        torch.testing.assert_close(res.as_linear()(Xte).softmax(-1), res.y_prob, rtol=1e-4, atol=1e-5)
 
 
 def test_probe_as_linear_reads_raw_features():
