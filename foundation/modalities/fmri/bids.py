@@ -18,9 +18,9 @@ __all__ = ["bids_root", "bids_layout", "bids_bold_runs", "bids_metadata"]
 
 def bids_root(path: Path) -> Path | None:
     """The BIDS dataset ``path`` belongs to: the nearest folder above it with a ``dataset_description.json``
-    that is not inside a ``derivatives/`` folder (None when there is none)."""
+    (a derivatives pipeline folder such as ``derivatives/fmriprep`` is a dataset of its own); None when there is none."""
     for parent in [path, *path.parents] if path.is_dir() else path.parents:
-        if (parent / "dataset_description.json").is_file() and "derivatives" not in parent.parts:
+        if (parent / "dataset_description.json").is_file():
             return parent
     return None
 

@@ -68,7 +68,7 @@ def resample_voxels(data: np.ndarray, affine: np.ndarray, voxel_size: float) -> 
     factors = voxel_size / spacing  # old voxels per new voxel
     shape = tuple(int(np.floor((n - 1) / f + 1e-9)) + 1 for n, f in zip(data.shape[:3], factors))
     sigma = [max(0.0, (f - 1) / 2) for f in factors] + [0.0] * (data.ndim - 3)
-    src = data.astype(np.float64)
+    src = data.astype(np.float32)
     if any(sig > 0 for sig in sigma):
         src = ndimage.gaussian_filter(src, sigma, mode="nearest", truncate=4.0)
     grid = np.meshgrid(*[np.arange(n) * f for n, f in zip(shape, factors)], indexing="ij")

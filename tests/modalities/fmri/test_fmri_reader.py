@@ -301,3 +301,18 @@ def test_bids_dataset_through_pybids_inheritance_derivatives_and_subjects(tmp_pa
     for seed in range(10):
         tr, te = group_split(groups, 0.25, seed)
         assert not {groups[i] for i in tr} & {groups[i] for i in te}
+
+
+def test_a_derivatives_pipeline_folder_reads_as_its_own_dataset(tmp_path):
+    """fmriprep-style output: derivatives/prep has its own dataset_description.json and sidecars."""
+    prep = tmp_path / "derivatives" / "prep"
+    (prep / "sub-05" / "func").mkdir(parents=True)
+    (tmp_path / "dataset_description.json").write_text(json.dumps({"Name": "raw", "BIDSVersion": "1.9.0"}))
+    (prep / "dataset_description.json").write_text(json.dumps(
+        {"Name": "prep", "BIDSVersion": "1.9.0", "DatasetType": "derivative", "GeneratedBy": [{"Name": "prep"}]}))
+    f = _write(prep / "sub-05" / "func" / "sub-05_task-rest_space-MNI_desc-preproc_bold.nii.gz", np.random.rand(3, 3, 3, 4))
+    (prep / "sub-05" / "func" / "sub-05_task-rest_space-MNI_desc-preproc_bold.json").write_text(
+        json.dumps({"RepetitionTime": 0.72}))
+    assert find_scans(prep) == [f]
+    scan = read_scan(f)
+    assert scan.tr == pytest.approx(0.72) and scan.subject == "05"
