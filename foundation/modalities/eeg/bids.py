@@ -29,10 +29,22 @@ def _sidecar(path: Path) -> Path:
 
 
 def is_bids_recording(path: Path) -> bool:
-    """Whether ``path`` is an ``*_eeg.<ext>`` file with its ``*_eeg.json`` sidecar inside a BIDS dataset."""
-    if not re.search(r"_eeg\.", path.name) or not _sidecar(path).is_file():
+    """Whether ``path`` is an ``*_eeg.<ext>`` file with its ``*_eeg.json`` sidecar inside a BIDS dataset.
+
+    Raises:
+        DataError: the file has BIDS sidecars (``_channels.tsv``) but not the required ``_eeg.json``,
+            so they would be ignored.
+    """
+    if not re.search(r"_eeg\.", path.name):
         return False
-    return any((p / "dataset_description.json").is_file() for p in path.parents)
+    in_dataset = any((p / "dataset_description.json").is_file() for p in path.parents)
+    if not _sidecar(path).is_file():
+        channels = path.parent / (re.sub(r"_eeg\..*$", "", path.name) + "_channels.tsv")
+        if in_dataset and channels.is_file():
+            raise DataError(f"{path}: has {channels.name} but not its required sidecar {_sidecar(path).name}, so "
+                            "mne_bids cannot read it; add the _eeg.json (SamplingFrequency, PowerLineFrequency, ...)")
+        return False
+    return in_dataset
 
 
 def read_bids_raw(path: Path) -> tuple[Any, dict[str, str]]:

@@ -113,3 +113,16 @@ def test_events_tsv_outside_bids_merges_with_dated_annotations(tmp_path):
     rec = read_recording(path)
     got = [(round(a["onset"] - rec.raw.first_time, 6), a["duration"], a["description"]) for a in rec.raw.annotations]
     assert got == [(2.0, 4.0, "rest"), (9.0, 0.0, "blink"), (15.0, 6.0, "motor"), (20.0, 0.0, "cue"), (22.0, 3.0, "motor")]
+
+
+def test_bids_sidecars_without_the_eeg_json_are_refused(bids_tree, tmp_path):
+    import shutil
+
+    from foundation.errors import DataError
+
+    root, _, _ = bids_tree
+    copy = tmp_path / "copy"
+    shutil.copytree(root, copy)
+    next(copy.rglob("*_eeg.json")).unlink()
+    with pytest.raises(DataError, match="not its required sidecar .*_eeg.json"):
+        read_recording(find_recordings(copy)[0])
