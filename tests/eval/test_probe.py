@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -31,8 +32,29 @@ def test_probe_regression_recovers_linear_map():
     g = torch.Generator().manual_seed(0)
     X = torch.randn(400, 5, generator=g)
     y = X @ torch.tensor([1.0, -2.0, 0.5, 0.0, 3.0]) + 7
-    res = fit_probe(X[:300], y[:300], X[300:], y[300:], task="regression", epochs=600, weight_decay=0.0)
-    assert res.metrics["r2"] > 0.99
+    res = fit_probe(X[:300], y[:300], X[300:], y[300:], task="regression")
+    assert res.metrics["r2"] > 0.99 and res.regularisation_name == "alpha"
+    fixed = fit_probe(X[:300], y[:300], X[300:], y[300:], task="regression", alpha=1e-6)
+    assert fixed.metrics["r2"] > 0.999 and fixed.regularisation == 1e-6
+    mlp = fit_probe(X[:300], y[:300], X[300:], y[300:], task="regression", kind="mlp", epochs=600, weight_decay=0.0)
+    assert mlp.metrics["r2"] > 0.9 and mlp.regularisation_name == "weight_decay"
+    with pytest.raises(ConfigError, match="weight_decay is the MLP probe's penalty"):
+        fit_probe(X, y, X, y, task="regression", weight_decay=0.0)
+    with pytest.raises(ConfigError, match="penalty is alpha, not C"):
+        fit_probe(X, y, X, y, task="regression", C=1.0)
+
+
+def test_binary_probe_and_a_class_absent_from_training():
+    """Binary: scikit-learn's one logit becomes two softmax rows; a class only in the test labels is never predicted."""
+    Xtr, ytr = _blobs(300, 0)
+    Xte, yte = _blobs(200, 1)
+    keep = ytr < 2
+    res = fit_probe(Xtr[keep], ytr[keep], Xte, yte)
+    assert res.y_prob.shape == (200, 3) and (res.y_pred < 2).all() and float(res.y_prob[:, 2].max()) < 1e-3
+    two = yte < 2
+    assert (res.y_pred[two] == yte[two]).float().mean() > 0.95
+    with torch.no_grad():
+        torch.testing.assert_close(res.as_linear()(Xte).softmax(-1), res.y_prob, rtol=1e-4, atol=1e-5)
 
 
 def test_probe_as_linear_reads_raw_features():
@@ -127,3 +149,49 @@ def test_pool_tokens_of_packed_tokens_and_feature_kwargs():
     assert feature_kwargs(fn, {"x": 1, "pos": 2, "stats": 3}) == {"x": 1, "pos": 2}
     with pytest.raises(DataError, match=r"needs \['pos'\] but the batch has only \['stats', 'x'\]"):
         feature_kwargs(fn, {"x": 1, "stats": 3})
+
+
+def _subject_data(seed, n_subjects=16, per_subject=15, d=40, n_classes=3):
+    """Noisy classes in many dimensions with a subject offset: regularisation matters."""
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(0, 0.35, (n_classes, d))
+    groups = np.repeat(np.arange(n_subjects), per_subject)
+    y = rng.integers(0, n_classes, groups.size)
+    X = centers[y] + rng.normal(0, 0.5, (n_subjects, d))[groups] + rng.normal(0, 1.0, (groups.size, d))
+    return torch.tensor(X, dtype=torch.float32), torch.tensor(y), groups
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_linear_probe_matches_logistic_regression_cv(seed):
+    """Same C grid, same subject folds, balanced-accuracy scoring: the test score equals scikit-learn's within 0.01."""
+    from sklearn.linear_model import LogisticRegressionCV
+    from sklearn.metrics import balanced_accuracy_score
+    from sklearn.model_selection import StratifiedGroupKFold
+    from sklearn.preprocessing import StandardScaler
+
+    from foundation.eval.probe import CS_GRID
+
+    X, y, groups = _subject_data(seed)
+    train = groups < 11
+    Xtr, ytr, Xte, yte, gtr = X[train], y[train], X[~train], y[~train], groups[train]
+    res = fit_probe(Xtr, ytr, Xte, yte, groups=gtr, seed=seed)
+    scaler = StandardScaler().fit(Xtr.double().numpy())
+    folds = list(StratifiedGroupKFold(5, shuffle=True, random_state=seed).split(Xtr, ytr, groups=gtr))
+    ref = LogisticRegressionCV(Cs=list(CS_GRID), cv=folds, scoring="balanced_accuracy", max_iter=5000, tol=1e-6)
+    ref.fit(scaler.transform(Xtr.double().numpy()), ytr.numpy())
+    ref_bacc = balanced_accuracy_score(yte.numpy(), ref.predict(scaler.transform(Xte.double().numpy())))
+    assert res.regularisation_name == "C" and res.regularisation in CS_GRID
+    assert abs(res.metrics["balanced_accuracy"] - ref_bacc) < 0.01, (res.metrics["balanced_accuracy"], ref_bacc)
+    assert max(res.cv_scores, key=res.cv_scores.get) == res.regularisation
+    fixed = fit_probe(Xtr, ytr, Xte, yte, C=res.regularisation)
+    torch.testing.assert_close(fixed.y_prob, res.y_prob)  # C= skips the search and gives the same probe
+    with torch.no_grad():  # the LP-FT head start still reads raw features
+        torch.testing.assert_close(res.as_linear()(Xte).softmax(-1), res.y_prob, rtol=1e-4, atol=1e-5)
+
+
+def test_probe_cv_needs_two_subjects_per_class():
+    X, y, groups = _subject_data(0, n_subjects=4)
+    y = torch.tensor(groups % 2)
+    y[groups == 0] = 2  # class 2 in one training subject only
+    with pytest.raises(DataError, match="give C="):
+        fit_probe(X, y, X, y, groups=groups)

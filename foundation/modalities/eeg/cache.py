@@ -50,7 +50,7 @@ class EEGCacheBuilder(CacheBuilder):
     """
 
     kind = "eeg"
-    version = "2"
+    version = "3"  # 3: BIDS through mne_bids (bads, electrodes, line-frequency notch)
 
     def __init__(self, pre: PreprocessConfig, stats: StatsConfig, window_s: float, labels: tuple[str, ...] = (),
                  montage: str | None = None) -> None:
@@ -67,7 +67,8 @@ class EEGCacheBuilder(CacheBuilder):
         win, y = cut_windows(p, self.window_s, self.labels, where=str(source))
         st = np.stack([window_stats(w, p.sfreq, self.stats) for w in win])  # [W, C, S]
         meta = {"path": str(source), "subject": rec.subject, "session": rec.session, "channels": p.names,
-                "positions": p.positions.tolist(), "position_source": rec.position_source, "dropped": p.dropped}
+                "positions": p.positions.tolist(), "position_source": rec.position_source, "dropped": p.dropped,
+                "notch": list(p.notch), "line_freq": rec.line_freq}
         return Part({"win": win.astype(np.float16), "stats": st.astype(np.float32), "labels": y}, meta)
 
     def finalize(self, folder: Path, entries: list[dict[str, Any]]) -> dict[str, Any]:

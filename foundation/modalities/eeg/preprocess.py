@@ -17,7 +17,7 @@ import numpy as np
 from foundation.errors import ConfigError, DataError
 from foundation.modalities.eeg.reader import Recording
 
-__all__ = ["PreprocessConfig", "Preprocessed", "preprocess", "cut_windows"]
+__all__ = ["PreprocessConfig", "Preprocessed", "preprocess", "cut_windows", "notch_frequencies"]
 
 
 @dataclass
@@ -27,7 +27,8 @@ class PreprocessConfig:
     sfreq: float = field(default=200.0, metadata={"help": "target sampling rate in Hz (one patch = sfreq samples = 1 s)"})
     l_freq: float = field(default=0.1, metadata={"help": "band-pass low edge in Hz (0: no high-pass)"})
     h_freq: float = field(default=75.0, metadata={"help": "band-pass high edge in Hz; must be below half of both rates"})
-    notch: tuple[float, ...] = field(default=(50.0,), metadata={"help": "line-noise notch frequencies in Hz (empty: none)"})
+    notch: tuple[float, ...] = field(default=(50.0,), metadata={"help": "line-noise notch frequencies in Hz for recordings that do not state their line frequency (empty: none)"})
+    notch_line: bool = field(default=True, metadata={"help": "notch a recording that states its line frequency (BIDS PowerLineFrequency) at it and its harmonics below h_freq instead of `notch`"})
     scale: float = field(default=1e4, metadata={"help": "multiplier from volts to model units (1e4: 100 uV units)"})
     clip: float = field(default=10.0, metadata={"help": "clip scaled values to +-clip (10 = +-1 mV at 100 uV units; 0: off)"})
     flat_uv: float = field(default=0.1, metadata={"help": "a channel whose std is below this (uV) is flat and dropped"})
@@ -61,6 +62,25 @@ class Preprocessed:
     sfreq: float
     annotations: list[tuple[float, float, str]]
     dropped: dict[str, str]
+    notch: tuple[float, ...] = ()  # the notch frequencies applied (Hz)
+
+
+def notch_frequencies(cfg: PreprocessConfig, line_freq: float | None, sfreq: float) -> tuple[float, ...]:
+    """The notch frequencies for a recording sampled at ``sfreq``.
+
+    With ``cfg.notch_line`` and a stated line frequency (BIDS ``PowerLineFrequency``): that
+    frequency and its harmonics up to ``cfg.h_freq`` (at least the fundamental); otherwise
+    ``cfg.notch``. Frequencies at or above the recording's Nyquist frequency are left out
+    (nothing there to remove). An empty ``cfg.notch`` turns the notch off in both cases.
+    """
+    if not cfg.notch:
+        return ()
+    if cfg.notch_line and line_freq:
+        top = max(cfg.h_freq, line_freq)
+        freqs = tuple(line_freq * k for k in range(1, int(top // line_freq) + 1))
+    else:
+        freqs = tuple(cfg.notch)
+    return tuple(f for f in freqs if f < sfreq / 2)
 
 
 def preprocess(rec: Recording, cfg: PreprocessConfig) -> Preprocessed:
@@ -102,8 +122,9 @@ def preprocess(rec: Recording, cfg: PreprocessConfig) -> Preprocessed:
         raise DataError(f"{where}: {int(good.sum())} good EEG channel(s) left, fewer than preprocess.min_channels="
                         f"{cfg.min_channels} (dropped: {dropped}); fix the recording or lower min_channels")
     raw = raw.copy().pick([n for n, g in zip(raw.ch_names, good) if g], verbose="error")
-    if cfg.notch:
-        raw.notch_filter([f for f in cfg.notch if f < sf / 2], verbose="error")
+    notch = notch_frequencies(cfg, rec.line_freq, sf)
+    if notch:
+        raw.notch_filter(list(notch), verbose="error")
     raw.filter(cfg.l_freq or None, cfg.h_freq, verbose="error")
     if sf != cfg.sfreq:
         raw.resample(cfg.sfreq, verbose="error")
@@ -112,7 +133,7 @@ def preprocess(rec: Recording, cfg: PreprocessConfig) -> Preprocessed:
         np.clip(out, -cfg.clip, cfg.clip, out=out)
     ann = [(float(a["onset"]) - raw.first_time, float(a["duration"]), str(a["description"])) for a in raw.annotations]
     return Preprocessed(out.astype(np.float32), [n for n, g in zip(rec.names, good) if g], rec.positions[good],
-                        cfg.sfreq, ann, dropped)
+                        cfg.sfreq, ann, dropped, notch)
 
 
 def cut_windows(pre: Preprocessed, window_s: float, labels: tuple[str, ...] = (), stride_s: float | None = None,

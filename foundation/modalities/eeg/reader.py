@@ -4,9 +4,11 @@
 EEGLAB ``.set``, Neuroscan ``.cnt`` ...). Non-EEG channels (EOG, ECG, EMG, stim, misc)
 are dropped and reported; channel names are canonicalised and placed in 3D by
 :mod:`foundation.modalities.eeg.channels`. In a BIDS folder
-(``sub-<label>/[ses-<label>/]eeg/*_eeg.<ext>``) subject and session come from the
-path entities and labelled events from the sibling ``*_events.tsv`` (``onset``,
-``duration``, ``trial_type``), added as annotations.
+(``sub-<label>/[ses-<label>/]eeg/*_eeg.<ext>`` with its ``*_eeg.json``) the recording is
+read by ``mne_bids.read_raw_bids`` (:mod:`foundation.modalities.eeg.bids`): events,
+``channels.tsv`` bad channels, ``electrodes.tsv`` positions and ``PowerLineFrequency``.
+Elsewhere, a sibling ``*_events.tsv`` (``onset``, ``duration``, ``trial_type``) is added to
+the file's annotations. Channels marked bad (``info["bads"]``) are dropped and reported.
 
 Every failure a user can cause (corrupt or truncated file, unknown format, no EEG
 channel, no known channel name) raises :class:`~foundation.errors.DataError` naming
@@ -23,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from foundation.errors import DataError
+from foundation.modalities.eeg.bids import is_bids_recording, read_bids_raw
 from foundation.modalities.eeg.channels import channel_positions
 
 __all__ = ["EEG_EXTENSIONS", "Recording", "find_recordings", "read_recording"]
@@ -43,7 +46,9 @@ class Recording:
         position_source: "digitisation" or the template montage name.
         subject: subject label (BIDS ``sub-`` entity, else the file stem).
         session: session label (BIDS ``ses-`` entity, else "").
-        dropped: ``{channel: reason}`` of channels left out (not EEG, unknown name).
+        dropped: ``{channel: reason}`` of channels left out (not EEG, marked bad, unknown name).
+        line_freq: the power-line frequency the recording states (BIDS ``PowerLineFrequency``,
+            ``info["line_freq"]``), None when it states none.
     """
 
     path: Path
@@ -54,6 +59,7 @@ class Recording:
     subject: str
     session: str = ""
     dropped: dict[str, str] = field(default_factory=dict)
+    line_freq: float | None = None
 
 
 def _has_ext(path: Path) -> bool:
@@ -94,6 +100,12 @@ def _events_tsv(path: Path) -> Path | None:
 
 
 def _add_bids_events(raw: Any, tsv: Path) -> None:
+    """Add a sibling ``*_events.tsv`` (outside a BIDS dataset) to the annotations the file already carries.
+
+    Onsets are seconds from the first sample; ``n/a`` durations (valid BIDS) are 0 s. The new
+    annotations take the existing ones' ``orig_time`` (the measurement date), so a file with its
+    own annotations and date merges instead of raising.
+    """
     with tsv.open(newline="") as fh:
         rows = list(csv.DictReader(fh, delimiter="\t"))
     if not rows:
@@ -103,12 +115,15 @@ def _add_bids_events(raw: Any, tsv: Path) -> None:
         raise DataError(f"{tsv}: events file lacks column(s) {sorted(missing)}; BIDS events need onset, duration, trial_type")
     try:
         onset = [float(r["onset"]) for r in rows]
-        duration = [float(r["duration"]) for r in rows]
+        duration = [0.0 if r["duration"].strip() == "n/a" else float(r["duration"]) for r in rows]
     except ValueError as err:
-        raise DataError(f"{tsv}: onset/duration must be numbers in seconds ({err})") from err
+        raise DataError(f"{tsv}: onset must be a number and duration a number or n/a, in seconds ({err})") from err
     import mne
 
-    raw.set_annotations(raw.annotations + mne.Annotations(onset, duration, [r["trial_type"] for r in rows]))
+    orig = raw.annotations.orig_time
+    shift = raw.first_time if orig is not None else 0.0  # with a date, onsets count from it, not from the first sample
+    new = mne.Annotations([o + shift for o in onset], duration, [r["trial_type"] for r in rows], orig_time=orig)
+    raw.set_annotations(raw.annotations + new)
 
 
 def read_recording(path: str | Path, montage: str | None = None) -> Recording:
@@ -132,18 +147,29 @@ def read_recording(path: str | Path, montage: str | None = None) -> Recording:
         raise DataError(f"{path}: no such file; check data.source")
     if not _has_ext(path):
         raise DataError(f"{path}: unknown EEG file extension; readable: {', '.join(EEG_EXTENSIONS)}")
-    try:
-        raw = mne.io.read_raw(path, preload=True, verbose="error")
-    except Exception as err:  # mne raises ValueError, OSError, RuntimeError, struct errors... for bad files
-        raise DataError(f"{path}: mne could not read it ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); "
-                        "the file is corrupt, truncated or not in the format its extension says; re-export it or "
-                        "remove it from the corpus") from err
+    bids = is_bids_recording(path)
+    if bids:
+        raw, ent = read_bids_raw(path)
+    else:
+        try:
+            raw = mne.io.read_raw(path, preload=True, verbose="error")
+        except Exception as err:  # mne raises ValueError, OSError, RuntimeError, struct errors... for bad files
+            raise DataError(f"{path}: mne could not read it ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); "
+                            "the file is corrupt, truncated or not in the format its extension says; re-export it or "
+                            "remove it from the corpus") from err
+        ent = _entities(path)
     types = raw.get_channel_types()
     dropped = {n: f"channel type {t!r} is not EEG" for n, t in zip(raw.ch_names, types) if t != "eeg"}
     eeg = [n for n, t in zip(raw.ch_names, types) if t == "eeg"]
     if not eeg:
         raise DataError(f"{path}: no EEG channel (types found: {sorted(set(types))}); set the channel types "
                         "(raw.set_channel_types) or remove the file")
+    bads = [n for n in raw.info["bads"] if n in eeg]
+    for n in bads:
+        dropped[n] = "marked bad in the recording (channels.tsv status / info['bads'])"
+    eeg = [n for n in eeg if n not in bads]
+    if not eeg:
+        raise DataError(f"{path}: every EEG channel is marked bad ({bads}); fix channels.tsv / info['bads'] or remove the file")
     raw.pick(eeg, verbose="error")
     kept, names, pos, source = channel_positions(raw.info, montage, where=str(path))
     for i, n in enumerate(raw.ch_names):
@@ -151,9 +177,10 @@ def read_recording(path: str | Path, montage: str | None = None) -> Recording:
             dropped[n] = "name is not a 10-05 electrode and the file has no digitised positions"
     if len(kept) < len(raw.ch_names):
         raw.pick([raw.ch_names[i] for i in kept], verbose="error")
-    tsv = _events_tsv(path)
+    tsv = None if bids else _events_tsv(path)
     if tsv is not None:
         _add_bids_events(raw, tsv)
-    ent = _entities(path)
     subject = ent.get("sub") or re.sub(r"(\.fif)?(\.gz)?$", "", path.stem)
-    return Recording(path, raw, names, pos, source, subject, ent.get("ses", ""), dropped)
+    line = raw.info.get("line_freq")
+    return Recording(path, raw, names, pos, source, subject, ent.get("ses", ""), dropped,
+                     float(line) if line else None)

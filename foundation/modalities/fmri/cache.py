@@ -45,7 +45,7 @@ class FMRICacheBuilder(CacheBuilder):
     """
 
     kind = "fmri"
-    version = "2"
+    version = "3"  # 3: anti-aliased resampling on a correct affine, polyphase TR, BIDS subject
 
     def __init__(self, preprocess: PreprocessConfig, min_frames: int, labels: dict[str, Any] | None = None) -> None:
         self.preprocess, self.min_frames, self.labels = preprocess, min_frames, labels
@@ -70,7 +70,8 @@ class FMRICacheBuilder(CacheBuilder):
             raise DataError(f"{source}: {vol.shape[0]} frames at TR {cfg.tr} s (source {scan.n_times} at {scan.tr} s) "
                             f"is shorter than one window of {self.min_frames} frames; drop the scan or lower data.window")
         q, scale = quantize(vol)
-        meta.update(n_times=int(vol.shape[0]), shape=list(vol.shape), scale=scale, tr=scan.tr, tr_note=scan.tr_note)
+        meta.update(n_times=int(vol.shape[0]), shape=list(vol.shape), scale=scale, tr=scan.tr, tr_note=scan.tr_note,
+                    subject=scan.subject, session=scan.session)
         return Part({"vol": q, "mask": mask}, meta)
 
 

@@ -205,11 +205,13 @@ class FMRIWindows(torch.utils.data.Dataset):
         return 1
 
     def groups(self) -> list[str]:
-        """Subject (or source file) of each item, for subject-wise splits."""
+        """Subject of each item, for subject-wise splits: the labels table's subject column, else the BIDS
+        ``sub-`` entity of the scan, else its source file."""
         out = []
         for scan, _ in self.items:
             entry = self.scans[scan]
-            out.append(str((entry["meta"].get("label") or {}).get("subject", entry["source"])))
+            subject = (entry["meta"].get("label") or {}).get("subject") or entry["meta"].get("subject")
+            out.append(str(subject or entry["source"]))
         return out
 
     def describe(self) -> str:

@@ -2,11 +2,12 @@
 
 Steps (all pure functions of a :class:`~foundation.modalities.fmri.reader.Scan`):
 
-1. spatial resampling to ``voxel_size`` mm (trilinear, ``scipy.ndimage.zoom``);
-2. temporal resampling to ``tr`` seconds (linear interpolation between volumes);
+1. spatial resampling to ``voxel_size`` mm (Gaussian anti-aliasing, then trilinear at the
+   positions the new affine describes: :func:`resample_voxels`);
+2. temporal resampling to ``tr`` seconds (polyphase low-pass filter, ``scipy.signal.resample_poly``);
 3. centre crop / zero pad to the spatial ``grid`` (X, Y, Z);
-4. a brain mask: ``"mni"`` (nilearn's MNI152 brain mask, read from the file nilearn ships,
-   resampled by nearest neighbour into the scan's world space), ``"compute"``
+4. a brain mask: ``"mni"`` (nilearn's MNI152 brain mask through ``nilearn.datasets``,
+   resampled by nearest neighbour into the scan's world space with ``nilearn.image``), ``"compute"``
    (mean image above ``compute_threshold`` x its 98th percentile) or a mask file;
 5. per-voxel z-score over time inside the mask; zero outside.
 
@@ -22,7 +23,7 @@ import numpy as np
 from foundation.errors import ConfigError, DataError
 from foundation.modalities.fmri.reader import Scan
 
-__all__ = ["PreprocessConfig", "preprocess_scan", "resample_tr", "crop_or_pad", "zscore_in_mask", "brain_mask", "mni_mask_like", "load_mni_mask"]
+__all__ = ["PreprocessConfig", "preprocess_scan", "resample_voxels", "resample_tr", "crop_or_pad", "zscore_in_mask", "brain_mask", "mni_mask_like", "load_mni_mask"]
 
 
 @dataclass(frozen=True)
@@ -41,25 +42,65 @@ class PreprocessConfig:
                               f"grid={self.grid}, voxel_size={self.voxel_size}, tr={self.tr}")
 
 
-def _zoom(data: np.ndarray, factors: tuple[float, ...], order: int) -> np.ndarray:
+def resample_voxels(data: np.ndarray, affine: np.ndarray, voxel_size: float) -> tuple[np.ndarray, np.ndarray]:
+    """Resample [X, Y, Z, ...] on the grid ``affine`` to ``voxel_size`` mm along each voxel axis.
+
+    The new grid keeps the axes (and any obliquity) of ``affine`` and its first voxel centre;
+    voxel ``j`` along an axis of spacing ``s`` sits at old voxel ``j * voxel_size / s``, and the
+    axis keeps the ``floor((n - 1) * s / voxel_size) + 1`` centres that fall inside the scan. So the
+    returned affine is ``affine @ diag(voxel_size / s, 1)`` and describes exactly where each value
+    was sampled. Values are trilinear (``scipy.ndimage.map_coordinates``, as
+    ``nilearn.image.resample_img(interpolation="linear")``). Before downsampling an axis by
+    ``f = voxel_size / s > 1``, a Gaussian of ``sigma = (f - 1) / 2`` old voxels (the rule of
+    ``skimage.transform.rescale(anti_aliasing=True)``) removes what the coarser grid cannot hold.
+
+    Args:
+        data: the volume(s), spatial axes first.
+        affine: voxel -> world (mm) [4, 4] of ``data``.
+        voxel_size: the target spacing in mm (> 0).
+
+    Returns:
+        ``(resampled float32 [X', Y', Z', ...], new affine [4, 4])``.
+    """
     from scipy import ndimage
 
-    return ndimage.zoom(data, factors, order=order, mode="nearest", grid_mode=True)
+    spacing = np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(0))
+    factors = voxel_size / spacing  # old voxels per new voxel
+    shape = tuple(int(np.floor((n - 1) / f + 1e-9)) + 1 for n, f in zip(data.shape[:3], factors))
+    sigma = [max(0.0, (f - 1) / 2) for f in factors] + [0.0] * (data.ndim - 3)
+    src = data.astype(np.float32)
+    if any(sig > 0 for sig in sigma):
+        src = ndimage.gaussian_filter(src, sigma, mode="nearest", truncate=4.0)
+    grid = np.meshgrid(*[np.arange(n) * f for n, f in zip(shape, factors)], indexing="ij")
+    coords = np.stack(grid)  # [3, X', Y', Z'] source voxel positions
+    flat = src.reshape(src.shape[:3] + (-1,))
+    out = np.stack([ndimage.map_coordinates(flat[..., k], coords, order=1, mode="nearest") for k in range(flat.shape[-1])],
+                   axis=-1).reshape(shape + data.shape[3:])
+    new_affine = np.asarray(affine, dtype=np.float64) @ np.diag(np.append(factors, 1.0))
+    return out.astype(np.float32), new_affine
 
 
 def resample_tr(data: np.ndarray, tr: float, new_tr: float) -> np.ndarray:
-    """Linear interpolation of [..., T] sampled every ``tr`` s onto a ``new_tr`` s grid starting at 0.
+    """Polyphase resampling of [..., T] sampled every ``tr`` s onto a ``new_tr`` s grid starting at 0.
+
+    ``scipy.signal.resample_poly`` with ``up / down = tr / new_tr`` (a fraction with denominator
+    at most 1000) and its default Kaiser-windowed low-pass, so content above the new Nyquist
+    frequency ``1 / (2 new_tr)`` is filtered out instead of aliased. ``padtype="line"`` removes
+    the line through the end points before filtering and adds it back (a linear trend passes
+    unchanged, no ringing at the ends).
 
     Returns:
-        [..., T'] with T' = floor((T - 1) * tr / new_tr) + 1.
+        [..., T'] float32 with T' = floor((T - 1) * tr / new_tr) + 1 (the samples inside the scan).
     """
+    from fractions import Fraction
+
+    from scipy.signal import resample_poly
+
     T = data.shape[-1]
     n_new = int(np.floor((T - 1) * tr / new_tr + 1e-9)) + 1
-    pos = np.arange(n_new) * new_tr / tr  # fractional source index of each new sample
-    lo = np.minimum(np.floor(pos).astype(np.int64), T - 1)
-    hi = np.minimum(lo + 1, T - 1)
-    w = (pos - lo).astype(data.dtype)
-    return data[..., lo] * (1 - w) + data[..., hi] * w
+    ratio = Fraction(tr / new_tr).limit_denominator(1000)
+    out = resample_poly(data.astype(np.float64), ratio.numerator, ratio.denominator, axis=-1, padtype="line")
+    return out[..., :n_new].astype(np.float32)
 
 
 def crop_or_pad(data: np.ndarray, grid: tuple[int, ...]) -> np.ndarray:
@@ -87,41 +128,40 @@ def zscore_in_mask(data: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 
 def load_mni_mask() -> tuple[np.ndarray, np.ndarray]:
-    """nilearn's MNI152 brain mask, read from the file nilearn ships (no download, no nilearn import).
+    """nilearn's MNI152 brain mask: ``nilearn.datasets.load_mni152_brain_mask(resolution=1)``.
 
-    As ``nilearn.datasets.load_mni152_brain_mask``: the 1 mm skull-stripped T1 template
-    (2009a symmetric) scaled to max 1 and thresholded at 0.2.
+    The 1 mm skull-stripped T1 template (2009a symmetric) that nilearn ships, scaled to max 1 and
+    thresholded at 0.2; nothing is downloaded.
 
     Returns:
         (mask [X, Y, Z] bool, affine [4, 4]).
     """
-    import importlib.util
-
-    import nibabel
-
-    spec = importlib.util.find_spec("nilearn")
-    if spec is None or not spec.submodule_search_locations:
-        raise ImportError("mask='mni' needs nilearn (it ships the MNI152 template): pip install nilearn")
-    path = Path(spec.submodule_search_locations[0]) / "datasets" / "data" / "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"
-    img = nibabel.load(str(path))
-    data = np.asarray(img.get_fdata(dtype=np.float32))
-    return data / data.max() > 0.2, np.asarray(img.affine)
+    try:
+        from nilearn.datasets import load_mni152_brain_mask
+    except ImportError as err:
+        raise ImportError("mask='mni' needs nilearn (it ships the MNI152 template): pip install nilearn") from err
+    img = load_mni152_brain_mask(resolution=1)
+    return np.asarray(img.get_fdata()) > 0.5, np.asarray(img.affine, dtype=np.float64)
 
 
 def mni_mask_like(affine: np.ndarray, shape: tuple[int, int, int], mni: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
     """The MNI152 brain mask resampled (nearest) onto a grid with ``affine`` and ``shape``: [X, Y, Z] bool.
+
+    ``nilearn.image.resample_img(..., interpolation="nearest")``.
 
     Args:
         affine: voxel -> world (mm) of the target grid.
         shape: target grid.
         mni: the result of :func:`load_mni_mask` (loaded here when None).
     """
-    from scipy import ndimage
+    import nibabel
+    from nilearn.image import resample_img
 
     mask, mni_affine = mni if mni is not None else load_mni_mask()
-    to_mni = np.linalg.inv(mni_affine) @ affine  # target voxel -> world -> MNI voxel
-    out = ndimage.affine_transform(mask.astype(np.float32), to_mni[:3, :3], offset=to_mni[:3, 3], output_shape=shape, order=0)
-    return out > 0.5
+    img = nibabel.Nifti1Image(mask.astype(np.uint8), mni_affine)
+    out = resample_img(img, target_affine=np.asarray(affine, dtype=np.float64), target_shape=tuple(shape),
+                       interpolation="nearest", force_resample=True, copy_header=True)
+    return np.asarray(out.dataobj) > 0
 
 
 def brain_mask(kind: str, data: np.ndarray, affine: np.ndarray, threshold: float = 0.3, where: str = "",
@@ -170,11 +210,9 @@ def preprocess_scan(scan: Scan, config: PreprocessConfig, mni: tuple[np.ndarray,
     """
     data, affine = scan.data, scan.affine
     if config.voxel_size > 0:
-        factors = tuple(v / config.voxel_size for v in scan.voxel_size)
-        if any(abs(f - 1) > 1e-3 for f in factors):
-            data = _zoom(data, factors + (1.0,), order=1)
-            affine = affine.copy()
-            affine[:3, :3] = affine[:3, :3] / np.asarray(factors)[None, :]
+        spacing = np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(0))
+        if np.any(np.abs(spacing / config.voxel_size - 1) > 1e-3):
+            data, affine = resample_voxels(data, affine, config.voxel_size)
     if config.tr > 0 and abs(scan.tr - config.tr) > 1e-6:
         data = resample_tr(data, scan.tr, config.tr)
     mask = brain_mask(config.mask, data, affine, config.compute_threshold, where=f"{scan.path}: ", mni=mni)

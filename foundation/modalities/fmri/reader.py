@@ -8,7 +8,9 @@ the canonical RAS+ orientation (``nibabel.as_closest_canonical``), time last
 TR rules (the nibabel pitfall: ``header.get_zooms()[3]`` with units from
 ``header.get_xyzt_units()``; files exist whose TR reads 2000 with units "sec"):
 
-1. a BIDS sidecar JSON ``RepetitionTime`` (seconds by the BIDS spec) wins;
+1. a BIDS ``RepetitionTime`` (seconds by the BIDS spec) wins: in a BIDS dataset (a
+   ``dataset_description.json`` above the file) the run's metadata after BIDS inheritance,
+   through pybids (:mod:`foundation.modalities.fmri.bids`); elsewhere the sibling sidecar JSON;
 2. else the header: units "msec" are divided by 1000, "usec" by 1e6; units "sec"
    or "unknown" with a value above :data:`MS_THRESHOLD` are read as milliseconds
    (the assumption is written to ``Scan.tr_note`` and to the cache report);
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from foundation.errors import DataError
+from foundation.modalities.fmri.bids import bids_bold_runs, bids_metadata, bids_root
 
 __all__ = ["Scan", "read_scan", "find_scans", "bids_sidecar", "TR_MIN", "TR_MAX", "MS_THRESHOLD", "NIFTI_SUFFIXES"]
 
@@ -35,6 +39,7 @@ TR_MIN = 0.1  # seconds; below: not a BOLD repetition time
 TR_MAX = 20.0  # seconds; above: not a BOLD repetition time (a units error)
 MS_THRESHOLD = 100.0  # a TR above this, labelled seconds, is read as milliseconds
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
+_ENTITY = re.compile(r"(sub|ses)-([A-Za-z0-9]+)")
 
 
 def _nib():
@@ -56,6 +61,8 @@ class Scan:
         voxel_size: (x, y, z) in mm.
         tr: repetition time in seconds.
         tr_note: where the TR came from and any assumption made.
+        subject: the BIDS ``sub-`` entity (pybids in a BIDS dataset, else the file name's ``sub-`` part; "" if none).
+        session: the BIDS ``ses-`` entity ("" if none).
     """
 
     path: Path
@@ -64,6 +71,8 @@ class Scan:
     voxel_size: tuple[float, float, float]
     tr: float
     tr_note: str
+    subject: str = ""
+    session: str = ""
 
     @property
     def n_times(self) -> int:
@@ -95,17 +104,29 @@ def _tr_from_header(path: Path, header) -> tuple[float, str]:
     return raw, f"header {raw} {t_unit}" + ("" if t_unit == "sec" else " (assumed seconds)")
 
 
-def _read_tr(path: Path, header) -> tuple[float, str]:
-    side = bids_sidecar(path)
-    if side is not None:
+def _read_tr(path: Path, header) -> tuple[float, str, str, str]:
+    """TR and its note, subject and session: from BIDS metadata (pybids, inherited sidecars) or the sibling JSON."""
+    root = bids_root(path)
+    ent = dict(_ENTITY.findall(path.name))
+    meta: dict = {}
+    source = ""
+    if root is not None:
+        meta, entities = bids_metadata(path, root)
+        ent = {"sub": str(entities.get("subject", "")), "ses": str(entities.get("session", ""))}
+        source = "BIDS metadata (inherited sidecars, pybids)"
+    else:
+        side = bids_sidecar(path)
+        if side is not None:
+            try:
+                meta = json.loads(side.read_text())
+            except json.JSONDecodeError as err:
+                raise DataError(f"{side}: not valid JSON ({err}); fix or delete the sidecar") from err
+            source = f"BIDS sidecar {side.name}"
+    if "RepetitionTime" in meta:
         try:
-            meta = json.loads(side.read_text())
-        except json.JSONDecodeError as err:
-            raise DataError(f"{side}: not valid JSON ({err}); fix or delete the sidecar") from err
-        if "RepetitionTime" in meta:
-            tr, note = float(meta["RepetitionTime"]), f"BIDS sidecar {side.name} RepetitionTime"
-        else:
-            tr, note = _tr_from_header(path, header)
+            tr, note = float(meta["RepetitionTime"]), f"{source} RepetitionTime"
+        except (TypeError, ValueError) as err:
+            raise DataError(f"{path}: RepetitionTime {meta['RepetitionTime']!r} ({source}) is not a number of seconds") from err
     else:
         tr, note = _tr_from_header(path, header)
     if not TR_MIN <= tr <= TR_MAX:
@@ -113,7 +134,7 @@ def _read_tr(path: Path, header) -> tuple[float, str]:
             f"{path}: repetition time {tr} s ({note}) is outside [{TR_MIN}, {TR_MAX}] s; fix pixdim[4] and "
             "xyzt_units in the header or set RepetitionTime (seconds) in a BIDS sidecar JSON"
         )
-    return tr, note
+    return tr, note, ent.get("sub", ""), ent.get("ses", "")
 
 
 def read_scan(path: str | Path) -> Scan:
@@ -154,13 +175,15 @@ def read_scan(path: str | Path) -> Scan:
             f"{path}: {int(bad.sum())} NaN/inf voxel values (in volumes {t_bad[:10]}{'...' if len(t_bad) > 10 else ''}); "
             "fix the preprocessing that produced them or drop those volumes"
         )
-    tr, note = _read_tr(path, img.header)
+    tr, note, subject, session = _read_tr(path, img.header)
     zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
-    return Scan(path=path, data=data, affine=np.asarray(img.affine, dtype=np.float64), voxel_size=zooms, tr=tr, tr_note=note)
+    return Scan(path=path, data=data, affine=np.asarray(img.affine, dtype=np.float64), voxel_size=zooms, tr=tr, tr_note=note,
+                subject=subject, session=session)
 
 
 def find_scans(root: str | Path) -> list[Path]:
-    """NIfTI files under ``root``: BIDS ``func/*_bold.nii[.gz]`` when it is a BIDS tree, else every NIfTI file.
+    """NIfTI files under ``root``: the BIDS BOLD runs (pybids; ``derivatives/`` excluded) when it is a BIDS
+    dataset, else every NIfTI file.
 
     Raises:
         DataError: ``root`` does not exist or holds no NIfTI file.
@@ -168,9 +191,10 @@ def find_scans(root: str | Path) -> list[Path]:
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"{root}: not a folder; point data.source at a folder of 4D NIfTI files or a BIDS tree")
-    files = sorted(p for p in root.rglob("*") if p.is_file() and p.name.endswith(NIFTI_SUFFIXES))
     if (root / "dataset_description.json").exists():
-        files = [p for p in files if p.parent.name == "func" and "_bold." in p.name]
+        files = bids_bold_runs(root)
+    else:
+        files = sorted(p for p in root.rglob("*") if p.is_file() and p.name.endswith(NIFTI_SUFFIXES))
     if not files:
         raise DataError(f"{root}: no .nii / .nii.gz files found (BIDS: sub-*/func/*_bold.nii.gz)")
     return files

@@ -4,7 +4,10 @@ Images come back as float32 arrays ``[H, W, 3]`` in [0, 1] (grayscale repeated o
 the three channels, so ImageNet-style backbones see the layout they were built
 for); masks as int64 arrays ``[H, W]`` whose pixel value is the class index.
 DICOM goes through pydicom (imported lazily): one frame per file, photometric
-interpretation converted to RGB where needed (YBR, palette), MONOCHROME1 inverted.
+interpretation converted to RGB where needed (YBR, palette); grayscale through pydicom's
+display pipeline (``apply_modality_lut`` -> ``apply_voi_lut`` -> ``apply_presentation_lut``,
+MONOCHROME1 shown through the INVERSE presentation shape), scaled by the range the pipeline
+gives the full stored-value range (so one image's own extremes never set its scale).
 """
 from __future__ import annotations
 
@@ -31,6 +34,36 @@ def _is_dicom(path: Path) -> bool:
     return path.suffix.lower() in DICOM_SUFFIXES
 
 
+def _gray_pipeline(arr: np.ndarray, ds) -> tuple[np.ndarray, float, float]:
+    """Modality LUT -> VOI LUT / window -> presentation LUT (pydicom's functions), with the output range.
+
+    The stored-value range (every value for up to 16 bits stored, else its two ends) is pushed
+    through the same pipeline together with the image, so that the presentation LUT's
+    ``INVERSE`` and quantisation (pydicom scales by the array's own min and max) work on the
+    full range, not on the values this image happens to hold. MONOCHROME1 without a
+    presentation LUT is shown through the ``INVERSE`` shape, as PS3.3 C.11.6 defines.
+
+    Returns:
+        ``(p_values [H, W] float32, lowest, highest)``: the P-values and the range they can take.
+    """
+    import copy
+
+    from pydicom.pixels import apply_modality_lut, apply_presentation_lut, apply_voi_lut
+
+    bits = int(getattr(ds, "BitsStored", 8) or 8)
+    signed = int(getattr(ds, "PixelRepresentation", 0) or 0) == 1
+    lo, hi = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
+    ramp = np.arange(lo, hi + 1) if bits <= 16 else np.array([lo, hi])
+    flat = np.concatenate([arr.ravel(), ramp.astype(arr.dtype)])
+    if str(getattr(ds, "PhotometricInterpretation", "")) == "MONOCHROME1" and "PresentationLUTShape" not in ds \
+            and "PresentationLUTSequence" not in ds:
+        ds = copy.copy(ds)
+        ds.PresentationLUTShape = "INVERSE"
+    out = apply_presentation_lut(apply_voi_lut(apply_modality_lut(flat, ds), ds), ds).astype(np.float64)
+    tail = out[arr.size:]
+    return out[: arr.size].reshape(arr.shape).astype(np.float32), float(tail.min()), float(tail.max())
+
+
 def _read_dicom(path: Path) -> np.ndarray:
     pydicom = _pydicom()
     from pydicom.pixels import apply_color_lut
@@ -46,16 +79,21 @@ def _read_dicom(path: Path) -> np.ndarray:
                         "(export the frame you want to its own file)")
     photometric = str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2"))
     if photometric == "PALETTE COLOR":
-        arr = apply_color_lut(arr, ds)  # (YBR data arrive as RGB: pydicom converts by default)
-    arr = arr.astype(np.float32)
-    if arr.ndim == 2:
-        if photometric == "MONOCHROME1":
-            arr = arr.max() - arr
-        arr = arr[..., None]
-    bits = int(getattr(ds, "BitsStored", 8) or 8)
-    if photometric == "PALETTE COLOR":
-        bits = 16 if arr.max() > 255 else 8
-    return arr / float(2**bits - 1)
+        arr = apply_color_lut(arr, ds).astype(np.float32)  # (YBR data arrive as RGB: pydicom converts by default)
+        return arr / float(65535 if arr.max() > 255 else 255)
+    if arr.ndim == 3:
+        bits = int(getattr(ds, "BitsStored", 8) or 8)
+        return arr.astype(np.float32) / float(2**bits - 1)
+    if photometric not in ("MONOCHROME1", "MONOCHROME2"):
+        raise DataError(f"{path}: single-channel DICOM with photometric interpretation {photometric!r}; "
+                        "expected MONOCHROME1 or MONOCHROME2")
+    try:
+        values, lowest, highest = _gray_pipeline(arr, ds)
+    except (ValueError, NotImplementedError, KeyError, IndexError) as err:
+        raise DataError(f"{path}: its modality / VOI / presentation LUTs cannot be applied ({err}); check the file") from err
+    if highest <= lowest:
+        raise DataError(f"{path}: the VOI / presentation LUTs map every stored value to {lowest}; check the window")
+    return ((values - lowest) / (highest - lowest))[..., None]
 
 
 def read_image(path: str | Path) -> np.ndarray:
