@@ -62,7 +62,8 @@ def test_local_rank_zero_prepares_once_and_the_others_wait(tmp_path, name):
 
 def test_without_a_process_group_it_just_prepares(tmp_path, monkeypatch):
     monkeypatch.setenv("RANK", "0")
-    assert not dist.is_initialized()
+    # no group, or the one-rank group an in-process engine run (an earlier test) leaves behind: no barrier
+    assert not dist.is_initialized() or dist.get_world_size() == 1
     assert prepare_dataset(CountingDataset, tmp_path / "single") == {"n_kept": 1}
     assert (tmp_path / "single").read_text() == "0\n"
     assert prepare_dataset(torch.utils.data.TensorDataset, tmp_path) is None  # nothing to prepare
