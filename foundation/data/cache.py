@@ -93,7 +93,7 @@ def announce(report: dict[str, Any], folder: Path) -> None:
     if left:
         lines = "\n".join(f"  {_line(e)}" for e in left[:SHOWN])
         more = f"\n  ... and {len(left) - SHOWN} more" if len(left) > SHOWN else ""
-        log.warning("%d of %d %s source(s) left out of the cache; all reasons in %s:\n%s%s", len(left),
+        log.warning("%d of %d source(s) left out of the %s cache; all reasons in %s:\n%s%s", len(left),
                     report["n_sources"], report["kind"], path, lines, more)
     noted = [e for e in report["sources"] if e.get("notes")]
     if noted:
