@@ -30,7 +30,8 @@ from typing import Any
 
 import numpy as np
 
-from foundation.data.cache import PARTS, CacheBuilder, Part
+from foundation.data.cache import PARTS, CacheBuilder, Part, path_signature
+from foundation.modalities.eeg.channels import is_montage_file
 from foundation.modalities.eeg.neurostats import StatsConfig, stat_names, window_stats
 from foundation.modalities.eeg.preprocess import PreprocessConfig, cut_windows, preprocess
 from foundation.modalities.eeg.reader import read_recording
@@ -46,29 +47,44 @@ class EEGCacheBuilder(CacheBuilder):
         stats: statistics settings.
         window_s: window length in seconds.
         labels: label class names (annotation descriptions); empty = unlabelled sliding windows.
-        montage: template montage for channels without digitised positions (None: the 10-05 template).
+        montage: template montage name or montage file for channels without digitised positions (None: the
+            10-05 template).
+        allow_truncated: read the intact part of a recording shorter than its header says (noted in the report).
+        channel_map: channel renames applied to every recording first.
+        channel_types: channel types (misc, eog, ecg ...) set after renaming.
     """
 
     kind = "eeg"
-    version = "2"
+    version = "3"
 
     def __init__(self, pre: PreprocessConfig, stats: StatsConfig, window_s: float, labels: tuple[str, ...] = (),
-                 montage: str | None = None) -> None:
+                 montage: str | None = None, allow_truncated: bool = False, channel_map: dict[str, str] | None = None,
+                 channel_types: dict[str, str] | None = None) -> None:
         self.pre, self.stats, self.window_s, self.labels, self.montage = pre, stats, window_s, tuple(labels), montage
+        self.allow_truncated = allow_truncated
+        self.channel_map, self.channel_types = dict(channel_map or {}), dict(channel_types or {})
 
     def settings(self) -> dict[str, Any]:
+        montage: Any = self.montage
+        if montage and is_montage_file(montage) and Path(montage).is_file():
+            montage = path_signature(montage)  # an edited montage file rebuilds the cache
         return {"preprocess": dataclasses.asdict(self.pre), "stats": dataclasses.asdict(self.stats),
-                "window_seconds": self.window_s, "labels": list(self.labels), "montage": self.montage}
+                "window_seconds": self.window_s, "labels": list(self.labels), "montage": montage,
+                "allow_truncated": self.allow_truncated, "channel_map": self.channel_map,
+                "channel_types": self.channel_types}
 
     def read_source(self, source: Path) -> Part:
         """One recording: ``win`` [W, C, T] float16, ``stats`` [W, C, S] float32, ``labels`` [W] int64."""
-        rec = read_recording(source, self.montage)
+        rec = read_recording(source, self.montage, self.allow_truncated, self.channel_map, self.channel_types)
         p = preprocess(rec, self.pre)
         win, y = cut_windows(p, self.window_s, self.labels, where=str(source))
         st = np.stack([window_stats(w, p.sfreq, self.stats) for w in win])  # [W, C, S]
         meta = {"path": str(source), "subject": rec.subject, "session": rec.session, "channels": p.names,
                 "positions": p.positions.tolist(), "position_source": rec.position_source, "dropped": p.dropped}
-        return Part({"win": win.astype(np.float16), "stats": st.astype(np.float32), "labels": y}, meta)
+        if rec.truncated:
+            meta["truncated"] = rec.truncated
+        return Part({"win": win.astype(np.float16), "stats": st.astype(np.float32), "labels": y}, meta,
+                    [rec.truncated] if rec.truncated else [])
 
     def finalize(self, folder: Path, entries: list[dict[str, Any]]) -> dict[str, Any]:
         """Pad and stack the recordings' windows; z-score the statistics over the corpus."""
