@@ -180,6 +180,9 @@ def _load_whole(path: Path, img, allow_truncated: bool):
     header, proxy = img.header, img.dataobj
     shape = tuple(int(d) for d in img.shape)
     dtype = np.dtype(proxy.dtype)
+    if dtype.kind not in "biuf":
+        raise DataError(f"{path}: voxel type {dtype} (NIfTI datatype {int(header['datatype'])}) is not a real number; "
+                        "BOLD scans are stored as integers or floats: re-export the scan")
     offset = int(proxy.offset)
     vol_bytes = math.prod(shape[:3]) * dtype.itemsize
     need = offset + vol_bytes * shape[3]
