@@ -146,3 +146,20 @@ def test_left_out_recordings_are_logged_on_every_prepare(tmp_path, caplog):
             EEGWindows.prepare(cfg)
         assert "1 of 2 source(s) left out of the eeg cache" in caplog.text
         assert "broken.edf" in caplog.text and str(tmp_path / "cache" / "report.json") in caplog.text
+
+
+def test_flat_segments_are_left_out_and_counted_and_a_dead_recording_is_left_out(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    x = _data(24)
+    x[:, 8 * 200:16 * 200] = 0.0  # the amplifier was off for 8 s: two 4-s windows of zeros
+    write_edf(src / "gap.edf", NAMES, x, 200)
+    write_edf(src / "dead.edf", NAMES, np.zeros((4, 12 * 200)), 200)
+    report = DataCache(tmp_path / "cache", EEGCacheBuilder(PreprocessConfig(l_freq=0.0), StatsConfig(), 4.0)).prepare(
+        sorted(src.iterdir()))
+    by = {Path(e["source"]).name: e for e in report["sources"]}
+    assert by["dead.edf"]["status"] == "left_out" and "flat" in by["dead.edf"]["reason"]
+    assert by["gap.edf"]["status"] == "kept" and by["gap.edf"]["notes"] == [
+        "2 of 6 windows left out: flat (all channels constant or zero)"]
+    index = DataCache(tmp_path / "cache", EEGCacheBuilder(PreprocessConfig(l_freq=0.0), StatsConfig(), 4.0)).index()
+    assert index["entries"][0]["meta"]["n_windows"] == 4
