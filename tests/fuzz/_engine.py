@@ -384,6 +384,14 @@ def _limit_memory() -> None:
     resource.setrlimit(resource.RLIMIT_AS, (size + MEMORY_HEADROOM, resource.RLIM_INFINITY))
 
 
+def _detail(err: BaseException) -> str:
+    """The exception's first line and the last frames that raised it (file:line function)."""
+    frames = traceback.extract_tb(err.__traceback__)[-5:]
+    where = "\n".join(f"  {f.filename}:{f.lineno} {f.name}" for f in frames)
+    first = (str(err).splitlines() or [""])[0][:300]
+    return f"{type(err).__name__}: {first}\n{where}"
+
+
 def classify(read: Callable[[Path], Any], path: Path, names: tuple[str, ...]) -> tuple[str, str]:
     """Run one case: (outcome, detail)."""
     from foundation.errors import FoundationError
@@ -394,13 +402,13 @@ def classify(read: Callable[[Path], Any], path: Path, names: tuple[str, ...]) ->
         return "read", ""
     except Hang as err:
         return "hang", str(err)
-    except MemoryError:
-        return "memory", traceback.format_exc(limit=-3)
+    except MemoryError as err:
+        return "memory", _detail(err)
     except FoundationError as err:
         text = str(err)
         return ("named", "") if any(n in text for n in names) else ("unnamed", f"{type(err).__name__}: {text[:300]}")
-    except Exception:  # noqa: BLE001 - every other exception is a finding
-        return "other", traceback.format_exc(limit=-4)[-1500:]
+    except Exception as err:  # noqa: BLE001 - every other exception is a finding
+        return "other", _detail(err)
     finally:
         signal.alarm(0)
 
@@ -456,7 +464,7 @@ def run(count: int, seed: int, workdir: Path, only: list[str] | None = None) -> 
                 kept_good = any(e["source"] == str(good) and e["status"] == "kept" for e in report["sources"])
             except Exception:  # noqa: BLE001
                 kept_good = False
-                failures.append({"case": "cache", "outcome": "other", "detail": traceback.format_exc(limit=-4)[-1500:]})
+                failures.append({"case": "cache", "outcome": "other", "detail": traceback.format_exc()[-1500:]})
             finally:
                 signal.alarm(0)
         results[name] = {"cases": count, **counts, "mutations": kinds, "good_file_cached": kept_good,

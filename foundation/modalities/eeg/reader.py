@@ -254,7 +254,11 @@ def read_recording(path: str | Path, montage: str | None = None, allow_truncated
                         "the file is corrupt, truncated or not in the format its extension says; re-export it or "
                         "remove it from the corpus") from err
     _apply_recipe_channels(raw, path, channel_map, channel_types)
-    types = raw.get_channel_types()
+    try:
+        types = raw.get_channel_types()
+    except (KeyError, ValueError) as err:  # a channel kind/coil code mne does not know: a corrupt channel table
+        raise DataError(f"{path}: the channel table is corrupt (unknown channel kind or coil code {err}); re-export "
+                        "the file or remove it from the corpus") from err
     dropped = {n: f"channel type {t!r} is not EEG" for n, t in zip(raw.ch_names, types) if t != "eeg"}
     eeg = [n for n, t in zip(raw.ch_names, types) if t == "eeg"]
     if not eeg:
