@@ -97,8 +97,9 @@ def _labels(config: FMRIWindowsConfig) -> dict[str, dict[str, str]] | None:
 
 
 def _cache(config: FMRIWindowsConfig) -> DataCache:
-    pool = config.saliency_pool if config.selection == "saliency" else None
-    builder = FMRICacheBuilder(config.preprocess, config.window, _labels(config), pool, config.allow_truncated)
+    # the parcel check runs whatever data.selection says, so switching selection reuses the cache
+    builder = FMRICacheBuilder(config.preprocess, config.window, _labels(config), config.saliency_pool,
+                               config.allow_truncated)
     return DataCache(Path(config.cache_dir) / "store", builder)
 
 

@@ -75,7 +75,7 @@ def check_parcels(series: np.ndarray, pool: int, where: str = "scan") -> None:
     if series.shape[1] == 0:
         raise DataError(f"{where}: saliency pooling over {pool}^3-voxel blocks leaves no parcel with a varying signal "
                         "(the scan is flat inside the brain mask, or no block is half inside the mask); lower "
-                        "data.saliency_pool, check the mask, use data.selection random/all, or remove the scan")
+                        "data.saliency_pool, check the mask, or remove the scan")
 
 
 def top_k_windows(vol: np.ndarray, mask: np.ndarray, window: int, k: int, stride: int | None = None,

@@ -48,10 +48,13 @@ def test_saliency_pooling_that_leaves_no_parcel_leaves_the_scan_out(tmp_path):
     src.mkdir()
     shutil.copy(FUNC, src / "good.nii")
     cfg = _config(src, tmp_path / "cache", saliency_pool=8)  # 8^3 blocks: none fits the 3-slice scan
-    with pytest.raises(DataError, match=r"good\.nii.*leaves no parcel.*saliency_pool"):
-        FMRIWindows.prepare(cfg)  # the only scan is left out: the build says why
-    ok = FMRIWindows.prepare(_config(src, tmp_path / "cache2", saliency_pool=8, selection="all"))
-    assert ok["n_kept"] == 1  # without saliency the same scan is usable
+    _constant(src / "flat.nii.gz")
+    with pytest.raises(DataError) as err:
+        FMRIWindows.prepare(cfg)  # no scan is usable: the build lists why for each
+    assert "good.nii: saliency pooling over 8^3-voxel blocks leaves no parcel" in str(err.value)
+    assert "flat.nii.gz: the scan is flat" in str(err.value)
+    ok = FMRIWindows.prepare(_config(src, tmp_path / "cache2", saliency_pool=2))
+    assert ok["n_kept"] == 1  # smaller parcels fit the same scan
 
 
 def test_top_k_windows_names_the_scan_when_no_parcel_is_left():
