@@ -13,6 +13,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from foundation.data.cache import DataCache
 from foundation.data.demo import make_once
 from foundation.data.lock import folder_lock, lock_path
@@ -25,6 +27,7 @@ def _env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(ROOT)}
 
 
+@pytest.mark.slow
 def test_two_processes_prepare_one_cache_and_corpus_at_once(tmp_path):
     src = tmp_path / "src"
     src.mkdir()
@@ -59,6 +62,7 @@ with folder_lock(sys.argv[1]):
 """
 
 
+@pytest.mark.slow
 def test_a_lock_left_by_a_killed_process_is_cleared(tmp_path, caplog):
     folder = tmp_path / "cache"
     flag = tmp_path / "held"
