@@ -9,3 +9,9 @@ kernels run on CPU tensors; nothing else in the suite launches Triton kernels on
 import os
 
 os.environ["TRITON_INTERPRET"] = "1"
+
+
+def pytest_addoption(parser):
+    """``--fuzz-count N``: mutated files per format in ``tests/fuzz`` (default: a small count CI runs)."""
+    parser.addoption("--fuzz-count", type=int, default=None,
+                     help="fuzz cases per input format in tests/fuzz (default 8; raise it for longer runs)")

@@ -11,15 +11,19 @@ rest the same way for all of them:
   only when complete (:func:`foundation.atomic.replace_folder`): a build that fails midway leaves the previous
   cache as it was;
 - **one report format**: ``report.json`` lists every source, kept or left out, with the reason for each one
-  left out (the :class:`~foundation.errors.DataError` its reader raised). A bad file never stops the build;
-  a build where every source fails raises, listing why.
+  left out (the :class:`~foundation.errors.DataError` its reader raised) and the notes of each one kept with
+  a caveat (:attr:`Part.notes`, e.g. a truncated recording read under ``data.allow_truncated``). A bad file
+  never stops the build; a build where every source fails raises, listing why. Every :meth:`DataCache.prepare`
+  that finds sources left out logs their count, the first few reasons and the report's path;
+- **one builder at a time**: :meth:`DataCache.prepare` holds a lock file beside the folder
+  (:func:`foundation.data.lock.folder_lock`), so a second run sharing the cache waits, then reuses it.
 
 Layout of a cache folder::
 
     index.json      fingerprint, kind, version, settings, "entries": one per kept source {source, key, meta}
                     plus whatever finalize adds
-    report.json     {"fingerprint", "kind", "n_sources", "n_kept", "n_left_out",
-                     "sources": [{"source", "status": "kept" | "left_out", "reason"?}]}
+    report.json     {"fingerprint", "kind", "n_sources", "n_kept", "n_left_out", "n_noted",
+                     "sources": [{"source", "status": "kept" | "left_out", "reason"?, "notes"?}]}
     parts/<key>.<name>.npy   arrays of each kept source (unless finalize combined and removed them)
 
 Building once in a distributed run (rank 0 builds, the others wait) is done by
@@ -41,15 +45,18 @@ from typing import Any
 import numpy as np
 
 from foundation.atomic import replace_folder
+from foundation.data.lock import clear_stale_stages, folder_lock, stage_prefix
 from foundation.errors import DataError
 
-__all__ = ["CacheBuilder", "DataCache", "Part", "fingerprint", "path_signature", "INDEX", "REPORT", "PARTS"]
+__all__ = ["CacheBuilder", "DataCache", "Part", "fingerprint", "path_signature", "announce", "INDEX", "REPORT", "PARTS",
+           "SHOWN"]
 
 log = logging.getLogger(__name__)
 
 INDEX = "index.json"
 REPORT = "report.json"
 PARTS = "parts"
+SHOWN = 5  # left-out sources whose reasons are logged; the report lists all
 
 
 def path_signature(path: str | Path) -> list[Any]:
@@ -79,12 +86,36 @@ def _line(entry: dict[str, Any]) -> str:
     return reason if reason.startswith(entry["source"]) else f"{entry['source']}: {reason}"
 
 
+def announce(report: dict[str, Any], folder: Path) -> None:
+    """Log the sources a cache left out (count, the first :data:`SHOWN` reasons, the report's path) and notes."""
+    path = Path(folder) / REPORT
+    left = [e for e in report["sources"] if e["status"] == "left_out"]
+    if left:
+        lines = "\n".join(f"  {_line(e)}" for e in left[:SHOWN])
+        more = f"\n  ... and {len(left) - SHOWN} more" if len(left) > SHOWN else ""
+        log.warning("%d of %d source(s) left out of the %s cache; all reasons in %s:\n%s%s", len(left),
+                    report["n_sources"], report["kind"], path, lines, more)
+    noted = [e for e in report["sources"] if e.get("notes")]
+    if noted:
+        lines = "\n".join(f"  {e['source']}: {'; '.join(e['notes'])}" for e in noted[:SHOWN])
+        more = f"\n  ... and {len(noted) - SHOWN} more" if len(noted) > SHOWN else ""
+        log.warning("%d %s source(s) kept with caveats (listed in %s):\n%s%s", len(noted), report["kind"], path,
+                    lines, more)
+
+
 @dataclass
 class Part:
-    """What one source becomes: arrays stored as ``parts/<key>.<name>.npy`` and JSON metadata for the index."""
+    """What one source becomes: arrays stored as ``parts/<key>.<name>.npy`` and JSON metadata for the index.
+
+    Attributes:
+        arrays: the arrays to store.
+        meta: JSON metadata for the source's ``index.json`` entry.
+        notes: caveats about a kept source (what was lost or assumed), listed in ``report.json`` and logged.
+    """
 
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
 
 class CacheBuilder(ABC):
@@ -157,17 +188,26 @@ class DataCache:
     def prepare(self, sources: Sequence[Any]) -> dict[str, Any]:
         """Build the cache unless it is current; return the report (see the module docstring).
 
+        Another process preparing the same folder is waited for (see :mod:`foundation.data.lock`); its cache is
+        then reused when current. Sources left out are logged (:func:`announce`) on every call.
+
         Raises:
             DataError: no source could be cached (the message gives each reason); the old cache is kept.
         """
-        if self.is_current(sources):
-            return self.report()
-        return self._build(list(sources))
+        sources = list(sources)
+        with folder_lock(self.folder):
+            if self.is_current(sources):
+                report = self.report()
+            else:
+                clear_stale_stages(self.folder)
+                report = self._build(sources)
+        announce(report, self.folder)
+        return report
 
     def _build(self, sources: list[Any]) -> dict[str, Any]:
         b, fp = self.builder, self.fingerprint(sources)
         self.folder.parent.mkdir(parents=True, exist_ok=True)
-        stage = Path(tempfile.mkdtemp(prefix=f".{self.folder.name}.build-", dir=self.folder.parent))
+        stage = Path(tempfile.mkdtemp(prefix=stage_prefix(self.folder), dir=self.folder.parent))
         try:
             (stage / PARTS).mkdir()
             entries, listed = [], []
@@ -182,7 +222,7 @@ class DataCache:
                 for arr_name, arr in part.arrays.items():
                     np.save(stage / PARTS / f"{key}.{arr_name}.npy", arr)
                 entries.append({"source": name, "key": key, "meta": part.meta})
-                listed.append({"source": name, "status": "kept"})
+                listed.append({"source": name, "status": "kept", **({"notes": list(part.notes)} if part.notes else {})})
             if not entries:
                 reasons = "\n".join(f"  {_line(e)}" for e in listed) or "  (no source given)"
                 raise DataError(f"{b.kind} cache {self.folder}: none of the {len(sources)} source(s) could be cached; "
@@ -191,7 +231,8 @@ class DataCache:
             index = {"fingerprint": fp, "kind": b.kind, "version": b.version, "settings": b.settings(),
                      "entries": entries, **extra}
             report = {"fingerprint": fp, "kind": b.kind, "n_sources": len(sources), "n_kept": len(entries),
-                      "n_left_out": len(sources) - len(entries), "sources": listed}
+                      "n_left_out": len(sources) - len(entries),
+                      "n_noted": sum(1 for e in listed if e.get("notes")), "sources": listed}
             (stage / INDEX).write_text(json.dumps(index, default=str))
             (stage / REPORT).write_text(json.dumps(report, indent=1))
             if self.is_current(sources):  # another process (a node on a shared disk) finished the same build first
@@ -202,10 +243,6 @@ class DataCache:
                 if not self.is_current(sources):
                     raise
                 return self.report()  # lost the race to an identical build: use it
-            if report["n_left_out"]:
-                lines = "\n".join(f"  {_line(e)}" for e in listed if e["status"] == "left_out")
-                log.warning("%d of %d source(s) left out of %s (listed in %s):\n%s", report["n_left_out"],
-                            len(sources), self.folder, REPORT, lines)
             return report
         finally:
             if stage.exists():

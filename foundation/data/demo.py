@@ -3,7 +3,8 @@
 Every modality's data config has a ``source`` (a folder, a file or ``demo``) and a ``cache_dir``. With
 ``source: demo`` the modality's ``make_demo_corpus`` writes its corpus next to the cache
 (:func:`demo_folder`) through :func:`make_once`: generated in a temporary folder, stamped with its
-parameters, moved into place, and skipped when a corpus with the same parameters is already there.
+parameters, moved into place, and skipped when a corpus with the same parameters is already there. Runs
+sharing the folder take turns (:func:`foundation.data.lock.folder_lock`): the second waits, then reuses it.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from foundation.atomic import replace_folder
+from foundation.data.lock import clear_stale_stages, folder_lock, stage_prefix
 from foundation.errors import ConfigError
 
 __all__ = ["DEMO", "is_demo", "check_source", "demo_folder", "source_path", "make_once", "STAMP"]
@@ -76,18 +78,21 @@ def make_once(root: str | Path, params: dict[str, Any], write: Callable[[Path], 
     stamp = root / STAMP
     if _matches(stamp, want):
         return root
-    root.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{root.name}.build-", dir=root.parent))
-    try:
-        write(stage)
-        (stage / STAMP).write_text(json.dumps(want))
-        if not _matches(stamp, want):  # else another process wrote the same corpus meanwhile: keep it
-            try:
-                replace_folder(stage, root)
-            except OSError:
-                if not _matches(stamp, want):
-                    raise
-    finally:
-        if stage.exists():
-            shutil.rmtree(stage, ignore_errors=True)
+    with folder_lock(root):
+        if _matches(stamp, want):  # another run wrote it while this one waited for the lock
+            return root
+        clear_stale_stages(root)
+        stage = Path(tempfile.mkdtemp(prefix=stage_prefix(root), dir=root.parent))
+        try:
+            write(stage)
+            (stage / STAMP).write_text(json.dumps(want))
+            if not _matches(stamp, want):  # else a node without a shared lock wrote the same corpus meanwhile
+                try:
+                    replace_folder(stage, root)
+                except OSError:
+                    if not _matches(stamp, want):
+                        raise
+        finally:
+            if stage.exists():
+                shutil.rmtree(stage, ignore_errors=True)
     return root

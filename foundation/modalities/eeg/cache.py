@@ -18,8 +18,10 @@ index.json          entries, subjects, stats mean/std, settings (see foundation.
 report.json         every recording, kept or left out and why (see foundation.data.cache)
 ==================  ==============================  =============================================
 
-A bad file (corrupt, too short, NaNs, no known channel, sampling rate too low) is left out and listed in
-``report.json`` with its :class:`~foundation.errors.DataError`; the rest of the corpus is still cached.
+A bad file (corrupt, truncated, too short, NaNs, no known channel, sampling rate too low, flat throughout) is left
+out and listed in ``report.json`` with its :class:`~foundation.errors.DataError`; the rest of the corpus is still
+cached. Windows in which every channel is flat (an all-zero gap) are left out of a kept recording and counted in
+its report notes, as is the part of a truncated recording read under ``allow_truncated``.
 """
 from __future__ import annotations
 
@@ -30,12 +32,44 @@ from typing import Any
 
 import numpy as np
 
-from foundation.data.cache import PARTS, CacheBuilder, Part
+from foundation.data.cache import PARTS, CacheBuilder, Part, path_signature
+from foundation.errors import DataError
+from foundation.modalities.eeg.channels import is_montage_file
 from foundation.modalities.eeg.neurostats import StatsConfig, stat_names, window_stats
 from foundation.modalities.eeg.preprocess import PreprocessConfig, cut_windows, preprocess
 from foundation.modalities.eeg.reader import read_recording
 
-__all__ = ["EEGCacheBuilder"]
+__all__ = ["EEGCacheBuilder", "drop_flat_windows", "FLAT"]
+
+FLAT = 1e-4  # model units (1e-4 * 100 uV = 10 nV): a window whose every channel varies less is a dead segment
+FLAT_RATIO = 0.05  # ... or less than this share of the recording's median window (a zero gap plus filter ringing)
+
+
+def drop_flat_windows(win: np.ndarray, y: np.ndarray, where: str) -> tuple[np.ndarray, np.ndarray, str]:
+    """Leave out windows in which every channel is flat (an all-zero or constant segment: amplifier off, gap).
+
+    A window is flat when its most varying channel's std is below :data:`FLAT` or below :data:`FLAT_RATIO`
+    times the recording's median (the band-pass filter smears a little of the neighbouring signal into a gap).
+
+    Args:
+        win: windows [W, C, T] in model units.
+        y: their labels [W].
+        where: the file, for messages.
+
+    Returns:
+        ``(windows kept, labels kept, note)``; the note is empty when none was dropped.
+
+    Raises:
+        DataError: every window is flat (the recording carries no signal).
+    """
+    top = win.std(axis=2).max(axis=1)  # [W, C] -> [W]
+    flat = (top < FLAT) | (top < FLAT_RATIO * np.median(top))
+    if not flat.any():
+        return win, y, ""
+    if flat.all():
+        raise DataError(f"{where}: every {win.shape[2]}-sample window is flat (all channels constant or zero): the "
+                        "recording carries no signal; re-export it or remove it")
+    return win[~flat], y[~flat], f"{int(flat.sum())} of {len(flat)} windows left out: flat (all channels constant or zero)"
 
 
 class EEGCacheBuilder(CacheBuilder):
@@ -46,30 +80,48 @@ class EEGCacheBuilder(CacheBuilder):
         stats: statistics settings.
         window_s: window length in seconds.
         labels: label class names (annotation descriptions); empty = unlabelled sliding windows.
-        montage: template montage for channels without digitised positions (None: the 10-05 template).
+        montage: template montage name or montage file for channels without digitised positions (None: the
+            10-05 template).
+        allow_truncated: read the intact part of a recording shorter than its header says (noted in the report).
+        channel_map: channel renames applied to every recording first.
+        channel_types: channel types (misc, eog, ecg ...) set after renaming.
     """
 
     kind = "eeg"
-    version = "3"  # 3: BIDS through mne_bids (bads, electrodes, line-frequency notch)
+    version = "5"  # 5: BIDS through mne_bids (bads, electrodes, line-frequency notch); truncation, flat windows
 
     def __init__(self, pre: PreprocessConfig, stats: StatsConfig, window_s: float, labels: tuple[str, ...] = (),
-                 montage: str | None = None) -> None:
+                 montage: str | None = None, allow_truncated: bool = False, channel_map: dict[str, str] | None = None,
+                 channel_types: dict[str, str] | None = None) -> None:
         self.pre, self.stats, self.window_s, self.labels, self.montage = pre, stats, window_s, tuple(labels), montage
+        self.allow_truncated = allow_truncated
+        self.channel_map, self.channel_types = dict(channel_map or {}), dict(channel_types or {})
 
     def settings(self) -> dict[str, Any]:
+        montage: Any = self.montage
+        if montage and is_montage_file(montage) and Path(montage).is_file():
+            montage = path_signature(montage)  # an edited montage file rebuilds the cache
         return {"preprocess": dataclasses.asdict(self.pre), "stats": dataclasses.asdict(self.stats),
-                "window_seconds": self.window_s, "labels": list(self.labels), "montage": self.montage}
+                "window_seconds": self.window_s, "labels": list(self.labels), "montage": montage,
+                "allow_truncated": self.allow_truncated, "channel_map": self.channel_map,
+                "channel_types": self.channel_types}
 
     def read_source(self, source: Path) -> Part:
         """One recording: ``win`` [W, C, T] float16, ``stats`` [W, C, S] float32, ``labels`` [W] int64."""
-        rec = read_recording(source, self.montage)
+        rec = read_recording(source, self.montage, self.allow_truncated, self.channel_map, self.channel_types)
         p = preprocess(rec, self.pre)
         win, y = cut_windows(p, self.window_s, self.labels, where=str(source))
+        win, y, flat_note = drop_flat_windows(win, y, str(source))
         st = np.stack([window_stats(w, p.sfreq, self.stats) for w in win])  # [W, C, S]
         meta = {"path": str(source), "subject": rec.subject, "session": rec.session, "channels": p.names,
                 "positions": p.positions.tolist(), "position_source": rec.position_source, "dropped": p.dropped,
                 "notch": list(p.notch), "line_freq": rec.line_freq}
-        return Part({"win": win.astype(np.float16), "stats": st.astype(np.float32), "labels": y}, meta)
+        notes = [n for n in (rec.truncated, flat_note) if n]
+        if rec.truncated:
+            meta["truncated"] = rec.truncated
+        if flat_note:
+            meta["flat_windows"] = flat_note
+        return Part({"win": win.astype(np.float16), "stats": st.astype(np.float32), "labels": y}, meta, notes)
 
     def finalize(self, folder: Path, entries: list[dict[str, Any]]) -> dict[str, Any]:
         """Pad and stack the recordings' windows; z-score the statistics over the corpus."""

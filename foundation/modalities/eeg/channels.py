@@ -11,7 +11,9 @@ in many spellings; :func:`canonical_name` maps them onto the 10-05 system:
 - bipolar pairs ``FP1-F7`` stay a pair and sit at the midpoint of both electrodes.
 
 Positions come from the recording's digitisation when it has one (``info["chs"][i]["loc"]``),
-else from a template montage. MNE 1.13 renamed the templates (``standard_1005`` became an
+else from a template montage, or from a montage file a recipe names (``data.montage: caps/my.elc``,
+read by ``mne.channels.read_custom_montage``: ``.elc .sfp .bvef .loc .locs .eloc .csd .elp .txt .hpts``).
+MNE 1.13 renamed the templates (``standard_1005`` became an
 alias of ``colin27_1005``); :func:`template_montage_name` picks the name the installed MNE knows.
 """
 from __future__ import annotations
@@ -24,7 +26,7 @@ import numpy as np
 
 from foundation.errors import DataError
 
-__all__ = ["OLD_NAMES", "canonical_name", "template_montage_name", "template_positions", "channel_positions"]
+__all__ = ["OLD_NAMES", "MONTAGE_SUFFIXES", "is_montage_file", "canonical_name", "template_montage_name", "template_positions", "channel_positions"]
 
 OLD_NAMES = {"T3": "T7", "T4": "T8", "T5": "P7", "T6": "P8"}
 _PREFIX = re.compile(r"^EEG:?\s*(?=[A-Za-z])", re.IGNORECASE)
@@ -52,17 +54,51 @@ def template_positions(montage: str | None = None) -> dict[str, np.ndarray]:
     """``{upper-case name: (montage spelling, position [3] in metres)}`` of a template montage.
 
     Args:
-        montage: an MNE built-in montage name; None picks :func:`template_montage_name`.
+        montage: an MNE built-in montage name or a montage file; None picks :func:`template_montage_name`.
+
+    Raises:
+        DataError: neither a built-in name nor a readable montage file.
     """
     import mne
 
     name = montage or template_montage_name()
-    try:
-        mont = mne.channels.make_standard_montage(name)
-    except ValueError as err:
-        raise DataError(f"montage {name!r} is not an MNE built-in montage; valid: "
-                        f"{', '.join(mne.channels.get_builtin_montages())}") from err
+    if is_montage_file(name):
+        mont = _read_montage_file(name)
+    else:
+        try:
+            mont = mne.channels.make_standard_montage(name)
+        except ValueError as err:
+            raise DataError(f"data.montage {name!r} is neither an MNE built-in montage nor a montage file "
+                            f"({', '.join(MONTAGE_SUFFIXES)}); built-in: "
+                            f"{', '.join(mne.channels.get_builtin_montages())}") from err
     return {k.upper(): (k, np.asarray(v, dtype=np.float64)) for k, v in mont.get_positions()["ch_pos"].items()}
+
+
+MONTAGE_SUFFIXES = (".elc", ".sfp", ".bvef", ".loc", ".locs", ".eloc", ".csd", ".elp", ".txt", ".hpts")
+
+
+def is_montage_file(montage: str) -> bool:
+    """Whether ``data.montage`` names a file (a path with a montage suffix, or an existing file)."""
+    from pathlib import Path
+
+    return montage.lower().endswith(MONTAGE_SUFFIXES) or Path(montage).is_file()
+
+
+def _read_montage_file(path: str) -> Any:
+    import mne
+    from pathlib import Path
+
+    if not Path(path).is_file():
+        raise DataError(f"data.montage: montage file {path} does not exist; give a file mne.channels."
+                        "read_custom_montage reads or an MNE built-in montage name")
+    try:
+        mont = mne.channels.read_custom_montage(path)
+    except Exception as err:  # mne raises ValueError, KeyError, IndexError... on a malformed file
+        raise DataError(f"data.montage: {path}: mne could not read it as a montage ({type(err).__name__}: {err}); "
+                        f"use one of {', '.join(MONTAGE_SUFFIXES)} in the format its suffix names") from err
+    if not mont.get_positions()["ch_pos"]:
+        raise DataError(f"data.montage: {path} holds no electrode position")
+    return mont
 
 
 def _single(name: str, table: dict[str, Any]) -> str | None:
@@ -143,7 +179,8 @@ def channel_positions(info: Any, montage: str | None = None,
         raise DataError(
             f"{where}: none of the channel names {ch_names[:8]}{' ...' if len(ch_names) > 8 else ''} is an electrode "
             f"of the {montage or template_montage_name()} montage and the file has no digitised positions; rename "
-            "them to 10-05 names (raw.rename_channels) or set a montage with positions (raw.set_montage)"
+            "them to 10-05 names (data.channel_map: {old: new}) or give a montage file with their positions "
+            "(data.montage: path/to/file.elc)"
         )
     pos = np.stack([_template_position(names[i], table) for i in kept]).astype(np.float32)  # type: ignore[arg-type]
     return kept, [names[i] for i in kept], pos, montage or template_montage_name()  # type: ignore[misc]

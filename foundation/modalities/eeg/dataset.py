@@ -24,7 +24,9 @@ from foundation.modalities.eeg.neurostats import StatsConfig
 from foundation.modalities.eeg.preprocess import PreprocessConfig
 from foundation.modalities.eeg.reader import find_recordings
 
-__all__ = ["EEGWindowsConfig", "EEGWindows"]
+__all__ = ["EEGWindowsConfig", "EEGWindows", "CHANNEL_TYPES"]
+
+CHANNEL_TYPES = ("eeg", "eog", "ecg", "emg", "misc", "stim", "resp", "bio", "exci", "syst", "temperature", "gsr")
 
 
 @dataclass
@@ -36,7 +38,10 @@ class EEGWindowsConfig:
     window_seconds: float = field(default=4.0, metadata={"help": "window length in seconds (one patch per second per channel)"})
     labels: tuple[str, ...] = field(default=(), metadata={"help": "annotation names used as classes (empty: unlabelled sliding windows)"})
     subjects: tuple[str, ...] = field(default=(), metadata={"help": "keep only these subjects (empty: all)"})
-    montage: str = field(default="", metadata={"help": "MNE template montage for channels without digitisation ('' = 10-05 of the installed MNE)"})
+    montage: str = field(default="", metadata={"help": "MNE template montage name or a montage file (.elc, .sfp, .bvef, .loc ...) for channels without digitisation ('' = 10-05 of the installed MNE)"})
+    channel_map: dict[str, str] = field(default_factory=dict, metadata={"help": "rename channels before anything else, e.g. {'EEG Fpz-Cz': 'Fpz'}"})
+    channel_types: dict[str, str] = field(default_factory=dict, metadata={"help": "set channel types (misc, eog, ecg, emg, stim ...): such channels are dropped and reported"})
+    allow_truncated: bool = field(default=False, metadata={"help": "read the intact part of a recording shorter than its header says (the seconds lost go to the cache report) instead of leaving it out"})
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig, metadata={"help": "preprocessing preset"})
     stats: StatsConfig = field(default_factory=StatsConfig, metadata={"help": "neurodynamics statistics settings"})
     demo: DemoCorpusConfig = field(default_factory=DemoCorpusConfig, metadata={"help": "demo corpus size (source: demo)"})
@@ -46,11 +51,17 @@ class EEGWindowsConfig:
             raise ConfigError(f"data.window_seconds must be a positive whole number of seconds (1-s patches), "
                               f"got {self.window_seconds}")
         check_source(self.source)
+        bad = {k: v for k, v in self.channel_types.items() if v not in CHANNEL_TYPES}
+        if bad:
+            raise ConfigError(f"data.channel_types: unknown type(s) {bad}; valid: {', '.join(CHANNEL_TYPES)}")
+        odd = {k: v for k, v in self.channel_map.items() if not isinstance(v, str) or not v.strip()}
+        if odd:
+            raise ConfigError(f"data.channel_map: {odd}: each value must be a non-empty channel name")
 
 
 def _cache(config: EEGWindowsConfig) -> DataCache:
     builder = EEGCacheBuilder(config.preprocess, config.stats, config.window_seconds, config.labels,
-                              config.montage or None)
+                              config.montage or None, config.allow_truncated, config.channel_map, config.channel_types)
     return DataCache(config.cache_dir, builder)
 
 

@@ -52,6 +52,7 @@ class FMRIWindowsConfig:
     top_k: int = field(default=4, metadata={"help": "windows per scan (unverified)"})
     selection: str = field(default="saliency", metadata={"help": "saliency, random or all"})
     saliency_pool: int = field(default=4, metadata={"help": "voxels per coarse parcel edge for saliency"})
+    allow_truncated: bool = field(default=False, metadata={"help": "read the intact volumes of a NIfTI file shorter than its header says (the frames lost go to the cache report) instead of leaving it out"})
     unit_size: tuple[int, int, int, int] = field(default=(8, 32, 32, 32), metadata={"help": "frames/voxels per mask unit (T, Z, Y, X)"})
     seed: int = field(default=0, metadata={"help": "seed of the demo corpus and of random windows"})
     demo_subjects: int = field(default=24, metadata={"help": "demo corpus: subjects (one scan each)"})
@@ -96,7 +97,9 @@ def _labels(config: FMRIWindowsConfig) -> dict[str, dict[str, str]] | None:
 
 
 def _cache(config: FMRIWindowsConfig) -> DataCache:
-    builder = FMRICacheBuilder(config.preprocess, config.window, _labels(config))
+    # the parcel check runs whatever data.selection says, so switching selection reuses the cache
+    builder = FMRICacheBuilder(config.preprocess, config.window, _labels(config), config.saliency_pool,
+                               config.allow_truncated)
     return DataCache(Path(config.cache_dir) / "store", builder)
 
 
@@ -136,7 +139,8 @@ class FMRIWindows(torch.utils.data.Dataset):
             n_times = entry["meta"]["n_times"]
             if config.selection == "saliency":
                 vol, mask = open_scan(cache, entry)
-                starts = top_k_windows(vol, mask, config.window, config.top_k, pool=config.saliency_pool)
+                starts = top_k_windows(vol, mask, config.window, config.top_k, pool=config.saliency_pool,
+                                       where=entry["source"])
             elif config.selection == "random":
                 starts = random_windows(n_times, config.window, config.top_k, rng)
             else:

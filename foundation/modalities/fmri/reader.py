@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import math
 import re
 import zlib
 from dataclasses import dataclass
@@ -63,6 +64,7 @@ class Scan:
         tr_note: where the TR came from and any assumption made.
         subject: the BIDS ``sub-`` entity (pybids in a BIDS dataset, else the file name's ``sub-`` part; "" if none).
         session: the BIDS ``ses-`` entity ("" if none).
+        truncated: empty for a whole file; for a truncated one read under ``allow_truncated``, what was lost.
     """
 
     path: Path
@@ -73,6 +75,7 @@ class Scan:
     tr_note: str
     subject: str = ""
     session: str = ""
+    truncated: str = ""
 
     @property
     def n_times(self) -> int:
@@ -137,11 +140,94 @@ def _read_tr(path: Path, header) -> tuple[float, str, str, str]:
     return tr, note, ent.get("sub", ""), ent.get("ses", "")
 
 
-def read_scan(path: str | Path) -> Scan:
+_CHUNK = 1 << 20
+
+
+def _read_up_to(path: Path, n: int) -> bytes:
+    """Up to ``n`` bytes of the file's (decompressed) content: a truncated stream gives what it holds."""
+    out = bytearray()
+    with open(path, "rb") as fh:
+        if not path.name.endswith(".gz"):
+            while len(out) < n:
+                chunk = fh.read(min(_CHUNK, n - len(out)))
+                if not chunk:
+                    break
+                out += chunk
+            return bytes(out)
+        dec = zlib.decompressobj(16 + zlib.MAX_WBITS)  # gzip; a cut stream still yields what precedes the cut
+        while len(out) < n:
+            chunk = fh.read(_CHUNK)
+            if not chunk:
+                break
+            try:
+                out += dec.decompress(chunk, n - len(out))
+                while dec.unconsumed_tail and len(out) < n:
+                    out += dec.decompress(dec.unconsumed_tail, n - len(out))
+                if dec.eof and dec.unused_data and len(out) < n:  # a multi-member gzip file: go on with the next member
+                    rest = dec.unused_data
+                    dec = zlib.decompressobj(16 + zlib.MAX_WBITS)
+                    out += dec.decompress(rest, n - len(out))
+            except zlib.error:
+                break  # corrupt from here on: keep what was decoded
+    return bytes(out[:n])
+
+
+def _image_of(img, blob: bytes, offset: int, n_vols: int):
+    """An in-memory float32 image of the first ``n_vols`` volumes in ``blob`` (the file's bytes), scaled."""
+    header, shape, proxy = img.header, tuple(int(d) for d in img.shape), img.dataobj
+    arr = np.frombuffer(blob, dtype=proxy.dtype, count=math.prod(shape[:3]) * n_vols, offset=offset)
+    arr = arr.reshape(shape[:3] + (n_vols,), order=getattr(proxy, "order", "F"))
+    slope, inter = float(np.asarray(proxy.slope).ravel()[0]), float(np.asarray(proxy.inter).ravel()[0])
+    data = np.empty(arr.shape, np.float32)
+    for t in range(n_vols):  # scaled in float64 volume by volume, as nibabel does, then stored as float32
+        data[..., t] = arr[..., t].astype(np.float64) * slope + inter if (slope, inter) != (1.0, 0.0) else arr[..., t]
+    new = header.copy()
+    new.set_data_shape(data.shape)
+    new.set_data_dtype(np.float32)
+    new.set_slope_inter(1.0, 0.0)
+    return img.__class__(data, img.affine, new)
+
+
+def _load_whole(path: Path, img, allow_truncated: bool):
+    """``img`` with its data read once and checked against the header: (image in memory, truncation note).
+
+    The data bytes the header declares are read in chunks up to the end of the (decompressed) file, so a
+    header declaring terabytes allocates no more than the file holds.
+
+    Raises:
+        DataError: the data section is shorter than the header's dimensions say (unless ``allow_truncated``
+            and at least one whole volume is there).
+    """
+    header, proxy = img.header, img.dataobj
+    shape = tuple(int(d) for d in img.shape)
+    dtype = np.dtype(proxy.dtype)
+    if dtype.kind not in "biuf":
+        raise DataError(f"{path}: voxel type {dtype} (NIfTI datatype {int(header['datatype'])}) is not a real number; "
+                        "BOLD scans are stored as integers or floats: re-export the scan")
+    offset = int(proxy.offset)
+    vol_bytes = math.prod(shape[:3]) * dtype.itemsize
+    need = offset + vol_bytes * shape[3]
+    blob = _read_up_to(path, need)
+    if len(blob) >= need:
+        return _image_of(img, blob, offset, shape[3]), ""
+    have = max(len(blob) - offset, 0) // vol_bytes if vol_bytes else 0
+    tr = float(header.get_zooms()[3]) if len(header.get_zooms()) > 3 else 0.0
+    missing = f"{shape[3] - have} of {shape[3]} volumes ({need - len(blob)} bytes)"
+    if not allow_truncated or have == 0:
+        hint = ("; set data.allow_truncated: true to read the intact volumes" if have and not allow_truncated
+                else "; no whole volume is there")
+        raise DataError(f"{path}: truncated: the header declares {shape[3]} volumes of {shape[:3]} {dtype} but the "
+                        f"data section ends early, missing {missing}; re-copy or re-export it{hint}")
+    return _image_of(img, blob, offset, have), f"truncated: {shape[3] - have} of {shape[3]} volumes missing (~{(shape[3] - have) * tr:g} s lost)"
+
+
+def read_scan(path: str | Path, allow_truncated: bool = False) -> Scan:
     """Read one 4D NIfTI file.
 
     Args:
         path: a ``.nii`` or ``.nii.gz`` file (NIfTI-1 or NIfTI-2).
+        allow_truncated: read the whole volumes of a file whose data section is shorter than its header says
+            (``Scan.truncated`` says what was lost) instead of raising.
 
     Returns:
         The scan in RAS+ orientation, data [X, Y, Z, T] float32.
@@ -164,8 +250,11 @@ def read_scan(path: str | Path) -> Scan:
             "pass BOLD time series, not anatomical or single volumes"
         )
     try:
+        img, truncated = _load_whole(path, img, allow_truncated)
         img = nib.as_closest_canonical(img)
         data = np.asarray(img.get_fdata(dtype=np.float32))
+    except DataError:
+        raise
     except (EOFError, OSError, zlib.error, gzip.BadGzipFile, ValueError) as err:
         raise DataError(f"{path}: the file is truncated or corrupt ({type(err).__name__}: {err}); re-copy or re-export it") from err
     bad = ~np.isfinite(data)
@@ -177,8 +266,8 @@ def read_scan(path: str | Path) -> Scan:
         )
     tr, note, subject, session = _read_tr(path, img.header)
     zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
-    return Scan(path=path, data=data, affine=np.asarray(img.affine, dtype=np.float64), voxel_size=zooms, tr=tr, tr_note=note,
-                subject=subject, session=session)
+    return Scan(path=path, data=data, affine=np.asarray(img.affine, dtype=np.float64), voxel_size=zooms, tr=tr,
+                tr_note=note, subject=subject, session=session, truncated=truncated)
 
 
 def find_scans(root: str | Path) -> list[Path]:

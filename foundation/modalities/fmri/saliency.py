@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["parcel_series", "window_scores", "top_k_windows", "random_windows"]
+from foundation.errors import DataError
+
+__all__ = ["parcel_series", "check_parcels", "window_scores", "top_k_windows", "random_windows"]
 
 
 def parcel_series(vol: np.ndarray, mask: np.ndarray, pool: int = 4) -> np.ndarray:
@@ -64,10 +66,28 @@ def _greedy(order: np.ndarray, starts: np.ndarray, k: int, window: int, max_over
     return sorted(chosen)
 
 
+def check_parcels(series: np.ndarray, pool: int, where: str = "scan") -> None:
+    """Refuse a scan the saliency stage cannot score: no parcel left after pooling (a flat scan, a tiny mask).
+
+    Raises:
+        DataError: ``series`` [T, R] has R = 0, naming ``where``.
+    """
+    if series.shape[1] == 0:
+        raise DataError(f"{where}: saliency pooling over {pool}^3-voxel blocks leaves no parcel with a varying signal "
+                        "(the scan is flat inside the brain mask, or no block is half inside the mask); lower "
+                        "data.saliency_pool, check the mask, or remove the scan")
+
+
 def top_k_windows(vol: np.ndarray, mask: np.ndarray, window: int, k: int, stride: int | None = None,
-                  pool: int = 4, max_overlap: float = 0.5) -> list[int]:
-    """Start frames of the k most salient windows of ``vol`` [T, Z, Y, X] (fewer when the scan is short)."""
-    starts, scores = window_scores(parcel_series(vol, mask, pool), window, stride or max(1, window // 2))
+                  pool: int = 4, max_overlap: float = 0.5, where: str = "scan") -> list[int]:
+    """Start frames of the k most salient windows of ``vol`` [T, Z, Y, X] (fewer when the scan is short).
+
+    Raises:
+        DataError: no parcel left to score (see :func:`check_parcels`).
+    """
+    series = parcel_series(vol, mask, pool)
+    check_parcels(series, pool, where)
+    starts, scores = window_scores(series, window, stride or max(1, window // 2))
     return _greedy(np.argsort(-scores, kind="stable"), starts, k, window, max_overlap)
 
 

@@ -12,8 +12,9 @@ masks.npy       [N, S, S] uint8             class per pixel (0 where the record 
 sizes.npy       [N, 2] int64                original (height, width)
 ==============  ==========================  ==========================================
 
-Row ``i`` belongs to ``index.json`` entry ``i``. A record whose image or mask is unreadable, or whose mask
-does not match its image, is left out and listed in ``report.json`` with the reason.
+Row ``i`` belongs to ``index.json`` entry ``i``. A record whose image or mask is missing, unreadable or cut
+off, whose image is of one colour, or whose mask does not match its image, is left out and listed in
+``report.json`` with the reason; every such reason starts with the CSV file and row that referenced the file.
 """
 from __future__ import annotations
 
@@ -32,6 +33,16 @@ from foundation.modalities.ultrasound.images import read_image, read_mask
 from foundation.modalities.ultrasound.tasks import TaskSpec
 
 __all__ = ["UltrasoundCacheBuilder", "record_name"]
+
+
+def _signature(path: Any) -> Any:
+    """:func:`path_signature` of a record's file; a missing file is left to :meth:`read_source` to report."""
+    if path is None:
+        return None
+    try:
+        return path_signature(path)
+    except DataError:
+        return [str(path), "missing"]
 
 
 def record_name(r: Record) -> str:
@@ -62,13 +73,26 @@ class UltrasoundCacheBuilder(CacheBuilder):
         return record_name(source)
 
     def signature(self, source: Record) -> Any:
-        mask = path_signature(source.mask) if source.mask is not None else None
-        return [source.task_id, path_signature(source.image), mask]
+        return [source.task_id, _signature(source.image), _signature(source.mask)]
 
     def read_source(self, source: Record) -> Part:
-        """One record: ``image`` [S, S, 3] uint8, ``mask`` [S, S] uint8, ``size`` [2] int64."""
+        """One record: ``image`` [S, S, 3] uint8, ``mask`` [S, S] uint8, ``size`` [2] int64.
+
+        Raises:
+            DataError: naming the CSV file and row first, then the image or mask file and what is wrong.
+        """
+        try:
+            return self._read(source)
+        except DataError as err:
+            text = str(err)
+            raise DataError(text if text.startswith(source.source) else f"{source.source}: {text}") from err
+
+    def _read(self, source: Record) -> Part:
         r, S = source, self.image_size
         img = read_image(r.image)  # [H, W, 3]
+        if float(img.max()) - float(img.min()) < 0.5 / 255:
+            raise DataError(f"{r.image}: the image is of one colour (every pixel {float(img.flat[0]) * 255:.0f}/255): "
+                            "a blank or failed export; replace it or remove the row")
         H, W = img.shape[:2]
         g = fit_geometry(H, W, S, self.keep_aspect)
         image = (warp(torch.from_numpy(img).permute(2, 0, 1), g).permute(1, 2, 0)  # [3, S, S] -> [S, S, 3]

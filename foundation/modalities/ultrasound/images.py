@@ -30,6 +30,15 @@ def _pydicom():
     return pydicom
 
 
+def _what(err: Exception, path: Path, kind: str = "image") -> str:
+    """What is wrong with an image file Pillow could not decode, and the fix."""
+    text = str(err) or type(err).__name__
+    if "truncated" in text or isinstance(err, EOFError):
+        return (f"truncated: the file ends before its pixel data is complete ({path.stat().st_size} bytes; "
+                f"{text}); re-copy or re-export the {kind}")
+    return f"not a readable {kind} ({type(err).__name__}: {text}); check the file"
+
+
 def _is_dicom(path: Path) -> bool:
     return path.suffix.lower() in DICOM_SUFFIXES
 
@@ -64,6 +73,14 @@ def _gray_pipeline(arr: np.ndarray, ds) -> tuple[np.ndarray, float, float]:
     return out[: arr.size].reshape(arr.shape).astype(np.float32), float(tail.min()), float(tail.max())
 
 
+def _dicom_what(err: Exception) -> str:
+    """What is wrong with a DICOM file pydicom could not read, and the fix."""
+    text = str(err) or type(err).__name__
+    if "less than expected" in text or isinstance(err, EOFError) or "truncat" in text.lower():
+        return f"truncated: the pixel data is cut off ({text.splitlines()[0]}); re-copy or re-export the file"
+    return f"not a readable DICOM image ({type(err).__name__}: {text.splitlines()[0]}); check the file"
+
+
 def _read_dicom(path: Path) -> np.ndarray:
     pydicom = _pydicom()
     from pydicom.pixels import apply_color_lut
@@ -72,7 +89,7 @@ def _read_dicom(path: Path) -> np.ndarray:
         ds = pydicom.dcmread(str(path))
         arr = ds.pixel_array
     except Exception as err:
-        raise DataError(f"{path}: not a readable DICOM image ({err}); check the file") from err
+        raise DataError(f"{path}: {_dicom_what(err)}") from err
     frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
     if frames > 1:
         raise DataError(f"{path}: DICOM with {frames} frames; the challenge layout expects one image per file "
@@ -124,7 +141,7 @@ def read_image(path: str | Path) -> np.ndarray:
         except DataError:
             raise
         except Exception as err:
-            raise DataError(f"{path}: not a readable image ({err}); check the file") from err
+            raise DataError(f"{path}: {_what(err, path)}") from err
         if arr.ndim == 2:
             arr = arr[..., None]
     if arr.shape[-1] == 1:
@@ -155,7 +172,7 @@ def read_mask(path: str | Path, num_classes: int) -> np.ndarray:
     except DataError:
         raise
     except Exception as err:
-        raise DataError(f"{path}: not a readable mask ({err}); check the file") from err
+        raise DataError(f"{path}: {_what(err, path, 'mask')}") from err
     top = int(arr.max()) if arr.size else 0
     if top >= num_classes or int(arr.min()) < 0:
         raise DataError(f"{path}: mask value {top} outside [0, {num_classes - 1}] for a task with {num_classes} "

@@ -47,5 +47,5 @@ def test_digitised_positions_win_over_the_template():
 
 def test_all_channels_unknown_is_a_data_error_naming_the_file():
     info = mne.create_info(["X1", "X2"], 200.0, "eeg")
-    with pytest.raises(DataError, match=r"sub-07\.edf: none of the channel names \['X1', 'X2'\].*rename_channels"):
+    with pytest.raises(DataError, match=r"sub-07\.edf: none of the channel names \['X1', 'X2'\].*data.channel_map.*data.montage"):
         channel_positions(info, where="sub-07.edf")
