@@ -204,17 +204,24 @@ def list_recipes() -> list[str]:
 
 
 def _read_recipe_text(name_or_path: str) -> tuple[str, str]:
+    """The recipe's YAML text and where it came from: a path when it names a file (or ends in .yaml/.yml), else a
+    shipped recipe name (a folder that happens to share a shipped recipe's name does not shadow it)."""
     path = Path(name_or_path)
-    if path.suffix in (".yaml", ".yml") or path.exists():
+    if path.suffix in (".yaml", ".yml") or path.is_file():
         if not path.is_file():
             raise ConfigError(f"recipe file {str(path)!r} does not exist; give a shipped recipe name "
                               f"({', '.join(list_recipes()) or 'none'}) or an existing YAML path")
-        return path.read_text(), str(path)
+        try:
+            return path.read_text(encoding="utf-8"), str(path)
+        except UnicodeDecodeError as err:
+            raise ConfigError(f"recipe file {str(path)!r} is not UTF-8 text ({err.reason} at byte {err.start}); "
+                              "save it as UTF-8 YAML") from err
     shipped = resources.files("foundation.recipes").joinpath(f"{name_or_path}.yaml")
     if not shipped.is_file():
-        raise ConfigError(f"unknown recipe {name_or_path!r}; {did_you_mean(name_or_path, list_recipes())} "
+        where = f" ({str(path)!r} is a folder, not a recipe file)" if path.is_dir() else ""
+        raise ConfigError(f"unknown recipe {name_or_path!r}{where}; {did_you_mean(name_or_path, list_recipes())} "
                           "(or give a path to a .yaml file)")
-    return shipped.read_text(), f"{name_or_path}.yaml"
+    return shipped.read_text(encoding="utf-8"), f"{name_or_path}.yaml"
 
 
 def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:

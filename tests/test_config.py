@@ -88,3 +88,19 @@ def test_section_checks():
 def test_shipped_recipes_load():
     for name in list_recipes():
         load_recipe(name)
+
+
+def test_a_non_utf8_recipe_is_a_config_error(tmp_path):
+    bad = tmp_path / "latin1.yaml"
+    bad.write_bytes("name: caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"latin1.yaml' is not UTF-8 text .*save it as UTF-8"):
+        load_recipe(str(bad))
+
+
+def test_a_folder_named_like_a_shipped_recipe_does_not_shadow_it(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "deeperbrain-tiny").mkdir()  # e.g. the output folder of an earlier run
+    assert load_recipe("deeperbrain-tiny").name == "deeperbrain-tiny"
+    (tmp_path / "no-such-recipe").mkdir()
+    with pytest.raises(ConfigError, match=r"unknown recipe 'no-such-recipe' \('no-such-recipe' is a folder"):
+        load_recipe("no-such-recipe")

@@ -47,7 +47,7 @@ from safetensors.torch import save_file
 import foundation
 from foundation.atomic import replace_folder
 from foundation.config_schema import dataclass_from_dict, dataclass_to_dict
-from foundation.errors import CheckpointError, ConfigError, HubError
+from foundation.errors import CheckpointError, ConfigError, FoundationError, HubError
 from foundation.hub.card import LIBRARY_NAME, ModelCardInfo, write_model_card
 from foundation.hub.client import check_repo_id, download_folder, hub_endpoint, push_folder
 from foundation.hub.names import CARD_NAME, CONFIG_NAME, WEIGHTS_NAME
@@ -193,7 +193,14 @@ class HubMixin(PyTorchModelHubMixin, library_name=LIBRARY_NAME, tags=[LIBRARY_NA
                 raise
             source = f"Hub repo {repo_id}@{folder.name} ({hub_endpoint(endpoint)})"
         config = _read_config(folder / CONFIG_NAME, source, name, config_class)
-        model = cls(config)
+        try:
+            model = cls(config)
+        except FoundationError:
+            raise
+        except Exception as err:  # config.json is input: values the model cannot be built with
+            raise CheckpointError(f"{source}: {CONFIG_NAME} describes a {name!r} model that cannot be built "
+                                  f"({type(err).__name__}: {err}); the file is damaged or from another version, "
+                                  "re-export the model") from err
         if dtype is not None:
             model.to(dtype)
         load_weights(model, folder / WEIGHTS_NAME, source, map_location)

@@ -28,13 +28,9 @@ DATA_FORMATS = {"EDF", "BDF", "FIF", "NIfTI .nii", "NIfTI .nii.gz"}
 
 # (format, text in the traceback) of findings in files this suite's data layer does not own; reported upstream
 KNOWN = [
-    ("challenge CSV", "File name too long"),  # csv_reader: an image_path longer than NAME_MAX -> raw OSError
-    ("recipe YAML", "UnicodeDecodeError"),  # config._read_recipe_text: a non-UTF-8 recipe -> raw error
     ("adapter weights", "SafetensorError"),  # adapters.base.load: a corrupt adapter_model.safetensors -> raw error
     ("adapter config", "UnicodeDecodeError"),  # adapters: a non-UTF-8 adapter_config.json -> raw error
     ("adapter config", "LoraAdapterConfig."),  # adapters: a ConfigError about a bad value names no file
-    # hub.mixin.from_pretrained: a config.json value the (unchecked) test model cannot build with -> raw error
-    ("config.json", "tests/hub/_helpers.py"),
 ]
 
 

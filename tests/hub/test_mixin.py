@@ -161,3 +161,12 @@ def test_model_class_contract_is_checked():
     with pytest.raises(TypeError, match=r"fields \['model_name'\] clash"):
         from dataclasses import make_dataclass
         type("Clash", (ToyNet,), {"config_class": make_dataclass("C", [("model_name", str, "x")])})
+
+
+def test_a_config_json_the_model_cannot_be_built_from_is_a_checkpoint_error(tmp_path):
+    folder = randomized(seed=1).save_pretrained(tmp_path / "export")
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["hidden"] = [-3]  # a negative width: nn.Linear refuses it
+    (folder / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match=r"config.json describes a 'hub-toy' model that cannot be built .*re-export"):
+        ToyNet.from_pretrained(folder)

@@ -158,12 +158,23 @@ def _check_header(row: Mapping[str, str], spec: TaskSpec, where: str, lenient: _
                         "CSV or declare the task with the right count in extra_tasks")
 
 
+def _resolve(folder: Path, rel: str, where: str, column: str) -> Path:
+    """``folder / rel`` resolved; a path the OS cannot even look up (too long, NUL byte) is a DataError naming the row."""
+    try:
+        path = (folder / rel).resolve()
+        path.is_file()  # raises for names the file system refuses (ENAMETOOLONG)
+    except (OSError, ValueError) as err:
+        raise DataError(f"{where}: {column} {rel[:80]!r}{'...' if len(rel) > 80 else ''} is not a usable path "
+                        f"({type(err).__name__}: {err}); fix the CSV") from err
+    return path
+
+
 def _row_record(row: Mapping[str, str], spec: TaskSpec, folder: Path, where: str, i: int, labelled: bool,
                 check_files: bool, missing_points: str, lenient: _Lenient) -> Record:
     image_path = (row.get("image_path") or "").strip()
     if not image_path:
         raise DataError(f"{where}: empty image_path")
-    image = (folder / image_path).resolve()
+    image = _resolve(folder, image_path, where, "image_path")
     if check_files and not image.is_file():
         raise DataError(f"{where}: image {image_path!r} not found (looked for {image}); paths are relative to the "
                         "CSV folder")
@@ -182,7 +193,7 @@ def _row_record(row: Mapping[str, str], spec: TaskSpec, folder: Path, where: str
     if spec.type == "segmentation":
         if not mask_path:
             raise DataError(f"{where}: segmentation row without mask_path")
-        mask = (folder / mask_path).resolve()
+        mask = _resolve(folder, mask_path, where, "mask_path")
         if check_files and not mask.is_file():
             raise DataError(f"{where}: mask {mask_path!r} not found (looked for {mask})")
         return Record(**common, mask=mask, mask_path=mask_path)

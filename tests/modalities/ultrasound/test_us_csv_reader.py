@@ -63,6 +63,8 @@ def _edit(corpus: Path, tmp_path: Path, name: str, column: str, value: str, row:
     ("FUGC.csv", "point_1_xy", "[1, 2, 3]", r":2: column point_1_xy .* is not a point"),
     ("thyroid_nodule_det.csv", "x_max", "", r":2: box columns .* partly empty"),
     ("thyroid_nodule_det.csv", "x_max", "0.5", r":2: box .* is not x_min < x_max"),
+    ("breast_2cls.csv", "image_path", "x" * 300 + ".png", r":2: image_path 'x{80}'\.\.\. is not a usable path"),
+    ("fetal_head.csv", "mask_path", "m" * 300 + ".png", r":2: mask_path 'm{80}'\.\.\. is not a usable path"),
 ])
 def test_bad_rows_raise_with_file_and_row(corpus, tmp_path, name, column, value, match):
     edited = _edit(corpus, tmp_path, name, column, value)
