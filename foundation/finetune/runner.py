@@ -36,14 +36,18 @@ from foundation.config import RecipeConfig, dataclass_to_dict
 from foundation.data.splits import group_split
 from foundation.errors import ConfigError, DataError
 from foundation.eval.metrics import classification_metrics, regression_metrics
-from foundation.eval.report import markdown_table, save_confusion_matrix, save_pred_vs_true
+from foundation.eval.report import (
+    markdown_table,
+    save_confusion_matrix,
+    save_pred_vs_true,
+)
 from foundation.finetune.features import split_batch
 from foundation.finetune.options import FinetuneOptions
 from foundation.finetune.strategies import FinetuneJob, make_strategy, method_names
 from foundation.finetune.task_model import TaskModel, TaskModelConfig
 from foundation.registry import DATASETS, MODELS
 
-__all__ = ["FinetuneOptions", "run_finetune", "finetune_model", "method_names"]
+__all__ = ["FinetuneOptions", "finetune_model", "method_names", "run_finetune"]
 
 
 def _num_outputs(dataset: Any, task: str) -> int:
@@ -61,13 +65,26 @@ def _split(dataset: Any, opts: FinetuneOptions) -> tuple[Subset, Subset]:
     return Subset(dataset, train_idx.tolist()), Subset(dataset, test_idx.tolist())
 
 
+def resolved_commit(base: str, revision: str | None) -> str:
+    """The Hub commit ``base`` resolves to at ``revision`` ('' for a local folder); read from the cache's
+    snapshot folder name (``snapshots/<sha>``)."""
+    if Path(base).is_dir():
+        return ""
+    from foundation.hub.client import download_folder
+    from foundation.hub.names import CONFIG_NAME
+
+    return download_folder(base, revision, allow_patterns=[CONFIG_NAME]).name
+
+
 def _load_base(recipe: RecipeConfig, base: str, revision: str | None, num_outputs: int, task: str,
-               pool: str) -> tuple[TaskModel, str]:
+               pool: str, class_names: tuple[str, ...] = ()) -> tuple[TaskModel, str]:
     """The task model with the checkpoint loaded strictly into its encoder, and a sentence saying so."""
     enc_cls = MODELS.get(recipe.model.name, where="recipe key model.name")
     pretrained = enc_cls.from_pretrained(base, revision=revision)  # strict: missing/extra keys raise
+    commit = resolved_commit(base, revision)
     cfg = TaskModelConfig(encoder=recipe.model.name, encoder_config=dataclass_to_dict(pretrained.hub_config()),
-                          num_outputs=num_outputs, task=task, pool=pool)
+                          num_outputs=num_outputs, task=task, pool=pool, class_names=tuple(class_names),
+                          base_model=base if commit else str(Path(base).resolve()), base_revision=commit)
     model = TaskModel(cfg)
     model.encoder.load_state_dict(pretrained.state_dict(), strict=True)
     return model, (f"loaded {base} strictly into the encoder; new task head: head.weight, head.bias "
@@ -87,7 +104,10 @@ def run_finetune(recipe: RecipeConfig, base: str, output_dir: str | Path, opts: 
         data_cls.prepare(recipe.data.config)
     dataset = data_cls(recipe.data.config)
     train, test = _split(dataset, opts)
-    model, load_report = _load_base(recipe, base, revision, _num_outputs(dataset, task), task, opts.pool)
+    n_out = _num_outputs(dataset, task)
+    names = tuple(getattr(dataset, "class_names", None) or ()) if task == "classification" else ()
+    model, load_report = _load_base(recipe, base, revision, n_out, task, opts.pool,
+                                    names if len(names) == n_out else ())
     key = hashlib.sha256(f"{base}|{revision}|{recipe.data.to_dict()}|{opts.split_seed}|{opts.test_fraction}|"
                          f"{opts.pool}".encode()).hexdigest()
     return finetune_model(model, train, test, recipe, opts, output_dir, base=base, feature_key=key,
@@ -144,7 +164,7 @@ def finetune_model(model: TaskModel, train: Any, test: Any, recipe: RecipeConfig
               "load_report": load_report, "outputs": outputs}
     if is_writer_rank():
         if task == "classification":
-            labels = class_names or [str(i) for i in range(model.config.num_outputs)]
+            labels = class_names or list(model.config.class_names) or [str(i) for i in range(model.config.num_outputs)]
             outputs["plot"] = str(save_confusion_matrix(y_true, y_pred, labels, out / "confusion_matrix.png",
                                                         title=f"{opts.method} on {recipe.name}"))
         else:

@@ -67,7 +67,9 @@ def test_trained_methods(base, tmp_path, method, extra):
     else:
         assert res["trainable_params"] < n_all / 4
         assert (tmp_path / "adapter" / "adapter_config.json").is_file()
-        assert set(load_file(tmp_path / "head.safetensors")) == {"weight", "bias"}
+        saved = set(load_file(tmp_path / "adapter" / "adapter_model.safetensors"))  # the head is inside
+        assert {k for k in saved if "head." in k} == ({"base_model.model.head.weight", "base_model.model.head.bias"}
+                                                      if method == "lora" else {"head.weight", "head.bias"})
     if method == "dopamine":
         macs = json.loads((tmp_path / "macs.json").read_text())
         assert 0 < macs["done"] <= macs["dense"]
@@ -121,4 +123,4 @@ def test_lora_under_zero3_with_two_ranks(base, tmp_path):
     assert adapter and all(t.numel() > 0 for t in adapter.values())
     lora_b = [t for k, t in adapter.items() if "lora_B" in k]
     assert lora_b and any(t.abs().sum() > 0 for t in lora_b)  # trained (B starts at zero)
-    assert load_file(tmp_path / "head.safetensors")["weight"].shape == (3, 32)
+    assert adapter["base_model.model.head.weight"].shape == (3, 32)  # the head, gathered from ZeRO-3 shards

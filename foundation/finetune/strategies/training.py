@@ -8,9 +8,9 @@ from torch import nn
 from foundation.eval.probe import fit_probe
 from foundation.finetune.features import extract_features
 from foundation.finetune.strategies.base import FinetuneJob
-from foundation.finetune.task_model import predict
+from foundation.finetune.task_model import head_linear, predict
 
-__all__ = ["init_head_from_probe", "train_with_engine", "predict_held_out", "card_info"]
+__all__ = ["card_info", "init_head_from_probe", "predict_held_out", "train_with_engine"]
 
 
 def init_head_from_probe(job: FinetuneJob) -> None:
@@ -27,7 +27,7 @@ def init_head_from_probe(job: FinetuneJob) -> None:
     X, y = extract_features(model.encoder, job.loader(job.train), pool=model.config.pool, **job.keys)
     lin = fit_probe(X, y, X, y, kind="linear", task=job.task, seed=job.recipe.train.seed).as_linear()
     with torch.no_grad():
-        head = model.head
+        head = head_linear(model)
         n = lin.weight.shape[0]
         head.weight.zero_()
         head.bias.fill_(float(lin.bias.min()) - 10.0)
