@@ -127,3 +127,60 @@ def load(source: str | os.PathLike, revision: str | None = None, *, adapter: boo
     except ConfigError as err:
         raise CheckpointError(str(err)) from err
     return cls.from_pretrained(folder).eval()
+
+
+def task_model_of(model: nn.Module) -> Any:
+    """The :class:`~foundation.finetune.task_model.TaskModel` inside ``model`` (itself, or under an adapter), or None."""
+    from foundation.finetune.task_model import TaskModel
+
+    return next((m for m in model.modules() if isinstance(m, TaskModel)), None)
+
+
+def predict_dataset(model: nn.Module, dataset: Any, batch_size: int = 64) -> tuple[Any, list[dict[str, Any]], Any]:
+    """Run a fine-tuned model over every item of a data set the suite reads.
+
+    Args:
+        model: what :func:`load` returned for a fine-tune (a task model, or an adapter around one).
+        dataset: a built data set (dict items with the encoder's inputs; ``label`` and ``groups()`` when present).
+        batch_size: items per forward pass.
+
+    Returns:
+        ``(out, rows, task_config)``: probabilities ``[S, C]`` (classification) or values; one row per item
+        (``index``, ``subject``, ``label`` where known); the task model's config (class names, task).
+
+    Raises:
+        CheckpointError: ``model`` holds no task head (a pretrained encoder: fine-tune it first).
+    """
+    import torch
+    from torch.utils.data import DataLoader
+
+    from foundation.finetune.features import split_batch
+
+    task_model = task_model_of(model)
+    if task_model is None:
+        raise CheckpointError(f"{type(model).__name__} is a pretrained encoder without a task head; predictions need "
+                              f"a fine-tune (foundation finetune --from ... --method ...)")
+    cfg = task_model.config
+    groups = dataset.groups() if hasattr(dataset, "groups") else None
+    loader = DataLoader(dataset, batch_size=batch_size, collate_fn=getattr(dataset, "collate", None))
+    model.eval()
+    outs, labels = [], []
+    with torch.no_grad():
+        for batch in loader:
+            has_label = isinstance(batch, dict) and "label" in batch
+            x, y = split_batch(batch) if has_label else (batch, None)
+            outs.append(model(x).float())
+            labels.append(None if y is None else torch.as_tensor(y))
+    out = torch.cat(outs)
+    out = out.softmax(-1) if cfg.task == "classification" else out
+    names = list(cfg.class_names) or [str(c) for c in range(cfg.num_outputs)]
+    ys = [v for y in labels if y is not None for v in y]
+    rows = []
+    for i in range(len(out)):
+        row: dict[str, Any] = {"index": i}
+        if groups is not None:
+            row["subject"] = str(groups[i])
+        if len(ys) == len(out):
+            row["label"] = names[int(ys[i])] if cfg.task == "classification" else float(ys[i])
+        rows.append(row)
+    return out, rows, cfg

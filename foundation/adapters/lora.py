@@ -112,7 +112,9 @@ class LoraAdapterModel(AdapterModel):
     def _inject(self, model: nn.Module, config: LoraAdapterConfig, plan: Any, adapter_name: str) -> nn.Module:
         from peft import get_peft_model
 
-        return get_peft_model(model, plan, adapter_name=adapter_name)
+        peft_model = get_peft_model(model, plan, adapter_name=adapter_name)
+        _exact_modules_to_save(peft_model.base_model.model, config.modules_to_save)
+        return peft_model
 
     def _unload(self) -> nn.Module:
         return self.model.unload()
@@ -189,6 +191,19 @@ class LoraAdapterModel(AdapterModel):
             return self.model.merge_and_unload(safe_merge=True)
         except ValueError as err:
             raise CheckpointError(f"LoRA merge refused: {err}; the adapter holds non-finite values") from err
+
+
+def _exact_modules_to_save(model: nn.Module, names: tuple[str, ...]) -> None:
+    """Freeze the copies of modules peft wrapped as ``modules_to_save`` only because their names end alike
+    (peft matches by string suffix: ``head`` also takes ``encoder.stats_head``): only the modules named exactly
+    train. The frozen copies stay (and are saved, unchanged), so ``PeftModel.from_pretrained``, which wraps the
+    same modules, finds a tensor for each."""
+    from peft.utils.other import ModulesToSaveWrapper
+
+    for name, module in model.named_modules():
+        if isinstance(module, ModulesToSaveWrapper) and name not in names:
+            for p in module.modules_to_save.parameters():
+                p.requires_grad_(False)
 
 
 def json_ready(data: Any) -> Any:

@@ -48,6 +48,8 @@ class TaskModelConfig:
     base_model: str = field(default="", metadata={"help": "where the encoder's pretrained weights came from: a Hub "
                                                           "id or a local folder ('' in memory)"})
     base_revision: str = field(default="", metadata={"help": "the Hub commit of base_model ('' for a folder)"})
+    provenance: dict[str, Any] = field(default_factory=dict, metadata={
+        "help": "how the fine-tune was made: command line, --from and its commit, method, versions, git commit"})
 
     def __post_init__(self) -> None:
         self.class_names = tuple(str(c) for c in self.class_names)

@@ -68,7 +68,7 @@ def test_trained_methods(base, tmp_path, method, extra):
         assert res["trainable_params"] < n_all / 4
         assert (tmp_path / "adapter" / "adapter_config.json").is_file()
         saved = set(load_file(tmp_path / "adapter" / "adapter_model.safetensors"))  # the head is inside
-        assert {k for k in saved if "head." in k} == ({"base_model.model.head.weight", "base_model.model.head.bias"}
+        assert {k for k in saved if k.startswith(("base_model.model.head.", "head."))} == ({"base_model.model.head.weight", "base_model.model.head.bias"}
                                                       if method == "lora" else {"head.weight", "head.bias"})
     if method == "dopamine":
         macs = json.loads((tmp_path / "macs.json").read_text())

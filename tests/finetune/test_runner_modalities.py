@@ -112,11 +112,15 @@ def test_method_end_to_end(setup, method, tmp_path):
         folder = tmp_path / "adapter"
         adapter = load_file(folder / "adapter_model.safetensors")
         # only the adapter and the new head trained; the head is inside the adapter file (modules_to_save)
-        assert res["trainable_params"] == sum(t.numel() for t in adapter.values())
-        head_key = "base_model.model.head.weight" if method == "lora" else "head.weight"
-        assert adapter[head_key].shape[0] == C
+        head = "base_model.model.head." if method == "lora" else "head."
+        assert adapter[head + "weight"].shape[0] == C
+        trained = {k: t for k, t in adapter.items() if "lora_" in k or "dopamine_" in k or k.startswith(head)}
+        assert res["trainable_params"] == sum(t.numel() for t in trained.values())
         assert not any(k.split("encoder.", 1)[1].startswith(tuple(u.split(".", 1)[1] for u in UNUSED[modality]))
-                       for k in adapter if "encoder." in k), sorted(adapter)
+                       for k in trained if "encoder." in k), sorted(trained)
+        # LoRA: peft also keeps (frozen, unchanged) copies of modules whose names end in "head"
+        ckpt_full = {f"base_model.model.encoder.{k}": v for k, v in ckpt.items()}
+        assert all(torch.equal(t, ckpt_full[k]) for k, t in adapter.items() if k not in trained)
         saved_cfg = json.loads((folder / "config.json").read_text())
         assert saved_cfg["model_name"] == "task-model" and saved_cfg["base_model"] == str(base.resolve())
         assert json.loads((folder / "adapter_config.json").read_text())["base_model_name_or_path"] == str(base.resolve())

@@ -2,6 +2,8 @@
 held-out prediction and the model card."""
 from __future__ import annotations
 
+import json
+
 import torch
 from torch import nn
 
@@ -56,5 +58,13 @@ def card_info(job: FinetuneJob, metrics: dict[str, float]):
     """The model card of a fine-tuned model or adapter."""
     from foundation.hub import ModelCardInfo
 
-    return ModelCardInfo(description=f"{job.opts.method} fine-tune of {job.base or 'an in-memory encoder'}.",
-                         tags=("fine-tuned", job.opts.method), metrics=metrics, base_model=job.base or None)
+    cfg = job.model.config
+    data = job.recipe.data.name
+    classes = f"Classes, in output order: {', '.join(cfg.class_names)}.\n\n" if cfg.class_names else ""
+    summary = (f"{classes}Data set `{data}` read with this configuration (the preprocessing the model expects):"
+               f"\n\n```json\n{json.dumps(job.recipe.data.to_dict(), indent=2, default=str)}\n```")
+    return ModelCardInfo(description=f"{job.opts.method} fine-tune of {job.base or 'an in-memory encoder'} "
+                                     f"({cfg.task}, {cfg.num_outputs} outputs); metrics on the held-out subjects.",
+                         tags=("fine-tuned", job.opts.method), metrics=metrics, base_model=job.base or None,
+                         dataset_name=f"{data} (held-out subjects)", task_type=cfg.task, datasets=(data,),
+                         pipeline_tag="other", data_summary=summary)
