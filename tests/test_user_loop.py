@@ -71,8 +71,11 @@ def test_finetune_push_load_predict(pushed_base, method, hub_endpoint, monkeypat
     assert main(["push", str(export), base_id]) == 0
     sets = [a for kv in data + TRAIN for a in ("--set", kv)]
     out = tmp / f"ft-{method}"
-    assert main(["finetune", "--from", base_id, "--recipe", recipe, "--method", method, "--output-dir", str(out),
-                 *sets]) == 0
+    env = {**os.environ, **hub_endpoint.env, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-m", "foundation.cli", "finetune", "--from", base_id, "--recipe", recipe,
+                           "--method", method, "--output-dir", str(out), *sets],
+                          cwd=tmp, env=env, capture_output=True, text=True, timeout=600)  # a process per run, as users do
+    assert proc.returncode == 0, proc.stderr[-3000:]
     provenance = json.loads((out / "provenance.json").read_text())
     assert provenance["from"] == base_id and len(provenance["resolved_commit"]) == 40
     assert provenance["command"][:2] == ["foundation", "finetune"] and provenance["versions"]["peft"]
@@ -81,7 +84,6 @@ def test_finetune_push_load_predict(pushed_base, method, hub_endpoint, monkeypat
     assert main(["push", str(out / FOLDER[method]), ft_id]) == 0
 
     preds = tmp / f"preds-{method}.csv"
-    env = {**os.environ, **hub_endpoint.env, "PYTHONPATH": str(ROOT)}
     proc = subprocess.run([sys.executable, "-m", "foundation.cli", "predict", "--model", ft_id, "--data", recipe,
                            *[a for kv in data for a in ("--set", kv)], "--out", str(preds)],
                           cwd=tmp, env=env, capture_output=True, text=True, timeout=600)

@@ -267,7 +267,7 @@ def finetune_model(model: TaskModel, train: Any, test: Any, recipe: RecipeConfig
         if task == "classification":
             labels = class_names or list(model.config.class_names) or [str(i) for i in range(model.config.num_outputs)]
             outputs["plot"] = str(save_confusion_matrix(y_true, y_pred, labels, out / "confusion_matrix.png",
-                                                        title=f"{opts.method} on {recipe.name}"))
+                                                        title=f"{opts.method} on {recipe.name} (held-out subjects)"))
         else:
             outputs["plot"] = str(save_pred_vs_true(y_true, y_pred, out / "pred_vs_true.png"))
         atomic_write_text(out / "results.md", markdown_table([{"method": opts.method, **metrics}]))
