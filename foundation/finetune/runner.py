@@ -59,6 +59,15 @@ def _num_outputs(dataset: Any, task: str) -> int:
     return value
 
 
+def _say(message: str) -> None:
+    """A progress line on stderr (rank 0 only)."""
+    import os
+    import sys
+
+    if os.environ.get("RANK", "0") == "0":
+        print(message, file=sys.stderr, flush=True)
+
+
 def _label(y: torch.Tensor, names: list[str] | None) -> Any:
     if names is not None:
         return names[int(y)]
@@ -152,6 +161,8 @@ def run_finetune(recipe: RecipeConfig, base: str, output_dir: str | Path, opts: 
         ``{"method", "base", "metrics", "trainable_params", "load_report", "outputs"}`` (also in ``metrics.json``).
     """
     _, commit = check_base(recipe, base, revision)
+    _say(f"{recipe.name}: --from {base} checked" + (f" (commit {commit})" if commit else "") +
+         f"; preparing data set {recipe.data.name} (a first run builds the cache)")
     task = recipe.objective.config.task
     data_cls = DATASETS.get(recipe.data.name, where="recipe key data.name")
     if hasattr(data_cls, "prepare"):
@@ -160,6 +171,7 @@ def run_finetune(recipe: RecipeConfig, base: str, output_dir: str | Path, opts: 
     train, test = _split(dataset, opts)
     n_out = _num_outputs(dataset, task)
     names = tuple(getattr(dataset, "class_names", None) or ()) if task == "classification" else ()
+    _say(f"{recipe.name}: {len(train)} training and {len(test)} held-out items; loading {base}")
     model, load_report = _load_base(recipe, base, revision, n_out, task, opts.pool,
                                     names if len(names) == n_out else (), commit)
     enc_cls = MODELS.get(recipe.model.name)
@@ -254,7 +266,9 @@ def finetune_model(model: TaskModel, train: Any, test: Any, recipe: RecipeConfig
     tops = sorted({".".join(n.split(".")[:2]) for n in job.unused})
     load_report = "; ".join(filter(None, [load_report, f"frozen, not reached by forward_features: "
                                           f"{', '.join(tops) or 'none'} ({len(job.unused)} tensors)"]))
+    _say(f"{opts.method}: fitting ({strategy.name or opts.method})")
     strategy.fit(job)
+    _say(f"{opts.method}: predicting the held-out split")
     prob, y_true = strategy.predict(job)
     metrics = classification_metrics(y_true, prob) if task == "classification" else regression_metrics(y_true, prob)
     y_pred = prob.argmax(-1) if task == "classification" else prob

@@ -26,7 +26,8 @@ def init_head_from_probe(job: FinetuneJob) -> None:
     as with a probe that never saw it).
     """
     model = job.model
-    X, y = extract_features(model.encoder, job.loader(job.train), pool=model.config.pool, **job.keys)
+    X, y = extract_features(model.encoder, job.loader(job.train), pool=model.config.pool,
+                            progress="LP-FT head start: frozen features", **job.keys)
     lin = fit_probe(X, y, X, y, kind="linear", task=job.task, seed=job.recipe.train.seed).as_linear()
     with torch.no_grad():
         head = head_linear(model)
