@@ -174,6 +174,8 @@ def finetune_output_dir(args: argparse.Namespace, recipe_name: str) -> Path:
     out = Path(args.output_dir)
     if out.is_file():
         raise ConfigError(f"--output-dir {str(out)!r} is a file; give a folder")
+    if os.environ.get("RANK", "0") != "0":  # rank 0 checks (and may already be writing there); the launcher
+        return out                           # stops every rank when it refuses
     if out.is_dir() and any(out.iterdir()):
         if not args.overwrite:
             raise ConfigError(f"--output-dir {str(out)!r} is not empty; a run never overwrites another: give a new "
@@ -182,8 +184,7 @@ def finetune_output_dir(args: argparse.Namespace, recipe_name: str) -> Path:
         if not ((out / "metrics.json").is_file() or (out / "provenance.json").is_file() or (out / "run").is_dir()):
             raise ConfigError(f"--overwrite: {str(out)!r} holds no fine-tune run (no metrics.json, provenance.json "
                               f"or run/); it is left alone: remove it yourself or choose another folder")
-        if os.environ.get("RANK", "0") == "0":
-            shutil.rmtree(out)
+        shutil.rmtree(out)
     return out
 
 
