@@ -84,3 +84,37 @@ def save_pred_vs_true(y_true: torch.Tensor | np.ndarray, y_pred: torch.Tensor | 
     ax.plot([lo, hi], [lo, hi], "k--", lw=1)
     ax.set(xlabel="true", ylabel="predicted", title=title or "predicted vs true")
     return _save(fig, path)
+
+
+def save_finetune_curves(train: Sequence[tuple[int, float]], held_out: Sequence[tuple[int, float, float]],
+                         path: str | Path, score_name: str = "score", title: str = "") -> Path:
+    """Fine-tuning curves as a PNG: training loss and held-out loss against the step (left), the held-out
+    score (right).
+
+    Args:
+        train: ``(step, training loss)`` per logged step.
+        held_out: ``(step, held-out loss, held-out score)`` per evaluation.
+        path: target PNG.
+        score_name: what the score is ("balanced accuracy").
+        title: figure title.
+    """
+    import textwrap
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_loss, ax_score) = plt.subplots(1, 2, figsize=(11, 4.2))
+    if train:
+        ax_loss.plot([s for s, _ in train], [v for _, v in train], lw=1.0, alpha=0.8, label="training loss")
+    ax_loss.plot([s for s, _, _ in held_out], [v for _, v, _ in held_out], "o-", lw=1.6, label="held-out loss")
+    ax_loss.set(xlabel="optimizer step", ylabel="loss", title="loss")
+    ax_loss.legend(fontsize=9)
+    ax_loss.grid(alpha=0.3)
+    ax_score.plot([s for s, _, _ in held_out], [v for _, _, v in held_out], "o-", color="tab:green", lw=1.6)
+    ax_score.set(xlabel="optimizer step", ylabel=score_name, title=f"held-out {score_name} (monitoring only)")
+    ax_score.grid(alpha=0.3)
+    if title:
+        fig.suptitle("\n".join(textwrap.wrap(title, 80)), fontsize=11)
+    return _save(fig, path)

@@ -56,6 +56,7 @@ def test_trained_methods(base, tmp_path, method, extra):
     recipe = load_recipe(str(RECIPE))
     res = run_finetune(recipe, str(base), tmp_path, FinetuneOptions(method=method, **extra))
     assert res["metrics"]["balanced_accuracy"] > 0.6, res["metrics"]  # chance is 1/3
+    assert (tmp_path / "finetune_curves.png").stat().st_size > 0  # training + held-out loss, held-out score
     toy = ToyMAE(ToyMAEConfig())
     n_all = sum(p.numel() for p in toy.parameters())
     if method == "full":  # every encoder parameter forward_features reaches, plus the new head; not the decoder

@@ -46,8 +46,68 @@ def train_with_engine(job: FinetuneJob, module: nn.Module) -> None:
     """
     from foundation.pretrain.engine import Engine
 
+    monitor = HeldOutMonitor(job, module)
+    if hasattr(module, "on_step_end"):
+        module.on_step_end = monitor.wrap(module.on_step_end)  # the instance's hook: the method's, then ours
+    else:
+        module.on_step_end = monitor.wrap(None)
+    monitor.evaluate(0)
     module.train()  # frozen batch norms stay in eval mode (TaskModel.train)
-    Engine(job.recipe, job.out / "run", model=module, dataset=job.train).run()
+    try:
+        Engine(job.recipe, job.out / "run", model=module, dataset=job.train).run()
+    finally:
+        del module.on_step_end
+    monitor.write(job.out / "finetune_curves.png")
+
+
+class HeldOutMonitor:
+    """Held-out loss and score every ``steps // 10`` optimizer steps (monitoring only: nothing is selected on
+    them), drawn with the training loss of ``run/metrics.jsonl`` into ``finetune_curves.png``.
+
+    Every rank runs the forward passes (collective under ZeRO-3); rank 0 writes.
+    """
+
+    def __init__(self, job: FinetuneJob, module: nn.Module) -> None:
+        self.job, self.module = job, module
+        self.every = max(1, job.recipe.train.steps // 10)
+        self.points: list[tuple[int, float, float]] = []  # (step, held-out loss, balanced accuracy or -MAE)
+
+    def wrap(self, hook):
+        def on_step_end(step: int) -> None:
+            if hook is not None:
+                hook(step)
+            if step % self.every == 0 or step == self.job.recipe.train.steps:
+                self.evaluate(step)
+        return on_step_end
+
+    @torch.no_grad()
+    def evaluate(self, step: int) -> None:
+        from foundation.eval.metrics import classification_metrics, regression_metrics
+
+        was_training = self.module.training
+        out, y = predict(self.module, self.job.loader(self.job.test), self.job.task, **self.job.keys)
+        self.module.train(was_training)
+        y = y.to(out.device)
+        if self.job.task == "classification":
+            loss = float(nn.functional.nll_loss(out.clamp_min(1e-12).log(), y.long()))
+            score = classification_metrics(y.cpu(), out.cpu())["balanced_accuracy"]
+        else:
+            loss = float(nn.functional.mse_loss(out, y.float()))
+            score = -regression_metrics(y.cpu(), out.cpu())["mae"]
+        self.points.append((step, loss, float(score)))
+
+    def write(self, path) -> None:
+        from foundation.adapters.state import is_writer_rank
+        from foundation.eval.report import save_finetune_curves
+        from foundation.pretrain.run_log import read_jsonl
+
+        if not is_writer_rank() or not self.points:
+            return
+        log = self.job.out / "run" / "metrics.jsonl"
+        train = [(r["step"], r["loss"]) for r in read_jsonl(log)] if log.is_file() else []
+        score = "balanced accuracy" if self.job.task == "classification" else "-MAE"
+        save_finetune_curves(train, self.points, path, score_name=score,
+                             title=f"{self.job.opts.method} on {self.job.recipe.name}")
 
 
 def predict_held_out(job: FinetuneJob, module: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
