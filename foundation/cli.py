@@ -1,8 +1,11 @@
-"""The ``foundation`` command: pretrain, finetune, export, push, info.
+"""The ``foundation`` command: pretrain, finetune, export, push, predict, info.
 
 Examples::
 
     foundation pretrain --recipe deeperbrain-tiny --output-dir runs/eeg
+    foundation finetune --from my-org/deeperbrain-tiny --recipe deeperbrain-tiny-probe --method lora
+    foundation predict --model runs/deeperbrain-tiny-probe/lora-20261129-230000/adapter \
+        --data deeperbrain-tiny-probe --out preds.csv
     deepspeed --num_gpus 8 pretrain.py --recipe slim-brain --set train.lr=3e-4
     foundation pretrain --recipe runs/eeg/recipe.yaml --output-dir runs/eeg --resume
     foundation export runs/eeg --out exported/
@@ -21,11 +24,27 @@ from foundation.errors import FoundationError
 __all__ = ["main", "build_parser"]
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Examples kept as written, and every option's default shown (unless it is None, False or empty)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default in (None, False, [], argparse.SUPPRESS) or "%(default)" in (action.help or ""):
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
+RUNTIME_PACKAGES = ("torch", "deepspeed", "numpy", "safetensors", "huggingface_hub", "peft", "timm", "mne",
+                    "nibabel", "matplotlib", "yaml", "triton")
+METHODS_HELP = "linear-probe | mlp-probe | full | lora | dopamine | another registered adapter method"
+
+
 def _add_run_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--recipe", required=True, help="shipped recipe name or path to a YAML recipe")
+    p.add_argument("--recipe", required=True, help="shipped recipe name (wins over a same-named folder) or path "
+                                                   "to a YAML recipe")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="dotted override, repeatable, e.g. --set train.lr=3e-4")
-    p.add_argument("--output-dir", default=None, help="run folder (default: runs/<recipe name>)")
+    p.add_argument("--output-dir", default=None, help="run folder (pretrain: runs/<recipe name>; finetune: a new "
+                                                        "runs/<recipe name>/<method>-<timestamp>)")
     p.add_argument("--resume", action="store_true", help="continue exactly from <output-dir>/checkpoints/latest")
     p.add_argument("--stop-after", type=int, default=None, metavar="N",
                    help="checkpoint and stop after N optimizer steps of this invocation (schedule unchanged)")
@@ -34,16 +53,23 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="foundation", description=__doc__.split("\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    from foundation import __version__
+
+    parser = argparse.ArgumentParser(prog="foundation", description=__doc__, formatter_class=_HelpFormatter)
+    parser.add_argument("--version", action="version", version=f"foundation-suite {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    _add_run_args(sub.add_parser("pretrain", help="pretrain a recipe with the DeepSpeed engine"))
-    ft = sub.add_parser("finetune", help="train a recipe starting from a pretrained model")
+
+    def add(name: str, help_text: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help_text, description=help_text, formatter_class=_HelpFormatter)
+
+    _add_run_args(add("pretrain", "pretrain a recipe with the DeepSpeed engine"))
+    ft = add("finetune", "train a recipe starting from a pretrained model")
     _add_run_args(ft)
+    ft.add_argument("--overwrite", action="store_true", help="replace an existing fine-tune run in --output-dir "
+                                                             "(otherwise a non-empty folder is refused)")
     ft.add_argument("--from", dest="base", required=True, help="Hub repo id or local save_pretrained folder")
     ft.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit) of --from")
-    ft.add_argument("--method", default="full",
-                    help="linear-probe | mlp-probe | full | a registered adapter method (lora, dopamine, ...)")
+    ft.add_argument("--method", default="full", help=METHODS_HELP)
     ft.add_argument("--test-fraction", type=float, default=0.25, help="share of subjects/groups held out")
     ft.add_argument("--targets", nargs="*", default=[], help="adapter target module suffixes (default: the "
                                                              "method's preset for the encoder)")
@@ -55,17 +81,26 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--lr-decay", type=float, default=0.75, help="layer-wise LR decay (full)")
     ft.add_argument("--head-init", default="probe", choices=["probe", "random"],
                     help="new head of trained methods: a linear probe of the frozen features (LP-FT) or random")
-    ex = sub.add_parser("export", help="consolidate a run's checkpoint into a save_pretrained folder")
+    ex = add("export", "consolidate a run's checkpoint into a save_pretrained folder")
     ex.add_argument("run_dir", help="run folder written by `foundation pretrain`")
     ex.add_argument("--out", default=None, help="target folder (default: <run_dir>/export)")
     ex.add_argument("--tag", default=None, help="checkpoint tag (default: latest)")
-    push = sub.add_parser("push", help="upload a save_pretrained or adapter folder to the Hub")
-    push.add_argument("folder")
-    push.add_argument("repo_id")
+    push = add("push", "upload a save_pretrained or fine-tune folder to the Hub")
+    push.add_argument("folder", help="an export or a fine-tune's model/ or adapter/ folder")
+    push.add_argument("repo_id", help="owner/name")
     push.add_argument("--private", action="store_true")
     push.add_argument("--message", default=None, help="commit message")
     push.add_argument("--revision", default=None, help="branch to push to")
-    sub.add_parser("info", help="versions, accelerator, recipes and registered components")
+    pr = add("predict", "run a fine-tuned model over a data set and write predictions per item (CSV)")
+    pr.add_argument("--model", required=True, help="a fine-tune folder or Hub id (foundation.load reads it)")
+    pr.add_argument("--revision", default=None, help="Hub revision of --model")
+    pr.add_argument("--data", required=True, help="a recipe (shipped name or YAML path) whose data section builds "
+                                                  "the data set")
+    pr.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="dotted override of the data recipe, repeatable, e.g. --set data.cache_dir=cache")
+    pr.add_argument("--out", required=True, help="CSV to write (index, subject, label, prediction, prob_<class>)")
+    pr.add_argument("--batch-size", type=int, default=64, help="items per forward pass")
+    add("info", "versions, accelerator, recipes and registered components")
     return parser
 
 
@@ -73,10 +108,10 @@ def _run(args: argparse.Namespace) -> int:
     from foundation.config import load_recipe
     from foundation.pretrain.engine import Engine
 
-    recipe = load_recipe(args.recipe, args.overrides)
-    out = Path(args.output_dir or Path("runs") / recipe.name)
+    recipe = load_recipe(recipe_source(args.recipe), args.overrides)
     if args.command == "finetune":
-        return _finetune(recipe, args, out)
+        return _finetune(recipe, args, finetune_output_dir(args, recipe.name))
+    out = Path(args.output_dir or Path("runs") / recipe.name)
     import torch.distributed as dist
 
     from foundation.pretrain.export import export_run
@@ -98,6 +133,111 @@ def _run(args: argparse.Namespace) -> int:
             print(f"  export     : {export_dir}")
             print(f"  model card : {export_dir / 'README.md'}")
     dist.destroy_process_group()
+    return 0
+
+
+def recipe_source(arg: str) -> str:
+    """A shipped recipe name wins over a same-named folder (``./deeperbrain-tiny/`` holding a run); a file wins."""
+    from importlib import resources
+
+    from foundation.config import list_recipes
+
+    if arg in list_recipes() and not Path(arg).is_file():
+        return str(resources.files("foundation.recipes").joinpath(f"{arg}.yaml"))
+    return arg
+
+
+def finetune_output_dir(args: argparse.Namespace, recipe_name: str) -> Path:
+    """``--output-dir``, refused when it holds files unless ``--overwrite``; default a new
+    ``runs/<recipe>/<method>-<UTC timestamp>`` (one process; a multi-process launch must name it).
+
+    Raises:
+        ConfigError: a non-empty folder without ``--overwrite``; ``--overwrite`` on a folder that is no
+            fine-tune run; no ``--output-dir`` under a multi-process launch.
+    """
+    import os
+    import shutil
+    import time
+
+    from foundation.errors import ConfigError
+
+    if args.output_dir is None:
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise ConfigError("--output-dir: required under a multi-process launch (every rank must name the same "
+                              "folder), e.g. --output-dir runs/my-task/lora-1")
+        base = Path("runs") / recipe_name / f"{args.method}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
+        out, n = base, 1
+        while out.exists():
+            n += 1
+            out = base.with_name(f"{base.name}-{n}")
+        return out
+    out = Path(args.output_dir)
+    if out.is_file():
+        raise ConfigError(f"--output-dir {str(out)!r} is a file; give a folder")
+    if os.environ.get("RANK", "0") != "0":  # rank 0 checks (and may already be writing there); the launcher
+        return out                           # stops every rank when it refuses
+    if out.is_dir() and any(out.iterdir()):
+        if not args.overwrite:
+            raise ConfigError(f"--output-dir {str(out)!r} is not empty; a run never overwrites another: give a new "
+                              f"folder, leave --output-dir out (a fresh runs/<recipe>/<method>-<timestamp>), or pass "
+                              f"--overwrite to replace that fine-tune")
+        if not ((out / "metrics.json").is_file() or (out / "provenance.json").is_file() or (out / "run").is_dir()):
+            raise ConfigError(f"--overwrite: {str(out)!r} holds no fine-tune run (no metrics.json, provenance.json "
+                              f"or run/); it is left alone: remove it yourself or choose another folder")
+        shutil.rmtree(out)
+    return out
+
+
+def provenance(argv: Sequence[str] | None) -> dict:
+    """The command line, the versions of every runtime dependency and the suite's git commit (when available)."""
+    import subprocess
+
+    from foundation import __version__
+
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent, text=True,
+                                capture_output=True, timeout=5).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    return {"command": ["foundation", *(sys.argv[1:] if argv is None else argv)], "foundation_version": __version__,
+            "git_commit": commit, "versions": package_versions()}
+
+
+def package_versions() -> dict[str, str | None]:
+    """Installed version of every runtime dependency (None: not installed), without importing them."""
+    from importlib import metadata
+
+    dist = {"yaml": "PyYAML"}
+    versions: dict[str, str | None] = {"python": sys.version.split()[0]}
+    for name in RUNTIME_PACKAGES:
+        try:
+            versions[name] = metadata.version(dist.get(name, name))
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def _predict(args: argparse.Namespace) -> int:
+    import foundation
+    from foundation.config import load_recipe
+    from foundation.finetune.runner import write_predictions
+    from foundation.loading import predict_dataset, task_model_of
+    from foundation.registry import DATASETS
+
+    recipe = load_recipe(recipe_source(args.data), args.overrides)  # checked before the model loads
+    model = foundation.load(args.model, revision=args.revision)
+    if task_model_of(model) is None:
+        from foundation.errors import CheckpointError
+
+        raise CheckpointError(f"--model {args.model!r} is a pretrained encoder without a task head; fine-tune it "
+                              f"first (foundation finetune --from {args.model} ...)")
+    data_cls = DATASETS.get(recipe.data.name, where="recipe key data.name")
+    if hasattr(data_cls, "prepare"):
+        data_cls.prepare(recipe.data.config)
+    out, rows, cfg = predict_dataset(model, data_cls(recipe.data.config), args.batch_size)
+    names = list(cfg.class_names) or None
+    path = write_predictions(args.out, out, cfg.task, names, rows)
+    print(f"wrote {len(rows)} predictions of {args.model} to {path}")
     return 0
 
 
@@ -127,7 +267,7 @@ def _finetune(recipe, args: argparse.Namespace, out: Path) -> int:
 
     opts = FinetuneOptions(method=args.method, test_fraction=args.test_fraction, targets=tuple(args.targets),
                            adapter=_adapter_fields(args), lr_decay=args.lr_decay, head_init=args.head_init)
-    result = run_finetune(recipe, args.base, out, opts, revision=args.revision)
+    result = run_finetune(recipe, args.base, out, opts, revision=args.revision, provenance=provenance(args.argv))
     import torch.distributed as dist
 
     if not dist.is_initialized() or dist.get_rank() == 0:
@@ -148,13 +288,15 @@ def _info() -> int:
     from foundation.config import list_recipes
     from foundation.registry import ACTIVATIONS, DATASETS, MLPS, MODELS, OBJECTIVES
 
-    print(f"foundation-suite {__version__}, torch {torch.__version__}, python {sys.version.split()[0]}")
+    print(f"foundation-suite {__version__}")
+    for name, version in package_versions().items():
+        print(f"  {name:16s}{version or 'not installed'}")
     try:
         import deepspeed
 
-        print(f"deepspeed {deepspeed.__version__}, accelerator {deepspeed.get_accelerator().device_name()}")
+        print(f"accelerator: {deepspeed.get_accelerator().device_name()}")
     except ImportError:
-        print("deepspeed: not installed (pip install deepspeed)")
+        print("accelerator: unknown (deepspeed not installed: pip install deepspeed)")
     print(f"cuda available: {torch.cuda.is_available()}")
     print(f"recipes: {', '.join(list_recipes()) or '(none)'}")
     for reg in (MODELS, DATASETS, OBJECTIVES, MLPS, ACTIVATIONS):
@@ -165,6 +307,7 @@ def _info() -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``foundation`` console script; returns the exit status."""
     args = build_parser().parse_args(argv)
+    args.argv = None if argv is None else list(argv)
     try:
         if args.command in ("pretrain", "finetune"):
             return _run(args)
@@ -180,6 +323,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                               revision=args.revision)
             print(f"pushed {args.folder} to {args.repo_id} (commit {oid})")
             return 0
+        if args.command == "predict":
+            return _predict(args)
         return _info()
     except FoundationError as err:
         print(f"error: {err}", file=sys.stderr)

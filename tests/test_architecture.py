@@ -23,7 +23,7 @@ LAYERS = {
     "layers": 1, "kernels": 1, "data": 1, "eval": 1,
     "hub": 2, "adapters": 2,
     "modalities": 3,
-    "pretrain": 4, "finetune": 4, "recipes": 4,
+    "pretrain": 4, "finetune": 4, "recipes": 4, "loading": 4,
     "cli": 5,
 }
 # a modality's tools built on fine-tuning and evaluation (probes, studies, the challenge commands) sit on top of

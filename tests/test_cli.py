@@ -1,9 +1,11 @@
 """The `foundation` command line: info, export, push (to the loopback Hub) and finetune --from a Hub id."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -27,7 +29,85 @@ def test_info_lists_every_registered_component_and_recipe(capsys):
         assert lines[f"{reg.kind}s"].split(", ") == reg.names()  # built-ins listed without importing them first
     assert {"deeperbrain", "slim-brain", "ultrasound-mtl"} <= set(lines["models"].split(", "))
     assert lines["recipes"].split(", ") == list_recipes()
-    assert f"deepspeed {deepspeed.__version__}, accelerator cpu" in out.splitlines()
+    assert "accelerator: cpu" in out.splitlines()
+    for name in ("torch", "deepspeed", "peft", "huggingface_hub", "timm", "mne", "nibabel", "safetensors"):
+        assert any(line.split()[:1] == [name] for line in out.splitlines()), name
+    assert f"deepspeed       {deepspeed.__version__}".split() in [line.split() for line in out.splitlines()]
+
+
+def test_version_and_help_with_defaults(capsys):
+    from foundation import __version__
+
+    with pytest.raises(SystemExit) as stop:
+        main(["--version"])
+    assert stop.value.code == 0 and capsys.readouterr().out.strip() == f"foundation-suite {__version__}"
+    with pytest.raises(SystemExit):
+        main(["finetune", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default: full)" in text and "{probe,random}" in text and "lora | dopamine" in text
+
+
+def _finetune_args(tmp_path, *extra):
+    classify = ROOT / "tests" / "fixtures" / "recipes" / "toy-classify.yaml"
+    return ["finetune", "--recipe", str(classify), *extra]
+
+
+def test_a_non_empty_output_dir_is_refused_before_any_work(tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "metrics.json").write_text("{}")
+    assert main(_finetune_args(tmp_path, "--from", str(tmp_path / "missing"), "--output-dir", str(out))) == 2
+    assert "is not empty" in capsys.readouterr().err and (out / "metrics.json").is_file()
+    other = tmp_path / "notes"
+    other.mkdir()
+    (other / "mine.txt").write_text("keep")
+    assert main(_finetune_args(tmp_path, "--from", "x", "--output-dir", str(other), "--overwrite")) == 2
+    assert "holds no fine-tune run" in capsys.readouterr().err and (other / "mine.txt").is_file()
+
+
+def test_default_output_dirs_are_unique(tmp_path, monkeypatch):
+    import argparse
+
+    from foundation.cli import finetune_output_dir
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    args = argparse.Namespace(output_dir=None, method="lora", overwrite=False)
+    first = finetune_output_dir(args, "task")
+    first.mkdir(parents=True)
+    second = finetune_output_dir(args, "task")
+    assert first != second and first.parent == second.parent == Path("runs") / "task"
+    assert first.name.startswith("lora-") and second.name.startswith("lora-")
+
+
+def test_a_mistyped_from_folder_is_named_before_the_data_is_read(tmp_path, capsys, monkeypatch):
+    import foundation.finetune.runner as runner
+
+    monkeypatch.setattr(runner, "DATASETS", None)  # any data look-up would fail loudly
+    assert main(_finetune_args(tmp_path, "--from", "./no-such-export", "--output-dir", str(tmp_path / "o"))) == 2
+    err = capsys.readouterr().err
+    assert "no-such-export" in err and "no such folder" in err and "Hub" in err
+
+
+def test_a_checkpoint_of_another_model_names_the_recipes_to_use(tmp_path, capsys):
+    folder = tmp_path / "m"
+    ToyMAE(ToyMAE.config_class()).save_pretrained(folder)
+    data = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**data, "model_name": "deeperbrain"}))
+    assert main(_finetune_args(tmp_path, "--from", str(folder), "--output-dir", str(tmp_path / "o"))) == 2
+    err = capsys.readouterr().err
+    assert "'deeperbrain' checkpoint" in err and "use a deeperbrain-* recipe" in err
+
+
+def test_a_recipe_name_wins_over_a_same_named_folder(tmp_path, monkeypatch):
+    from foundation.cli import recipe_source
+    from foundation.config import load_recipe
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "deeperbrain-tiny").mkdir()
+    assert load_recipe(recipe_source("deeperbrain-tiny")).name == "deeperbrain-tiny"
+    (tmp_path / "deeperbrain-tiny-probe").write_text("name: mine\n")
+    assert recipe_source("deeperbrain-tiny-probe") == "deeperbrain-tiny-probe"  # a file wins
 
 
 def test_bad_recipe_is_a_clean_error(capsys):

@@ -78,6 +78,7 @@ class AdapterModel(nn.Module):
     config_class: ClassVar[type] = object
     marker: ClassVar[str] = ""  # substring of every adapter parameter's name ("lora_")
     supports_merge: ClassVar[bool] = False
+    base_model_name_or_path: str | None = None  # written to adapter_config.json (peft's key) when set
 
     def __init__(self, model: nn.Module, config: Any, adapter_name: str = "default") -> None:
         super().__init__()
@@ -178,6 +179,18 @@ class AdapterModel(nn.Module):
         (a scalar with gradient, from the last training forward); None: the method has none."""
         return None
 
+    def preflight(self, ctx: AdapterReportContext) -> None:
+        """Check, before training, that the model runs on the first held-out batch (and that :meth:`report`
+        will work); writes nothing. The base class runs one eval-mode forward pass."""
+        first = next(iter(ctx.batches()))
+        was_training = self.training
+        self.eval()
+        try:
+            with torch.no_grad():
+                self(first[0])
+        finally:
+            self.train(was_training)
+
     def report(self, ctx: AdapterReportContext) -> dict[str, str]:
         """Files written about the trained adapter (name -> path); the base class writes none.
 
@@ -200,6 +213,8 @@ class AdapterModel(nn.Module):
         if not is_writer_rank():
             return Path(folder)
         meta = {**self._config_dict(), "peft_type": self.peft_type}
+        if self.base_model_name_or_path:
+            meta["base_model_name_or_path"] = self.base_model_name_or_path
         with staged_folder(folder) as tmp:
             save_file(state, str(tmp / ADAPTER_WEIGHTS_NAME), metadata={"format": "pt", "peft_type": self.peft_type})
             (tmp / ADAPTER_CONFIG_NAME).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")

@@ -40,6 +40,8 @@ class LoraAdapterConfig:
         alpha: scale numerator; the update is scaled by alpha / r (alpha / sqrt(r) with use_rslora).
         dropout: dropout on the LoRA branch input.
         use_rslora: scale by alpha / sqrt(r) (rank-stabilised LoRA).
+        modules_to_save: module names trained whole and saved in the adapter file (peft's ``modules_to_save``:
+            a fine-tune's new task head, ``("head",)``).
     """
 
     preset: str = field(default="attention-mlp", metadata={"help": "target preset, or 'custom' for target_modules"})
@@ -49,11 +51,14 @@ class LoraAdapterConfig:
     alpha: float = field(default=16.0, metadata={"help": "LoRA alpha; update scale alpha / r"})
     dropout: float = field(default=0.0, metadata={"help": "dropout on the LoRA input, in [0, 1)"})
     use_rslora: bool = field(default=False, metadata={"help": "scale alpha / sqrt(r) instead of alpha / r"})
+    modules_to_save: tuple[str, ...] = field(default=(), metadata={"help": "modules trained whole and saved with "
+                                                                           "the adapter (a new task head)"})
 
     def __post_init__(self) -> None:
         if not isinstance(self.target_modules, str):
             self.target_modules = tuple(self.target_modules)
         self.exclude_modules = tuple(self.exclude_modules)
+        self.modules_to_save = tuple(self.modules_to_save or ())
         valid = [*TARGET_PRESETS, "custom"]
         if self.preset not in valid:
             raise ConfigError(f"LoraAdapterConfig.preset: unknown preset {self.preset!r}; "
@@ -83,7 +88,8 @@ class LoraAdapterConfig:
                                 self.exclude_modules, where="LoraAdapterConfig")
         regex = "^(" + "|".join(n.replace(".", r"\.") for n in names) + ")$"
         return LoraConfig(r=self.r, lora_alpha=self.alpha, lora_dropout=self.dropout, bias="none",
-                          target_modules=regex, use_rslora=self.use_rslora, init_lora_weights=True)
+                          target_modules=regex, use_rslora=self.use_rslora, init_lora_weights=True,
+                          modules_to_save=list(self.modules_to_save) or None)
 
 
 class LoraAdapterModel(AdapterModel):
@@ -106,7 +112,9 @@ class LoraAdapterModel(AdapterModel):
     def _inject(self, model: nn.Module, config: LoraAdapterConfig, plan: Any, adapter_name: str) -> nn.Module:
         from peft import get_peft_model
 
-        return get_peft_model(model, plan, adapter_name=adapter_name)
+        peft_model = get_peft_model(model, plan, adapter_name=adapter_name)
+        _exact_modules_to_save(peft_model.base_model.model, config.modules_to_save)
+        return peft_model
 
     def _unload(self) -> nn.Module:
         return self.model.unload()
@@ -125,9 +133,13 @@ class LoraAdapterModel(AdapterModel):
     def adapter_state_dict(self) -> dict[str, torch.Tensor]:
         """LoRA tensors keyed as peft saves them; gates stacked on LoRA layers (a Dopamine ``base_layer`` hop)
         are seen through. ZeRO-3 shards are gathered first: call on every rank."""
-        state = _through_wrappers(self.model, gathered_state_dict(self.model, lambda n: self.marker in n))
+        state = _through_wrappers(self.model, gathered_state_dict(
+            self.model, lambda n: self.marker in n or ".modules_to_save." in n))
         marker = re.compile(rf"\.(lora_\w+?)\.{re.escape(self.adapter_name)}(?=\.|$)")
-        return {marker.sub(r".\1", k): v for k, v in state.items() if marker.search(k)}
+        whole = re.compile(rf"\.modules_to_save\.{re.escape(self.adapter_name)}\.")  # peft: head.weight
+        out = {marker.sub(r".\1", k): v for k, v in state.items() if marker.search(k)}
+        out.update({whole.sub(".", k): v for k, v in state.items() if whole.search(k)})
+        return out
 
     def _load_adapter_state(self, state: dict[str, torch.Tensor], folder: str) -> None:
         from peft import set_peft_model_state_dict
@@ -136,7 +148,7 @@ class LoraAdapterModel(AdapterModel):
             result = set_peft_model_state_dict(self.model, state, adapter_name=self.adapter_name)
         except RuntimeError as err:  # shape mismatch
             raise CheckpointError(f"adapter folder {folder!r} does not fit the model: {err}") from err
-        missing = [k for k in result.missing_keys if self.marker in k]
+        missing = [k for k in result.missing_keys if self.marker in k or ".modules_to_save." in k]
         unexpected = list(result.unexpected_keys)
         if missing or unexpected:
             raise CheckpointError(f"adapter folder {folder!r} does not match the model: missing {missing[:5]}, "
@@ -151,10 +163,10 @@ class LoraAdapterModel(AdapterModel):
         """peft's ``LoraConfig`` fields -> :class:`LoraAdapterConfig` (targets as saved: a regex or suffixes).
 
         Raises:
-            CheckpointError: the folder uses LoRA options the suite does not wrap (trained biases, extra
-                modules saved whole, per-module ranks).
+            CheckpointError: the folder uses LoRA options the suite does not wrap (trained biases, per-module
+                ranks).
         """
-        unsupported = {k: data.get(k) for k in ("modules_to_save", "rank_pattern", "alpha_pattern") if data.get(k)}
+        unsupported = {k: data.get(k) for k in ("rank_pattern", "alpha_pattern") if data.get(k)}
         if data.get("bias", "none") != "none":
             unsupported["bias"] = data["bias"]
         if unsupported:
@@ -164,7 +176,8 @@ class LoraAdapterModel(AdapterModel):
         targets = targets if isinstance(targets, str) else tuple(targets or ())
         return LoraAdapterConfig(preset="custom", target_modules=targets, r=int(data.get("r", 8)),
                                  alpha=float(data.get("lora_alpha", 8)), dropout=float(data.get("lora_dropout", 0.0)),
-                                 use_rslora=bool(data.get("use_rslora", False)))
+                                 use_rslora=bool(data.get("use_rslora", False)),
+                                 modules_to_save=tuple(data.get("modules_to_save") or ()))
 
     def set_adapter_enabled(self, enabled: bool) -> None:
         if enabled:
@@ -178,6 +191,19 @@ class LoraAdapterModel(AdapterModel):
             return self.model.merge_and_unload(safe_merge=True)
         except ValueError as err:
             raise CheckpointError(f"LoRA merge refused: {err}; the adapter holds non-finite values") from err
+
+
+def _exact_modules_to_save(model: nn.Module, names: tuple[str, ...]) -> None:
+    """Freeze the copies of modules peft wrapped as ``modules_to_save`` only because their names end alike
+    (peft matches by string suffix: ``head`` also takes ``encoder.stats_head``): only the modules named exactly
+    train. The frozen copies stay (and are saved, unchanged), so ``PeftModel.from_pretrained``, which wraps the
+    same modules, finds a tensor for each."""
+    from peft.utils.other import ModulesToSaveWrapper
+
+    for name, module in model.named_modules():
+        if isinstance(module, ModulesToSaveWrapper) and name not in names:
+            for p in module.modules_to_save.parameters():
+                p.requires_grad_(False)
 
 
 def json_ready(data: Any) -> Any:

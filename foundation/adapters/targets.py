@@ -27,6 +27,7 @@ EMA targets, other task heads) are excluded by the caller (``foundation.finetune
 """
 from __future__ import annotations
 
+import difflib
 import re
 from collections.abc import Sequence
 
@@ -146,6 +147,12 @@ def resolve_targets(
     if not names:
         asked = f"preset {preset!r} ({', '.join(TARGET_PRESETS[preset]) or 'by module type'})" if preset else \
             f"target_modules {target_modules!r}"
+        hint = ""
+        if preset is None and not isinstance(target_modules, str):
+            suffixes = {".".join(n.split(".")[-k:]) for n, m in model.named_modules() if n and isinstance(m, allowed)
+                        and not match_name(n, exclude) for k in (1, 2)}
+            close = difflib.get_close_matches(str(target_modules[0]), sorted(suffixes), n=3, cutoff=0.5)
+            hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
         raise ConfigError(f"{where}: {asked} matched no module of {type(model).__name__} "
-                          f"(excluding {list(exclude)}); check the names in model.named_modules()")
+                          f"(excluding {list(exclude)}){hint}; check the names in model.named_modules()")
     return names

@@ -37,7 +37,10 @@ def _save(fig: Any, path: str | Path) -> Path:
 
 def save_confusion_matrix(y_true: torch.Tensor | np.ndarray, y_pred: torch.Tensor | np.ndarray,
                           labels: Sequence[str], path: str | Path, title: str = "") -> Path:
-    """Row-normalised confusion matrix (rows = true class) with counts in the cells, as a PNG."""
+    """Row-normalised confusion matrix (rows = true class, colour = share of the row) with the share and the
+    count in every cell, class names on both axes and a wrapped title, as a PNG readable at 100% zoom."""
+    import textwrap
+
     import matplotlib
 
     matplotlib.use("Agg")
@@ -48,13 +51,21 @@ def save_confusion_matrix(y_true: torch.Tensor | np.ndarray, y_pred: torch.Tenso
     cm = np.zeros((k, k), dtype=int)
     np.add.at(cm, (y, p), 1)
     norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
-    fig, ax = plt.subplots(figsize=(1.0 + 0.6 * k, 0.8 + 0.6 * k))
-    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    side = max(4.5, 1.6 + 0.9 * k)
+    fig, ax = plt.subplots(figsize=(side + 1.2, side))
+    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
     for i in range(k):
         for j in range(k):
-            ax.text(j, i, str(cm[i, j]), ha="center", va="center", color="white" if norm[i, j] > 0.5 else "black")
-    ax.set(xticks=range(k), yticks=range(k), xticklabels=labels, yticklabels=labels, xlabel="predicted",
-           ylabel="true", title=title or "confusion matrix")
+            ax.text(j, i, f"{norm[i, j]:.0%}\n({cm[i, j]})", ha="center", va="center", fontsize=9,
+                    color="white" if norm[i, j] > 0.5 else "black")
+    ax.set_xticks(range(k), labels=list(labels), rotation=30 if max(map(len, labels), default=0) > 4 else 0,
+                  ha="right" if max(map(len, labels), default=0) > 4 else "center")
+    ax.set_yticks(range(k), labels=list(labels))
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true (row = 100%)")
+    ax.set_title("\n".join(textwrap.wrap(title or "confusion matrix", 40)), fontsize=10)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
+    fig.tight_layout()
     return _save(fig, path)
 
 
@@ -72,4 +83,38 @@ def save_pred_vs_true(y_true: torch.Tensor | np.ndarray, y_pred: torch.Tensor | 
     lo, hi = min(y.min(), p.min()), max(y.max(), p.max())
     ax.plot([lo, hi], [lo, hi], "k--", lw=1)
     ax.set(xlabel="true", ylabel="predicted", title=title or "predicted vs true")
+    return _save(fig, path)
+
+
+def save_finetune_curves(train: Sequence[tuple[int, float]], held_out: Sequence[tuple[int, float, float]],
+                         path: str | Path, score_name: str = "score", title: str = "") -> Path:
+    """Fine-tuning curves as a PNG: training loss and held-out loss against the step (left), the held-out
+    score (right).
+
+    Args:
+        train: ``(step, training loss)`` per logged step.
+        held_out: ``(step, held-out loss, held-out score)`` per evaluation.
+        path: target PNG.
+        score_name: what the score is ("balanced accuracy").
+        title: figure title.
+    """
+    import textwrap
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_loss, ax_score) = plt.subplots(1, 2, figsize=(11, 4.2))
+    if train:
+        ax_loss.plot([s for s, _ in train], [v for _, v in train], lw=1.0, alpha=0.8, label="training loss")
+    ax_loss.plot([s for s, _, _ in held_out], [v for _, v, _ in held_out], "o-", lw=1.6, label="held-out loss")
+    ax_loss.set(xlabel="optimizer step", ylabel="loss", title="loss")
+    ax_loss.legend(fontsize=9)
+    ax_loss.grid(alpha=0.3)
+    ax_score.plot([s for s, _, _ in held_out], [v for _, _, v in held_out], "o-", color="tab:green", lw=1.6)
+    ax_score.set(xlabel="optimizer step", ylabel=score_name, title=f"held-out {score_name} (monitoring only)")
+    ax_score.grid(alpha=0.3)
+    if title:
+        fig.suptitle("\n".join(textwrap.wrap(title, 80)), fontsize=11)
     return _save(fig, path)

@@ -106,7 +106,7 @@ def pool_tokens(feats: Any, pool: str) -> torch.Tensor:
 
 @torch.no_grad()
 def extract_features(encoder: nn.Module, loader: Iterable, *, pool: str = "mean", device: torch.device | str | None = None,
-                     input_key: str = "*", label_key: str = "label") -> tuple[torch.Tensor, torch.Tensor]:
+                     input_key: str = "*", label_key: str = "label", progress: str = "") -> tuple[torch.Tensor, torch.Tensor]:
     """Run ``encoder.forward_features`` over ``loader`` in eval mode without gradients.
 
     Args:
@@ -115,10 +115,18 @@ def extract_features(encoder: nn.Module, loader: Iterable, *, pool: str = "mean"
         pool: token pooling, ``"mean"`` or ``"cls"`` (see :func:`pool_tokens`).
         device: where to compute (default: the encoder's device).
         input_key, label_key: dict keys of the inputs and labels.
+        progress: when set, a line ``<progress>: batch i/N`` on stderr as batches finish (rank 0 only).
 
     Returns:
         ``(X [S, D] float32 on CPU, y [S] on CPU)``.
     """
+    import os
+    import sys
+    import time
+
+    show = bool(progress) and os.environ.get("RANK", "0") == "0"
+    total = len(loader) if hasattr(loader, "__len__") else None
+    last = 0.0
     was_training = encoder.training
     encoder.eval()
     device = torch.device(device) if device is not None else next(encoder.parameters()).device
@@ -128,6 +136,9 @@ def extract_features(encoder: nn.Module, loader: Iterable, *, pool: str = "mean"
             inputs, labels = split_batch(batch, input_key, label_key)
             xs.append(pool_tokens(encode(encoder, inputs, device), pool).float().cpu())
             ys.append(torch.as_tensor(labels).cpu())
+            if show and (time.monotonic() - last > 2.0 or len(xs) == total):
+                last = time.monotonic()
+                print(f"{progress}: batch {len(xs)}/{total or '?'}", file=sys.stderr, flush=True)
     finally:
         encoder.train(was_training)
     if not xs:

@@ -36,14 +36,18 @@ from foundation.config import RecipeConfig, dataclass_to_dict
 from foundation.data.splits import group_split
 from foundation.errors import ConfigError, DataError
 from foundation.eval.metrics import classification_metrics, regression_metrics
-from foundation.eval.report import markdown_table, save_confusion_matrix, save_pred_vs_true
+from foundation.eval.report import (
+    markdown_table,
+    save_confusion_matrix,
+    save_pred_vs_true,
+)
 from foundation.finetune.features import split_batch
 from foundation.finetune.options import FinetuneOptions
 from foundation.finetune.strategies import FinetuneJob, make_strategy, method_names
 from foundation.finetune.task_model import TaskModel, TaskModelConfig
 from foundation.registry import DATASETS, MODELS
 
-__all__ = ["FinetuneOptions", "run_finetune", "finetune_model", "method_names"]
+__all__ = ["FinetuneOptions", "finetune_model", "method_names", "run_finetune"]
 
 
 def _num_outputs(dataset: Any, task: str) -> int:
@@ -55,48 +59,174 @@ def _num_outputs(dataset: Any, task: str) -> int:
     return value
 
 
+def _say(message: str) -> None:
+    """A progress line on stderr (rank 0 only)."""
+    import os
+    import sys
+
+    if os.environ.get("RANK", "0") == "0":
+        print(message, file=sys.stderr, flush=True)
+
+
+def _label(y: torch.Tensor, names: list[str] | None) -> Any:
+    if names is not None:
+        return names[int(y)]
+    return float(y) if y.dim() == 0 else ";".join(f"{float(v):.6f}" for v in y.reshape(-1))
+
+
 def _split(dataset: Any, opts: FinetuneOptions) -> tuple[Subset, Subset]:
     groups = dataset.groups() if hasattr(dataset, "groups") else list(range(len(dataset)))
     train_idx, test_idx = group_split(groups, opts.test_fraction, opts.split_seed)
     return Subset(dataset, train_idx.tolist()), Subset(dataset, test_idx.tolist())
 
 
+def check_base(recipe: RecipeConfig, base: str, revision: str | None = None) -> tuple[Path, str]:
+    """Check ``--from`` before any work: the folder exists (or the Hub serves the id) and holds a checkpoint of
+    the recipe's model. Only ``config.json`` is fetched from the Hub.
+
+    Returns:
+        ``(folder holding config.json, resolved Hub commit or '' for a local folder)``.
+
+    Raises:
+        CheckpointError: a path that is no folder, or a folder without a suite ``config.json``.
+        ConfigError: the checkpoint is of another model than ``recipe.model.name`` (names the recipes to use).
+        HubError: the Hub cannot serve the id or revision.
+    """
+    import json
+
+    from foundation.errors import CheckpointError
+    from foundation.hub.names import CONFIG_NAME
+
+    path = Path(base)
+    if path.is_dir():
+        folder, commit = path, ""
+    elif path.exists() or base.startswith((".", "/", "~")) or base.count("/") != 1:
+        raise CheckpointError(f"--from {base!r}: no such folder, and not a Hub id 'owner/name'; give the folder "
+                              f"written by `foundation export` (holding {CONFIG_NAME}) or a Hub repository id")
+    else:
+        from foundation.hub.client import download_folder
+
+        folder = download_folder(base, revision, allow_patterns=[CONFIG_NAME])
+        commit = folder.name  # the cache's snapshots/<sha>
+    file = folder / CONFIG_NAME
+    try:
+        found = json.loads(file.read_text()).get("model_name") if file.is_file() else None
+    except (json.JSONDecodeError, AttributeError):
+        found = None
+    if found is None:
+        raise CheckpointError(f"--from {base!r}: no readable {CONFIG_NAME} with a model_name; not a checkpoint "
+                              f"exported by foundation-suite (run `foundation export` on the pretraining run)")
+    if found != recipe.model.name:
+        raise ConfigError(f"--from {base!r} is a {found!r} checkpoint but recipe {recipe.name} (key model.name) "
+                          f"builds {recipe.model.name!r}; use a {found}-* recipe (e.g. {found}-tiny-probe) or a "
+                          f"recipe whose model.name is {found!r}")
+    return folder, commit
+
+
+def checkpoint_recipe(recipe: RecipeConfig, encoder_config: Any) -> RecipeConfig:
+    """``recipe`` with its model config replaced by the checkpoint's (what the fine-tune really ran)."""
+    import dataclasses
+
+    return dataclasses.replace(recipe, model=dataclasses.replace(recipe.model, config=encoder_config))
+
+
 def _load_base(recipe: RecipeConfig, base: str, revision: str | None, num_outputs: int, task: str,
-               pool: str) -> tuple[TaskModel, str]:
+               pool: str, class_names: tuple[str, ...] = (), commit: str = "") -> tuple[TaskModel, str]:
     """The task model with the checkpoint loaded strictly into its encoder, and a sentence saying so."""
     enc_cls = MODELS.get(recipe.model.name, where="recipe key model.name")
-    pretrained = enc_cls.from_pretrained(base, revision=revision)  # strict: missing/extra keys raise
+    pretrained = enc_cls.from_pretrained(base, revision=commit or revision)  # strict: missing/extra keys raise
     cfg = TaskModelConfig(encoder=recipe.model.name, encoder_config=dataclass_to_dict(pretrained.hub_config()),
-                          num_outputs=num_outputs, task=task, pool=pool)
+                          num_outputs=num_outputs, task=task, pool=pool, class_names=tuple(class_names),
+                          base_model=base if commit else str(Path(base).resolve()), base_revision=commit)
     model = TaskModel(cfg)
     model.encoder.load_state_dict(pretrained.state_dict(), strict=True)
-    return model, (f"loaded {base} strictly into the encoder; new task head: head.weight, head.bias "
+    at = f" at commit {commit}" if commit else ""
+    return model, (f"loaded {base}{at} strictly into the encoder; new task head: head.weight, head.bias "
                    f"({num_outputs} outputs)")
 
 
 def run_finetune(recipe: RecipeConfig, base: str, output_dir: str | Path, opts: FinetuneOptions,
-                 revision: str | None = None) -> dict[str, Any]:
+                 revision: str | None = None, provenance: dict[str, Any] | None = None) -> dict[str, Any]:
     """Fine-tune ``base`` on the recipe's labelled data with ``opts.method``; write results to ``output_dir``.
+
+    ``--from`` and the recipe/checkpoint match are checked first (:func:`check_base`), before the data set is
+    built. The run folder also gets ``recipe.yaml`` (with the checkpoint's model config), ``provenance.json``
+    and ``predictions.csv`` (held-out predictions per item, with subject).
+
+    Args:
+        provenance: what to record about the run (command line, versions); ``--from``, the resolved commit
+            and the method are added.
 
     Returns:
         ``{"method", "base", "metrics", "trainable_params", "load_report", "outputs"}`` (also in ``metrics.json``).
     """
+    _, commit = check_base(recipe, base, revision)
+    _say(f"{recipe.name}: --from {base} checked" + (f" (commit {commit})" if commit else "") +
+         f"; preparing data set {recipe.data.name} (a first run builds the cache)")
     task = recipe.objective.config.task
     data_cls = DATASETS.get(recipe.data.name, where="recipe key data.name")
     if hasattr(data_cls, "prepare"):
         data_cls.prepare(recipe.data.config)
     dataset = data_cls(recipe.data.config)
     train, test = _split(dataset, opts)
-    model, load_report = _load_base(recipe, base, revision, _num_outputs(dataset, task), task, opts.pool)
-    key = hashlib.sha256(f"{base}|{revision}|{recipe.data.to_dict()}|{opts.split_seed}|{opts.test_fraction}|"
-                         f"{opts.pool}".encode()).hexdigest()
-    return finetune_model(model, train, test, recipe, opts, output_dir, base=base, feature_key=key,
-                          class_names=getattr(dataset, "class_names", None), load_report=load_report)
+    n_out = _num_outputs(dataset, task)
+    names = tuple(getattr(dataset, "class_names", None) or ()) if task == "classification" else ()
+    _say(f"{recipe.name}: {len(train)} training and {len(test)} held-out items; loading {base}")
+    model, load_report = _load_base(recipe, base, revision, n_out, task, opts.pool,
+                                    names if len(names) == n_out else (), commit)
+    enc_cls = MODELS.get(recipe.model.name)
+    from foundation.config import dataclass_from_dict
+
+    ran = checkpoint_recipe(recipe, dataclass_from_dict(enc_cls.config_class, model.config.encoder_config,
+                                                        "checkpoint config"))
+    record = {**(provenance or {}), "from": base, "revision": revision, "resolved_commit": commit or None,
+              "method": opts.method, "options": dataclass_to_dict(opts)}
+    key = hashlib.sha256(f"{base}|{commit or revision}|{recipe.data.to_dict()}|{opts.split_seed}|"
+                         f"{opts.test_fraction}|{opts.pool}".encode()).hexdigest()
+    model.config.provenance = record  # into config.json and the card
+    out = Path(output_dir)
+    if is_writer_rank():
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / "recipe.yaml", ran.to_yaml())
+        atomic_write_json(out / "provenance.json", record)
+    groups = dataset.groups() if hasattr(dataset, "groups") else None
+    return finetune_model(model, train, test, ran, opts, output_dir, base=base, feature_key=key,
+                          class_names=list(model.config.class_names) or None, load_report=load_report,
+                          items=[{"index": i, **({"subject": str(groups[i])} if groups is not None else {})}
+                                 for i in test.indices])
+
+
+def write_predictions(path: str | Path, out: torch.Tensor, task: str, class_names: list[str] | None = None,
+                      rows: list[dict[str, Any]] | None = None) -> Path:
+    """Write predictions as CSV: the ``rows`` columns (index, subject, label, ...), then ``prediction`` and, for
+    classification, ``prob_<class>`` per class (probabilities ``out [S, C]``); regression ``out [S]`` or ``[S, K]``.
+    """
+    import csv
+    import io
+
+    rows = rows or [{} for _ in range(len(out))]
+    lead = list(dict.fromkeys(k for r in rows for k in r))
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    if task == "classification":
+        names = class_names or [str(c) for c in range(out.shape[1])]
+        writer.writerow([*lead, "prediction", *[f"prob_{n}" for n in names]])
+        for r, p in zip(rows, out.tolist()):
+            best = max(range(len(p)), key=p.__getitem__)
+            writer.writerow([*[r.get(k, "") for k in lead], names[best], *[f"{v:.6f}" for v in p]])
+    else:
+        flat = out.reshape(len(out), -1).tolist()
+        cols = ["prediction"] if len(flat[0]) == 1 else [f"prediction_{k}" for k in range(len(flat[0]))]
+        writer.writerow([*lead, *cols])
+        for r, v in zip(rows, flat):
+            writer.writerow([*[r.get(k, "") for k in lead], *[f"{x:.6f}" for x in v]])
+    return atomic_write_text(Path(path), buf.getvalue())
 
 
 def finetune_model(model: TaskModel, train: Any, test: Any, recipe: RecipeConfig, opts: FinetuneOptions,
                    output_dir: str | Path, *, base: str = "", feature_key: str | None = None,
-                   class_names: list[str] | None = None, load_report: str = "") -> dict[str, Any]:
+                   class_names: list[str] | None = None, load_report: str = "",
+                   items: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """Fine-tune ``model`` (a pretrained encoder + new head) on ``train``, score on ``test``, write the results.
 
     Encoder parameters ``forward_features`` does not reach are frozen first. The strategy is
@@ -113,6 +243,8 @@ def finetune_model(model: TaskModel, train: Any, test: Any, recipe: RecipeConfig
         feature_key: cache key of the frozen features of probes (None: no cache).
         class_names: names of the classes for the confusion matrix.
         load_report: what loading the base did, opening the returned ``load_report``.
+        items: per held-out item, the leading columns of ``predictions.csv`` (``index`` in the data set,
+            ``subject``); default: the position in ``test``.
 
     Returns:
         ``{"method", "base", "metrics", "trainable_params", "load_report", "outputs"}`` (also in ``metrics.json``).
@@ -134,7 +266,9 @@ def finetune_model(model: TaskModel, train: Any, test: Any, recipe: RecipeConfig
     tops = sorted({".".join(n.split(".")[:2]) for n in job.unused})
     load_report = "; ".join(filter(None, [load_report, f"frozen, not reached by forward_features: "
                                           f"{', '.join(tops) or 'none'} ({len(job.unused)} tensors)"]))
+    _say(f"{opts.method}: fitting ({strategy.name or opts.method})")
     strategy.fit(job)
+    _say(f"{opts.method}: predicting the held-out split")
     prob, y_true = strategy.predict(job)
     metrics = classification_metrics(y_true, prob) if task == "classification" else regression_metrics(y_true, prob)
     y_pred = prob.argmax(-1) if task == "classification" else prob
@@ -143,12 +277,17 @@ def finetune_model(model: TaskModel, train: Any, test: Any, recipe: RecipeConfig
     result = {"method": opts.method, "base": base, "metrics": metrics, "trainable_params": strategy.trainable_params(),
               "load_report": load_report, "outputs": outputs}
     if is_writer_rank():
+        labels = None
         if task == "classification":
-            labels = class_names or [str(i) for i in range(model.config.num_outputs)]
+            labels = class_names or list(model.config.class_names) or [str(i) for i in range(model.config.num_outputs)]
             outputs["plot"] = str(save_confusion_matrix(y_true, y_pred, labels, out / "confusion_matrix.png",
-                                                        title=f"{opts.method} on {recipe.name}"))
+                                                        title=f"{opts.method} on {recipe.name} (held-out subjects)"))
         else:
             outputs["plot"] = str(save_pred_vs_true(y_true, y_pred, out / "pred_vs_true.png"))
         atomic_write_text(out / "results.md", markdown_table([{"method": opts.method, **metrics}]))
+        rows = [{**(items[i] if items else {"index": i}), "label": _label(y_true[i], labels)}
+                for i in range(len(y_true))]
+        outputs["predictions"] = str(write_predictions(out / "predictions.csv", prob, task,
+                                                       labels if task == "classification" else None, rows))
         atomic_write_json(out / "metrics.json", result)
     return result

@@ -16,8 +16,8 @@ that one ``forward_features`` pass does not reach.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -30,7 +30,7 @@ from foundation.finetune.llrd import depths_by_order, layerwise_lr_groups
 from foundation.hub.mixin import HubMixin
 from foundation.registry import MODELS
 
-__all__ = ["TaskModelConfig", "TaskModel", "SupervisedConfig", "Supervised", "predict"]
+__all__ = ["Supervised", "SupervisedConfig", "TaskModel", "TaskModelConfig", "head_linear", "predict"]
 
 _TASKS = ("classification", "regression")
 
@@ -44,8 +44,15 @@ class TaskModelConfig:
     num_outputs: int = field(default=2, metadata={"help": "classes (classification) or targets (regression)"})
     task: str = field(default="classification", metadata={"help": "classification | regression"})
     pool: str = field(default="mean", metadata={"help": "token pooling before the head: mean | cls"})
+    class_names: tuple[str, ...] = field(default=(), metadata={"help": "names of the classes, in output order"})
+    base_model: str = field(default="", metadata={"help": "where the encoder's pretrained weights came from: a Hub "
+                                                          "id or a local folder ('' in memory)"})
+    base_revision: str = field(default="", metadata={"help": "the Hub commit of base_model ('' for a folder)"})
+    provenance: dict[str, Any] = field(default_factory=dict, metadata={
+        "help": "how the fine-tune was made: command line, --from and its commit, method, versions, git commit"})
 
     def __post_init__(self) -> None:
+        self.class_names = tuple(str(c) for c in self.class_names)
         if self.task not in _TASKS:
             raise ConfigError(f"task {self.task!r} unknown; valid: {', '.join(_TASKS)}")
         if self.pool not in ("mean", "cls"):
@@ -157,6 +164,16 @@ class TaskModel(nn.Module, HubMixin):
         depths, n = depths_by_order(self, path)
         return layerwise_lr_groups(self, lr, decay=decay, head_lr=head_lr, weight_decay=weight_decay,
                                    layer_of=depths.__getitem__, num_layers=n)
+
+
+def head_linear(model: TaskModel) -> nn.Linear:
+    """The head that computes: ``model.head``, or its trainable copy when peft wrapped it (``modules_to_save``)."""
+    head = model.head
+    copies = getattr(head, "modules_to_save", None)
+    if isinstance(head, nn.Linear) or copies is None:
+        return head
+    active = head.active_adapter
+    return copies[active if isinstance(active, str) else active[0]]
 
 
 @dataclass

@@ -43,7 +43,10 @@ class ModelCardInfo:
         dataset_name: the evaluation data set the metrics were measured on; when set, the scores also
             go into the ``model-index`` front matter the Hub renders as an evaluation table.
         task_type: the Hub task id for ``model-index`` (e.g. ``"image-segmentation"``).
-        license: a Hub license id (``"apache-2.0"``).
+        license: a Hub license id (default ``"apache-2.0"``, the suite's).
+        datasets: Hub data set ids or names the model was trained on (front matter ``datasets``).
+        pipeline_tag: the Hub pipeline tag (default ``feature-extraction``).
+        training_losses: last training losses, shown as training losses (never as metrics).
     """
 
     description: str = ""
@@ -54,7 +57,10 @@ class ModelCardInfo:
     base_model: str | None = None
     dataset_name: str | None = None
     task_type: str = "feature-extraction"
-    license: str | None = None
+    license: str | None = "apache-2.0"
+    datasets: tuple[str, ...] = ()
+    pipeline_tag: str = "feature-extraction"
+    training_losses: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if isinstance(self.tags, str):
@@ -77,6 +83,17 @@ class ModelCardInfo:
             raise ConfigError("ModelCardInfo.task_type: empty; give the Hub task id the metrics belong to")
 
 
+def hub_id_or_none(source: str | None) -> str | None:
+    """``source`` when it is a Hub id ``owner/name`` (not a local path), else None (the Hub's ``base_model``
+    must name a Hub repository)."""
+    if not source or source.startswith((".", "/", "~")) or source.count("/") != 1 or Path(source).exists():
+        return None
+    return source
+
+
+USAGE_PLACEHOLDER = "<repo id or folder>"
+
+
 def _front_matter(info: ModelCardInfo, model_name: str) -> ModelCardData:
     tags = list(dict.fromkeys([LIBRARY_NAME, model_name, *info.tags]))
     eval_results = None
@@ -89,8 +106,10 @@ def _front_matter(info: ModelCardInfo, model_name: str) -> ModelCardData:
     return ModelCardData(
         library_name=LIBRARY_NAME,
         tags=tags,
-        base_model=info.base_model,
+        base_model=hub_id_or_none(info.base_model),
         license=info.license,
+        datasets=list(info.datasets) or None,
+        pipeline_tag=info.pipeline_tag,
         metrics=sorted(info.metrics) or None,
         model_name=model_name if eval_results else None,
         eval_results=eval_results,
@@ -117,9 +136,12 @@ def render_model_card(info: ModelCardInfo, model_name: str, config: Any, class_n
         f"---\n{data.to_yaml()}\n---\n",
         f"# {model_name}\n",
         f"{info.description.strip()}\n" if info.description.strip() else "",
-        f"Fine-tuned from [{info.base_model}](https://huggingface.co/{info.base_model}).\n" if info.base_model else "",
+        (f"Fine-tuned from [{info.base_model}](https://huggingface.co/{info.base_model}).\n"
+         if hub_id_or_none(info.base_model) else
+         f"Fine-tuned from the local checkpoint `{info.base_model}`.\n" if info.base_model else ""),
         "## Usage\n",
-        f"```python\nmodel = {class_name}.from_pretrained(\"<repo id or folder>\")\n```\n",
+        f"```python\nimport foundation\n\nmodel = foundation.load(\"{USAGE_PLACEHOLDER}\")  # a {class_name}, "
+        f"in eval mode\n```\n",
         f"Saved with {LIBRARY_NAME}: `model.safetensors` holds the weights, `config.json` the config "
         f"(with `model_name: {model_name}`).\n",
         f"## Config\n\n```json\n{config_json}\n```\n",
@@ -132,6 +154,10 @@ def render_model_card(info: ModelCardInfo, model_name: str, config: Any, class_n
         where = f" on {info.dataset_name}" if info.dataset_name else ""
         rows = "\n".join(f"| {name} | {value:.6g} |" for name, value in sorted(info.metrics.items()))
         parts.append(f"## Metrics\n\nMeasured{where}.\n\n| metric | value |\n|---|---|\n{rows}\n")
+    if info.training_losses:
+        rows = "\n".join(f"| {name} | {value:.6g} |" for name, value in sorted(info.training_losses.items()))
+        parts.append(f"## Training losses\n\nAt the last training step (training data, not an evaluation)."
+                     f"\n\n| loss | value |\n|---|---|\n{rows}\n")
     return "\n".join(p for p in parts if p)
 
 

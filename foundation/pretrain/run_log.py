@@ -8,7 +8,7 @@ from typing import Any
 
 from foundation.atomic import atomic_path, atomic_write_text
 
-__all__ = ["RunLog", "plot_curves", "read_jsonl"]
+__all__ = ["RunLog", "plot_curves", "read_jsonl", "loss_components", "smooth", "LOSS_PARTS"]
 
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
@@ -17,11 +17,33 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
         return [json.loads(line) for line in f if line.strip()]
 
 
+# record keys that are parts of the loss besides ``loss_*`` ones (DeeperBrain: reconstruction + statistics)
+LOSS_PARTS = ("recon", "stats")
+
+
+def loss_components(records: list[dict[str, Any]]) -> list[str]:
+    """Keys of the records that are parts of the loss: ``loss_<name>`` (the ultrasound model's per-task losses)
+    and :data:`LOSS_PARTS`; counters such as ``visible`` or ``tasks_in_batch`` are not."""
+    keys = dict.fromkeys(k for r in records for k in r)
+    return [k for k in keys if (k.startswith("loss_") or k in LOSS_PARTS)
+            and all(isinstance(r.get(k, 0.0), (int, float)) for r in records)]
+
+
+def smooth(values: list[float], weight: float = 0.8) -> list[float]:
+    """Exponential moving average with bias correction (TensorBoard's smoothing); NaN-free input."""
+    out, avg = [], 0.0
+    for i, v in enumerate(values, 1):
+        avg = weight * avg + (1 - weight) * v
+        out.append(avg / (1 - weight ** i))
+    return out
+
+
 def plot_curves(records: list[dict[str, Any]], path: str | Path, title: str = "") -> Path:
-    """Draw loss (log scale when positive) and learning rate against the step; write a PNG atomically.
+    """Draw the loss and each of its components (raw faint, smoothed solid; log scale when positive) and the
+    learning rate against the step; write a PNG atomically.
 
     Args:
-        records: metrics records with ``step``, ``loss`` and ``lr``.
+        records: metrics records with ``step``, ``loss`` and ``lr`` (components: :func:`loss_components`).
         path: target PNG.
         title: figure title (the recipe name).
 
@@ -37,11 +59,23 @@ def plot_curves(records: list[dict[str, Any]], path: str | Path, title: str = ""
     steps = [r["step"] for r in records]
     loss = [r["loss"] for r in records]
     lr = [r["lr"] for r in records]
-    fig, (ax_loss, ax_lr) = plt.subplots(1, 2, figsize=(10, 3.6))
-    ax_loss.plot(steps, loss, lw=1.2)
-    if loss and all(v > 0 and math.isfinite(v) for v in loss):
+    fig, (ax_loss, ax_lr) = plt.subplots(1, 2, figsize=(12, 4.2), gridspec_kw={"width_ratios": [1.6, 1]})
+    series = [("loss (total)", loss)] + [(k, [float(r.get(k, math.nan)) for r in records])
+                                         for k in loss_components(records)]
+    positive = True
+    for i, (name, values) in enumerate(series):
+        color = f"C{i}"
+        finite = [v for v in values if math.isfinite(v)]
+        positive &= bool(finite) and all(v > 0 for v in finite)
+        ax_loss.plot(steps, values, color=color, lw=0.8, alpha=0.3)
+        if len(finite) == len(values) and len(values) > 3:
+            ax_loss.plot(steps, smooth(values), color=color, lw=1.6, label=name)
+        else:
+            ax_loss.plot([], [], color=color, label=name)
+    if loss and positive:
         ax_loss.set_yscale("log")
-    ax_loss.set(xlabel="optimizer step", ylabel="training loss", title="loss")
+    ax_loss.set(xlabel="optimizer step", ylabel="training loss", title="loss and its parts (faint: raw)")
+    ax_loss.legend(fontsize=8, loc="best")
     ax_loss.grid(alpha=0.3)
     ax_lr.plot(steps, lr, color="tab:orange", lw=1.2)
     ax_lr.set(xlabel="optimizer step", ylabel="learning rate", title="learning rate")

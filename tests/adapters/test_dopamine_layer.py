@@ -130,3 +130,20 @@ def test_gate_activity_is_the_mean_soft_gate_and_pushes_tau_up():
     torch.testing.assert_close(model.gate_activity(), torch.sigmoid(h / layer.temperature).mean())
     model.gate_activity().backward()
     assert bool((layer.dopamine_tau["default"].grad <= 0).all())  # gradient descent raises every threshold
+
+
+def test_a_convolution_is_gated_per_output_channel():
+    from foundation.adapters.dopamine.config import DopamineConfig
+    from foundation.adapters.dopamine.layer import DopamineLayer
+
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(3, 4, kernel_size=1)
+    layer = DopamineLayer(conv, "default", DopamineConfig(warmup_steps=0))
+    x = torch.randn(2, 3, 5, 5)
+    with torch.no_grad():
+        layer.dopamine_tau["default"].copy_(torch.tensor([-1e9, 1e9, -1e9, 1e9]))
+        layer.eval()
+        out, h = layer(x), conv(x)
+    assert layer.out_features == 4 and out.shape == h.shape
+    torch.testing.assert_close(out[:, [0, 2]], h[:, [0, 2]])  # open gates pass the channel through
+    assert (out[:, [1, 3]] == 0).all()  # closed gates zero the whole channel

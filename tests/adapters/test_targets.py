@@ -69,3 +69,16 @@ def test_no_match_repeats_the_patterns_and_grouped_conv_is_refused():
         resolve_targets(ToyConvNet(), None, ("conv_pw", "conv_dw"))
     with pytest.raises(ConfigError, match=r"preset and target_modules are both empty"):
         resolve_targets(ToyConvNet(), None, ())
+
+
+def test_a_mistyped_target_suggests_the_close_module_names():
+    from torch import nn
+
+    from foundation.adapters.targets import resolve_targets
+    from foundation.errors import ConfigError
+
+    model = nn.Sequential()
+    model.add_module("mlp", nn.Sequential())
+    model.mlp.add_module("fc1", nn.Linear(2, 2))
+    with pytest.raises(ConfigError, match=r"did you mean 'mlp.fc1'"):
+        resolve_targets(model, None, ("mlp.fc_1",))

@@ -56,6 +56,7 @@ def test_trained_methods(base, tmp_path, method, extra):
     recipe = load_recipe(str(RECIPE))
     res = run_finetune(recipe, str(base), tmp_path, FinetuneOptions(method=method, **extra))
     assert res["metrics"]["balanced_accuracy"] > 0.6, res["metrics"]  # chance is 1/3
+    assert (tmp_path / "finetune_curves.png").stat().st_size > 0  # training + held-out loss, held-out score
     toy = ToyMAE(ToyMAEConfig())
     n_all = sum(p.numel() for p in toy.parameters())
     if method == "full":  # every encoder parameter forward_features reaches, plus the new head; not the decoder
@@ -63,11 +64,14 @@ def test_trained_methods(base, tmp_path, method, extra):
         n_used = sum(p.numel() for n, p in toy.named_parameters() if not n.startswith(unreached))
         assert res["trainable_params"] == n_used + 3 * (toy.embed_dim + 1)
         card = (tmp_path / "model" / "README.md").read_text()
-        assert f"base_model: {base}" in card
+        # a local base is named in the text, never as the Hub's base_model (which must be a Hub id)
+        assert f"local checkpoint `{Path(base).resolve()}`" in card and "base_model:" not in card
     else:
         assert res["trainable_params"] < n_all / 4
         assert (tmp_path / "adapter" / "adapter_config.json").is_file()
-        assert set(load_file(tmp_path / "head.safetensors")) == {"weight", "bias"}
+        saved = set(load_file(tmp_path / "adapter" / "adapter_model.safetensors"))  # the head is inside
+        assert {k for k in saved if k.startswith(("base_model.model.head.", "head."))} == ({"base_model.model.head.weight", "base_model.model.head.bias"}
+                                                      if method == "lora" else {"head.weight", "head.bias"})
     if method == "dopamine":
         macs = json.loads((tmp_path / "macs.json").read_text())
         assert 0 < macs["done"] <= macs["dense"]
@@ -121,4 +125,4 @@ def test_lora_under_zero3_with_two_ranks(base, tmp_path):
     assert adapter and all(t.numel() > 0 for t in adapter.values())
     lora_b = [t for k, t in adapter.items() if "lora_B" in k]
     assert lora_b and any(t.abs().sum() > 0 for t in lora_b)  # trained (B starts at zero)
-    assert load_file(tmp_path / "head.safetensors")["weight"].shape == (3, 32)
+    assert adapter["base_model.model.head.weight"].shape == (3, 32)  # the head, gathered from ZeRO-3 shards

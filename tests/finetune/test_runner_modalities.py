@@ -15,10 +15,10 @@ from safetensors.torch import load_file
 from torch.utils.data import DataLoader, Subset
 
 from foundation.config import dataclass_to_dict, load_recipe
+from foundation.data.splits import group_split
 from foundation.finetune.features import split_batch
 from foundation.finetune.runner import FinetuneOptions, _load_base, run_finetune
-from foundation.data.splits import group_split
-from foundation.finetune.task_model import TaskModel, TaskModelConfig, predict
+from foundation.finetune.task_model import TaskModel, predict
 from foundation.registry import DATASETS, MODELS
 
 pytestmark = pytest.mark.slow
@@ -44,7 +44,10 @@ def _fmri(tmp: Path) -> tuple[list[str], object]:
 
 
 def _ultrasound(tmp: Path) -> tuple[list[str], object]:
-    from foundation.modalities.ultrasound.model import UltrasoundMTL, UltrasoundMTLConfig
+    from foundation.modalities.ultrasound.model import (
+        UltrasoundMTL,
+        UltrasoundMTLConfig,
+    )
 
     data = [f"data.cache_dir={tmp / 'us-cache'}", "data.demo_images_per_task=16"]  # source: demo, beside the cache
     cfg = UltrasoundMTLConfig(backbone="tinynet_e", fpn_dim=16, head_dim=8, tasks=("breast_3cls", "lung"))
@@ -92,7 +95,7 @@ def test_load_is_strict_and_freezes_only_the_unreached_parts(setup):
     assert model.blocks_path() is not None  # layer-wise LR decay has a block stack to decay over
 
 
-@pytest.mark.parametrize("method", ["linear-probe", "lora", "full"])
+@pytest.mark.parametrize("method", ["linear-probe", "mlp-probe", "lora", "dopamine", "full"])
 def test_method_end_to_end(setup, method, tmp_path):
     modality, recipe, base, test, _ = setup
     res = run_finetune(recipe, str(base), tmp_path, FinetuneOptions(method=method))
@@ -101,28 +104,43 @@ def test_method_end_to_end(setup, method, tmp_path):
     assert 0.0 <= res["metrics"]["balanced_accuracy"] <= 1.0 and (tmp_path / "confusion_matrix.png").is_file()
     C = test.dataset.num_classes
     ckpt = _checkpoint(recipe, base)
-    if method == "linear-probe":
+    if method.endswith("-probe"):
         head = load_file(tmp_path / "probe_head.safetensors")
         assert res["trainable_params"] == sum(t.numel() for t in head.values())
         return
-    cfg = TaskModelConfig(encoder=recipe.model.name, encoder_config=json.loads((base / "config.json").read_text()),
-                          num_outputs=C)
-    cfg.encoder_config = {k: v for k, v in cfg.encoder_config.items() if k not in ("model_name", "foundation_version")}
-    if method == "lora":
-        adapter = load_file(tmp_path / "adapter" / "adapter_model.safetensors")
-        head = load_file(tmp_path / "head.safetensors")
-        # only the adapter and the new head trained, and no adapter sits on an unreached part
-        assert res["trainable_params"] == sum(t.numel() for t in [*adapter.values(), *head.values()])
+    if method in ("lora", "dopamine"):
+        folder = tmp_path / "adapter"
+        adapter = load_file(folder / "adapter_model.safetensors")
+        # only the adapter and the new head trained; the head is inside the adapter file (modules_to_save)
+        head = "base_model.model.head." if method == "lora" else "head."
+        assert adapter[head + "weight"].shape[0] == C
+        trained = {k: t for k, t in adapter.items() if "lora_" in k or "dopamine_" in k or k.startswith(head)}
+        assert res["trainable_params"] == sum(t.numel() for t in trained.values())
         assert not any(k.split("encoder.", 1)[1].startswith(tuple(u.split(".", 1)[1] for u in UNUSED[modality]))
-                       for k in adapter), sorted(adapter)
-        assert any(t.abs().sum() > 0 for k, t in adapter.items() if "lora_B" in k)  # B starts at zero
-        # the untouched checkpoint + adapter + head reproduce the run's test outputs: the base did not change
-        from foundation.adapters import load_adapter
+                       for k in trained if "encoder." in k), sorted(trained)
+        # LoRA: peft also keeps (frozen, unchanged) copies of modules whose names end in "head"
+        ckpt_full = {f"base_model.model.encoder.{k}": v for k, v in ckpt.items()}
+        assert all(torch.equal(t, ckpt_full[k]) for k, t in adapter.items() if k not in trained)
+        saved_cfg = json.loads((folder / "config.json").read_text())
+        assert saved_cfg["model_name"] == "task-model" and saved_cfg["base_model"] == str(base.resolve())
+        assert json.loads((folder / "adapter_config.json").read_text())["base_model_name_or_path"] == str(base.resolve())
+        if method == "lora":
+            assert any(t.abs().sum() > 0 for k, t in adapter.items() if "lora_B" in k)  # B starts at zero
+        else:  # the gates trained, and the report ran on the held-out split
+            assert any((t != -1.0).any() for k, t in adapter.items() if k.endswith("dopamine_tau"))
+            assert (tmp_path / "attribution" / "attribution.png").is_file()
+        # the folder alone (config + adapter + head) and the untouched checkpoint reproduce the run's test outputs
+        import foundation
 
-        rebuilt = TaskModel(cfg)
-        rebuilt.encoder.load_state_dict(ckpt, strict=True)
-        rebuilt.head.load_state_dict(head)
-        rebuilt = load_adapter(rebuilt, tmp_path / "adapter")
+        rebuilt = foundation.load(folder)
+        if method == "lora":  # plain peft reads the same folder onto the task model foundation.load builds
+            from peft import PeftModel
+
+            plain = PeftModel.from_pretrained(foundation.load(folder, adapter=False), str(folder)).eval()
+            with torch.no_grad():
+                prob_peft, _ = predict(plain, DataLoader(test, batch_size=64))
+                prob_ours, _ = predict(rebuilt, DataLoader(test, batch_size=64))
+            torch.testing.assert_close(prob_peft, prob_ours)
     else:
         rebuilt = TaskModel.from_pretrained(tmp_path / "model")
         enc = rebuilt.encoder.state_dict()

@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 from torch.utils.data import DataLoader, Subset
 
 import tests.adapters._scale_adapter  # noqa: F401  (registers the third adapter method "scale")
-from foundation.adapters import LoraAdapterModel, load_adapter
+from foundation.adapters import LoraAdapterModel
 from foundation.config import load_recipe
 from foundation.data.splits import group_split
 from foundation.errors import ConfigError
@@ -21,7 +21,7 @@ from foundation.finetune.strategies import STRATEGIES, make_strategy, method_nam
 from foundation.finetune.strategies.adapter import AdapterFinetune
 from foundation.finetune.strategies.full import FullFinetune
 from foundation.finetune.strategies.probe import LinearProbe, MlpProbe
-from foundation.finetune.task_model import TaskModel, TaskModelConfig, predict
+from foundation.finetune.task_model import predict
 from tests.adapters._scale_adapter import ScaleAdapter
 from tests.fixtures.toy_mae import ToyLabelledTokens, ToyMAE, ToyMAEConfig
 
@@ -81,20 +81,18 @@ def test_a_third_adapter_method_fine_tunes_by_registration_alone(base, tmp_path)
     res = run_finetune(recipe, str(base), tmp_path, FinetuneOptions(method="scale", targets=("fc1", "fc2")))
     assert res["metrics"]["balanced_accuracy"] > 0.6, res["metrics"]  # chance is 1/3
     assert json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())["peft_type"] == "SCALE"
-    adapter, head = load_file(tmp_path / "adapter" / "adapter_model.safetensors"), load_file(tmp_path / "head.safetensors")
+    adapter, head = load_file(tmp_path / "adapter" / "adapter_model.safetensors"), load_file(tmp_path / "adapter" / "head.safetensors")
     assert adapter and all(k.endswith(".scale_gain") for k in adapter)
     assert any(not torch.equal(t, torch.ones_like(t)) for t in adapter.values())  # the gains trained
     assert res["trainable_params"] == sum(t.numel() for t in [*adapter.values(), *head.values()])
-    # the untouched checkpoint + adapter + head reproduce the run's held-out metrics
+    # the fine-tune folder alone (config, adapter, head beside it) + the untouched checkpoint reproduce the metrics
+    import foundation
+
     data = ToyLabelledTokens(recipe.data.config)
     _, test_idx = group_split(data.groups(), 0.25, 0)
-    cfg = TaskModelConfig(encoder="toy-mae", encoder_config=ToyMAE.from_pretrained(base).hub_config().__dict__,
-                          num_outputs=data.num_classes)
-    rebuilt = TaskModel(cfg)
-    rebuilt.encoder.load_state_dict(ToyMAE.from_pretrained(base).state_dict())
-    rebuilt.head.load_state_dict(head)
-    rebuilt = load_adapter(rebuilt, tmp_path / "adapter")
+    rebuilt = foundation.load(tmp_path / "adapter")
     assert isinstance(rebuilt, ScaleAdapter)
+    torch.testing.assert_close(rebuilt.model.head.weight, head["weight"])
     prob, y = predict(rebuilt, DataLoader(Subset(data, test_idx.tolist()), batch_size=64))
     assert classification_metrics(y, prob) == pytest.approx(res["metrics"], abs=1e-6)
 

@@ -1,3 +1,5 @@
+import pytest
+
 from foundation.pretrain.run_log import RunLog, read_jsonl
 
 
@@ -41,3 +43,12 @@ def test_resume_purges_tensorboard_events_past_the_resumed_step(tmp_path):
         again.log({"step": step, "loss": 10.0 * step, "lr": 0.1})
     again.close()
     assert _tb_steps(tmp_path / "tensorboard") == [1, 2, 3, 4, 5]  # not 1..5 then 4, 5 again
+
+
+def test_curves_show_each_loss_component_and_no_counters():
+    from foundation.pretrain.run_log import loss_components, smooth
+
+    records = [{"step": s, "loss": 1.0 / s, "recon": 0.6 / s, "stats": 0.4 / s, "visible": 0.5, "loss_cls": 0.1,
+                "tasks_in_batch": 7.0, "lr": 1e-3} for s in range(1, 6)]
+    assert loss_components(records) == ["recon", "stats", "loss_cls"]
+    assert smooth([2.0, 2.0, 2.0]) == pytest.approx([2.0, 2.0, 2.0])  # bias-corrected: no ramp from zero

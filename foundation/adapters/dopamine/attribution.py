@@ -1,7 +1,8 @@
 """Neuron-level attribution of a Dopamine adapter: which units fire, per class, on a data loader.
 
 A unit fires on a sample when its pre-gate value exceeds its threshold
-(h > tau; averaged over tokens for token inputs). The firing rate per class is
+(h > tau; averaged over the sample's tokens or spatial positions; samples run one at a time,
+so packed or flattened token layouts need no unpacking). The firing rate per class is
 the mean over the samples of that class. Written as a CSV (one row per layer
 and unit), a markdown summary (per class: share of units firing more often
 than not, and the most class-specific units) and a PNG heatmap (Agg backend).
@@ -12,6 +13,7 @@ import csv
 import os
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -52,16 +54,15 @@ def neuron_attribution(model: DopamineModel, loader: Iterable, num_classes: int)
             if bad.numel():
                 raise DataError(f"neuron_attribution: label {int(bad[0])} outside [0, {num_classes}); pass the "
                                 f"right num_classes or fix the loader's labels")
-            model(inputs)
-            onehot = torch.nn.functional.one_hot(labels, num_classes).to(torch.float64)  # [B, C]
-            counts += onehot.sum(0)
-            for name, layer in layers.items():
-                if not layer.recorded:  # a gated layer off this forward path (e.g. a pretraining decoder)
-                    continue
-                seen.add(name)
-                fired = torch.cat(layer.recorded).to(torch.float64)  # [B, D]
-                layer.recorded.clear()
-                sums[name] += onehot.T @ fired  # [C, B] @ [B, D] -> [C, D]
+            for i, label in enumerate(labels.tolist()):  # one sample per forward: any token layout (packed,
+                model(_sample(inputs, i, len(labels)))      # flattened windows, channels) averages per sample
+                counts[label] += 1
+                for name, layer in layers.items():
+                    if not layer.recorded:  # a gated layer off this forward path (e.g. a pretraining decoder)
+                        continue
+                    seen.add(name)
+                    sums[name][label] += torch.stack(layer.recorded).to(torch.float64).mean(0)  # [D]
+                    layer.recorded.clear()
     finally:
         for layer in layers.values():
             layer.recorded = None
@@ -69,6 +70,14 @@ def neuron_attribution(model: DopamineModel, loader: Iterable, num_classes: int)
     if counts.sum() == 0:
         raise DataError("neuron_attribution: the loader yielded no sample")
     return {n: (s / counts[:, None]).to(torch.float32) for n, s in sums.items() if n in seen}
+
+
+def _sample(inputs: Any, i: int, batch_size: int) -> Any:
+    """Sample ``i`` of a batch, keeping the batch dimension (a tensor or a dict of batch entries)."""
+    if isinstance(inputs, dict):
+        return {k: (v[i:i + 1] if isinstance(v, torch.Tensor) and v.dim() and v.shape[0] == batch_size else v)
+                for k, v in inputs.items()}
+    return inputs[i:i + 1]
 
 
 def write_attribution(rates: dict[str, torch.Tensor], folder: str | os.PathLike, top: int = 5) -> dict[str, Path]:

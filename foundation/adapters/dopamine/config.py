@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 from foundation.errors import ConfigError, did_you_mean
 
-__all__ = ["DopamineConfig", "temperature_at", "gate_mix_at", "SCHEDULES"]
+__all__ = ["SCHEDULES", "DopamineConfig", "gate_mix_at", "temperature_at"]
 
 SCHEDULES = ("cosine", "exponential", "linear", "constant")
 
@@ -52,6 +52,8 @@ class DopamineConfig:
         warmup_steps: steps over which the gate is mixed in (0 at step 0: exact identity); 0 = gate on at once.
         hard_in_eval: in eval mode use the hard gate 1[h > tau] (and enable column skipping).
         skip_strategy: "union" (batch-union of active columns) or "per-row" (each row's own active units).
+        modules_to_save: module names trained whole and saved in the adapter file (a fine-tune's new task
+            head, ``("head",)``), as peft's ``modules_to_save``.
     """
 
     target_modules: tuple[str, ...] | str = field(default=("mlp.fc1",),
@@ -69,6 +71,8 @@ class DopamineConfig:
     hard_in_eval: bool = field(default=True, metadata={"help": "eval mode uses the hard gate 1[h > tau]"})
     skip_strategy: str = field(default="union",
                                metadata={"help": "column skipping: union (index_select) | per-row (embedding_bag)"})
+    modules_to_save: tuple[str, ...] = field(default=(), metadata={"help": "modules trained whole and saved with "
+                                                                           "the adapter (a new task head)"})
 
     def __post_init__(self) -> None:
         if not isinstance(self.target_modules, str):
@@ -76,6 +80,7 @@ class DopamineConfig:
         if not isinstance(self.skip_modules, str):
             self.skip_modules = tuple(self.skip_modules)
         self.exclude_modules = tuple(self.exclude_modules)
+        self.modules_to_save = tuple(self.modules_to_save or ())
         if not self.target_modules:
             raise ConfigError("DopamineConfig.target_modules: empty; name the linear layers to gate, e.g. "
                               "('mlp.fc1',)")

@@ -22,9 +22,13 @@ class DopamineLayer(nn.Module):
     warm-up mix (0 at step 0: exact identity). ``temperature`` and ``mix`` are set by
     :class:`~foundation.adapters.dopamine.model.DopamineModel` from the step.
 
+    Units are the last dimension of a linear layer's output (``[B, ..., D]``) and the channel dimension of a
+    convolution's (``[B, D, H, W]``).
+
     Args:
-        base_layer: the layer whose outputs are gated; must expose ``out_features`` (``nn.Linear``, a peft LoRA
-            ``Linear``, or :class:`~foundation.adapters.dopamine.conditional.SkipInactiveLinear`).
+        base_layer: the layer whose outputs are gated: ``nn.Linear``, a peft LoRA ``Linear``,
+            :class:`~foundation.adapters.dopamine.conditional.SkipInactiveLinear` (``out_features``) or an
+            ``nn.Conv1d/2d/3d`` (``out_channels``).
         adapter_name: key of this adapter's parameters.
         config: the adapter config (initial values, hard gate in eval).
     """
@@ -34,7 +38,8 @@ class DopamineLayer(nn.Module):
     def __init__(self, base_layer: nn.Module, adapter_name: str, config: DopamineConfig) -> None:
         super().__init__()
         self.base_layer = base_layer
-        self.out_features = int(base_layer.out_features)
+        self.unit_dim = 1 if isinstance(base_layer, nn.modules.conv._ConvNd) else -1
+        self.out_features = int(base_layer.out_channels if self.unit_dim == 1 else base_layer.out_features)
         self.dopamine_tau = nn.ParameterDict()
         self.dopamine_gamma = nn.ParameterDict()
         self.hard_in_eval: dict[str, bool] = {}
@@ -60,9 +65,19 @@ class DopamineLayer(nn.Module):
         """Whether the current forward uses the hard gate (eval mode with ``hard_in_eval``)."""
         return (not self.training) and self.hard_in_eval[self.active_adapter]
 
+    def _per_unit(self, value: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        """``value`` [D] shaped to broadcast over ``h`` along the unit dimension."""
+        if self.unit_dim == -1:
+            return value
+        return value.reshape(-1, *([1] * (h.dim() - 2)))
+
+    def unit_means(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` (shaped like the layer's output) averaged over every dimension but the units -> ``[D]``."""
+        return x.movedim(self.unit_dim, -1).reshape(-1, self.out_features).mean(0)
+
     def gate(self, h: torch.Tensor) -> torch.Tensor:
-        """The gate g in [0, 1] for pre-gate units ``h`` [B, ..., D] (before gamma and the warm-up mix)."""
-        tau = self.dopamine_tau[self.active_adapter]
+        """The gate g in [0, 1] for pre-gate units ``h`` (before gamma and the warm-up mix)."""
+        tau = self._per_unit(self.dopamine_tau[self.active_adapter], h)
         if self.hard:
             return (h > tau).to(h.dtype)
         return torch.sigmoid((h - tau) / self.temperature)
@@ -71,19 +86,19 @@ class DopamineLayer(nn.Module):
         """Base layer, then the gate on its output units.
 
         Args:
-            x: [B, ..., D_in] input of the base layer.
+            x: input of the base layer ([B, ..., D_in] or [B, C_in, ...]).
 
         Returns:
-            [B, ..., D] gated units, D = ``out_features``; equal to ``base_layer(x)`` when disabled or at step 0.
+            the gated units, shaped as ``base_layer(x)``; equal to it when disabled or at step 0.
         """
         h = self.base_layer(x, *args, **kwargs)
         if self.disabled:
             return h
-        gamma = self.dopamine_gamma[self.active_adapter]
+        gamma = self._per_unit(self.dopamine_gamma[self.active_adapter], h)
         g = self.gate(h)
-        if self.recorded is not None:
-            fired = (h > self.dopamine_tau[self.active_adapter]).to(torch.float32)
-            self.recorded.append(fired.reshape(h.shape[0], -1, self.out_features).mean(1).detach().cpu())  # [B, D]
+        if self.recorded is not None:  # firing share of every unit over this forward's positions: [D]
+            fired = (h > self._per_unit(self.dopamine_tau[self.active_adapter], h)).to(torch.float32)
+            self.recorded.append(self.unit_means(fired).detach().cpu())
         if self.mix != 1.0:
             g = (1.0 - self.mix) + self.mix * g
         self.gate_mean = g.mean() if self.training else None  # for DopamineModel.gate_activity (sparsity loss)

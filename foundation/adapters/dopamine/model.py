@@ -19,29 +19,52 @@ from torch import nn
 
 from foundation.adapters.base import AdapterModel, AdapterReportContext
 from foundation.adapters.dopamine.conditional import SkipInactiveLinear
-from foundation.adapters.dopamine.config import DopamineConfig, gate_mix_at, temperature_at
+from foundation.adapters.dopamine.config import (
+    DopamineConfig,
+    gate_mix_at,
+    temperature_at,
+)
 from foundation.adapters.dopamine.layer import DopamineLayer
 from foundation.adapters.state import gathered_state_dict
 from foundation.adapters.targets import resolve_targets
 from foundation.atomic import atomic_write_json
 from foundation.errors import CheckpointError, ConfigError, TrainingError
 
-__all__ = ["DopamineModel", "PEFT_TYPE"]
+__all__ = ["PEFT_TYPE", "DopamineModel"]
 
 PEFT_TYPE = "DOPAMINE"
+ADAPTER_TYPE = "foundation-dopamine"  # adapter_config.json["adapter_type"]: peft cannot read these folders
 _OTHER_ADAPTER_MARKERS = ("lora_",)
 
 
 def _gateable_types() -> tuple[type[nn.Module], ...]:
     from peft.tuners.lora import Linear as LoraLinear
 
-    return (nn.Linear, LoraLinear, SkipInactiveLinear)
+    return (nn.Linear, LoraLinear, SkipInactiveLinear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+# Per registered model, the config fields used when neither --targets nor the fields name targets: the
+# transformers gate their MLPs' hidden units (and skip the inactive columns in fc2); the EfficientNet of the
+# ultrasound model gates the expansion 1x1 convolutions of its blocks (no column skipping for convolutions).
+MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
+    "deeperbrain": {"target_modules": ("mlp.fc1",), "skip_modules": ("mlp.fc2",)},
+    "slim-brain": {"target_modules": ("mlp.fc1",), "skip_modules": ("mlp.fc2",)},
+    "hiera4d": {"target_modules": ("mlp.fc1",), "skip_modules": ("mlp.fc2",)},
+    "ultrasound-mtl": {"target_modules": ("conv_pw",), "skip_modules": ()},
+}
 
 
 def _set_module(root: nn.Module, name: str, module: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     parent = root.get_submodule(parent_name) if parent_name else root
     setattr(parent, child, module)
+
+
+def _first_samples(inputs: Any, n: int) -> Any:
+    """The first ``n`` samples of a batch (a tensor, or a dict of batch entries)."""
+    if isinstance(inputs, dict):
+        return {k: (v[:n] if isinstance(v, torch.Tensor) and v.dim() else v) for k, v in inputs.items()}
+    return inputs[:n]
 
 
 class DopamineModel(AdapterModel):
@@ -79,12 +102,37 @@ class DopamineModel(AdapterModel):
                                   f"column skipping needs the plain weight; set skip_modules=() for them")
         return targets, skips
 
+    @classmethod
+    def config_for(cls, model_name: str, targets: tuple[str, ...], exclude: tuple[str, ...],
+                   fields: dict[str, Any], where: str = "adapter options") -> DopamineConfig:
+        """``targets`` (then no column skipping unless ``fields`` name ``skip_modules``), else the model's defaults
+        (:data:`MODEL_DEFAULTS`; other models: ``mlp.fc1`` gated, ``mlp.fc2`` skipping)."""
+        fields = dict(fields)
+        if targets or "target_modules" in fields:
+            fields.setdefault("skip_modules", ())
+        else:
+            for key, value in MODEL_DEFAULTS.get(model_name, {}).items():
+                fields.setdefault(key, value)
+        return super().config_for(model_name, targets, exclude, fields, where)
+
+    def preflight(self, ctx: AdapterReportContext) -> None:
+        """Run what :meth:`report` runs on the first held-out batch, writing nothing (fails before training)."""
+        from foundation.adapters.dopamine.attribution import neuron_attribution
+
+        if ctx.task != "classification":
+            return super().preflight(ctx)
+        inputs, labels = next(iter(ctx.batches()))
+        neuron_attribution(self, [(_first_samples(inputs, 2), torch.as_tensor(labels)[:2])], ctx.num_outputs)
+
     def _inject(self, model: nn.Module, config: DopamineConfig, plan: tuple[list[str], list[str]],
                 adapter_name: str) -> nn.Module:
         targets, skips = plan
         for name, p in model.named_parameters():  # frozen base; other adapters keep their flags
             if not any(m in name for m in _OTHER_ADAPTER_MARKERS):
                 p.requires_grad_(False)
+        for name, p in model.named_parameters():  # modules saved whole (a new task head) train
+            if self._is_saved_whole(name, config):
+                p.requires_grad_(True)
         for name in skips:
             _set_module(model, name, SkipInactiveLinear(model.get_submodule(name), config.skip_strategy))
         for name in targets:
@@ -178,7 +226,10 @@ class DopamineModel(AdapterModel):
 
         Every rank runs the forward passes (collective under ZeRO-3); ``ctx.is_main`` writes.
         """
-        from foundation.adapters.dopamine.attribution import neuron_attribution, write_attribution
+        from foundation.adapters.dopamine.attribution import (
+            neuron_attribution,
+            write_attribution,
+        )
 
         was_training = self.training
         self.eval()
@@ -206,14 +257,20 @@ class DopamineModel(AdapterModel):
     def _is_adapter_key(self, name: str) -> bool:
         return any(f".{attr}.{self.adapter_name}" in f".{name}" for attr in DopamineLayer.adapter_layer_names)
 
+    @staticmethod
+    def _is_saved_whole(name: str, config: DopamineConfig) -> bool:
+        return any(name == m or name.startswith(m + ".") for m in config.modules_to_save)
+
     def adapter_state_dict(self) -> dict[str, torch.Tensor]:
-        """Adapter tensors only, keyed ``<module>.dopamine_tau`` (adapter name stripped, as peft does).
+        """Adapter tensors, keyed ``<module>.dopamine_tau`` (adapter name stripped, as peft does), plus the
+        parameters of ``modules_to_save`` under their own names (``head.weight``).
 
         ZeRO-3 shards are gathered first; call on every rank.
         """
-        state = gathered_state_dict(self.model, self._is_adapter_key)
+        state = gathered_state_dict(self.model, lambda n: self._is_adapter_key(n) or self._is_saved_whole(
+            n, self.config))
         suffix = f".{self.adapter_name}"
-        return {(k[: -len(suffix)] if k.endswith(suffix) else k): v for k, v in state.items()}
+        return {(k.removesuffix(suffix)): v for k, v in state.items()}
 
     def _load_adapter_state(self, state: dict[str, torch.Tensor], folder: str) -> None:
         expected = self.adapter_state_dict()
@@ -227,9 +284,14 @@ class DopamineModel(AdapterModel):
             for name, layer in self.dopamine_layers():
                 for attr in DopamineLayer.adapter_layer_names:
                     getattr(layer, attr)[self.adapter_name].copy_(state[f"{name}.{attr}"])
+            for key, value in state.items():
+                if self._is_saved_whole(key, self.config):
+                    self.model.get_parameter(key).copy_(value)
 
     def _config_dict(self) -> dict[str, Any]:
-        return {"method": self.method, "step": self.step, "targets": self.target_names,
+        return {"method": self.method, "adapter_type": ADAPTER_TYPE, "library_name": "foundation-suite",
+                "note": "a foundation-suite Dopamine adapter, not a peft adapter: load it with foundation.load",
+                "step": self.step, "targets": self.target_names,
                 **{k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self.config).items()}}
 
     @classmethod

@@ -30,8 +30,10 @@ def frozen_features(job: FinetuneJob) -> tuple[torch.Tensor, torch.Tensor, torch
             cached = load_file(file)
             return cached["X_train"], cached["y_train"], cached["X_test"], cached["y_test"]
     encoder, pool = job.model.encoder, job.model.config.pool
-    Xtr, ytr = extract_features(encoder, job.loader(job.train), pool=pool, **job.keys)
-    Xte, yte = extract_features(encoder, job.loader(job.test), pool=pool, **job.keys)
+    Xtr, ytr = extract_features(encoder, job.loader(job.train), pool=pool, progress="frozen features (train)",
+                                **job.keys)
+    Xte, yte = extract_features(encoder, job.loader(job.test), pool=pool, progress="frozen features (held out)",
+                                **job.keys)
     if job.feature_key is not None and is_writer_rank():
         with atomic_path(file) as tmp:
             save_file({"X_train": Xtr, "y_train": ytr, "X_test": Xte, "y_test": yte}, str(tmp))
