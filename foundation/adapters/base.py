@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -239,8 +240,18 @@ class AdapterModel(nn.Module):
         if meta["peft_type"] != cls.peft_type:
             raise CheckpointError(f"adapter folder {str(folder)!r}: {ADAPTER_CONFIG_NAME} says peft_type "
                                   f"{meta['peft_type']!r}; expected {cls.peft_type!r}; load it with its own method")
-        config = cls.config_from_dict(meta, str(folder))
-        state = load_file(str(Path(folder) / ADAPTER_WEIGHTS_NAME))
+        try:
+            config = cls.config_from_dict(meta, str(folder))
+        except (ConfigError, TypeError, ValueError) as err:  # a value of the wrong type or range in the file
+            raise CheckpointError(f"{Path(folder) / ADAPTER_CONFIG_NAME}: {type(err).__name__}: {err}; "
+                                  "re-save the adapter") from err
+        weights = Path(folder) / ADAPTER_WEIGHTS_NAME
+        try:
+            state = load_file(str(weights))
+        except (SafetensorError, OSError, ValueError) as err:  # a damaged or truncated safetensors file
+            raise CheckpointError(f"{weights}: not a readable safetensors file ({type(err).__name__}: "
+                                  f"{str(err).splitlines()[0] if str(err) else 'truncated'}); re-save or re-download "
+                                  "the adapter") from err
         try:
             wrapped = cls(model, config, adapter_name)
         except ConfigError as err:

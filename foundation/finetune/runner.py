@@ -33,6 +33,7 @@ from torch.utils.data import Subset
 from foundation.adapters.state import is_writer_rank
 from foundation.atomic import atomic_write_json, atomic_write_text
 from foundation.config import RecipeConfig, dataclass_to_dict
+from foundation.data.protocol import prepare_dataset
 from foundation.data.splits import group_split
 from foundation.errors import ConfigError, DataError
 from foundation.eval.metrics import classification_metrics, regression_metrics
@@ -165,8 +166,7 @@ def run_finetune(recipe: RecipeConfig, base: str, output_dir: str | Path, opts: 
          f"; preparing data set {recipe.data.name} (a first run builds the cache)")
     task = recipe.objective.config.task
     data_cls = DATASETS.get(recipe.data.name, where="recipe key data.name")
-    if hasattr(data_cls, "prepare"):
-        data_cls.prepare(recipe.data.config)
+    prepare_dataset(data_cls, recipe.data.config)
     dataset = data_cls(recipe.data.config)
     train, test = _split(dataset, opts)
     n_out = _num_outputs(dataset, task)

@@ -28,9 +28,9 @@ def read_adapter_config(folder: str | os.PathLike) -> dict[str, Any]:
         raise CheckpointError(f"adapter folder {str(folder)!r}: {ADAPTER_CONFIG_NAME} not found; expected an adapter saved "
                               f"by AdapterModel.save (files {ADAPTER_CONFIG_NAME} and {ADAPTER_WEIGHTS_NAME})")
     try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise CheckpointError(f"{path}: not valid JSON ({err}); re-save the adapter") from err
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{path}: not valid JSON in UTF-8 ({err}); re-save the adapter") from err
     if not isinstance(data, dict) or "peft_type" not in data:
         raise CheckpointError(f"{path}: no 'peft_type' field; expected e.g. 'LORA' or 'DOPAMINE'")
     if not (Path(folder) / ADAPTER_WEIGHTS_NAME).is_file():

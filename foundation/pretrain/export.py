@@ -62,7 +62,7 @@ def _name_masters(masters: list[list[torch.Tensor]], recipe: RecipeConfig, folde
 
 
 def export_checkpoint(recipe: RecipeConfig, ckpt_root: str | Path, tag: str, out_dir: str | Path,
-                      metrics: dict[str, float] | None = None, data: str = "",
+                      training_losses: dict[str, float] | None = None, data: str = "",
                       card_extra: dict[str, Any] | None = None) -> Path:
     """Consolidate checkpoint ``tag`` and write ``out_dir`` (model.safetensors, config.json, README.md).
 
@@ -83,7 +83,7 @@ def export_checkpoint(recipe: RecipeConfig, ckpt_root: str | Path, tag: str, out
     extra = dict(card_extra or {})
     info = ModelCardInfo(
         tags=tuple(extra.pop("tags", ())),
-        metrics=dict(metrics or {}),
+        training_losses=dict(training_losses or {}),  # last-step training values, not held-out metrics
         recipe_yaml=recipe.to_yaml(),
         data_summary=data,
         **extra,

@@ -28,9 +28,6 @@ DATA_FORMATS = {"EDF", "BDF", "FIF", "NIfTI .nii", "NIfTI .nii.gz"}
 
 # (format, text in the traceback) of findings in files this suite's data layer does not own; reported upstream
 KNOWN = [
-    ("adapter weights", "SafetensorError"),  # adapters.base.load: a corrupt adapter_model.safetensors -> raw error
-    ("adapter config", "UnicodeDecodeError"),  # adapters: a non-UTF-8 adapter_config.json -> raw error
-    ("adapter config", "LoraAdapterConfig."),  # adapters: a ConfigError about a bad value names no file
 ]
 
 
