@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from foundation.atomic import replace_folder
 from foundation.data.lock import clear_stale_stages, folder_lock, stage_prefix
@@ -211,7 +212,9 @@ class DataCache:
         try:
             (stage / PARTS).mkdir()
             entries, listed = [], []
-            for source in sources:
+            bar = tqdm(sources, desc=f"{b.kind} cache: reading {len(sources)} source(s) into {self.folder.name}",
+                       unit="source", disable=len(sources) < 2, dynamic_ncols=True, mininterval=1.0, leave=False)
+            for source in bar:
                 name = b.source_name(source)
                 try:
                     part = b.read_source(source)

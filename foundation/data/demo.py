@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -84,6 +85,7 @@ def make_once(root: str | Path, params: dict[str, Any], write: Callable[[Path], 
         clear_stale_stages(root)
         stage = Path(tempfile.mkdtemp(prefix=stage_prefix(root), dir=root.parent))
         try:
+            print(f"generating the demo corpus {root} (first use; reused afterwards) ...", file=sys.stderr, flush=True)
             write(stage)
             (stage / STAMP).write_text(json.dumps(want))
             if not _matches(stamp, want):  # else a node without a shared lock wrote the same corpus meanwhile
