@@ -75,10 +75,38 @@ def _label(y: torch.Tensor, names: list[str] | None) -> Any:
     return float(y) if y.dim() == 0 else ";".join(f"{float(v):.6f}" for v in y.reshape(-1))
 
 
-def _split(dataset: Any, opts: FinetuneOptions) -> tuple[Subset, Subset]:
+def _class_labels(dataset: Any) -> list[int]:
+    """The class of every item (one pass over the items' ``label``), to stratify the held-out split."""
+    labels = []
+    for i in range(len(dataset)):
+        item = dataset[i]
+        y = item["label"] if isinstance(item, dict) else item[1]
+        labels.append(int(y))
+    return labels
+
+
+def _split(dataset: Any, opts: FinetuneOptions, task: str) -> tuple[Subset, Subset, str]:
+    """Subject/patient-disjoint train and held-out splits, and a sentence saying how they were made.
+
+    Classification splits are stratified (scikit-learn's ``StratifiedGroupKFold``) so that every class is on
+    both sides. When the subjects cannot allow it (too few subjects of a class for the held-out share), the
+    split is the plain grouped one and the sentence says so, with the reason; it goes into the load report
+    (printed, and in ``metrics.json``), and the metrics then cover the classes present.
+    """
     groups = dataset.groups() if hasattr(dataset, "groups") else list(range(len(dataset)))
-    train_idx, test_idx = group_split(groups, opts.test_fraction, opts.split_seed)
-    return Subset(dataset, train_idx.tolist()), Subset(dataset, test_idx.tolist())
+    note = "held-out split grouped by subject"
+    if task == "classification":
+        try:
+            train_idx, test_idx = group_split(groups, opts.test_fraction, opts.split_seed,
+                                              labels=_class_labels(dataset))
+            note += ", stratified: every class on both sides"
+        except DataError as err:
+            train_idx, test_idx = group_split(groups, opts.test_fraction, opts.split_seed)
+            note += f", NOT stratified ({err})"
+            _say(f"note: {note}")
+    else:
+        train_idx, test_idx = group_split(groups, opts.test_fraction, opts.split_seed)
+    return Subset(dataset, train_idx.tolist()), Subset(dataset, test_idx.tolist()), note
 
 
 def check_base(recipe: RecipeConfig, base: str, revision: str | None = None) -> tuple[Path, str]:
@@ -168,7 +196,7 @@ def run_finetune(recipe: RecipeConfig, base: str, output_dir: str | Path, opts: 
     data_cls = DATASETS.get(recipe.data.name, where="recipe key data.name")
     prepare_dataset(data_cls, recipe.data.config)
     dataset = data_cls(recipe.data.config)
-    train, test = _split(dataset, opts)
+    train, test, split_note = _split(dataset, opts, task)
     n_out = _num_outputs(dataset, task)
     names = tuple(getattr(dataset, "class_names", None) or ()) if task == "classification" else ()
     _say(f"{recipe.name}: {len(train)} training and {len(test)} held-out items; loading {base}")
@@ -181,8 +209,8 @@ def run_finetune(recipe: RecipeConfig, base: str, output_dir: str | Path, opts: 
                                                         "checkpoint config"))
     record = {**(provenance or {}), "from": base, "revision": revision, "resolved_commit": commit or None,
               "method": opts.method, "options": dataclass_to_dict(opts)}
-    key = hashlib.sha256(f"{base}|{commit or revision}|{recipe.data.to_dict()}|{opts.split_seed}|"
-                         f"{opts.test_fraction}|{opts.pool}".encode()).hexdigest()
+    key = hashlib.sha256(f"{base}|{commit or revision}|{recipe.data.to_dict()}|{opts.pool}|"
+                         f"{list(test.indices)}".encode()).hexdigest()  # the held-out items themselves, not how chosen
     model.config.provenance = record  # into config.json and the card
     out = Path(output_dir)
     if is_writer_rank():
@@ -191,7 +219,8 @@ def run_finetune(recipe: RecipeConfig, base: str, output_dir: str | Path, opts: 
         atomic_write_json(out / "provenance.json", record)
     groups = dataset.groups() if hasattr(dataset, "groups") else None
     return finetune_model(model, train, test, ran, opts, output_dir, base=base, feature_key=key,
-                          class_names=list(model.config.class_names) or None, load_report=load_report,
+                          class_names=list(model.config.class_names) or None,
+                          load_report="; ".join([load_report, split_note]),
                           items=[{"index": i, **({"subject": str(groups[i])} if groups is not None else {})}
                                  for i in test.indices])
 

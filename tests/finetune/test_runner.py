@@ -29,18 +29,18 @@ def test_linear_probe_caches_features(base, tmp_path):
     recipe = load_recipe(str(RECIPE))
     first = run_finetune(recipe, str(base), tmp_path, FinetuneOptions(method="linear-probe"))
     # the probe scored exactly what a probe on directly extracted features scores
-    from torch.utils.data import DataLoader, Subset
+    from torch.utils.data import DataLoader
 
-    from foundation.data.splits import group_split
     from foundation.eval.probe import fit_probe
+    from foundation.finetune.runner import _split
     from foundation.finetune import extract_features
     from tests.fixtures.toy_mae import ToyLabelledTokens
 
     data = ToyLabelledTokens(recipe.data.config)
-    tr, te = group_split(data.groups(), 0.25, 0)
+    train, test, _ = _split(data, FinetuneOptions(method="linear-probe"), "classification")  # the runner's split
     enc = ToyMAE.from_pretrained(base)
-    Xtr, ytr = extract_features(enc, DataLoader(Subset(data, tr.tolist()), batch_size=64))
-    Xte, yte = extract_features(enc, DataLoader(Subset(data, te.tolist()), batch_size=64))
+    Xtr, ytr = extract_features(enc, DataLoader(train, batch_size=64))
+    Xte, yte = extract_features(enc, DataLoader(test, batch_size=64))
     assert first["metrics"] == fit_probe(Xtr, ytr, Xte, yte, seed=recipe.train.seed).metrics
     stamp = (tmp_path / "features.safetensors").stat().st_mtime_ns
     second = run_finetune(recipe, str(base), tmp_path, FinetuneOptions(method="linear-probe"))

@@ -12,12 +12,11 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader
 
 from foundation.config import dataclass_to_dict, load_recipe
-from foundation.data.splits import group_split
 from foundation.finetune.features import split_batch
-from foundation.finetune.runner import FinetuneOptions, _load_base, run_finetune
+from foundation.finetune.runner import FinetuneOptions, _load_base, _split, run_finetune
 from foundation.finetune.task_model import TaskModel, predict
 from foundation.registry import DATASETS, MODELS
 
@@ -73,8 +72,8 @@ def setup(request, tmp_path_factory):
     if hasattr(ds_cls, "prepare"):
         ds_cls.prepare(recipe.data.config)
     dataset = ds_cls(recipe.data.config)
-    train_idx, test_idx = group_split(dataset.groups(), 0.25, 0)
-    return request.param, recipe, base, Subset(dataset, test_idx.tolist()), Subset(dataset, train_idx.tolist())
+    train, test, _ = _split(dataset, FinetuneOptions(method="full"), "classification")  # the runner's held-out split
+    return request.param, recipe, base, test, train
 
 
 def _checkpoint(recipe, base: Path) -> dict[str, torch.Tensor]:

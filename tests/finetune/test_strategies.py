@@ -8,15 +8,14 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader
 
 import tests.adapters._scale_adapter  # noqa: F401  (registers the third adapter method "scale")
 from foundation.adapters import LoraAdapterModel
 from foundation.config import load_recipe
-from foundation.data.splits import group_split
 from foundation.errors import ConfigError
 from foundation.eval.metrics import classification_metrics
-from foundation.finetune.runner import FinetuneOptions, run_finetune
+from foundation.finetune.runner import FinetuneOptions, _split, run_finetune
 from foundation.finetune.strategies import STRATEGIES, make_strategy, method_names
 from foundation.finetune.strategies.adapter import AdapterFinetune
 from foundation.finetune.strategies.full import FullFinetune
@@ -89,11 +88,11 @@ def test_a_third_adapter_method_fine_tunes_by_registration_alone(base, tmp_path)
     import foundation
 
     data = ToyLabelledTokens(recipe.data.config)
-    _, test_idx = group_split(data.groups(), 0.25, 0)
+    _, test, _ = _split(data, FinetuneOptions(method="scale"), "classification")  # the runner's held-out split
     rebuilt = foundation.load(tmp_path / "adapter")
     assert isinstance(rebuilt, ScaleAdapter)
     torch.testing.assert_close(rebuilt.model.head.weight, head["weight"])
-    prob, y = predict(rebuilt, DataLoader(Subset(data, test_idx.tolist()), batch_size=64))
+    prob, y = predict(rebuilt, DataLoader(test, batch_size=64))
     assert classification_metrics(y, prob) == pytest.approx(res["metrics"], abs=1e-6)
 
 
