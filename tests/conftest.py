@@ -8,6 +8,8 @@ kernels run on CPU tensors; nothing else in the suite launches Triton kernels on
 """
 import os
 
+import pytest
+
 os.environ["TRITON_INTERPRET"] = "1"
 
 
@@ -15,3 +17,20 @@ def pytest_addoption(parser):
     """``--fuzz-count N``: mutated files per format in ``tests/fuzz`` (default: a small count CI runs)."""
     parser.addoption("--fuzz-count", type=int, default=None,
                      help="fuzz cases per input format in tests/fuzz (default 8; raise it for longer runs)")
+
+
+_DIST_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+@pytest.fixture(autouse=True)
+def _distributed_env_stays_with_its_test():
+    """An in-process engine run sets ``RANK``/``MASTER_PORT``... in ``os.environ`` (a one-rank group on a free
+    port, whose store this process keeps listening on). Restore them after each test, so a later test's
+    subprocess (``foundation pretrain`` as a user runs it) picks its own port instead of inheriting that one."""
+    before = {key: os.environ.get(key) for key in _DIST_ENV}
+    yield
+    for key, value in before.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
