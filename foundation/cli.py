@@ -132,7 +132,7 @@ def _run(args: argparse.Namespace) -> int:
         if export_dir is not None:
             print(f"  export     : {export_dir}")
             print(f"  model card : {export_dir / 'README.md'}")
-    dist.destroy_process_group()
+    _teardown(dist)
     return 0
 
 
@@ -277,8 +277,19 @@ def _finetune(recipe, args: argparse.Namespace, out: Path) -> int:
         for name, path in result["outputs"].items():
             print(f"  {name:8s}: {path}")
     if dist.is_initialized():
-        dist.destroy_process_group()
+        _teardown(dist)
     return 0
+
+
+def _teardown(dist) -> None:
+    """Leave the process groups together: every rank waits for the others, then destroys its groups.
+
+    A rank that tears down while another still talks to it (rank 0 printing, exporting) can abort in gloo's
+    destructor ("terminate called without an active exception") and the launcher reports the run as failed.
+    """
+    if dist.get_world_size() > 1:
+        dist.barrier()
+    dist.destroy_process_group()
 
 
 def _info() -> int:
