@@ -108,7 +108,7 @@ def _run(args: argparse.Namespace) -> int:
     from foundation.config import load_recipe
     from foundation.pretrain.engine import Engine
 
-    recipe = load_recipe(recipe_source(args.recipe), args.overrides)
+    recipe = load_recipe(args.recipe, args.overrides)
     if args.command == "finetune":
         return _finetune(recipe, args, finetune_output_dir(args, recipe.name))
     out = Path(args.output_dir or Path("runs") / recipe.name)
@@ -134,17 +134,6 @@ def _run(args: argparse.Namespace) -> int:
             print(f"  model card : {export_dir / 'README.md'}")
     _teardown(dist)
     return 0
-
-
-def recipe_source(arg: str) -> str:
-    """A shipped recipe name wins over a same-named folder (``./deeperbrain-tiny/`` holding a run); a file wins."""
-    from importlib import resources
-
-    from foundation.config import list_recipes
-
-    if arg in list_recipes() and not Path(arg).is_file():
-        return str(resources.files("foundation.recipes").joinpath(f"{arg}.yaml"))
-    return arg
 
 
 def finetune_output_dir(args: argparse.Namespace, recipe_name: str) -> Path:
@@ -224,7 +213,7 @@ def _predict(args: argparse.Namespace) -> int:
     from foundation.loading import predict_dataset, task_model_of
     from foundation.registry import DATASETS
 
-    recipe = load_recipe(recipe_source(args.data), args.overrides)  # checked before the model loads
+    recipe = load_recipe(args.data, args.overrides)  # checked before the model loads
     model = foundation.load(args.model, revision=args.revision)
     if task_model_of(model) is None:
         from foundation.errors import CheckpointError

@@ -99,17 +99,6 @@ def test_a_checkpoint_of_another_model_names_the_recipes_to_use(tmp_path, capsys
     assert "'deeperbrain' checkpoint" in err and "use a deeperbrain-* recipe" in err
 
 
-def test_a_recipe_name_wins_over_a_same_named_folder(tmp_path, monkeypatch):
-    from foundation.cli import recipe_source
-    from foundation.config import load_recipe
-
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "deeperbrain-tiny").mkdir()
-    assert load_recipe(recipe_source("deeperbrain-tiny")).name == "deeperbrain-tiny"
-    (tmp_path / "deeperbrain-tiny-probe").write_text("name: mine\n")
-    assert recipe_source("deeperbrain-tiny-probe") == "deeperbrain-tiny-probe"  # a file wins
-
-
 def test_bad_recipe_is_a_clean_error(capsys):
     assert main(["pretrain", "--recipe", str(TOY_RECIPE), "--set", "train.lrr=1"]) == 2
     assert "did you mean 'lr'" in capsys.readouterr().err

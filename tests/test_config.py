@@ -101,6 +101,9 @@ def test_a_folder_named_like_a_shipped_recipe_does_not_shadow_it(tmp_path, monke
     monkeypatch.chdir(tmp_path)
     (tmp_path / "deeperbrain-tiny").mkdir()  # e.g. the output folder of an earlier run
     assert load_recipe("deeperbrain-tiny").name == "deeperbrain-tiny"
+    (tmp_path / "deeperbrain-tiny-probe").write_text("name: mine\n")
+    with pytest.raises(ConfigError, match="key model"):  # a file of that name wins: it is read as the recipe
+        load_recipe("deeperbrain-tiny-probe")
     (tmp_path / "no-such-recipe").mkdir()
     with pytest.raises(ConfigError, match=r"unknown recipe 'no-such-recipe' \('no-such-recipe' is a folder"):
         load_recipe("no-such-recipe")

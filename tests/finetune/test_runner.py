@@ -17,14 +17,6 @@ pytestmark = pytest.mark.slow
 RECIPE = Path(__file__).resolve().parents[1] / "fixtures" / "recipes" / "toy-classify.yaml"
 
 
-@pytest.fixture(scope="module")
-def base(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("base") / "export"
-    torch.manual_seed(0)
-    ToyMAE(ToyMAEConfig()).save_pretrained(folder)
-    return folder
-
-
 def test_linear_probe_caches_features(base, tmp_path):
     recipe = load_recipe(str(RECIPE))
     first = run_finetune(recipe, str(base), tmp_path, FinetuneOptions(method="linear-probe"))

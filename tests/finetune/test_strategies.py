@@ -22,7 +22,7 @@ from foundation.finetune.strategies.full import FullFinetune
 from foundation.finetune.strategies.probe import LinearProbe, MlpProbe
 from foundation.finetune.task_model import predict
 from tests.adapters._scale_adapter import ScaleAdapter
-from tests.fixtures.toy_mae import ToyLabelledTokens, ToyMAE, ToyMAEConfig
+from tests.fixtures.toy_mae import ToyLabelledTokens
 
 ROOT = Path(__file__).resolve().parents[2]
 RECIPE = ROOT / "tests" / "fixtures" / "recipes" / "toy-classify.yaml"
@@ -65,14 +65,6 @@ def test_the_runner_and_strategies_never_branch_on_a_method_name():
                                for c in [node.left, *node.comparators]), (file.name, ast.unparse(node))
             if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "endswith":
                 raise AssertionError(f"{file.name}: {ast.unparse(node)}")
-
-
-@pytest.fixture(scope="module")
-def base(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("base") / "export"
-    torch.manual_seed(0)
-    ToyMAE(ToyMAEConfig()).save_pretrained(folder)
-    return folder
 
 
 def test_a_third_adapter_method_fine_tunes_by_registration_alone(base, tmp_path):
