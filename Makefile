@@ -26,7 +26,7 @@ demo: $(STAMP)
 	@for recipe in $(DEMO_RECIPES); do \
 		echo "== $$recipe"; \
 		PYTHONPATH=$(CURDIR) $(VENV)/bin/deepspeed --num_gpus 2 pretrain.py \
-			--recipe $$recipe --output-dir $(DEMO_DIR)/$$recipe || exit 1; \
+			--recipe $$recipe --output-dir $(DEMO_DIR)/$$recipe --overwrite || exit 1; \
 	done
 
 clean:

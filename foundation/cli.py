@@ -43,12 +43,11 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
                                                    "to a YAML recipe")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="dotted override, repeatable, e.g. --set train.lr=3e-4")
-    p.add_argument("--output-dir", default=None, help="run folder (pretrain: runs/<recipe name>; finetune: a new "
-                                                        "runs/<recipe name>/<method>-<timestamp>)")
-    p.add_argument("--resume", action="store_true", help="continue exactly from <output-dir>/checkpoints/latest")
-    p.add_argument("--stop-after", type=int, default=None, metavar="N",
-                   help="checkpoint and stop after N optimizer steps of this invocation (schedule unchanged)")
-    p.add_argument("--no-export", action="store_true", help="skip the save_pretrained export at the end")
+    p.add_argument("--output-dir", default=None, help="run folder (default: a new runs/<recipe name>/<pretrain or "
+                                                        "method>-<UTC timestamp>); a non-empty one is refused unless "
+                                                        "--resume or --overwrite")
+    p.add_argument("--overwrite", action="store_true", help="replace the previous run in --output-dir (a folder "
+                                                            "holding no run is never deleted)")
     p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
 
 
@@ -62,11 +61,14 @@ def build_parser() -> argparse.ArgumentParser:
     def add(name: str, help_text: str) -> argparse.ArgumentParser:
         return sub.add_parser(name, help=help_text, description=help_text, formatter_class=_HelpFormatter)
 
-    _add_run_args(add("pretrain", "pretrain a recipe with the DeepSpeed engine"))
+    pre = add("pretrain", "pretrain a recipe with the DeepSpeed engine")
+    _add_run_args(pre)
+    pre.add_argument("--resume", action="store_true", help="continue exactly from <output-dir>/checkpoints/latest")
+    pre.add_argument("--stop-after", type=int, default=None, metavar="N",
+                     help="checkpoint and stop after N optimizer steps of this invocation (schedule unchanged)")
+    pre.add_argument("--no-export", action="store_true", help="skip the save_pretrained export at the end")
     ft = add("finetune", "train a recipe starting from a pretrained model")
     _add_run_args(ft)
-    ft.add_argument("--overwrite", action="store_true", help="replace an existing fine-tune run in --output-dir "
-                                                             "(otherwise a non-empty folder is refused)")
     ft.add_argument("--from", dest="base", required=True, help="Hub repo id or local save_pretrained folder")
     ft.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit) of --from")
     ft.add_argument("--method", default="full", help=METHODS_HELP)
@@ -98,30 +100,40 @@ def build_parser() -> argparse.ArgumentParser:
                                                   "the data set")
     pr.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="dotted override of the data recipe, repeatable, e.g. --set data.cache_dir=cache")
-    pr.add_argument("--out", required=True, help="CSV to write (index, subject, label, prediction, prob_<class>)")
+    pr.add_argument("--out", required=True, help="CSV to write (index, subject, source, label, prediction, prob_<class>)")
     pr.add_argument("--batch-size", type=int, default=64, help="items per forward pass")
     add("info", "versions, accelerator, recipes and registered components")
     return parser
 
 
 def _run(args: argparse.Namespace) -> int:
+    import os
+    import time
+
     from foundation.config import load_recipe
     from foundation.pretrain.engine import Engine
 
     recipe = load_recipe(args.recipe, args.overrides)
     if args.command == "finetune":
-        return _finetune(recipe, args, finetune_output_dir(args, recipe.name))
-    out = Path(args.output_dir or Path("runs") / recipe.name)
+        return _finetune(recipe, args, run_output_dir(args, recipe.name, args.method))
+    out = run_output_dir(args, recipe.name, "pretrain")
     import torch.distributed as dist
 
     from foundation.pretrain.export import export_run
 
+    record = provenance(args.argv)
+    if os.environ.get("RANK", "0") == "0":
+        from foundation.atomic import atomic_write_json
+
+        out.mkdir(parents=True, exist_ok=True)
+        name = "provenance.json" if not args.resume else f"provenance-resume-{time.strftime('%Y%m%d-%H%M%S')}.json"
+        atomic_write_json(out / name, record)  # a resume keeps the first invocation's record and adds its own
     result = Engine(recipe, out, resume=args.resume, stop_after=args.stop_after).run()
     export_dir = None
     if not (result.stopped_early or args.no_export):
         dist.barrier()
         if dist.get_rank() == 0:
-            export_dir = export_run(recipe, result)
+            export_dir = export_run(recipe, result, card_extra={"provenance": record})
         dist.barrier()
     if dist.get_rank() == 0:
         status = "stopped early" if result.stopped_early else "finished"
@@ -136,13 +148,18 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def finetune_output_dir(args: argparse.Namespace, recipe_name: str) -> Path:
-    """``--output-dir``, refused when it holds files unless ``--overwrite``; default a new
-    ``runs/<recipe>/<method>-<UTC timestamp>`` (one process; a multi-process launch must name it).
+def run_output_dir(args: argparse.Namespace, recipe_name: str, kind: str) -> Path:
+    """The run folder of ``foundation pretrain`` (``kind="pretrain"``) or ``finetune`` (``kind`` = the method).
+
+    ``--output-dir`` when given: a non-empty folder is refused unless ``--resume`` (continue the run there) or
+    ``--overwrite`` (replace a previous run of the same command; a folder holding no run is left alone). Without
+    it, a new ``runs/<recipe>/<kind>-<UTC timestamp>`` (one process; a multi-process launch, and ``--resume``,
+    must name the folder).
 
     Raises:
-        ConfigError: a non-empty folder without ``--overwrite``; ``--overwrite`` on a folder that is no
-            fine-tune run; no ``--output-dir`` under a multi-process launch.
+        ConfigError: a non-empty folder without ``--resume``/``--overwrite``; ``--overwrite`` on a folder that
+            holds no run; ``--resume`` on an empty or missing folder; no ``--output-dir`` under a multi-process
+            launch or with ``--resume``.
     """
     import os
     import shutil
@@ -150,11 +167,18 @@ def finetune_output_dir(args: argparse.Namespace, recipe_name: str) -> Path:
 
     from foundation.errors import ConfigError
 
+    resume, overwrite = getattr(args, "resume", False), getattr(args, "overwrite", False)
+    if resume and overwrite:
+        raise ConfigError("--resume and --overwrite contradict each other: --resume continues the run in "
+                          "--output-dir, --overwrite replaces it; give one")
     if args.output_dir is None:
+        if resume:
+            raise ConfigError("--resume: name the run folder to continue with --output-dir (e.g. --output-dir "
+                              f"runs/{recipe_name}/{kind}-20260101-120000)")
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            raise ConfigError("--output-dir: required under a multi-process launch (every rank must name the same "
-                              "folder), e.g. --output-dir runs/my-task/lora-1")
-        base = Path("runs") / recipe_name / f"{args.method}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
+            raise ConfigError(f"--output-dir: required under a multi-process launch (every rank must name the same "
+                              f"folder), e.g. --output-dir runs/{recipe_name}/{kind}-1")
+        base = Path("runs") / recipe_name / f"{kind}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
         out, n = base, 1
         while out.exists():
             n += 1
@@ -165,14 +189,22 @@ def finetune_output_dir(args: argparse.Namespace, recipe_name: str) -> Path:
         raise ConfigError(f"--output-dir {str(out)!r} is a file; give a folder")
     if os.environ.get("RANK", "0") != "0":  # rank 0 checks (and may already be writing there); the launcher
         return out                           # stops every rank when it refuses
-    if out.is_dir() and any(out.iterdir()):
-        if not args.overwrite:
+    busy = out.is_dir() and any(out.iterdir())
+    if resume:
+        if not busy:
+            raise ConfigError(f"--resume: {str(out)!r} holds no run to continue; drop --resume to start one there")
+        return out
+    if busy:
+        if not overwrite:
             raise ConfigError(f"--output-dir {str(out)!r} is not empty; a run never overwrites another: give a new "
-                              f"folder, leave --output-dir out (a fresh runs/<recipe>/<method>-<timestamp>), or pass "
-                              f"--overwrite to replace that fine-tune")
-        if not ((out / "metrics.json").is_file() or (out / "provenance.json").is_file() or (out / "run").is_dir()):
-            raise ConfigError(f"--overwrite: {str(out)!r} holds no fine-tune run (no metrics.json, provenance.json "
-                              f"or run/); it is left alone: remove it yourself or choose another folder")
+                              f"folder, leave --output-dir out (a fresh runs/<recipe>/{kind}-<timestamp>), pass "
+                              f"--resume to continue that run, or --overwrite to replace it")
+        marks = ("recipe.yaml", "metrics.jsonl", "checkpoints", "provenance.json") if kind == "pretrain" else \
+            ("metrics.json", "provenance.json", "run")
+        if not any((out / m).exists() for m in marks):
+            raise ConfigError(f"--overwrite: {str(out)!r} holds no {'pretraining' if kind == 'pretrain' else 'fine-tune'} "
+                              f"run (none of {', '.join(marks)}); it is left alone: remove it yourself or choose "
+                              f"another folder")
         shutil.rmtree(out)
     return out
 
@@ -209,6 +241,7 @@ def package_versions() -> dict[str, str | None]:
 def _predict(args: argparse.Namespace) -> int:
     import foundation
     from foundation.config import load_recipe
+    from foundation.data.protocol import check_preprocessing, preprocessing_of
     from foundation.finetune.runner import write_predictions
     from foundation.loading import predict_dataset, task_model_of
     from foundation.registry import DATASETS
@@ -223,7 +256,10 @@ def _predict(args: argparse.Namespace) -> int:
     data_cls = DATASETS.get(recipe.data.name, where="recipe key data.name")
     if hasattr(data_cls, "prepare"):
         data_cls.prepare(recipe.data.config)
-    out, rows, cfg = predict_dataset(model, data_cls(recipe.data.config), args.batch_size)
+    dataset = data_cls(recipe.data.config)
+    check_preprocessing(task_model_of(model).config.preprocessing, preprocessing_of(dataset), args.model,
+                        f"--data {args.data}")
+    out, rows, cfg = predict_dataset(model, dataset, args.batch_size)
     names = list(cfg.class_names) or None
     path = write_predictions(args.out, out, cfg.task, names, rows)
     print(f"wrote {len(rows)} predictions of {args.model} to {path}")

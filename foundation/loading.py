@@ -146,7 +146,8 @@ def predict_dataset(model: nn.Module, dataset: Any, batch_size: int = 64) -> tup
 
     Returns:
         ``(out, rows, task_config)``: probabilities ``[S, C]`` (classification) or values; one row per item
-        (``index``, ``subject``, ``label`` where known); the task model's config (class names, task).
+        (``index``, ``subject``, ``source`` file, ``label`` where known); the task model's config (class names,
+        task, preprocessing).
 
     Raises:
         CheckpointError: ``model`` holds no task head (a pretrained encoder: fine-tune it first).
@@ -154,6 +155,7 @@ def predict_dataset(model: nn.Module, dataset: Any, batch_size: int = 64) -> tup
     import torch
     from torch.utils.data import DataLoader
 
+    from foundation.data.protocol import item_rows
     from foundation.finetune.features import split_batch
 
     task_model = task_model_of(model)
@@ -161,7 +163,6 @@ def predict_dataset(model: nn.Module, dataset: Any, batch_size: int = 64) -> tup
         raise CheckpointError(f"{type(model).__name__} is a pretrained encoder without a task head; predictions need "
                               f"a fine-tune (foundation finetune --from ... --method ...)")
     cfg = task_model.config
-    groups = dataset.groups() if hasattr(dataset, "groups") else None
     loader = DataLoader(dataset, batch_size=batch_size, collate_fn=getattr(dataset, "collate", None))
     model.eval()
     outs, labels = [], []
@@ -175,12 +176,8 @@ def predict_dataset(model: nn.Module, dataset: Any, batch_size: int = 64) -> tup
     out = out.softmax(-1) if cfg.task == "classification" else out
     names = list(cfg.class_names) or [str(c) for c in range(cfg.num_outputs)]
     ys = [v for y in labels if y is not None for v in y]
-    rows = []
-    for i in range(len(out)):
-        row: dict[str, Any] = {"index": i}
-        if groups is not None:
-            row["subject"] = str(groups[i])
-        if len(ys) == len(out):
-            row["label"] = names[int(ys[i])] if cfg.task == "classification" else float(ys[i])
-        rows.append(row)
+    rows = item_rows(dataset, range(len(out)))
+    if len(ys) == len(out):
+        for row, y in zip(rows, ys):
+            row["label"] = names[int(y)] if cfg.task == "classification" else float(y)
     return out, rows, cfg

@@ -65,19 +65,48 @@ def test_a_non_empty_output_dir_is_refused_before_any_work(tmp_path, capsys):
     assert "holds no fine-tune run" in capsys.readouterr().err and (other / "mine.txt").is_file()
 
 
-def test_default_output_dirs_are_unique(tmp_path, monkeypatch):
+@pytest.mark.parametrize("kind", ["lora", "pretrain"])
+def test_default_output_dirs_are_unique(tmp_path, monkeypatch, kind):
     import argparse
 
-    from foundation.cli import finetune_output_dir
+    from foundation.cli import run_output_dir
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("WORLD_SIZE", raising=False)
-    args = argparse.Namespace(output_dir=None, method="lora", overwrite=False)
-    first = finetune_output_dir(args, "task")
+    args = argparse.Namespace(output_dir=None, overwrite=False, resume=False)
+    first = run_output_dir(args, "task", kind)
     first.mkdir(parents=True)
-    second = finetune_output_dir(args, "task")
+    second = run_output_dir(args, "task", kind)
     assert first != second and first.parent == second.parent == Path("runs") / "task"
-    assert first.name.startswith("lora-") and second.name.startswith("lora-")
+    assert first.name.startswith(f"{kind}-") and second.name.startswith(f"{kind}-")
+
+
+def test_pretraining_never_overwrites_a_run(tmp_path, capsys, monkeypatch):
+    """A non-empty --output-dir is refused before any work unless --resume or --overwrite; --overwrite deletes
+    only a pretraining run; --resume needs a run to continue and a folder to name."""
+    import foundation.pretrain.engine as engine
+
+    monkeypatch.setattr(engine, "Engine", None)  # any training would fail loudly
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "recipe.yaml").write_text("name: x\n")
+    pre = ["pretrain", "--recipe", str(TOY_RECIPE)]
+    assert main([*pre, "--output-dir", str(run)]) == 2
+    assert "is not empty" in capsys.readouterr().err and (run / "recipe.yaml").is_file()
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "mine.txt").write_text("keep")
+    assert main([*pre, "--output-dir", str(notes), "--overwrite"]) == 2
+    assert "holds no pretraining run" in capsys.readouterr().err and (notes / "mine.txt").is_file()
+    assert main([*pre, "--output-dir", str(tmp_path / "empty"), "--resume"]) == 2
+    assert "holds no run to continue" in capsys.readouterr().err
+    assert main([*pre, "--resume"]) == 2
+    assert "name the run folder" in capsys.readouterr().err
+    assert main([*pre, "--output-dir", str(run), "--resume", "--overwrite"]) == 2
+    assert "contradict" in capsys.readouterr().err and (run / "recipe.yaml").is_file()
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(pre) == 2
+    assert "required under a multi-process launch" in capsys.readouterr().err
 
 
 def test_a_mistyped_from_folder_is_named_before_the_data_is_read(tmp_path, capsys, monkeypatch):

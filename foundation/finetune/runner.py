@@ -33,7 +33,13 @@ from torch.utils.data import Subset
 from foundation.adapters.state import is_writer_rank
 from foundation.atomic import atomic_write_json, atomic_write_text
 from foundation.config import RecipeConfig, dataclass_to_dict
-from foundation.data.protocol import prepare_dataset
+from foundation.data.protocol import (
+    check_preprocessing,
+    class_labels,
+    item_rows,
+    prepare_dataset,
+    preprocessing_of,
+)
 from foundation.data.splits import group_split
 from foundation.errors import ConfigError, DataError
 from foundation.eval.metrics import classification_metrics, regression_metrics
@@ -75,16 +81,6 @@ def _label(y: torch.Tensor, names: list[str] | None) -> Any:
     return float(y) if y.dim() == 0 else ";".join(f"{float(v):.6f}" for v in y.reshape(-1))
 
 
-def _class_labels(dataset: Any) -> list[int]:
-    """The class of every item (one pass over the items' ``label``), to stratify the held-out split."""
-    labels = []
-    for i in range(len(dataset)):
-        item = dataset[i]
-        y = item["label"] if isinstance(item, dict) else item[1]
-        labels.append(int(y))
-    return labels
-
-
 def _split(dataset: Any, opts: FinetuneOptions, task: str) -> tuple[Subset, Subset, str]:
     """Subject/patient-disjoint train and held-out splits, and a sentence saying how they were made.
 
@@ -98,7 +94,7 @@ def _split(dataset: Any, opts: FinetuneOptions, task: str) -> tuple[Subset, Subs
     if task == "classification":
         try:
             train_idx, test_idx = group_split(groups, opts.test_fraction, opts.split_seed,
-                                              labels=_class_labels(dataset))
+                                              labels=class_labels(dataset))
             note += ", stratified: every class on both sides"
         except DataError as err:
             train_idx, test_idx = group_split(groups, opts.test_fraction, opts.split_seed)
@@ -152,6 +148,20 @@ def check_base(recipe: RecipeConfig, base: str, revision: str | None = None) -> 
     return folder, commit
 
 
+def read_preprocessing(folder: Path) -> dict[str, Any]:
+    """The ``preprocessing`` a checkpoint's ``config.json`` records (``{}`` when it records none)."""
+    import json
+
+    from foundation.hub.names import CONFIG_NAME
+
+    try:
+        data = json.loads((Path(folder) / CONFIG_NAME).read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+    value = data.get("preprocessing") if isinstance(data, dict) else None
+    return dict(value) if isinstance(value, dict) else {}
+
+
 def checkpoint_recipe(recipe: RecipeConfig, encoder_config: Any) -> RecipeConfig:
     """``recipe`` with its model config replaced by the checkpoint's (what the fine-tune really ran)."""
     import dataclasses
@@ -189,13 +199,15 @@ def run_finetune(recipe: RecipeConfig, base: str, output_dir: str | Path, opts: 
     Returns:
         ``{"method", "base", "metrics", "trainable_params", "load_report", "outputs"}`` (also in ``metrics.json``).
     """
-    _, commit = check_base(recipe, base, revision)
+    folder, commit = check_base(recipe, base, revision)
     _say(f"{recipe.name}: --from {base} checked" + (f" (commit {commit})" if commit else "") +
          f"; preparing data set {recipe.data.name} (a first run builds the cache)")
     task = recipe.objective.config.task
     data_cls = DATASETS.get(recipe.data.name, where="recipe key data.name")
     prepare_dataset(data_cls, recipe.data.config)
     dataset = data_cls(recipe.data.config)
+    check_preprocessing(read_preprocessing(folder), preprocessing_of(dataset), f"--from {base}",
+                        f"recipe {recipe.name}")
     train, test, split_note = _split(dataset, opts, task)
     n_out = _num_outputs(dataset, task)
     names = tuple(getattr(dataset, "class_names", None) or ()) if task == "classification" else ()
@@ -212,17 +224,15 @@ def run_finetune(recipe: RecipeConfig, base: str, output_dir: str | Path, opts: 
     key = hashlib.sha256(f"{base}|{commit or revision}|{recipe.data.to_dict()}|{opts.pool}|"
                          f"{list(test.indices)}".encode()).hexdigest()  # the held-out items themselves, not how chosen
     model.config.provenance = record  # into config.json and the card
+    model.config.preprocessing = preprocessing_of(dataset)
     out = Path(output_dir)
     if is_writer_rank():
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / "recipe.yaml", ran.to_yaml())
         atomic_write_json(out / "provenance.json", record)
-    groups = dataset.groups() if hasattr(dataset, "groups") else None
     return finetune_model(model, train, test, ran, opts, output_dir, base=base, feature_key=key,
                           class_names=list(model.config.class_names) or None,
-                          load_report="; ".join([load_report, split_note]),
-                          items=[{"index": i, **({"subject": str(groups[i])} if groups is not None else {})}
-                                 for i in test.indices])
+                          load_report="; ".join([load_report, split_note]), items=item_rows(dataset, test.indices))
 
 
 def write_predictions(path: str | Path, out: torch.Tensor, task: str, class_names: list[str] | None = None,

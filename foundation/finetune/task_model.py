@@ -50,6 +50,9 @@ class TaskModelConfig:
     base_revision: str = field(default="", metadata={"help": "the Hub commit of base_model ('' for a folder)"})
     provenance: dict[str, Any] = field(default_factory=dict, metadata={
         "help": "how the fine-tune was made: command line, --from and its commit, method, versions, git commit"})
+    preprocessing: dict[str, Any] = field(default_factory=dict, metadata={
+        "help": "what the model expects of new data (sampling rate, grid, image size, units, normalisation), as "
+                "the training data set said; foundation predict checks a data set against it"})
 
     def __post_init__(self) -> None:
         self.class_names = tuple(str(c) for c in self.class_names)

@@ -47,6 +47,10 @@ class ModelCardInfo:
         datasets: Hub data set ids or names the model was trained on (front matter ``datasets``).
         pipeline_tag: the Hub pipeline tag (default ``feature-extraction``).
         training_losses: last training losses, shown as training losses (never as metrics).
+        preprocessing: what the model expects of new data (sampling rate, grid, image size, units,
+            normalisation); shown in the card and written into ``config.json`` of a pretrained export.
+        provenance: how the model was made (command line, versions, the suite's git commit); shown in the
+            card and written into ``config.json`` of a pretrained export.
     """
 
     description: str = ""
@@ -61,6 +65,8 @@ class ModelCardInfo:
     datasets: tuple[str, ...] = ()
     pipeline_tag: str = "feature-extraction"
     training_losses: dict[str, float] = field(default_factory=dict)
+    preprocessing: dict[str, Any] = field(default_factory=dict)
+    provenance: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if isinstance(self.tags, str):
@@ -148,8 +154,14 @@ def render_model_card(info: ModelCardInfo, model_name: str, config: Any, class_n
     ]
     if info.recipe_yaml is not None:
         parts.append(f"## Training recipe\n\n```yaml\n{info.recipe_yaml.rstrip()}\n```\n")
+    if info.preprocessing:
+        rows = "\n".join(f"| {key} | {json.dumps(value)} |" for key, value in info.preprocessing.items())
+        parts.append(f"## Preprocessing the model expects\n\nNew data must be prepared as the training data was "
+                     f"(`foundation predict` checks it).\n\n| field | value |\n|---|---|\n{rows}\n")
     if info.data_summary:
         parts.append(f"## Data\n\n{info.data_summary.strip()}\n")
+    if info.provenance:
+        parts.append(f"## Provenance\n\n```json\n{json.dumps(info.provenance, indent=2, default=str)}\n```\n")
     if info.metrics:
         where = f" on {info.dataset_name}" if info.dataset_name else ""
         rows = "\n".join(f"| {name} | {value:.6g} |" for name, value in sorted(info.metrics.items()))

@@ -54,6 +54,7 @@ from foundation.hub.names import CARD_NAME, CONFIG_NAME, WEIGHTS_NAME
 from foundation.hub.weights import listed, load_weights, weights_for_saving
 
 __all__ = ["HubMixin"]
+NOTE_KEYS = ("preprocessing", "provenance")  # written beside an export's config fields from its ModelCardInfo
 
 _RESERVED_KEYS = ("model_name", "foundation_version")  # keys config.json adds to the config's fields
 _MODEL_NAME = re.compile(r"^[a-z0-9][a-z0-9.\-]*$")
@@ -124,6 +125,9 @@ class HubMixin(PyTorchModelHubMixin, library_name=LIBRARY_NAME, tags=[LIBRARY_NA
                                       "would delete; save into an empty or new folder")
         weights, aliases = weights_for_saving(self)
         config_json = {"model_name": name, "foundation_version": foundation.__version__, **dataclass_to_dict(config)}
+        for key in NOTE_KEYS:  # an export's notes; a task model keeps them as config fields of its own
+            if card is not None and getattr(card, key) and key not in config_json:
+                config_json[key] = getattr(card, key)
         folder.parent.mkdir(parents=True, exist_ok=True)
         tmp = folder.parent / f".{folder.name}.tmp-{uuid.uuid4().hex[:8]}"
         tmp.mkdir()
@@ -231,6 +235,10 @@ def _read_config(file: Path, source: str, name: str, config_class: type) -> Any:
                               f"{LIBRARY_NAME}'s save_pretrained; re-export the model with it")
     found = data.pop("model_name")
     data.pop("foundation_version", None)
+    fields = {f.name for f in dataclasses.fields(config_class)}
+    for key in NOTE_KEYS:  # an export's notes on its data and making, not model config
+        if key not in fields:
+            data.pop(key, None)
     if found != name:
         raise CheckpointError(f"{source}: holds a {found!r} model, not {name!r}; load it with the model class "
                               f"registered as {found!r} (foundation.registry.MODELS.get({found!r}))")

@@ -20,7 +20,7 @@ import torch
 
 from foundation.atomic import atomic_write_text
 
-__all__ = ["DistInfo", "apply_timeout", "free_port", "init_distributed", "is_collective_failure"]
+__all__ = ["DistInfo", "announce_op_build", "apply_timeout", "free_port", "init_distributed", "is_collective_failure"]
 
 # words of the errors gloo, NCCL and the c10d store raise when a peer is gone or does not answer
 _COMM_MARKERS = ("connection closed by peer", "connection reset by peer", "broken pipe", "connection refused",
@@ -182,6 +182,35 @@ class DistInfo:
         return gone, unknown, alive
 
 
+def announce_op_build() -> Path | None:
+    """Say so (local rank 0, stderr) when DeepSpeed is about to compile its CPU communication op.
+
+    On a CPU accelerator ``deepspeed.init_distributed`` builds the ``deepspeed_shm_comm`` C++ extension the
+    first time (about two minutes, silent); it is cached under torch's extension folder afterwards.
+
+    Returns:
+        The extension folder when a build is due, else None (built already, or not a CPU accelerator).
+    """
+    import sys
+
+    import deepspeed
+    from torch.utils.cpp_extension import _get_build_directory
+
+    accelerator = deepspeed.get_accelerator()
+    if accelerator.device_name() != "cpu":
+        return None
+    builder = accelerator.create_op_builder("ShareMemCommBuilder")
+    if builder is None or not deepspeed.ops.__compatible_ops__.get(builder.NAME, False):
+        return None
+    folder = Path(_get_build_directory(builder.NAME, verbose=False))
+    if any(folder.glob(f"{builder.NAME}*.so")):
+        return None
+    if os.environ.get("LOCAL_RANK", "0") == "0":
+        print(f"DeepSpeed: compiling its CPU communication op {builder.NAME} (first run only, about 2 minutes; "
+              f"cached in {folder})", file=sys.stderr, flush=True)
+    return folder
+
+
 def init_distributed(timeout_s: float = 1800.0) -> DistInfo:
     """Join (or, alone, create) the process group through DeepSpeed.
 
@@ -200,6 +229,7 @@ def init_distributed(timeout_s: float = 1800.0) -> DistInfo:
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1")
         os.environ.setdefault("MASTER_PORT", str(free_port()))
     if not torch.distributed.is_initialized():
+        announce_op_build()
         deepspeed.init_distributed(dist_backend=deepspeed.get_accelerator().communication_backend_name(),
                                    auto_mpi_discovery=False, timeout=timedelta(seconds=timeout_s))
     return DistInfo(

@@ -37,6 +37,7 @@ from foundation.errors import CheckpointError, FoundationError, TrainingError
 from foundation.atomic import atomic_write_text
 from foundation.pretrain.checkpoint import CheckpointDir
 from foundation.data.batch import to_device
+from foundation.data.protocol import preprocessing_of
 from foundation.pretrain.components import Components, TrainModule, build_components, build_objective
 from foundation.pretrain.distributed import DistInfo, apply_timeout, init_distributed, is_collective_failure
 from foundation.pretrain.result import RunResult
@@ -224,6 +225,7 @@ class Engine:
                 log.close()
         describe = getattr(parts.dataset, "describe", None)  # a Subset (fine-tuning) has none
         result.data_summary = str(describe()) if callable(describe) else f"{len(parts.dataset)} samples."
+        result.preprocessing = preprocessing_of(parts.dataset)
         return result
 
     def _resume_tag(self, ckpts: CheckpointDir) -> str | None:

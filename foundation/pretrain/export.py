@@ -1,6 +1,7 @@
 """Turn a run's final checkpoint into a ``save_pretrained`` folder with a model card."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +64,7 @@ def _name_masters(masters: list[list[torch.Tensor]], recipe: RecipeConfig, folde
 
 def export_checkpoint(recipe: RecipeConfig, ckpt_root: str | Path, tag: str, out_dir: str | Path,
                       training_losses: dict[str, float] | None = None, data: str = "",
-                      card_extra: dict[str, Any] | None = None) -> Path:
+                      card_extra: dict[str, Any] | None = None, preprocessing: dict[str, Any] | None = None) -> Path:
     """Consolidate checkpoint ``tag`` and write ``out_dir`` (model.safetensors, config.json, README.md).
 
     The model is rebuilt from the recipe and loaded strictly, so a checkpoint of
@@ -86,6 +87,7 @@ def export_checkpoint(recipe: RecipeConfig, ckpt_root: str | Path, tag: str, out
         training_losses=dict(training_losses or {}),  # last-step training values, not held-out metrics
         recipe_yaml=recipe.to_yaml(),
         data_summary=data,
+        preprocessing=dict(preprocessing or {}),
         **extra,
     )
     model.save_pretrained(out_dir, card=info)
@@ -108,7 +110,7 @@ def export_run(recipe: RecipeConfig, result: RunResult, card_extra: dict[str, An
     if tag is None:
         raise CheckpointError(f"no checkpoint under {ckpts.root} to export")
     return export_checkpoint(recipe, ckpts.root, tag, result.output_dir / "export", result.metrics,
-                             result.data_summary, card_extra)
+                             result.data_summary, card_extra, result.preprocessing)
 
 
 def export_from_run_dir(run_dir: str | Path, out_dir: str | Path | None = None, tag: str | None = None) -> Path:
@@ -122,4 +124,9 @@ def export_from_run_dir(run_dir: str | Path, out_dir: str | Path | None = None, 
     tag = tag or ckpts.latest()
     if tag is None:
         raise CheckpointError(f"{ckpts.root} holds no complete checkpoint to export")
-    return export_checkpoint(recipe, ckpts.root, tag, out_dir or run_dir / "export")
+    record = run_dir / "provenance.json"
+    try:
+        extra = {"provenance": json.loads(record.read_text())} if record.is_file() else None
+    except (OSError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{record}: not readable JSON ({err}); remove it or restore it from a backup") from err
+    return export_checkpoint(recipe, ckpts.root, tag, out_dir or run_dir / "export", card_extra=extra)

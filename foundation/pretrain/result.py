@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 __all__ = ["RunResult"]
 
@@ -19,6 +20,7 @@ class RunResult:
         curves: the loss/LR plot (rank 0).
         metrics: the last logged step's loss and objective metrics.
         data_summary: a paragraph about the training data (the dataset's ``describe()``), for the model card.
+        preprocessing: what the model expects of new data (the dataset's ``preprocessing()``), for config.json.
     """
 
     output_dir: Path
@@ -28,3 +30,4 @@ class RunResult:
     curves: Path | None = None
     metrics: dict[str, float] = field(default_factory=dict)
     data_summary: str = ""
+    preprocessing: dict[str, Any] = field(default_factory=dict)

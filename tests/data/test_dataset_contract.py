@@ -87,6 +87,27 @@ def _check_batch(batch, n: int) -> None:
     assert len(sizes) == 1 and next(iter(sizes)) >= n  # one batch axis (ultrasound items are whole batches)
 
 
+def _check_optional_methods(ds) -> None:
+    """item_labels equals the items' own labels; item_sources names existing files; preprocessing is a
+    JSON-able contract stating its modality."""
+    import json
+
+    from foundation.data.protocol import class_labels, item_rows
+
+    assert set(ds.preprocessing()) >= {"modality"} and json.loads(json.dumps(ds.preprocessing()))
+    if hasattr(ds, "item_labels"):
+        fast = ds.item_labels()
+        slow = [int(ds[i]["label"]) for i in range(len(ds))]
+        assert fast == slow and class_labels(ds) == slow
+    if hasattr(ds, "item_sources"):
+        sources = ds.item_sources()
+        assert len(sources) == len(ds) and all(Path(s.split("#")[0]).is_file() for s in set(sources))
+        assert len(set(sources)) >= 2
+        rows = item_rows(ds, [0, len(ds) - 1])
+        assert [r["index"] for r in rows] == [0, len(ds) - 1] and rows[1]["source"] == sources[-1]
+        assert rows[1]["subject"] == ds.groups()[-1]
+
+
 @pytest.mark.parametrize("name", BUILTIN)
 def test_dataset_contract(name, tmp_path):
     cls = DATASETS.get(name)
@@ -110,6 +131,7 @@ def test_dataset_contract(name, tmp_path):
         assert "data.split" in str(err)
     else:
         assert len(groups) == len(ds) and len(set(groups)) >= 2
+    _check_optional_methods(ds)
 
     def files() -> list[Path]:  # the lock files beside caches and corpora name their last holder: not data
         return sorted(p for p in tmp_path.rglob("*") if p.is_file() and not p.name.endswith(".lock"))

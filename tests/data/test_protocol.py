@@ -67,3 +67,36 @@ def test_without_a_process_group_it_just_prepares(tmp_path, monkeypatch):
     assert prepare_dataset(CountingDataset, tmp_path / "single") == {"n_kept": 1}
     assert (tmp_path / "single").read_text() == "0\n"
     assert prepare_dataset(torch.utils.data.TensorDataset, tmp_path) is None  # nothing to prepare
+
+
+def test_check_preprocessing_names_every_field_that_differs():
+    from foundation.data.protocol import check_preprocessing
+    from foundation.errors import DataError
+
+    model = {"modality": "eeg", "sfreq_hz": 200.0, "window_seconds": 4.0, "scale_from_volts": 1e4}
+    check_preprocessing(model, dict(model), "m", "d")  # the same: nothing to say
+    check_preprocessing({}, model, "m", "d")  # a model that records nothing checks nothing
+    check_preprocessing(model, {"modality": "eeg", "sfreq_hz": 200.0}, "m", "d")  # only fields both name
+    with pytest.raises(DataError) as err:
+        check_preprocessing(model, {**model, "sfreq_hz": 256.0, "window_seconds": 2.0}, "my-model", "--data x")
+    text = str(err.value)
+    assert "sfreq_hz: model 200.0, data 256.0" in text and "window_seconds: model 4.0, data 2.0" in text
+    assert "my-model" in text and "--data x" in text and "scale_from_volts" not in text
+
+
+def test_item_rows_and_class_labels_without_the_optional_methods():
+    from foundation.data.protocol import class_labels, item_rows, preprocessing_of
+
+    class Plain(torch.utils.data.Dataset):
+        def __len__(self):
+            return 3
+
+        def __getitem__(self, i):
+            return {"x": torch.zeros(2), "label": torch.tensor(i % 2)}
+
+        def groups(self):
+            return ["a", "b", "c"]
+
+    ds = Plain()
+    assert class_labels(ds) == [0, 1, 0] and preprocessing_of(ds) == {}
+    assert item_rows(ds, [2, 0]) == [{"index": 2, "subject": "c"}, {"index": 0, "subject": "a"}]

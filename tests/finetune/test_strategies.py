@@ -103,3 +103,60 @@ def test_the_sparsity_weight_needs_an_adapter_with_an_auxiliary_loss():
         objective(ToyNet(), (x, y))
     with pytest.raises(ConfigError, match="sparsity_weight: expected >= 0"):
         SupervisedConfig(sparsity_weight=-1.0)
+
+
+class _Grouped(torch.utils.data.Dataset):
+    """Items with a subject each: ``groups()`` as the suite's datasets have it."""
+
+    def __init__(self, subjects: list[str]) -> None:
+        self.subjects = subjects
+
+    def __len__(self) -> int:
+        return len(self.subjects)
+
+    def __getitem__(self, i: int):
+        return {"x": torch.zeros(1), "label": torch.tensor(0)}
+
+    def groups(self) -> list[str]:
+        return self.subjects
+
+
+def _job(train) -> object:
+    from foundation.finetune.strategies.base import FinetuneJob
+    from foundation.finetune.task_model import TaskModel, TaskModelConfig
+
+    recipe = load_recipe(str(Path(__file__).resolve().parents[1] / "fixtures" / "recipes" / "toy-classify.yaml"))
+    model = TaskModel.__new__(TaskModel)
+    torch.nn.Module.__init__(model)
+    model.config = TaskModelConfig(encoder="toy", num_outputs=2)
+    return FinetuneJob(recipe=recipe, model=model, train=train, test=None, out=Path("."), opts=FinetuneOptions())
+
+
+def test_probe_regularisation_is_chosen_by_folds_over_training_subjects(capsys):
+    """The probes and the LP-FT head start choose C by CV folds that keep each training subject on one side
+    (as eval.probe.fit_probe(groups=...)); with a class seen in one training subject only, by sample, said."""
+    import numpy as np
+
+    from foundation.eval.probe import fit_probe
+
+    gen = torch.Generator().manual_seed(0)
+    subjects = [f"s{k}" for k in range(8) for _ in range(6)]
+    y = torch.tensor([int(k % 2) for k in range(8) for _ in range(6)])
+    X = torch.randn(48, 5, generator=gen) + y[:, None] * 0.7
+    subject_shift = torch.randn(8, 5, generator=gen)[torch.arange(48) // 6] * 2.0  # features that name the subject
+    X = X + subject_shift
+    train = torch.utils.data.Subset(_Grouped(["x"] * 4 + subjects), list(range(4, 52)))
+    job = _job(train)
+    assert job.train_groups == subjects
+    got = job.fit_probe(X, y, X, y, kind="linear")
+    want = fit_probe(X, y, X, y, kind="linear", seed=job.recipe.train.seed, groups=np.asarray(subjects))
+    assert got.regularisation == want.regularisation and torch.equal(got.y_prob, want.y_prob)
+    assert capsys.readouterr().err == ""
+
+    lonely = ["a"] * 24 + [f"b{k}" for k in range(24)]  # class 0 (even subjects) ... mixed: one class in one subject
+    y1 = torch.tensor([0] * 24 + [1] * 24)
+    job1 = _job(torch.utils.data.Subset(_Grouped(lonely), list(range(48))))
+    got = job1.fit_probe(X, y1, X, y1, kind="linear")
+    want = fit_probe(X, y1, X, y1, kind="linear", seed=job1.recipe.train.seed)
+    assert got.regularisation == want.regularisation
+    assert "folds over samples, not subjects" in capsys.readouterr().err

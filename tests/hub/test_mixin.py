@@ -170,3 +170,18 @@ def test_a_config_json_the_model_cannot_be_built_from_is_a_checkpoint_error(tmp_
     (folder / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(CheckpointError, match=r"config.json describes a 'hub-toy' model that cannot be built .*re-export"):
         ToyNet.from_pretrained(folder)
+
+
+def test_preprocessing_goes_into_config_json_and_the_card_and_loads_back(tmp_path):
+    from foundation.hub import ModelCardInfo
+
+    config = ToyConfig()
+    model = randomized(config)
+    pre = {"modality": "eeg", "sfreq_hz": 200.0, "band_pass_hz": [0.1, 75.0]}
+    folder = model.save_pretrained(tmp_path / "m", card=ModelCardInfo(preprocessing=pre))
+    assert json.loads((folder / CONFIG_NAME).read_text())["preprocessing"] == pre
+    card = (folder / "README.md").read_text()
+    assert "## Preprocessing the model expects" in card and "| sfreq_hz | 200.0 |" in card
+    again = ToyNet.from_pretrained(folder)  # the note is not a config field, and does not break loading
+    x = inputs(config)
+    assert torch.equal(again(x), model.eval()(x))

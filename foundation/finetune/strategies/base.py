@@ -12,6 +12,8 @@ and saved files. The runner (:mod:`foundation.finetune.runner`) only orchestrate
 """
 from __future__ import annotations
 
+import os
+import sys
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -22,6 +24,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from foundation.config import RecipeConfig
+from foundation.errors import DataError
+from foundation.eval.probe import ProbeResult, fit_probe
 from foundation.finetune.features import split_batch
 from foundation.finetune.options import FinetuneOptions
 from foundation.finetune.task_model import TaskModel
@@ -64,6 +68,38 @@ class FinetuneJob:
         """``input_key`` and ``label_key`` of the recipe's supervised objective."""
         obj = self.recipe.objective.config
         return {"input_key": obj.input_key, "label_key": obj.label_key}
+
+    @property
+    def train_groups(self) -> list[str] | None:
+        """Subject of every training item (``job.train`` a Subset of a dataset with ``groups()``), else None."""
+        data, indices = getattr(self.train, "dataset", None), getattr(self.train, "indices", None)
+        if data is None or indices is None or not hasattr(data, "groups"):
+            return None
+        groups = data.groups()
+        return [str(groups[i]) for i in indices]
+
+    def fit_probe(self, X: torch.Tensor, y: torch.Tensor, X_test: torch.Tensor, y_test: torch.Tensor,
+                  kind: str) -> ProbeResult:
+        """:func:`~foundation.eval.probe.fit_probe` on training features ``X [S, D]``, its regularisation chosen by
+        cross-validation folds split by training subject (no subject on both sides of a fold).
+
+        When the training subjects are too few for that (a class seen in one subject only), the folds split by
+        sample instead, and a note on stderr says so: the chosen penalty may then favour memorising subjects.
+        """
+        import numpy as np
+
+        groups = self.train_groups
+        seed = self.recipe.train.seed
+        if groups is not None and len(groups) == len(y):
+            try:
+                return fit_probe(X, y, X_test, y_test, kind=kind, task=self.task, seed=seed, groups=np.asarray(groups))
+            except DataError as err:
+                if "training subject" not in str(err):
+                    raise
+                if os.environ.get("RANK", "0") == "0":
+                    print(f"note: probe regularisation chosen by folds over samples, not subjects ({err})",
+                          file=sys.stderr, flush=True)
+        return fit_probe(X, y, X_test, y_test, kind=kind, task=self.task, seed=seed)
 
     def loader(self, data: Any, batch_size: int = 64) -> DataLoader:
         """A fixed-order loader over ``data`` (evaluation, features)."""

@@ -11,7 +11,7 @@ from safetensors.torch import load_file, save_file
 
 from foundation.adapters.state import is_writer_rank
 from foundation.atomic import atomic_path, atomic_write_json
-from foundation.eval.probe import ProbeResult, fit_probe
+from foundation.eval.probe import ProbeResult
 from foundation.finetune.features import extract_features
 from foundation.finetune.strategies.base import FinetuneJob, Strategy
 
@@ -51,7 +51,7 @@ class _Probe(Strategy):
 
     def fit(self, job: FinetuneJob) -> None:
         Xtr, ytr, Xte, self.y_test = frozen_features(job)
-        self.result = fit_probe(Xtr, ytr, Xte, self.y_test, kind=self.kind, task=job.task, seed=job.recipe.train.seed)
+        self.result = job.fit_probe(Xtr, ytr, Xte, self.y_test, kind=self.kind)
 
     def predict(self, job: FinetuneJob) -> tuple[torch.Tensor, torch.Tensor]:
         out = self.result.y_prob if job.task == "classification" else self.result.y_pred

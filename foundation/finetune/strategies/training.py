@@ -7,7 +7,6 @@ import json
 import torch
 from torch import nn
 
-from foundation.eval.probe import fit_probe
 from foundation.finetune.features import extract_features
 from foundation.finetune.strategies.base import FinetuneJob
 from foundation.finetune.task_model import head_linear, predict
@@ -28,7 +27,7 @@ def init_head_from_probe(job: FinetuneJob) -> None:
     model = job.model
     X, y = extract_features(model.encoder, job.loader(job.train), pool=model.config.pool,
                             progress="LP-FT head start: frozen features", **job.keys)
-    lin = fit_probe(X, y, X, y, kind="linear", task=job.task, seed=job.recipe.train.seed).as_linear()
+    lin = job.fit_probe(X, y, X, y, kind="linear").as_linear()
     with torch.no_grad():
         head = head_linear(model)
         n = lin.weight.shape[0]
@@ -128,4 +127,4 @@ def card_info(job: FinetuneJob, metrics: dict[str, float]):
                                      f"({cfg.task}, {cfg.num_outputs} outputs); metrics on the held-out subjects.",
                          tags=("fine-tuned", job.opts.method), metrics=metrics, base_model=job.base or None,
                          dataset_name=f"{data} (held-out subjects)", task_type=cfg.task, datasets=(data,),
-                         pipeline_tag="other", data_summary=summary)
+                         pipeline_tag="other", data_summary=summary, preprocessing=dict(cfg.preprocessing))

@@ -141,6 +141,28 @@ class EEGWindows(torch.utils.data.Dataset):
         """Subject of each window, for subject-disjoint splits."""
         return [self.subjects[int(s)] for s in self.subject_ids[self.rows]]
 
+    def item_labels(self) -> list[int]:
+        """Class index of every item, read from the cache's label array (no item is loaded)."""
+        return [int(v) for v in self.labels[self.rows]]
+
+    def item_sources(self) -> list[str]:
+        """The recording file each window was cut from."""
+        owner = np.empty(len(self.labels), np.int64)
+        for k, entry in enumerate(self.index["entries"]):
+            meta = entry["meta"]
+            owner[meta["first_window"]:meta["first_window"] + meta["n_windows"]] = k
+        entries = self.index["entries"]
+        return [str(entries[int(k)]["source"]) for k in owner[self.rows]]
+
+    def preprocessing(self) -> dict[str, Any]:
+        """What a model trained on these windows expects of new recordings (goes into config.json and the card)."""
+        pre = self.index["settings"]["preprocess"]
+        return {"modality": "eeg", "sfreq_hz": float(self.index["sfreq"]),
+                "window_seconds": float(self.index["window_seconds"]), "patch_samples": int(round(self.index["sfreq"])),
+                "band_pass_hz": [pre["l_freq"], pre["h_freq"]], "notch_hz": list(pre["notch"]),
+                "units": f"volts x {pre['scale']:g}", "scale_from_volts": float(pre["scale"]), "clip": float(pre["clip"]),
+                "channels": "any set with 3D electrode positions (montage or digitisation)"}
+
     @property
     def n_stats(self) -> int:
         """S, statistics per channel."""

@@ -218,6 +218,23 @@ class FMRIWindows(torch.utils.data.Dataset):
             out.append(str(subject or entry["source"]))
         return out
 
+    def item_labels(self) -> list[Any]:
+        """Label of every item (its scan's row of the labels table; no volume is read)."""
+        by_scan = [self.label(k) for k in range(len(self.scans))]
+        return [by_scan[scan] for scan, _ in self.items]
+
+    def item_sources(self) -> list[str]:
+        """The scan file of each window, with the window's first frame (``file#frame=N``)."""
+        return [f"{self.scans[scan]['source']}#frame={start}" for scan, start in self.items]
+
+    def preprocessing(self) -> dict[str, Any]:
+        """What a model trained on these windows expects of new scans (goes into config.json and the card)."""
+        c = self.config
+        return {"modality": "fmri", "grid_zyx": list(c.grid), "voxel_size_mm": float(c.voxel_size),
+                "tr_s": float(c.tr), "window_frames": int(c.window), "brain_mask": c.mask,
+                "normalisation": "per-voxel z-score over time inside the brain mask, zero outside",
+                "layout": "[1, T, Z, Y, X]"}
+
     def describe(self) -> str:
         """One paragraph for the model card."""
         c = self.config

@@ -35,7 +35,15 @@ from foundation.modalities.ultrasound.csv_reader import Record, read_csv_folder
 from foundation.modalities.ultrasound.sampler import SAMPLING_MODES, BatchPlanner
 from foundation.modalities.ultrasound.tasks import TaskSpec, task_table
 
-__all__ = ["UltrasoundDatasetConfig", "UltrasoundDataset", "collate_batches", "split_records"]
+def image_preprocessing(config: UltrasoundDatasetConfig) -> dict[str, Any]:
+    """The input contract of images read with ``config``: side, resize rule, channels, range, normalisation."""
+    return {"modality": "ultrasound", "image_size": int(config.image_size),
+            "resize": "letterbox (aspect kept, zero pad)" if config.keep_aspect else "stretched to a square",
+            "channels": "RGB (grey images repeated)", "input_range": "[0, 1] (uint8 / 255)",
+            "normalisation": "ImageNet mean/std, applied inside the model"}
+
+
+__all__ = ["UltrasoundDatasetConfig", "UltrasoundDataset", "collate_batches", "split_records", "image_preprocessing"]
 
 
 def _h(text: str) -> dict[str, str]:
@@ -246,6 +254,10 @@ class UltrasoundDataset(torch.utils.data.Dataset):
             "box_state": torch.tensor([box_state]), "points": points[None], "point_valid": valid[None],
             "index": torch.tensor([j]),
         }
+
+    def preprocessing(self) -> dict[str, Any]:
+        """What a model trained on these images expects of new ones (goes into config.json and the card)."""
+        return image_preprocessing(self.config)
 
     def groups(self) -> list[str]:
         """Not defined: an item is a planned batch of several patients.

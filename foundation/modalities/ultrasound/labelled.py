@@ -19,7 +19,7 @@ import torch
 
 from foundation.data.demo import is_demo
 from foundation.errors import ConfigError, did_you_mean
-from foundation.modalities.ultrasound.dataset import UltrasoundDatasetConfig, UltrasoundDataset
+from foundation.modalities.ultrasound.dataset import UltrasoundDataset, UltrasoundDatasetConfig, image_preprocessing
 from foundation.modalities.ultrasound.tasks import task_table
 
 __all__ = ["UltrasoundImagesConfig", "UltrasoundImages"]
@@ -76,6 +76,18 @@ class UltrasoundImages(torch.utils.data.Dataset):
     def groups(self) -> list[str]:
         """Patient of each image, for patient-disjoint splits."""
         return [r.group for r in self.inner.records]
+
+    def item_labels(self) -> list[int]:
+        """Class of every image, from the CSV records (no image is read)."""
+        return [int(r.label) for r in self.inner.records]
+
+    def item_sources(self) -> list[str]:
+        """The image file of each item."""
+        return [str(r.image) for r in self.inner.records]
+
+    def preprocessing(self) -> dict[str, Any]:
+        """What a model fine-tuned on these images expects (goes into config.json and the card)."""
+        return {**image_preprocessing(self.config), "task": self.config.task}
 
     def __len__(self) -> int:
         return len(self.inner.records)
