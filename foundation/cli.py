@@ -33,8 +33,9 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefa
         return super()._get_help_string(action)
 
 
-RUNTIME_PACKAGES = ("torch", "deepspeed", "numpy", "safetensors", "huggingface_hub", "peft", "timm", "mne",
-                    "nibabel", "matplotlib", "yaml", "triton")
+RUNTIME_PACKAGES = ("torch", "deepspeed", "numpy", "scipy", "scikit-learn", "safetensors", "huggingface_hub", "httpx2",
+                    "peft", "timm", "monai", "mne", "mne-bids", "pybids", "nibabel", "nilearn", "pydicom", "matplotlib",
+                    "tqdm", "yaml", "triton")  # every dependency of pyproject.toml (a test keeps them in step), + triton
 METHODS_HELP = "linear-probe | mlp-probe | full | lora | dopamine | another registered adapter method"
 
 

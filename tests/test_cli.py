@@ -173,3 +173,17 @@ def test_push_to_a_dead_hub_names_the_endpoint(tmp_path, dead_endpoint):  # noqa
                           env=sub_env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and dead_endpoint.url in proc.stderr
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+
+
+def test_info_names_every_dependency_of_pyproject():
+    import re
+    import tomllib
+
+    from foundation.cli import RUNTIME_PACKAGES, package_versions
+
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    names = {re.split(r"[<>=!~;\[ ]", d, maxsplit=1)[0].lower().replace("_", "-") for d in deps}
+    listed = {("pyyaml" if n == "yaml" else n).lower().replace("_", "-") for n in RUNTIME_PACKAGES}
+    assert names <= listed, f"foundation info misses {sorted(names - listed)}"
+    versions = package_versions()
+    assert versions["torch"] and versions["python"] and set(RUNTIME_PACKAGES) <= set(versions)

@@ -20,7 +20,7 @@ import torch
 
 from foundation.atomic import atomic_write_text
 
-__all__ = ["DistInfo", "announce_op_build", "apply_timeout", "free_port", "init_distributed", "is_collective_failure"]
+__all__ = ["DistInfo", "announce_op_build", "apply_timeout", "free_port", "init_distributed", "is_collective_failure", "release_shm_buffer"]
 
 # words of the errors gloo, NCCL and the c10d store raise when a peer is gone or does not answer
 _COMM_MARKERS = ("connection closed by peer", "connection reset by peer", "broken pipe", "connection refused",
@@ -211,6 +211,30 @@ def announce_op_build() -> Path | None:
     return folder
 
 
+def release_shm_buffer() -> Path | None:
+    """Unlink this rank's DeepSpeed CPU all-reduce buffer from ``/dev/shm`` once every rank has mapped it.
+
+    DeepSpeed's CPU communication op creates ``/dev/shm/deepspeed_allreduce_buffer_<uid>_<addr>_<port>_<rank>``
+    (69 MB per rank) while the process group starts, maps every peer's, and never unlinks them: each multi-rank
+    CPU run would leave them behind, and ``/dev/shm`` is memory. After a barrier every rank has mapped its
+    peers' buffers (DeepSpeed does it inside ``init_distributed``), so each rank unlinks its own name: the
+    mappings stay valid until the processes exit, and then the memory is freed.
+
+    Returns:
+        The path unlinked, or None (one process, another accelerator, or no such buffer).
+    """
+    dist = torch.distributed
+    if not dist.is_initialized() or dist.get_world_size() < 2:
+        return None
+    path = Path("/dev/shm") / (f"deepspeed_allreduce_buffer_{os.getuid()}_{os.environ.get('MASTER_ADDR', '')}_"
+                               f"{os.environ.get('MASTER_PORT', '')}_{dist.get_rank()}")
+    dist.barrier()
+    if not path.exists():
+        return None
+    path.unlink(missing_ok=True)
+    return path
+
+
 def init_distributed(timeout_s: float = 1800.0) -> DistInfo:
     """Join (or, alone, create) the process group through DeepSpeed.
 
@@ -232,6 +256,7 @@ def init_distributed(timeout_s: float = 1800.0) -> DistInfo:
         announce_op_build()
         deepspeed.init_distributed(dist_backend=deepspeed.get_accelerator().communication_backend_name(),
                                    auto_mpi_discovery=False, timeout=timedelta(seconds=timeout_s))
+        release_shm_buffer()
     return DistInfo(
         rank=torch.distributed.get_rank(),
         world_size=torch.distributed.get_world_size(),
