@@ -67,7 +67,20 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_args(ft)
     ft.add_argument("--overwrite", action="store_true", help="replace an existing fine-tune run in --output-dir "
                                                              "(otherwise a non-empty folder is refused)")
-    ft.add_argument("--from", dest="base", required=True, help="Hub repo id or local save_pretrained folder")
+    ft.add_argument("--from", dest="base", required=True,
+                    help="Hub repo id or local save_pretrained folder; a published EEG release file or braindecode "
+                         "folder (LaBraM, CBraMod, EEGPT, BIOT, BENDR); arch:NAME for random init (arch:labram, "
+                         "arch:deeperbrain-tiny)")
+    ft.add_argument("--arch", default="", help="architecture of a published checkpoint whose file cannot tell it "
+                                               "(labram, cbramod, eegpt, biot, bendr)")
+    ft.add_argument("--exclude-keys", dest="exclude_keys", nargs="*", default=[],
+                    help="keys (or prefixes) of a published checkpoint to leave out of its strict load")
+    ft.add_argument("--arch-set", dest="arch_set", action="append", default=[], metavar="FIELD=VALUE",
+                    help="a published checkpoint's contract field (channels, missing_channels) or braindecode size "
+                         "(num_heads ...), repeatable; value read as YAML")
+    ft.add_argument("--missing-channels", dest="missing_channels", default=None, choices=["interpolate", "mask"],
+                    help="channels of a published checkpoint's table a recording lacks: interpolate (MNE spherical "
+                         "splines, default) or mask (zeros)")
     ft.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit) of --from")
     ft.add_argument("--method", default="full", help=METHODS_HELP)
     ft.add_argument("--test-fraction", type=float, default=0.25, help="share of subjects/groups held out")
@@ -249,13 +262,31 @@ def _adapter_fields(args: argparse.Namespace) -> dict:
     return fields
 
 
+def _arch_fields(args: argparse.Namespace) -> dict:
+    """``--arch-set FIELD=VALUE`` (values parsed as YAML) plus ``--missing-channels``."""
+    import yaml
+
+    from foundation.errors import ConfigError
+
+    fields: dict = {}
+    for item in args.arch_set:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise ConfigError(f"--arch-set {item!r}: expected FIELD=VALUE, e.g. --arch-set missing_channels=mask")
+        fields[name.strip()] = yaml.safe_load(value)
+    if args.missing_channels is not None:
+        fields["missing_channels"] = args.missing_channels
+    return fields
+
+
 def _finetune(recipe, args: argparse.Namespace, out: Path) -> int:
     import json
 
     from foundation.finetune.runner import FinetuneOptions, run_finetune
 
     opts = FinetuneOptions(method=args.method, test_fraction=args.test_fraction, targets=tuple(args.targets),
-                           adapter=_adapter_fields(args), lr_decay=args.lr_decay, head_init=args.head_init)
+                           adapter=_adapter_fields(args), lr_decay=args.lr_decay, head_init=args.head_init,
+                           arch=args.arch, exclude_keys=tuple(args.exclude_keys), arch_set=_arch_fields(args))
     result = run_finetune(recipe, args.base, out, opts, revision=args.revision, provenance=provenance(args.argv))
     import torch.distributed as dist
 

@@ -76,10 +76,8 @@ class ArchSpec:
             plus the relative-amplitude channel).
         channels: the default channel table, in order.
         table: every channel name the checkpoint knows (() = any name).
-        blocks: path of the block stack under the braindecode model (layer-wise LR decay).
-        lora: LoRA target suffixes (``nn.Linear`` only: attention in ``nn.MultiheadAttention`` is left out, since
-            it reads ``out_proj.weight`` directly and a wrapper would be bypassed).
-        dopamine: ``(targets, skips)`` of Dopamine: the MLP hidden layer and the layer reading it.
+        blocks: path of the block stack under the braindecode model (layer-wise LR decay). The adapter presets
+            are in :mod:`foundation.adapters.targets` (LoRA) and ``foundation.adapters.dopamine.model``, by name.
         defaults: constructor arguments of the released size that the weights do not tell (heads).
         features: ``(net, x [B, C, T], input_chans) -> features``.
     """
@@ -93,8 +91,6 @@ class ArchSpec:
     channels: tuple[str, ...]
     table: tuple[str, ...]
     blocks: str
-    lora: tuple[str, ...]
-    dopamine: tuple[tuple[str, ...], tuple[str, ...]]
     defaults: dict[str, Any] = field(default_factory=dict)
     features: Callable[..., torch.Tensor] = _pooled_features
 
@@ -113,19 +109,15 @@ def _specs() -> dict[str, ArchSpec]:
     t = _tables()
     return {
         "labram": ArchSpec("labram", "Labram", 200.0, 200, 1e4, "none", STANDARD_1020, t["labram"], "blocks",
-                           ("attn.qkv", "attn.proj", "mlp.0", "mlp.2"), (("mlp.0",), ("mlp.2",)),
                            {}, _labram_features),
         "cbramod": ArchSpec("cbramod", "CBraMod", 200.0, 200, 1e4, "none", STANDARD_1020, (), "encoder.layers",
-                            ("linear1", "linear2"), (("linear1",), ("linear2",)), {"nhead": 8}, _cbramod_features),
+                            {"nhead": 8}, _cbramod_features),
         "eegpt": ArchSpec("eegpt", "EEGPT", 256.0, 64, 1e3, "none", STANDARD_1020, t["eegpt"],
-                          "target_encoder.blocks", ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2"),
-                          (("mlp.fc1",), ("mlp.fc2",)), {"num_heads": 8}, _eegpt_features),
+                          "target_encoder.blocks", {"num_heads": 8}, _eegpt_features),
         "biot": ArchSpec("biot", "BIOT", 200.0, 1, 1e6, "quantile95", t["biot"][:16], t["biot"],
-                         "encoder.transformer.layers.layers", ("to_q", "to_k", "to_v", "to_out", "fn.w1", "fn.w2"),
-                         (("fn.w1",), ("fn.w2",)), {"num_heads": 8}),
+                         "encoder.transformer.layers.layers", {"num_heads": 8}),
         "bendr": ArchSpec("bendr", "BENDR", 256.0, 1, 1e6, "minmax-scale", t["bendr"], t["bendr"],
-                          "contextualizer.transformer_layers", ("linear1", "linear2"), (("linear1",), ("linear2",)),
-                          {"transformer_heads": 8}),
+                          "contextualizer.transformer_layers", {"transformer_heads": 8}),
     }
 
 
@@ -155,6 +147,21 @@ def channel_table(name: str) -> tuple[str, ...]:
     return arch_spec(name).table
 
 
+def _resolve_class(value: Any) -> Any:
+    """A class named in a braindecode ``config.json`` (``"torch.nn.modules.activation.GELU"``) -> ``nn.GELU``.
+
+    Only ``torch.nn`` classes are resolved (nothing is imported by name).
+    """
+    if isinstance(value, str) and value.startswith("torch.nn."):
+        cls = getattr(nn, value.rsplit(".", 1)[1], None)
+        if isinstance(cls, type) and issubclass(cls, nn.Module):
+            return cls
+        from foundation.errors import CheckpointError
+
+        raise CheckpointError(f"braindecode config names {value!r}, not a torch.nn module class the suite resolves")
+    return value
+
+
 def build_net(name: str, n_chans: int, n_times: int, sfreq: float, channels: tuple[str, ...],
               kwargs: dict[str, Any]) -> nn.Module:
     """The braindecode model of ``name`` with its classification head replaced by ``nn.Identity``.
@@ -170,6 +177,7 @@ def build_net(name: str, n_chans: int, n_times: int, sfreq: float, channels: tup
     import braindecode.models as bd
 
     spec = arch_spec(name)
+    kwargs = {k: _resolve_class(v) for k, v in kwargs.items()}
     args: dict[str, Any] = {**spec.defaults, **kwargs, "n_chans": n_chans, "n_times": n_times, "sfreq": sfreq,
                             "n_outputs": 2}
     if name == "eegpt":
