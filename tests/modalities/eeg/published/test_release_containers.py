@@ -24,7 +24,7 @@ from foundation.modalities.eeg.published.archs import STANDARD_1020
 from foundation.modalities.eeg.published.importer import load_published
 
 warnings.filterwarnings("ignore", category=UserWarning, module="braindecode")
-bd = pytest.importorskip("braindecode.models")
+import braindecode.models as bd  # noqa: E402
 
 
 def _randomise(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
