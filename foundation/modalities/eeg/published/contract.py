@@ -12,7 +12,8 @@ The rate, window length and units go into the data config before the cache is bu
   template position of the missing electrode, or **masked** (zeros), as the user chooses;
 - BIOT's bipolar derivations (``FP1-F7``) are **derived** as differences of the two (mapped or interpolated)
   electrodes, unless the recording holds that derivation itself;
-- recording channels no row uses are **dropped**;
+- recording channels outside the table (and not a derivation's electrode) are **dropped** from the input (with
+  ``interpolate`` they still inform the splines, as every electrode does);
 - every mapping is listed per recording in :attr:`ContractWindows.channel_report`.
 
 Then per window: ``quantile95`` divides each channel by the 95th percentile of its absolute value (BIOT's
@@ -131,10 +132,10 @@ def channel_plan(names: list[str], positions: np.ndarray, targets: tuple[str, ..
         if t == SCALE_CHANNEL:
             continue
         W[i] = rows[pairs[t][0]] - rows[pairs[t][1]] if t in pairs else rows[t] if t in rows else rows[_canon(t)]
-    used = np.abs(W).sum(0) > 0
+    taken = set(found)
     report = {"mapped": found,
               "interpolated" if missing == "interpolate" else "masked": list(absent),
-              "derived": list(pairs), "dropped": [n for n, u in zip(names, used) if not u]}
+              "derived": list(pairs), "dropped": [n for n in names if _canon(n) not in taken]}
     return W, report
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import warnings
 
+import braindecode.models as bd
 import pytest
 import torch
 
@@ -24,7 +25,6 @@ from foundation.modalities.eeg.published.archs import STANDARD_1020
 from foundation.modalities.eeg.published.importer import load_published
 
 warnings.filterwarnings("ignore", category=UserWarning, module="braindecode")
-import braindecode.models as bd  # noqa: E402
 
 
 def _randomise(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
