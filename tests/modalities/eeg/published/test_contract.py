@@ -85,6 +85,8 @@ def test_lora_finetune_of_a_labram_folder_on_recordings_of_another_montage_and_r
     contract = cfg["encoder_config"]
     assert cfg["encoder"] == "labram" and contract["sfreq"] == 200.0 and contract["n_times"] == 800
     assert contract["channels"] == channels and contract["scale"] == 1e4
+    card = (out / "adapter" / "README.md").read_text()  # the contract is in the model card too
+    assert '"missing_channels": "interpolate"' in card and '"sfreq": 200.0' in card
     import foundation
 
     model = foundation.load(out / "adapter")

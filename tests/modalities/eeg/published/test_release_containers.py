@@ -23,6 +23,7 @@ import foundation
 from foundation.errors import CheckpointError
 from foundation.modalities.eeg.published.archs import STANDARD_1020
 from foundation.modalities.eeg.published.importer import load_published
+from tests._support.hub_fixtures import hub_endpoint  # noqa: F401
 
 warnings.filterwarnings("ignore", category=UserWarning, module="braindecode")
 
@@ -229,3 +230,18 @@ def test_arch_random_init_is_labelled():
     enc = foundation.load("arch:cbramod")
     assert enc.config.init == "random init" and enc.model_name == "cbramod"
     assert enc.forward_features(torch.zeros(1, 19, 800)).shape == (1, 19 * 4, 200)
+
+
+def test_braindecode_hub_id_through_the_loopback_hub(tmp_path, hub_endpoint):  # noqa: F811
+    from foundation.hub.client import push_folder
+
+    ref = _randomise(bd.CBraMod(n_chans=19, n_times=800, n_outputs=3, sfreq=200, n_layer=1, nhead=8,
+                                dim_feedforward=64))
+    ref.save_pretrained(tmp_path / "bd")
+    push_folder(tmp_path / "bd", "braindecode/cbramod-pretrained")
+    enc = foundation.load("braindecode/cbramod-pretrained")
+    assert enc.model_name == "cbramod" and "braindecode/cbramod-pretrained" in enc.key_report.source
+    ref.proj_out = torch.nn.Identity()
+    x = _x(19, 800)
+    with torch.no_grad():
+        _close(enc.forward_features(x), ref(x, return_features=True)["features"].flatten(1, 2))
