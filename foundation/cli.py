@@ -70,7 +70,20 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--no-export", action="store_true", help="skip the save_pretrained export at the end")
     ft = add("finetune", "train a recipe starting from a pretrained model")
     _add_run_args(ft)
-    ft.add_argument("--from", dest="base", required=True, help="Hub repo id or local save_pretrained folder")
+    ft.add_argument("--from", dest="base", required=True,
+                    help="Hub repo id or local save_pretrained folder; a published EEG release file or braindecode "
+                         "folder (LaBraM, CBraMod, EEGPT, BIOT, BENDR); arch:NAME for random init (arch:labram, "
+                         "arch:deeperbrain-tiny)")
+    ft.add_argument("--arch", default="", help="architecture of a published checkpoint whose file cannot tell it "
+                                               "(labram, cbramod, eegpt, biot, bendr)")
+    ft.add_argument("--exclude-keys", dest="exclude_keys", nargs="*", default=[],
+                    help="keys (or prefixes) of a published checkpoint to leave out of its strict load")
+    ft.add_argument("--arch-set", dest="arch_set", action="append", default=[], metavar="FIELD=VALUE",
+                    help="a published checkpoint's contract field (channels, missing_channels) or braindecode size "
+                         "(num_heads ...), repeatable; value read as YAML")
+    ft.add_argument("--missing-channels", dest="missing_channels", default=None, choices=["interpolate", "mask"],
+                    help="channels of a published checkpoint's table a recording lacks: interpolate (MNE spherical "
+                         "splines, default) or mask (zeros)")
     ft.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit) of --from")
     ft.add_argument("--method", default="full", help=METHODS_HELP)
     ft.add_argument("--test-fraction", type=float, default=0.25, help="share of subjects/groups held out")
@@ -242,23 +255,31 @@ def package_versions() -> dict[str, str | None]:
 def _predict(args: argparse.Namespace) -> int:
     import foundation
     from foundation.config import load_recipe
-    from foundation.data.protocol import check_preprocessing, preprocessing_of
+    import dataclasses
+
+    from foundation.data.protocol import check_preprocessing, prepare_dataset, preprocessing_of
+    from foundation.finetune.bases import importer_of
     from foundation.finetune.runner import write_predictions
     from foundation.loading import predict_dataset, task_model_of
     from foundation.registry import DATASETS
 
     recipe = load_recipe(args.data, args.overrides)  # checked before the model loads
     model = foundation.load(args.model, revision=args.revision)
-    if task_model_of(model) is None:
+    task_model = task_model_of(model)
+    if task_model is None:
         from foundation.errors import CheckpointError
 
         raise CheckpointError(f"--model {args.model!r} is a pretrained encoder without a task head; fine-tune it "
                               f"first (foundation finetune --from {args.model} ...)")
+    importer = importer_of(task_model.encoder)  # a published checkpoint: its input contract shapes the data
+    if importer is not None:
+        recipe = dataclasses.replace(recipe, data=importer.adapt_data(recipe.data, task_model.encoder))
     data_cls = DATASETS.get(recipe.data.name, where="recipe key data.name")
-    if hasattr(data_cls, "prepare"):
-        data_cls.prepare(recipe.data.config)
+    prepare_dataset(data_cls, recipe.data.config)
     dataset = data_cls(recipe.data.config)
-    check_preprocessing(task_model_of(model).config.preprocessing, preprocessing_of(dataset), args.model,
+    if importer is not None:
+        dataset = importer.adapt_dataset(dataset, task_model.encoder)
+    check_preprocessing(task_model.config.preprocessing, preprocessing_of(dataset), args.model,
                         f"--data {args.data}")
     out, rows, cfg = predict_dataset(model, dataset, args.batch_size)
     names = list(cfg.class_names) or None
@@ -286,13 +307,31 @@ def _adapter_fields(args: argparse.Namespace) -> dict:
     return fields
 
 
+def _arch_fields(args: argparse.Namespace) -> dict:
+    """``--arch-set FIELD=VALUE`` (values parsed as YAML) plus ``--missing-channels``."""
+    import yaml
+
+    from foundation.errors import ConfigError
+
+    fields: dict = {}
+    for item in args.arch_set:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise ConfigError(f"--arch-set {item!r}: expected FIELD=VALUE, e.g. --arch-set missing_channels=mask")
+        fields[name.strip()] = yaml.safe_load(value)
+    if args.missing_channels is not None:
+        fields["missing_channels"] = args.missing_channels
+    return fields
+
+
 def _finetune(recipe, args: argparse.Namespace, out: Path) -> int:
     import json
 
     from foundation.finetune.runner import FinetuneOptions, run_finetune
 
     opts = FinetuneOptions(method=args.method, test_fraction=args.test_fraction, targets=tuple(args.targets),
-                           adapter=_adapter_fields(args), lr_decay=args.lr_decay, head_init=args.head_init)
+                           adapter=_adapter_fields(args), lr_decay=args.lr_decay, head_init=args.head_init,
+                           arch=args.arch, exclude_keys=tuple(args.exclude_keys), arch_set=_arch_fields(args))
     result = run_finetune(recipe, args.base, out, opts, revision=args.revision, provenance=provenance(args.argv))
     import torch.distributed as dist
 

@@ -12,6 +12,15 @@ fine-tune (:class:`~foundation.finetune.task_model.TaskModel`). A fine-tune fold
 ``adapter_config.json`` has no encoder weights of its own: its config names the base (Hub id and commit,
 or a local folder), which loads strictly into the encoder before the adapter (and the head inside it) is put on.
 
+Checkpoints the suite did not write go through an importer of :data:`foundation.registry.IMPORTERS`
+(``eeg-published``: LaBraM, CBraMod, EEGPT, BIOT and BENDR release files and braindecode folders); ``arch:NAME``
+builds an architecture at random init, either an importer's (``arch:labram``) or a suite recipe's encoder
+(``arch:deeperbrain-tiny``)::
+
+    encoder = foundation.load("labram-base.pth")                         # a release file, strict, key report
+    encoder = foundation.load("encoder.pt", arch="bendr")                 # when the file cannot tell
+    encoder = foundation.load("arch:cbramod")                             # random init, labelled so
+
 Layer: beside ``finetune`` (it builds task models); models are looked up through the registry, never by
 importing a modality.
 """
@@ -30,7 +39,6 @@ from foundation.hub.names import ADAPTER_CONFIG_NAME, CONFIG_NAME, HEAD_WEIGHTS_
 from foundation.registry import MODELS
 
 __all__ = ["load", "resolve_folder"]
-
 
 def resolve_folder(source: str | os.PathLike, revision: str | None = None) -> Path:
     """A local folder as it is, else the Hub repository's snapshot (downloaded, ``HF_ENDPOINT`` honoured).
@@ -85,7 +93,8 @@ def _task_model_without_adapter(folder: Path, data: dict[str, Any], source: str)
     return model
 
 
-def load(source: str | os.PathLike, revision: str | None = None, *, adapter: bool = True) -> nn.Module:
+def load(source: str | os.PathLike, revision: str | None = None, *, adapter: bool = True, arch: str | None = None,
+         exclude_keys: tuple[str, ...] = ()) -> nn.Module:
     """The model saved in a folder or Hub repository, as the class its ``config.json`` names, in eval mode.
 
     Args:
@@ -94,6 +103,8 @@ def load(source: str | os.PathLike, revision: str | None = None, *, adapter: boo
         adapter: for an adapter fine-tune: put the adapter on (default); False returns the task model (pretrained
             encoder, head untrained where the head is saved inside the adapter), e.g. for
             ``peft.PeftModel.from_pretrained(foundation.load(dir, adapter=False), dir)``.
+        arch: for a published checkpoint whose file cannot tell it: the architecture (``labram`` ...).
+        exclude_keys: for a published checkpoint: keys (or prefixes) to leave out of the strict load.
 
     Returns:
         A registered model (pretrained encoder), a :class:`~foundation.finetune.task_model.TaskModel` (full
@@ -103,7 +114,13 @@ def load(source: str | os.PathLike, revision: str | None = None, *, adapter: boo
         CheckpointError: no folder or config, an unknown ``model_name``, or weights that do not match.
         HubError: the Hub cannot serve ``source``.
     """
+    from foundation.finetune.bases import ARCH_PREFIX, importer_for, load_base
+
+    if str(source).startswith(ARCH_PREFIX) or Path(source).is_file():
+        return load_base(str(source), revision, arch=arch, exclude=tuple(exclude_keys))[0].eval()
     folder = resolve_folder(source, revision)
+    if importer_for(source, folder) is not None:
+        return load_base(str(source), revision, arch=arch, exclude=tuple(exclude_keys), folder=folder)[0].eval()
     data = _read_config(folder, str(source))
     name = data["model_name"]
     if (folder / ADAPTER_CONFIG_NAME).is_file():

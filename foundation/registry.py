@@ -125,6 +125,11 @@ MODELS = Registry("model", builtin={
     "hiera4d": f"{_FMRI}.hiera4d:Hiera4D",
     "ultrasound-mtl": f"{_US}.model:UltrasoundMTL",
     "task-model": "foundation.finetune.task_model:TaskModel",
+    "labram": f"{_EEG}.published.model:LaBraM",
+    "cbramod": f"{_EEG}.published.model:CBraMod",
+    "eegpt": f"{_EEG}.published.model:EEGPT",
+    "biot": f"{_EEG}.published.model:BIOT",
+    "bendr": f"{_EEG}.published.model:BENDR",
 })
 DATASETS = Registry("dataset", builtin={
     "eeg-windows": f"{_EEG}.dataset:EEGWindows",
@@ -137,6 +142,12 @@ OBJECTIVES = Registry("objective", builtin={
     "slim-brain-jepa": f"{_FMRI}.jepa:JepaObjective",
     "ultrasound-mtl": f"{_US}.objective:MultiTaskObjective",
     "supervised": "foundation.finetune.task_model:Supervised",
+})
+# Readers of checkpoints the suite did not write (foundation.load / finetune --from): each has claims(source,
+# folder), model_name(source, arch, folder), owns(encoder), fits(data name), load(source, arch, ...), adapt_data,
+# adapt_dataset.
+IMPORTERS = Registry("importer", builtin={
+    "eeg-published": f"{_EEG}.published.importer:IMPORTER",
 })
 MLPS = Registry("mlp", providers=("foundation.layers.create_mlp",))
 ACTIVATIONS = Registry("activation", providers=("foundation.layers.create_act",))

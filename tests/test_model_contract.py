@@ -57,6 +57,26 @@ def _task_model() -> tuple[type, Any]:
     return cls, cls.config_class(encoder="deeperbrain", encoder_config=dataclass_to_dict(enc), num_outputs=3)
 
 
+_PUBLISHED_SIZES = {  # tiny braindecode sizes of the published EEG architectures, and their window
+    "labram": ({"num_layers": 1, "num_heads": 4}, 400),
+    "cbramod": ({"n_layer": 1, "dim_feedforward": 32}, 400),
+    "eegpt": ({"embed_dim": 16, "embed_num": 1, "depth": 1, "num_heads": 2, "patch_size": 64}, 512),
+    "biot": ({"embed_dim": 32, "num_layers": 1, "num_heads": 2}, 400),
+    "bendr": ({"encoder_h": 16, "contextualizer_hidden": 32, "transformer_layers": 1, "transformer_heads": 4}, 512),
+}
+
+
+def _published(name: str) -> tuple[type, Any]:
+    cls = MODELS.get(name)
+    kwargs, n_times = _PUBLISHED_SIZES[name]
+    return cls, cls.config_class(n_times=n_times, kwargs=kwargs)
+
+
+def _published_inputs(cfg: Any) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    return {"x": torch.randn(2, len(cfg.channels), cfg.n_times, generator=g)}
+
+
 # name -> (build (class, config) from a tiny recipe, inputs of forward_features from the config, batch-dict model)
 CASES: dict[str, tuple[Callable[[], tuple[type, Any]], Inputs]] = {
     "deeperbrain": (lambda: _recipe_model("deeperbrain-tiny"), _eeg_inputs),
@@ -64,6 +84,7 @@ CASES: dict[str, tuple[Callable[[], tuple[type, Any]], Inputs]] = {
     "hiera4d": (_hiera4d, _fmri_inputs),
     "ultrasound-mtl": (lambda: _recipe_model("ultrasound-mtl-tiny"), _us_inputs),
     "task-model": (_task_model, lambda cfg: _eeg_inputs(load_recipe("deeperbrain-tiny").model.config)),
+    **{name: (lambda name=name: _published(name), _published_inputs) for name in _PUBLISHED_SIZES},
 }
 
 

@@ -21,8 +21,10 @@ model has one; otherwise pass ``exclude_modules``.
 
 Per registered model, :data:`MODEL_PRESETS` names the default preset (looked up by
 :func:`model_preset`): the transformers (``deeperbrain``'s ``Block``, ``slim-brain``'s and
-``hiera4d``'s ``HieraBlock``) take ``attention-mlp``; the EfficientNet of ``ultrasound-mtl``
-takes ``pointwise``. Parts a fine-tuned forward pass never reaches (decoders, predictors,
+``hiera4d``'s ``HieraBlock``, ``eegpt``) take ``attention-mlp``; the EfficientNet of ``ultrasound-mtl``
+takes ``pointwise``; the published EEG models ``labram``, ``cbramod``, ``biot``, ``bendr`` take the preset of
+their name (braindecode's module names: LaBraM's ``mlp.0``/``mlp.2``, CBraMod's and BENDR's ``linear1``/``linear2``
+beside attention that ``nn.MultiheadAttention`` computes, BIOT's ``to_q``...``to_out`` and ``w1``/``w2``). Parts a fine-tuned forward pass never reaches (decoders, predictors,
 EMA targets, other task heads) are excluded by the caller (``foundation.finetune.runner``).
 """
 from __future__ import annotations
@@ -43,6 +45,12 @@ TARGET_PRESETS: dict[str, tuple[str, ...]] = {
     "mlp": ("mlp.fc1", "mlp.fc2"),
     "pointwise": (),
     "all-linear": (),
+    # the published EEG architectures as braindecode names their linear layers (attention inside
+    # nn.MultiheadAttention is left out: it reads out_proj.weight directly, so a wrapper would be bypassed)
+    "labram": ("attn.qkv", "attn.proj", "mlp.0", "mlp.2"),
+    "cbramod": ("linear1", "linear2"),
+    "biot": ("fn.to_q", "fn.to_k", "fn.to_v", "fn.to_out", "fn.w1", "fn.w2"),
+    "bendr": ("linear1", "linear2"),
 }
 
 
@@ -51,6 +59,11 @@ MODEL_PRESETS: dict[str, str] = {
     "slim-brain": "attention-mlp",
     "hiera4d": "attention-mlp",
     "ultrasound-mtl": "pointwise",
+    "labram": "labram",
+    "cbramod": "cbramod",
+    "eegpt": "attention-mlp",
+    "biot": "biot",
+    "bendr": "bendr",
 }
 DEFAULT_PRESET = "attention-mlp"
 

@@ -7,7 +7,32 @@ from torch import nn
 
 from foundation.errors import ConfigError
 
-__all__ = ["layerwise_lr_groups", "depths_by_order"]
+__all__ = ["layerwise_lr_groups", "depths_by_order", "find_block_stack"]
+
+
+def _trainable_stack(module: nn.Module) -> bool:
+    return isinstance(module, (nn.ModuleList, nn.Sequential)) and any(p.requires_grad for p in module.parameters())
+
+
+def find_block_stack(model: nn.Module) -> str | None:
+    """Path of the block stack of ``model`` for layer-wise LR decay, or None.
+
+    A submodule that names its own stack (``block_stack()``, relative to itself: the published EEG encoders, whose
+    braindecode models call it ``blocks``, ``encoder.layers``, ``target_encoder.blocks``,
+    ``encoder.transformer.layers.layers`` or ``contextualizer.transformer_layers``) wins; otherwise the first
+    ``ModuleList``/``Sequential`` named ``blocks`` (``blocks``, ``encoder.blocks``, ``backbone.blocks``). Only a
+    stack with trainable parameters counts.
+    """
+    for name, module in model.named_modules():
+        named = getattr(module, "block_stack", None)
+        if callable(named):
+            path = f"{name}.{named()}" if name else named()
+            if _trainable_stack(model.get_submodule(path)):
+                return path
+    for name, module in model.named_modules():
+        if name.rsplit(".", 1)[-1] == "blocks" and _trainable_stack(module):
+            return name
+    return None
 
 
 def depths_by_order(model: nn.Module, blocks: str) -> tuple[dict[str, int], int]:

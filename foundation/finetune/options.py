@@ -30,6 +30,12 @@ class FinetuneOptions:
                                                                    "method's default for the encoder)"})
     adapter: dict[str, Any] = field(default_factory=dict, metadata={"help": "other fields of the adapter's config, "
                                                                            "e.g. {'r': 4} (LoRA)"})
+    arch: str = field(default="", metadata={"help": "architecture of an imported checkpoint whose file cannot tell it "
+                                                    "(labram, cbramod, eegpt, biot, bendr)"})
+    exclude_keys: tuple[str, ...] = field(default=(), metadata={"help": "keys (or prefixes) of an imported checkpoint "
+                                                                        "to leave out of its strict load"})
+    arch_set: dict[str, Any] = field(default_factory=dict, metadata={
+        "help": "an imported checkpoint's contract fields (channels, missing_channels, ...) and braindecode sizes"})
     head_init: str = field(default="probe", metadata={"help": "new head of trained methods: 'probe' (LP-FT: a "
                                                               "linear probe of the frozen features) or 'random'"})
 
@@ -37,6 +43,8 @@ class FinetuneOptions:
         from foundation.finetune.strategies import method_names
 
         self.targets = tuple(self.targets)
+        self.exclude_keys = tuple(self.exclude_keys)
+        self.arch_set = dict(self.arch_set)
         self.adapter = dict(self.adapter)
         valid = method_names()
         if self.method not in valid:

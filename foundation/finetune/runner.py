@@ -23,6 +23,7 @@ Shipped recipes, one per modality: ``deeperbrain-tiny-probe``, ``slim-brain-tiny
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,7 @@ from foundation.finetune.features import split_batch
 from foundation.finetune.options import FinetuneOptions
 from foundation.finetune.strategies import FinetuneJob, make_strategy, method_names
 from foundation.finetune.task_model import TaskModel, TaskModelConfig
+from foundation.finetune.bases import importer_for, load_base
 from foundation.registry import DATASETS, MODELS
 
 __all__ = ["FinetuneOptions", "finetune_model", "method_names", "run_finetune"]
@@ -105,12 +107,14 @@ def _split(dataset: Any, opts: FinetuneOptions, task: str) -> tuple[Subset, Subs
     return Subset(dataset, train_idx.tolist()), Subset(dataset, test_idx.tolist()), note
 
 
-def check_base(recipe: RecipeConfig, base: str, revision: str | None = None) -> tuple[Path, str]:
+def check_base(recipe: RecipeConfig, base: str, revision: str | None = None,
+               arch: str | None = None) -> tuple[Path | None, str]:
     """Check ``--from`` before any work: the folder exists (or the Hub serves the id) and holds a checkpoint of
-    the recipe's model. Only ``config.json`` is fetched from the Hub.
+    the recipe's model, or an imported checkpoint (a published EEG release file or braindecode folder) or
+    ``arch:NAME`` whose data the recipe can feed. Only ``config.json`` is fetched from the Hub.
 
     Returns:
-        ``(folder holding config.json, resolved Hub commit or '' for a local folder)``.
+        ``(folder holding config.json, or None for a file or arch:NAME; resolved Hub commit or '')``.
 
     Raises:
         CheckpointError: a path that is no folder, or a folder without a suite ``config.json``.
@@ -121,9 +125,12 @@ def check_base(recipe: RecipeConfig, base: str, revision: str | None = None) -> 
 
     from foundation.errors import CheckpointError
     from foundation.hub.names import CONFIG_NAME
+    from foundation.finetune.bases import ARCH_PREFIX, base_model_name
 
     path = Path(base)
-    if path.is_dir():
+    if base.startswith(ARCH_PREFIX) or (path.is_file() and importer_for(base) is not None):
+        folder, commit = None, ""
+    elif path.is_dir():
         folder, commit = path, ""
     elif path.exists() or base.startswith((".", "/", "~")) or base.count("/") != 1:
         raise CheckpointError(f"--from {base!r}: no such folder, and not a Hub id 'owner/name'; give the folder "
@@ -133,11 +140,21 @@ def check_base(recipe: RecipeConfig, base: str, revision: str | None = None) -> 
 
         folder = download_folder(base, revision, allow_patterns=[CONFIG_NAME])
         commit = folder.name  # the cache's snapshots/<sha>
-    file = folder / CONFIG_NAME
-    try:
-        found = json.loads(file.read_text()).get("model_name") if file.is_file() else None
-    except (json.JSONDecodeError, AttributeError):
-        found = None
+    importer = importer_for(base, folder)
+    if importer is not None or folder is None:
+        found = base_model_name(base, arch, folder)[0]
+        if importer is not None:
+            if not importer.fits(recipe.data.name):
+                raise ConfigError(f"--from {base!r} is a {found!r} checkpoint (EEG) but recipe {recipe.name} reads data "
+                                  f"set {recipe.data.name!r} (key data.name); use an EEG recipe (data.name: "
+                                  "eeg-windows), e.g. deeperbrain-tiny-probe")
+            return folder, commit
+    else:
+        file = folder / CONFIG_NAME
+        try:
+            found = json.loads(file.read_text()).get("model_name") if file.is_file() else None
+        except (json.JSONDecodeError, AttributeError):
+            found = None
     if found is None:
         raise CheckpointError(f"--from {base!r}: no readable {CONFIG_NAME} with a model_name; not a checkpoint "
                               f"exported by foundation-suite (run `foundation export` on the pretraining run)")
@@ -162,6 +179,13 @@ def read_preprocessing(folder: Path) -> dict[str, Any]:
     return dict(value) if isinstance(value, dict) else {}
 
 
+def _full_snapshot(base: str, revision: str | None) -> Path:
+    """Every file of Hub repository ``base`` (check_base fetched only config.json)."""
+    from foundation.hub.client import download_folder
+
+    return download_folder(base, revision)
+
+
 def checkpoint_recipe(recipe: RecipeConfig, encoder_config: Any) -> RecipeConfig:
     """``recipe`` with its model config replaced by the checkpoint's (what the fine-tune really ran)."""
     import dataclasses
@@ -170,8 +194,18 @@ def checkpoint_recipe(recipe: RecipeConfig, encoder_config: Any) -> RecipeConfig
 
 
 def _load_base(recipe: RecipeConfig, base: str, revision: str | None, num_outputs: int, task: str,
-               pool: str, class_names: tuple[str, ...] = (), commit: str = "") -> tuple[TaskModel, str]:
-    """The task model with the checkpoint loaded strictly into its encoder, and a sentence saying so."""
+               pool: str, class_names: tuple[str, ...] = (), commit: str = "", encoder: Any = None,
+               line: str = "") -> tuple[TaskModel, str]:
+    """The task model with the checkpoint loaded strictly into its encoder, and a sentence saying so.
+
+    ``encoder``: an encoder already loaded (an imported checkpoint or ``arch:NAME``; ``line`` says how), used as is.
+    """
+    if encoder is not None:
+        cfg = TaskModelConfig(encoder=encoder.model_name, encoder_config=dataclass_to_dict(encoder.hub_config()),
+                              num_outputs=num_outputs, task=task, pool=pool, class_names=tuple(class_names),
+                              base_model=base, base_revision="")
+        return TaskModel(cfg, encoder=encoder), (f"{line}; new task head: head.weight, head.bias "
+                                                 f"({num_outputs} outputs)")
     enc_cls = MODELS.get(recipe.model.name, where="recipe key model.name")
     pretrained = enc_cls.from_pretrained(base, revision=commit or revision)  # strict: missing/extra keys raise
     cfg = TaskModelConfig(encoder=recipe.model.name, encoder_config=dataclass_to_dict(pretrained.hub_config()),
@@ -199,21 +233,34 @@ def run_finetune(recipe: RecipeConfig, base: str, output_dir: str | Path, opts: 
     Returns:
         ``{"method", "base", "metrics", "trainable_params", "load_report", "outputs"}`` (also in ``metrics.json``).
     """
-    folder, commit = check_base(recipe, base, revision)
+    folder, commit = check_base(recipe, base, revision, opts.arch or None)
+    encoder, line, importer = None, "", None
+    if base.startswith("arch:") or importer_for(base, folder) is not None:  # imported or random init: built first,
+        encoder, line, importer = load_base(  # since its input contract sets the data's rate, window and units
+            base, revision, arch=opts.arch or None, window_seconds=getattr(recipe.data.config, "window_seconds", None),
+            exclude=opts.exclude_keys, overrides=opts.arch_set, folder=_full_snapshot(base, revision) if commit else None)
+        if importer is not None:
+            recipe = dataclasses.replace(recipe, data=importer.adapt_data(recipe.data, encoder))
+        recipe = dataclasses.replace(recipe, model=dataclasses.replace(recipe.model, name=encoder.model_name,
+                                                                       config=encoder.hub_config()))
     _say(f"{recipe.name}: --from {base} checked" + (f" (commit {commit})" if commit else "") +
          f"; preparing data set {recipe.data.name} (a first run builds the cache)")
     task = recipe.objective.config.task
     data_cls = DATASETS.get(recipe.data.name, where="recipe key data.name")
     prepare_dataset(data_cls, recipe.data.config)
     dataset = data_cls(recipe.data.config)
-    check_preprocessing(read_preprocessing(folder), preprocessing_of(dataset), f"--from {base}",
-                        f"recipe {recipe.name}")
+    if importer is not None:
+        dataset = importer.adapt_dataset(dataset, encoder)
+        line = f"{line}; input contract: {dataset.summary()}"
+    elif encoder is None:  # a suite checkpoint says what its training data looked like
+        check_preprocessing(read_preprocessing(folder), preprocessing_of(dataset), f"--from {base}",
+                            f"recipe {recipe.name}")
     train, test, split_note = _split(dataset, opts, task)
     n_out = _num_outputs(dataset, task)
     names = tuple(getattr(dataset, "class_names", None) or ()) if task == "classification" else ()
     _say(f"{recipe.name}: {len(train)} training and {len(test)} held-out items; loading {base}")
     model, load_report = _load_base(recipe, base, revision, n_out, task, opts.pool,
-                                    names if len(names) == n_out else (), commit)
+                                    names if len(names) == n_out else (), commit, encoder=encoder, line=line)
     enc_cls = MODELS.get(recipe.model.name)
     from foundation.config import dataclass_from_dict
 
@@ -226,10 +273,18 @@ def run_finetune(recipe: RecipeConfig, base: str, output_dir: str | Path, opts: 
     model.config.provenance = record  # into config.json and the card
     model.config.preprocessing = preprocessing_of(dataset)
     out = Path(output_dir)
+    if encoder is not None:  # the base as a suite folder, so that the fine-tune's folder loads without the original
+        model.config.base_model = str((out / "base").resolve())
     if is_writer_rank():
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / "recipe.yaml", ran.to_yaml())
         atomic_write_json(out / "provenance.json", record)
+        if encoder is not None:
+            encoder.save_pretrained(out / "base")
+            report = getattr(encoder, "key_report", None)
+            atomic_write_json(out / "base_load.json", {
+                "from": base, "line": line, "keys": report.to_dict() if report is not None else None,
+                "channels": getattr(dataset, "channel_report", None)})
     return finetune_model(model, train, test, ran, opts, output_dir, base=base, feature_key=key,
                           class_names=list(model.config.class_names) or None,
                           load_report="; ".join([load_report, split_note]), items=item_rows(dataset, test.indices))

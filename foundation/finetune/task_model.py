@@ -7,8 +7,8 @@ The encoder interface fine-tuning relies on (the three modalities' models and an
   tensor positionally or with the batch's entries that name its parameters by keyword (DeeperBrain:
   ``x [B, C, T], pos [B, C, 3], chan_mask [B, C]``; SLIM-Brain: ``x [B, 1, T, Z, Y, X]``; ultrasound:
   ``x [B, 3, S, S]``), returning ``[B, N, D]``, ``[B, D]`` or packed ``(tokens [K, D], cu_seqlens [B + 1])``;
-- a block stack named ``blocks`` somewhere below it (``blocks``, ``encoder.blocks``, ``backbone.blocks``)
-  for layer-wise LR decay.
+- a block stack named ``blocks`` somewhere below it (``blocks``, ``encoder.blocks``, ``backbone.blocks``), or a
+  ``block_stack()`` method naming it, for layer-wise LR decay.
 
 Pretraining-only parts of the checkpoint (decoders, JEPA predictor and EMA target, the other task heads)
 load strictly with the rest but stay frozen: :meth:`TaskModel.freeze_unused` finds them as the parameters
@@ -26,7 +26,7 @@ from torch import nn
 from foundation.config import dataclass_from_dict, dataclass_to_dict
 from foundation.errors import ConfigError
 from foundation.finetune.features import encode, pool_tokens, split_batch
-from foundation.finetune.llrd import depths_by_order, layerwise_lr_groups
+from foundation.finetune.llrd import depths_by_order, find_block_stack, layerwise_lr_groups
 from foundation.hub.mixin import HubMixin
 from foundation.registry import MODELS
 
@@ -144,12 +144,8 @@ class TaskModel(nn.Module, HubMixin):
         return [f"encoder.{n}" for n in unused]
 
     def blocks_path(self) -> str | None:
-        """Path of the encoder's block stack (a ``ModuleList``/``Sequential`` named ``blocks`` that trains), or None."""
-        for name, module in self.named_modules():
-            if name.rsplit(".", 1)[-1] == "blocks" and isinstance(module, (nn.ModuleList, nn.Sequential)) and \
-                    any(p.requires_grad for p in module.parameters()):
-                return name
-        return None
+        """Path of the encoder's block stack (:func:`~foundation.finetune.llrd.find_block_stack`), or None."""
+        return find_block_stack(self)
 
     def llrd_groups(self, lr: float, decay: float, head_lr: float, weight_decay: float) -> list[dict]:
         """Optimizer groups with layer-wise LR decay over :meth:`blocks_path` and the head at ``head_lr``.

@@ -59,7 +59,8 @@ def test_convnext_mlp_and_efficientnet_pointwise(models):
 def test_unknown_preset_suggests_the_closest():
     with pytest.raises(ConfigError, match=r"unknown preset 'atention'; did you mean 'attention'"):
         resolve_targets(ToyConvNet(), "atention")
-    assert set(TARGET_PRESETS) == {"attention", "attention-mlp", "mlp", "pointwise", "all-linear"}
+    assert set(TARGET_PRESETS) == {"attention", "attention-mlp", "mlp", "pointwise", "all-linear",
+                                   "labram", "cbramod", "biot", "bendr"}  # the published EEG architectures
 
 
 def test_no_match_repeats_the_patterns_and_grouped_conv_is_refused():

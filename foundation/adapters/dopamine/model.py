@@ -51,6 +51,11 @@ MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
     "slim-brain": {"target_modules": ("mlp.fc1",), "skip_modules": ("mlp.fc2",)},
     "hiera4d": {"target_modules": ("mlp.fc1",), "skip_modules": ("mlp.fc2",)},
     "ultrasound-mtl": {"target_modules": ("conv_pw",), "skip_modules": ()},
+    "labram": {"target_modules": ("mlp.0",), "skip_modules": ("mlp.2",)},
+    "cbramod": {"target_modules": ("linear1",), "skip_modules": ("linear2",)},
+    "eegpt": {"target_modules": ("mlp.fc1",), "skip_modules": ("mlp.fc2",)},
+    "biot": {"target_modules": ("fn.w1",), "skip_modules": ("fn.w2",)},
+    "bendr": {"target_modules": ("linear1",), "skip_modules": ("linear2",)},
 }
 
 
