@@ -33,9 +33,10 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefa
         return super()._get_help_string(action)
 
 
+# every dependency of pyproject.toml (a test keeps them in step), plus braindecode (published EEG models) and triton
 RUNTIME_PACKAGES = ("torch", "deepspeed", "numpy", "scipy", "scikit-learn", "safetensors", "huggingface_hub", "httpx2",
                     "peft", "timm", "monai", "mne", "mne-bids", "pybids", "nibabel", "nilearn", "pydicom", "matplotlib",
-                    "tqdm", "yaml", "braindecode", "triton")  # every dependency of pyproject.toml (a test keeps them in step), + triton
+                    "tqdm", "yaml", "braindecode", "triton")
 METHODS_HELP = "linear-probe | mlp-probe | full | lora | dopamine | another registered adapter method"
 
 
