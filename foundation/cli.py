@@ -287,8 +287,6 @@ def _finetune(recipe, args: argparse.Namespace, out: Path) -> int:
 def _benchmark(args: argparse.Namespace) -> int:
     import os
 
-    import torch.distributed as dist
-
     from foundation.benchmark import print_summary, run_benchmark
     from foundation.config import load_recipe
     from foundation.errors import ConfigError
@@ -304,9 +302,7 @@ def _benchmark(args: argparse.Namespace) -> int:
     print_summary(result)
     for name, path in result.files.items():
         print(f"  {name:13s}: {path}")
-    if dist.is_initialized():
-        _teardown(dist)
-    return 0
+    return 0  # the one-process group stays up: a caller in this process (a test, a script) may run more cells
 
 
 def _teardown(dist) -> None:
