@@ -152,7 +152,8 @@ def _timm_folder_cached(backbone: nn.Module) -> Path:
 def _backbone(config: UltrasoundMTLConfig) -> nn.Module:
     import timm
 
-    kwargs: dict[str, Any] = {"features_only": True, "out_indices": (1, 2, 3, 4), **config.backbone_args}
+    # the last four feature levels (strides 4-32): levels 1-4 of EfficientNet / ResNet, all four of ConvNeXt
+    kwargs: dict[str, Any] = {"features_only": True, "out_indices": (-4, -3, -2, -1), **config.backbone_args}
     if config.act_layer:
         from foundation.layers.create_act import get_act_layer
 
@@ -201,6 +202,11 @@ class UltrasoundMTL(nn.Module, HubMixin):
         self.table: dict[str, TaskSpec] = task_table(config.tasks, config.extra_tasks, "model")
         self.task_ids = list(self.table)
         self.backbone = _backbone(config)
+        strides = self.backbone.feature_info.reduction()
+        if list(strides) != [4, 8, 16, 32]:
+            raise ConfigError(f"model.backbone {config.backbone!r}: its last four feature levels have strides {strides}; "
+                              "the FPN and the dense heads need strides [4, 8, 16, 32] (a CNN or a hierarchical "
+                              "transformer such as ConvNeXt, Swin or Hiera)")
         self._resolved = _resolved(config, self.backbone)
         channels = self.backbone.feature_info.channels()
         self.fpn = FPN(channels, config.fpn_dim)
