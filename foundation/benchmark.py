@@ -101,8 +101,8 @@ def default_output_dir(recipe_name: str) -> Path:
     return out
 
 
-def _open_output(out: Path, protocol: dict[str, Any]) -> None:
-    """Create ``out`` or check that it holds a benchmark of the same protocol (then it resumes)."""
+def _check_output(out: Path, protocol: dict[str, Any]) -> None:
+    """Check that ``out`` is new, empty, or a benchmark of the same protocol (which then resumes)."""
     if out.is_file():
         raise ConfigError(f"--output-dir {str(out)!r} is a file; give a folder")
     manifest = out / MANIFEST
@@ -117,8 +117,6 @@ def _open_output(out: Path, protocol: dict[str, Any]) -> None:
     if out.is_dir() and any(out.iterdir()):
         raise ConfigError(f"--output-dir {str(out)!r} is not empty and holds no {MANIFEST}; a benchmark never writes "
                           "over other files: give a new or empty folder")
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(manifest, protocol)
 
 
 def _labels(dataset: Any) -> list[int]:
@@ -130,22 +128,15 @@ def _labels(dataset: Any) -> list[int]:
     return labels
 
 
-def _folds(dataset: Any, out: Path, n_folds: int, seed: int) -> tuple[list[tuple[list[int], list[int]]], list[str]]:
-    """The stratified group folds (written to ``splits.json``; a rerun must find the same) and every item's group."""
+def _folds(dataset: Any, n_folds: int, seed: int) -> tuple[list[tuple[list[int], list[int]]], list[str], dict]:
+    """The stratified group folds, every item's group, and the record of the folds for ``splits.json``."""
     if not hasattr(dataset, "groups"):
         raise DataError(f"data set {type(dataset).__name__} has no groups(): a benchmark holds out whole subjects "
                         "and needs the subject of every item")
     groups = [str(g) for g in dataset.groups()]
     folds = [(tr.tolist(), te.tolist()) for tr, te in group_kfold(groups, n_folds, seed, labels=_labels(dataset))]
     record = {"folds": [{"test": te, "test_subjects": sorted({groups[i] for i in te})} for _, te in folds]}
-    path = out / "splits.json"
-    if path.is_file():
-        if json.loads(path.read_text()) != record:
-            raise DataError(f"{path}: the data set's items or subjects changed since this benchmark began, so its "
-                            "folds differ; give a new --output-dir")
-    else:
-        atomic_write_json(path, record)
-    return folds, groups
+    return folds, groups, record
 
 
 def _read_predictions(path: Path) -> tuple[list[int], list[str], list[int], list[list[float]]]:
@@ -227,11 +218,20 @@ def run_benchmark(recipe: RecipeConfig, models: Sequence[str], methods: Sequence
                           f"accuracy, kappa, F1), got {recipe.objective.config.task!r}")
     out = Path(output_dir) if output_dir is not None else default_output_dir(recipe.name)
     protocol = {"recipe": recipe.to_dict(), "folds": n_folds, "seed": seed, "options": options}
-    _open_output(out, json.loads(json.dumps(protocol, default=str)))
+    protocol = json.loads(json.dumps(protocol, default=str))
+    _check_output(out, protocol)
     data_cls = DATASETS.get(recipe.data.name, where="recipe key data.name")
     prepare_dataset(data_cls, recipe.data.config)
     dataset = data_cls(recipe.data.config)
-    folds, groups = _folds(dataset, out, n_folds, seed)
+    folds, groups, record = _folds(dataset, n_folds, seed)
+    if (out / "splits.json").is_file():
+        if json.loads((out / "splits.json").read_text()) != record:
+            raise DataError(f"{out / 'splits.json'}: the data set's items or subjects changed since this benchmark "
+                            "began, so its folds differ; give a new --output-dir")
+    else:  # a new benchmark: its protocol and folds, written once the folds exist
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out / "splits.json", record)
+        atomic_write_json(out / MANIFEST, protocol)
     say(f"benchmark {recipe.name}: {len(dataset)} items of {len(set(groups))} subjects, {n_folds} folds, "
         f"{len(rows_in)} model(s) x {len(methods)} method(s) -> {out}")
     cells: dict[tuple[str, str], list[dict[str, Any]]] = {}

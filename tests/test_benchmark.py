@@ -65,10 +65,10 @@ def test_benchmark_end_to_end_on_deeperbrain(eeg_models, capsys):
     out = tmp / "bench"
     sets = _sets([f"data.cache_dir={tmp / 'probe-cache'}", *EEG_DATA, *TRAIN])
     args = ["--models", f"pretrained={pre}", f"random={rand}", "--recipe", "deeperbrain-tiny-probe", *sets,
-            "--methods", "linear-probe", "lora", "--folds", "3", "--output-dir", str(out)]
+            "--methods", "linear-probe", "lora", "--folds", "2", "--output-dir", str(out)]
     code, lines = _bench(args, capsys)
-    assert code == 0 and len(lines) == 2 * 2 * 3 * 2  # a "running" and a "done" line per cell
-    assert lines[0].startswith("[1/12] pretrained / linear-probe / fold 1 of 3: running")
+    assert code == 0 and len(lines) == 2 * 2 * 2 * 2  # a "running" and a "done" line per cell
+    assert lines[0].startswith("[1/8] pretrained / linear-probe / fold 1 of 2: running")
     for name in ("results.md", "results.csv", "results.json", "subject_scores.png", "splits.json"):
         assert (out / name).is_file(), name
 
@@ -78,7 +78,7 @@ def test_benchmark_end_to_end_on_deeperbrain(eeg_models, capsys):
     assert sorted(i for te in folds for i in te) == list(range(36))
     assert sum(map(len, held_out)) == len(set().union(*held_out)) == 6  # each subject held out in one fold only
     cells = sorted(out.glob("cells/*/*/fold-*/cell.json"))
-    assert len(cells) == 12
+    assert len(cells) == 8
     for path in cells:
         cell = json.loads(path.read_text())
         test = folds[cell["fold"]]
@@ -109,7 +109,7 @@ def test_benchmark_end_to_end_on_deeperbrain(eeg_models, capsys):
         if r["level"] == "subject":
             assert float(r["balanced_accuracy"]) == pytest.approx(per_subject[f"{r['model']} / {r['method']}"][r["unit"]],
                                                                   abs=1e-6)
-    assert sum(r["level"] == "subject" for r in rows) == 4 * 6 and sum(r["level"] == "fold" for r in rows) == 12
+    assert sum(r["level"] == "subject" for r in rows) == 4 * 6 and sum(r["level"] == "fold" for r in rows) == 8
     report = json.loads((out / "results.json").read_text())
     assert len(report["tests"]) == 6
     for t in report["tests"]:
@@ -127,7 +127,7 @@ def test_benchmark_end_to_end_on_deeperbrain(eeg_models, capsys):
     # rerun: every cell kept, nothing recomputed
     stamp = {p: p.stat().st_mtime_ns for p in cells}
     code, lines = _bench(args, capsys)
-    assert code == 0 and len(lines) == 12 and all("finished before, kept" in line for line in lines)
+    assert code == 0 and len(lines) == 8 and all("finished before, kept" in line for line in lines)
     assert all(p.stat().st_mtime_ns == stamp[p] for p in cells)
     assert json.loads((out / "results.json").read_text()) == report
     # a cell stopped before it finished runs again, alone; a new model adds its cells to the same folds
@@ -135,15 +135,18 @@ def test_benchmark_end_to_end_on_deeperbrain(eeg_models, capsys):
     (unfinished / "cell.json").unlink()
     code, lines = _bench([*args[:3], f"again={pre}", *args[3:]], capsys)
     running = [line for line in lines if ": running" in line]
-    assert code == 0 and len(running) == 1 + 2 * 3
-    assert "random / lora / fold 2 of 3" in running[0] and all("again" in line for line in running[1:])
+    assert code == 0 and len(running) == 1 + 2 * 2
+    assert "random / lora / fold 2 of 2" in running[0] and all("again" in line for line in running[1:])
     again = json.loads((out / "cells" / "again" / "linear-probe" / "fold-0" / "cell.json").read_text())
     first = json.loads((out / "cells" / "pretrained" / "linear-probe" / "fold-0" / "cell.json").read_text())
     assert again["items"] == first["items"]  # the same checkpoint on the same fold: the same predictions
 
     # another protocol in the same folder is refused before any work
-    assert main(["benchmark", *args[:-4], "--folds", "2", "--output-dir", str(out)]) == 2
+    assert main(["benchmark", *args[:-4], "--folds", "3", "--output-dir", str(out)]) == 2
     assert "another protocol (folds differ" in capsys.readouterr().err
+    # folds the subjects cannot fill: refused, and nothing is left behind to block a rerun with fewer
+    assert main(["benchmark", *args[:-4], "--folds", "7", "--output-dir", str(tmp / "too-many")]) == 2
+    assert "7 folds for 6 groups; use fewer folds" in capsys.readouterr().err and not (tmp / "too-many").exists()
 
 
 def test_foreign_folders_models_and_methods_are_refused(tmp_path, capsys):
