@@ -43,7 +43,12 @@ from foundation.config import RecipeConfig
 from foundation.data.protocol import prepare_dataset
 from foundation.data.splits import group_kfold
 from foundation.errors import ConfigError, DataError
-from foundation.eval.protocol import PROTOCOL_METRICS, bootstrap_ci, paired_wilcoxon, per_subject_metrics
+from foundation.eval.protocol import (
+    PROTOCOL_METRICS,
+    bootstrap_ci,
+    paired_wilcoxon,
+    per_subject_metrics,
+)
 from foundation.eval.report import markdown_table, save_subject_scores
 from foundation.finetune.options import FinetuneOptions
 from foundation.finetune.runner import run_finetune

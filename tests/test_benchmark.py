@@ -202,7 +202,10 @@ def test_benchmark_runs_the_slim_brain_probe_recipe(tmp_path):
 
 @pytest.mark.slow
 def test_benchmark_runs_the_ultrasound_probe_recipe(tmp_path):
-    from foundation.modalities.ultrasound.model import UltrasoundMTL, UltrasoundMTLConfig
+    from foundation.modalities.ultrasound.model import (
+        UltrasoundMTL,
+        UltrasoundMTLConfig,
+    )
 
     cfg = UltrasoundMTLConfig(backbone="tinynet_e", fpn_dim=16, head_dim=8, tasks=("breast_3cls", "lung"))
     sets = [f"data.cache_dir={tmp_path / 'us-cache'}", "data.demo_images_per_task=24"]

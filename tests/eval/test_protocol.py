@@ -9,7 +9,12 @@ from scipy import stats
 from sklearn import metrics as skm
 
 from foundation.errors import DataError
-from foundation.eval.protocol import bootstrap_ci, holm, paired_wilcoxon, per_subject_metrics
+from foundation.eval.protocol import (
+    bootstrap_ci,
+    holm,
+    paired_wilcoxon,
+    per_subject_metrics,
+)
 
 
 def _predictions(n_classes: int, seed: int = 0):
