@@ -1,4 +1,4 @@
-"""The ``foundation`` command: pretrain, finetune, export, push, predict, info.
+"""The ``foundation`` command: pretrain, finetune, export, push, predict, benchmark, info.
 
 Examples::
 
@@ -8,6 +8,7 @@ Examples::
         --data deeperbrain-tiny-probe --out preds.csv
     deepspeed --num_gpus 8 pretrain.py --recipe slim-brain --set train.lr=3e-4
     foundation pretrain --recipe runs/eeg/recipe.yaml --output-dir runs/eeg --resume
+    foundation benchmark --models runs/eeg/export --recipe deeperbrain-tiny-probe --methods linear-probe lora
     foundation export runs/eeg --out exported/
     foundation push exported/ my-org/deeperbrain-tiny --private
     foundation info
@@ -117,6 +118,19 @@ def build_parser() -> argparse.ArgumentParser:
                     help="dotted override of the data recipe, repeatable, e.g. --set data.cache_dir=cache")
     pr.add_argument("--out", required=True, help="CSV to write (index, subject, source, label, prediction, prob_<class>)")
     pr.add_argument("--batch-size", type=int, default=64, help="items per forward pass")
+    bm = add("benchmark", "subject-grouped, class-stratified K-fold cross-validation of models x methods")
+    bm.add_argument("--models", nargs="+", required=True, metavar="[LABEL=]SPEC",
+                    help="models to compare: anything --from of finetune takes, optionally labelled")
+    bm.add_argument("--recipe", required=True, help="labelled fine-tuning recipe (shipped name or YAML path)")
+    bm.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="dotted override of the recipe, repeatable")
+    bm.add_argument("--methods", nargs="+", default=["linear-probe"], help=METHODS_HELP)
+    bm.add_argument("--folds", type=int, default=5, help="K of the K-fold (every subject held out once)")
+    bm.add_argument("--seed", type=int, default=0, help="seed of the folds")
+    bm.add_argument("--adapter-set", dest="adapter_set", action="append", default=[], metavar="FIELD=VALUE",
+                    help="a field of the adapter's config for every adapter row, e.g. --adapter-set r=4")
+    bm.add_argument("--output-dir", default=None, help="benchmark folder (default: a new runs/benchmark/<recipe>-"
+                                                       "<timestamp>); an existing benchmark there resumes")
     add("info", "versions, accelerator, recipes and registered components")
     return parser
 
@@ -347,6 +361,27 @@ def _finetune(recipe, args: argparse.Namespace, out: Path) -> int:
     return 0
 
 
+def _benchmark(args: argparse.Namespace) -> int:
+    import os
+
+    from foundation.benchmark import print_summary, run_benchmark
+    from foundation.config import load_recipe
+    from foundation.errors import ConfigError
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ConfigError("foundation benchmark runs its cells one after another in one process; launch it "
+                          "without deepspeed/torchrun")
+    recipe = load_recipe(args.recipe, args.overrides)
+    fields = {"adapter_set": args.adapter_set, "skip_targets": None, "lora_r": None}
+    adapter = _adapter_fields(argparse.Namespace(**fields))
+    result = run_benchmark(recipe, args.models, args.methods, args.folds, args.output_dir, seed=args.seed,
+                           options={"adapter": adapter} if adapter else {})
+    print_summary(result)
+    for name, path in result.files.items():
+        print(f"  {name:13s}: {path}")
+    return 0  # the one-process group stays up: a caller in this process (a test, a script) may run more cells
+
+
 def _teardown(dist) -> None:
     """Leave the process groups together: every rank waits for the others, then destroys its groups.
 
@@ -402,6 +437,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.command == "predict":
             return _predict(args)
+        if args.command == "benchmark":
+            return _benchmark(args)
         return _info()
     except FoundationError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -10,7 +10,7 @@ import torch
 
 from foundation.atomic import atomic_path
 
-__all__ = ["markdown_table", "save_confusion_matrix", "save_pred_vs_true"]
+__all__ = ["markdown_table", "save_confusion_matrix", "save_pred_vs_true", "save_subject_scores"]
 
 
 def markdown_table(rows: list[dict[str, Any]], floatfmt: str = ".4f") -> str:
@@ -117,4 +117,46 @@ def save_finetune_curves(train: Sequence[tuple[int, float]], held_out: Sequence[
     ax_score.grid(alpha=0.3)
     if title:
         fig.suptitle("\n".join(textwrap.wrap(title, 80)), fontsize=11)
+    return _save(fig, path)
+
+
+def save_subject_scores(scores: dict[str, dict[str, float]], path: str | Path, metric: str = "balanced accuracy",
+                        intervals: dict[str, tuple[float, float, float]] | None = None, title: str = "",
+                        chance: float | None = None) -> Path:
+    """One column per row of a benchmark (model / method), one point per subject, as a PNG.
+
+    The same subject's points are joined by a faint line across the columns (the pairing the Wilcoxon tests
+    use); ``intervals`` (``row -> (mean, low, high)``) draws each row's mean and bootstrap interval beside its
+    points; ``chance`` a dashed line at the chance level.
+    """
+    import textwrap
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = list(scores)
+    subjects = list(dict.fromkeys(s for r in rows for s in scores[r]))
+    offsets = np.linspace(-0.18, 0.18, len(subjects)) if len(subjects) > 1 else np.zeros(1)
+    fig, ax = plt.subplots(figsize=(max(4.5, 1.2 + 1.3 * len(rows)), 4.5))
+    for s, off in zip(subjects, offsets):
+        xs = [i + off for i, r in enumerate(rows) if s in scores[r]]
+        ys = [scores[r][s] for r in rows if s in scores[r]]
+        ax.plot(xs, ys, "-", color="0.75", lw=0.7, zorder=1)
+        ax.scatter(xs, ys, s=16, zorder=2, color="tab:blue", alpha=0.8)
+    for i, r in enumerate(rows):
+        if intervals and r in intervals and np.isfinite(intervals[r][0]):
+            mean, low, high = intervals[r]
+            err = None if not np.isfinite(low) else [[mean - low], [high - mean]]
+            ax.errorbar([i + 0.32], [mean], yerr=err, fmt="D", color="tab:red", capsize=4, zorder=3,
+                        label="mean, 95% bootstrap CI over subjects" if i == 0 else None)
+    if chance is not None:
+        ax.axhline(chance, ls="--", color="k", lw=0.8, label="chance")
+    ax.set_xticks(range(len(rows)), labels=["\n".join(textwrap.wrap(r, 18)) for r in rows], fontsize=8)
+    ax.set_ylabel(f"{metric} per subject")
+    ax.set_title("\n".join(textwrap.wrap(title or f"{metric}: one point per subject", 60)), fontsize=10)
+    ax.grid(axis="y", alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8, loc="best")
     return _save(fig, path)

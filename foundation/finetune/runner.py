@@ -219,7 +219,8 @@ def _load_base(recipe: RecipeConfig, base: str, revision: str | None, num_output
 
 
 def run_finetune(recipe: RecipeConfig, base: str, output_dir: str | Path, opts: FinetuneOptions,
-                 revision: str | None = None, provenance: dict[str, Any] | None = None) -> dict[str, Any]:
+                 revision: str | None = None, provenance: dict[str, Any] | None = None,
+                 split: tuple[list[int], list[int]] | None = None) -> dict[str, Any]:
     """Fine-tune ``base`` on the recipe's labelled data with ``opts.method``; write results to ``output_dir``.
 
     ``--from`` and the recipe/checkpoint match are checked first (:func:`check_base`), before the data set is
@@ -229,6 +230,8 @@ def run_finetune(recipe: RecipeConfig, base: str, output_dir: str | Path, opts: 
     Args:
         provenance: what to record about the run (command line, versions); ``--from``, the resolved commit
             and the method are added.
+        split: ``(train indices, held-out indices)`` into the data set, in place of the runner's own
+            held-out split (``foundation benchmark`` passes each cross-validation fold).
 
     Returns:
         ``{"method", "base", "metrics", "trainable_params", "load_report", "outputs"}`` (also in ``metrics.json``).
@@ -255,7 +258,10 @@ def run_finetune(recipe: RecipeConfig, base: str, output_dir: str | Path, opts: 
     elif encoder is None:  # a suite checkpoint says what its training data looked like
         check_preprocessing(read_preprocessing(folder), preprocessing_of(dataset), f"--from {base}",
                             f"recipe {recipe.name}")
-    train, test, split_note = _split(dataset, opts, task)
+    if split is None:
+        train, test, split_note = _split(dataset, opts, task)
+    else:  # the caller's split (a cross-validation fold)
+        train, test, split_note = Subset(dataset, list(split[0])), Subset(dataset, list(split[1])), "split given"
     n_out = _num_outputs(dataset, task)
     names = tuple(getattr(dataset, "class_names", None) or ()) if task == "classification" else ()
     _say(f"{recipe.name}: {len(train)} training and {len(test)} held-out items; loading {base}")

@@ -11,9 +11,18 @@ detection and keypoint heads read the FPN levels fused at stride 4 (each level u
 only from a file or a Hub id the user names in ``pretrained`` (nothing is downloaded
 unless asked); the head multipliers default to the baseline's 10x (verified against the
 reference notes: encoder LR 1e-4, heads 10x).
+
+Any timm backbone: ``backbone`` is a timm model name (``efficientnet_b4``, ``convnext_atto.d2_in1k``, ...) or a
+folder in timm's own layout (``config.json`` naming the ``architecture`` with its ``model_args``, plus
+``model.safetensors``, as ``timm.models.push_to_hf_hub`` writes it): ``hf-hub:org/name[@revision]`` (fetched
+through the suite's Hub client) or ``local-dir:/path/to/folder``. Such a folder brings its architecture and its
+weights. An export records the architecture it resolved to (``backbone``, ``backbone_args``) and where it came
+from (``backbone_source``), not the weight source, so ``from_pretrained`` rebuilds it offline.
 """
 from __future__ import annotations
 
+import dataclasses
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,7 +50,13 @@ def _h(text: str) -> dict[str, str]:
 class UltrasoundMTLConfig:
     """Backbone, FPN, heads and per-part learning-rate multipliers."""
 
-    backbone: str = field(default="efficientnet_b4", metadata=_h("timm model name (built with features_only=True)"))
+    backbone: str = field(default="efficientnet_b4", metadata=_h("timm model name, or 'hf-hub:org/name' / "
+                                                                 "'local-dir:/folder' in timm's layout (config.json + "
+                                                                 "weights); built with features_only=True"))
+    backbone_args: dict[str, Any] = field(default_factory=dict, metadata=_h("timm constructor arguments of the "
+                                                                           "backbone (an export records the source's)"))
+    backbone_source: str = field(default="", metadata=_h("where the backbone's architecture and weights came from "
+                                                         "(recorded by exports; not read when building)"))
     pretrained: str = field(default="", metadata=_h("ImageNet weights: a local .safetensors/.pth file or 'hf-hub:org/name' ('' = random init)"))
     act_layer: str = field(default="", metadata=_h("backbone/head activation from the layer library ('' = the backbone's own)"))
     fpn_dim: int = field(default=128, metadata=_h("FPN width"))
@@ -69,17 +84,86 @@ class UltrasoundMTLConfig:
             raise ConfigError("model.fpn_dim and model.head_dim must be >= 1 and model.drop in [0, 1)")
 
 
+SOURCES = ("hf-hub:", "local-dir:")
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")  # what timm reads from a folder, safetensors first
+
+
+def _timm_folder(spec: str) -> Path:
+    """The local folder of a ``hf-hub:`` / ``local-dir:`` backbone (a Hub repo is downloaded into the cache).
+
+    Raises:
+        CheckpointError: the folder has no readable ``config.json`` naming an ``architecture``, or no weights.
+        HubError: the Hub cannot serve the repo or revision.
+    """
+    source, _, ident = spec.partition(":")
+    if source == "hf-hub":
+        from foundation.hub.client import download_folder
+
+        repo_id, _, revision = ident.partition("@")
+        folder = download_folder(repo_id, revision or None, allow_patterns=["config.json", *WEIGHT_FILES])
+    else:
+        folder = Path(ident).expanduser()
+    where = f"model.backbone {spec!r}"
+    try:
+        cfg = json.loads((folder / "config.json").read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{where}: no readable config.json in {folder} ({type(err).__name__}); give a folder in "
+                              "timm's layout (timm.models.save_for_hf / push_to_hf_hub write one)") from err
+    if not isinstance(cfg, dict) or not isinstance(cfg.get("architecture"), str):
+        raise CheckpointError(f"{where}: {folder / 'config.json'} names no 'architecture'; not a timm model folder")
+    if not any((folder / name).is_file() for name in WEIGHT_FILES):
+        raise CheckpointError(f"{where}: {folder} holds no weights ({' or '.join(WEIGHT_FILES)}); a timm folder "
+                              "backbone brings its weights")
+    return folder
+
+
+def _sourced_backbone(config: UltrasoundMTLConfig, kwargs: dict[str, Any]) -> nn.Module:
+    """A backbone read from a timm folder (``hf-hub:`` / ``local-dir:``): its architecture and weights."""
+    import timm
+
+    if config.pretrained:
+        raise ConfigError(f"model.pretrained {config.pretrained!r}: model.backbone {config.backbone!r} brings its own "
+                          "weights; leave model.pretrained empty (or name a timm model in model.backbone)")
+    folder = _timm_folder(config.backbone)
+    try:
+        return timm.create_model(f"local-dir:{folder}", pretrained=True, **kwargs)
+    except (RuntimeError, OSError, ValueError, TypeError) as err:
+        raise CheckpointError(f"model.backbone {config.backbone!r}: timm could not build or load it from {folder} "
+                              f"({type(err).__name__}: {err})") from err
+
+
+def _resolved(config: UltrasoundMTLConfig, backbone: nn.Module) -> dict[str, Any]:
+    """What an export records of the backbone (see :meth:`UltrasoundMTL.hub_config`)."""
+    if not config.backbone.startswith(SOURCES):
+        source = config.backbone_source or (f"{config.backbone} with weights from {config.pretrained}"
+                                            if config.pretrained else "")
+        return {"pretrained": "", "backbone_source": source}
+    folder_cfg = json.loads((_timm_folder_cached(backbone) / "config.json").read_text())
+    args = {**folder_cfg.get("model_args", {}), **config.backbone_args}
+    return {"backbone": folder_cfg["architecture"], "backbone_args": args, "pretrained": "",
+            "backbone_source": config.backbone}
+
+
+def _timm_folder_cached(backbone: nn.Module) -> Path:
+    """The folder a sourced backbone was read from (timm records it in ``pretrained_cfg['file']``)."""
+    return Path(backbone.pretrained_cfg["file"])
+
+
 def _backbone(config: UltrasoundMTLConfig) -> nn.Module:
     import timm
 
-    if not timm.is_model(config.backbone):  # accepts pretrained tags too: efficientnet_b4.ra2_in1k
-        raise ConfigError(f"model.backbone: unknown timm model {config.backbone!r}; "
-                          f"{did_you_mean(config.backbone, timm.list_models('*' + config.backbone[:4] + '*'))}")
-    kwargs: dict[str, Any] = {"features_only": True, "out_indices": (1, 2, 3, 4)}
+    # the last four feature levels (strides 4-32): levels 1-4 of EfficientNet / ResNet, all four of ConvNeXt
+    kwargs: dict[str, Any] = {"features_only": True, "out_indices": (-4, -3, -2, -1), **config.backbone_args}
     if config.act_layer:
         from foundation.layers.create_act import get_act_layer
 
         kwargs["act_layer"] = get_act_layer(config.act_layer, where="model.act_layer")
+    if config.backbone.startswith(SOURCES):
+        return _sourced_backbone(config, kwargs)
+    if not timm.is_model(config.backbone):  # accepts pretrained tags too: efficientnet_b4.ra2_in1k
+        raise ConfigError(f"model.backbone: unknown timm model {config.backbone!r}; "
+                          f"{did_you_mean(config.backbone, timm.list_models('*' + config.backbone[:4] + '*'))}; "
+                          f"a timm folder is named 'hf-hub:org/name' or 'local-dir:/path'")
     if config.pretrained:
         if config.pretrained.startswith("hf-hub:"):
             overlay = {"hf_hub_id": config.pretrained[len("hf-hub:"):]}
@@ -118,6 +202,12 @@ class UltrasoundMTL(nn.Module, HubMixin):
         self.table: dict[str, TaskSpec] = task_table(config.tasks, config.extra_tasks, "model")
         self.task_ids = list(self.table)
         self.backbone = _backbone(config)
+        strides = self.backbone.feature_info.reduction()
+        if list(strides) != [4, 8, 16, 32]:
+            raise ConfigError(f"model.backbone {config.backbone!r}: its last four feature levels have strides {strides}; "
+                              "the FPN and the dense heads need strides [4, 8, 16, 32] (a CNN or a hierarchical "
+                              "transformer such as ConvNeXt, Swin or Hiera)")
+        self._resolved = _resolved(config, self.backbone)
         channels = self.backbone.feature_info.channels()
         self.fpn = FPN(channels, config.fpn_dim)
         self.embed_dim = channels[-1]
@@ -141,6 +231,12 @@ class UltrasoundMTL(nn.Module, HubMixin):
         self._first_norm = tuple(m for m in self.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm))[:1]
         self.register_buffer("mean", torch.tensor(_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(_STD).view(1, 3, 1, 1), persistent=False)
+
+    def hub_config(self) -> UltrasoundMTLConfig:
+        """The config an export records: the timm architecture and arguments the backbone resolved to, its
+        source in ``backbone_source``, and no ``pretrained`` weight source (the export holds the weights), so
+        the export rebuilds without the Hub or the original file."""
+        return dataclasses.replace(super().hub_config(), **self._resolved)
 
     def features(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``image [B, 3, S, S]`` -> ``(deepest [B, C5, S/32, S/32], fused FPN [B, D, S/4, S/4])``."""
