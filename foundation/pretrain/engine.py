@@ -254,7 +254,7 @@ class Engine:
             if path is None:
                 raise CheckpointError(f"DeepSpeed could not load {folder}; the folder is incomplete")
             expected = reshard.saved_whole_states(layout, engine)
-        n, worst, problems = reshard.compare_states(expected, reshard.live_states(engine))
+        n, worst, problems = reshard.compare_states(expected, engine)
         if problems or worst > 0.0:
             raise CheckpointError(f"{folder}: resuming {layout.world_size}-rank states on {dist.world_size} ranks "
                                   f"did not reproduce them (largest difference {worst:g}; "

@@ -32,7 +32,7 @@ import torch
 
 from foundation.errors import CheckpointError
 
-__all__ = ["MOMENTS", "SavedLayout", "compare_states", "global_batch", "live_states", "load_resharded", "needs_resharding",
+__all__ = ["MOMENTS", "SavedLayout", "compare_states", "global_batch", "live_state", "live_states", "load_resharded", "needs_resharding",
            "read_layout", "saved_states"]
 
 MOMENTS = ("exp_avg", "exp_avg_sq")  # Adam's first and second moments, as torch and DeepSpeed name them
@@ -174,52 +174,53 @@ def adam_steps(layout: SavedLayout) -> list[torch.Tensor]:
     return [state[g]["step"].clone() for g in sorted(state)]
 
 
-def live_states(engine: Any) -> Iterator[tuple[str, dict[str, torch.Tensor]]]:
-    """Every trainable parameter's full fp32 master and Adam moments in a running engine (a collective at ZeRO 1-3:
-    call on every rank in the same order).
+def live_state(engine: Any, param: torch.nn.Parameter) -> dict[str, torch.Tensor]:
+    """A trainable parameter's full fp32 master and Adam moments in a running engine (a collective at ZeRO 1-3:
+    call on every rank for the same parameters in the same order).
 
-    Yields:
-        ``(name, {"fp32", "exp_avg", "exp_avg_sq"})``, each a full-shape CPU fp32 tensor (moments absent at
-        ZeRO 0 before the first step).
+    Returns:
+        ``{"fp32", "exp_avg", "exp_avg_sq"}``, full-shape CPU fp32 copies (moments absent before the first step
+        at ZeRO 0).
     """
     from deepspeed.utils import safe_get_full_fp32_param, safe_get_full_optimizer_state
 
-    zero = engine.zero_optimization_stage() > 0
-    base = engine.optimizer
+    if engine.zero_optimization_stage() > 0:
+        got = {"fp32": safe_get_full_fp32_param(param), **{m: safe_get_full_optimizer_state(param, m) for m in MOMENTS}}
+    else:
+        state = getattr(engine.optimizer, "state", {}).get(param, {})
+        got = {"fp32": param, **{m: state[m] for m in MOMENTS if m in state}}
+    return {k: v.detach().float().cpu().clone() for k, v in got.items() if v is not None}
+
+
+def live_states(engine: Any) -> Iterator[tuple[str, dict[str, torch.Tensor]]]:
+    """:func:`live_state` of every trainable parameter, in the module's order."""
     for name, param in engine.module.named_parameters():
-        if not param.requires_grad:
-            continue
-        if zero:
-            got = {"fp32": safe_get_full_fp32_param(param),
-                   **{m: safe_get_full_optimizer_state(param, m) for m in MOMENTS}}
-        else:
-            state = getattr(base, "state", {}).get(param, {})
-            got = {"fp32": param.detach(), **{m: state[m] for m in MOMENTS if m in state}}
-        yield name, {k: v.detach().float().cpu() for k, v in got.items() if v is not None}
+        if param.requires_grad:
+            yield name, live_state(engine, param)
 
 
-def compare_states(expected: Iterator[tuple[str, dict[str, torch.Tensor]]],
-                   actual: Iterator[tuple[str, dict[str, torch.Tensor]]]) -> tuple[int, float, list[str]]:
-    """Compare two streams of per-parameter states (in the same order).
+def compare_states(expected: Iterator[tuple[str, dict[str, torch.Tensor]]], engine: Any) -> tuple[int, float, list[str]]:
+    """Compare saved per-parameter states with ``engine``'s, one parameter at a time (every rank, same order).
 
     Returns:
         ``(tensors compared, largest absolute difference, problems in words)``.
     """
     n, worst, problems = 0, 0.0, []
-    actual = dict(actual)
+    params = {name: p for name, p in engine.module.named_parameters() if p.requires_grad}
     for name, want in expected:
-        have = actual.pop(name, None)
-        if have is None:
-            problems.append(f"{name}: not in the running model")
+        param = params.pop(name, None)
+        if param is None:
+            problems.append(f"{name}: not a trainable parameter of the running model")
             continue
+        have = live_state(engine, param)
         for key, tensor in want.items():
             if key not in have or have[key].shape != tensor.shape:
                 problems.append(f"{name}.{key}: missing or of another shape")
                 continue
             n += 1
-            diff = (have[key].detach() - tensor.detach()).abs()
+            diff = (have[key] - tensor.detach()).abs()
             worst = max(worst, float(diff.max()) if diff.numel() else 0.0)
-    problems += [f"{name}: not in the checkpoint" for name in actual]
+    problems += [f"{name}: not in the checkpoint" for name in params]
     return n, worst, problems
 
 
