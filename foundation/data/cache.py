@@ -30,8 +30,9 @@ Layout of a cache folder::
                              the table: items, shard_items, each array's dtype and row shape
 
 **Shards.** A corpus larger than a process's memory is read through :class:`ShardedArray`: row ``i`` lives in
-shard ``i // shard_items``, whose file is memory-mapped the first time a row of it is read, and at most a few
-shards are mapped at once (least recently used closed first). A process therefore maps only the shards its
+shard ``i // shard_items``, whose file is memory-mapped the first time a row of it is read (advised as random
+access, so the kernel maps the pages of that row, not megabytes around it), and at most a few shards are mapped
+at once (least recently used closed first). A process therefore maps only the shards its
 samples fall in, and holds no per-item table: its memory does not grow with the corpus
 (``benchmarks/bench_cache_memory.py`` measures it).
 
@@ -43,6 +44,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import mmap
 import shutil
 import tempfile
 from abc import ABC, abstractmethod
@@ -385,6 +387,10 @@ class ShardedArray:
         except FileNotFoundError:
             raise DataError(f"{path}: shard {k} of the cache is missing; delete the cache folder "
                             f"{self.folder.parent} so that the next run rebuilds it") from None
+        advise = getattr(getattr(mapped, "_mmap", None), "madvise", None)
+        if advise is not None and hasattr(mmap, "MADV_RANDOM"):
+            # rows are read in shuffled order: no read-around, or each row maps megabytes of its neighbours
+            advise(mmap.MADV_RANDOM)
         if len(self._open) >= self.max_open:
             self._open.pop(next(iter(self._open)))
         self._open[k] = mapped
