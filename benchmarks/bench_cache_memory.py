@@ -31,7 +31,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from foundation.data.cache import PARTS, CacheBuilder, DataCache, Part  # noqa: E402
+from foundation.data.cache import PARTS, CacheBuilder, DataCache, Part
 
 CHANNELS, SAMPLES, PER_SOURCE = 32, 800, 64
 

@@ -27,12 +27,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from foundation.pretrain.distributed import free_port  # noqa: E402
+from foundation.pretrain.distributed import free_port
 
 RECIPES = ("deeperbrain-tiny", "slim-brain-tiny", "ultrasound-mtl-tiny")
 # runs the launch and prints the largest max RSS (KiB) among its processes (RUSAGE_CHILDREN covers grandchildren
 # that their parents waited for: the launcher's ranks)
-_PEAK = ("import resource, subprocess, sys; r = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL); "
+_PEAK = ("import resource, subprocess, sys; r = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, check=False); "
          "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(r.returncode)")
 
 
@@ -49,7 +49,7 @@ def run(recipe: str, ranks: int, steps: int, out: Path, cache_root: Path) -> tup
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(key, None)
-    proc = subprocess.run([sys.executable, "-c", _PEAK, *cmd], cwd=ROOT, env=env, capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-c", _PEAK, *cmd], cwd=ROOT, env=env, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise SystemExit(f"{recipe} on {ranks} rank(s) failed:\n{proc.stderr[-3000:]}")
     peak = int(proc.stdout.strip().splitlines()[-1]) / 1024

@@ -78,9 +78,9 @@ def test_resume_on_other_world_sizes_matches_the_uninterrupted_run(tmp_path, sta
     # the states right after the 2 -> 1 load equal the saved ones: weights always, Adam's moments where the
     # checkpoint holds them per parameter
     if stage > 0:
-        saved = dict(reshard.saved_states(layout))
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
+        saved = dict(reshard.saved_states(layout))
         reference = get_fp32_state_dict_from_zero_checkpoint(str(chain / "checkpoints"), tag=tag)
         for name, states in saved.items():
             assert torch.equal(states["fp32"], reference[name].float()), name
