@@ -25,6 +25,16 @@ Layout of a cache folder::
     report.json     {"fingerprint", "kind", "n_sources", "n_kept", "n_left_out", "n_noted",
                      "sources": [{"source", "status": "kept" | "left_out", "reason"?, "notes"?}]}
     parts/<key>.<name>.npy   arrays of each kept source (unless finalize combined and removed them)
+    shards/<name>.<k>.npy    the builder's per-item arrays (:attr:`CacheBuilder.item_arrays`), cut into shards of
+                             ``shard_items`` rows (about :data:`SHARD_BYTES` each); ``index.json`` "shards" holds
+                             the table: items, shard_items, each array's dtype and row shape
+
+**Shards.** A corpus larger than a process's memory is read through :class:`ShardedArray`: row ``i`` lives in
+shard ``i // shard_items``, whose file is memory-mapped the first time a row of it is read (advised as random
+access, so the kernel maps the pages of that row, not megabytes around it), and at most a few shards are mapped
+at once (least recently used closed first). A process therefore maps only the shards its
+samples fall in, and holds no per-item table: its memory does not grow with the corpus
+(``benchmarks/bench_cache_memory.py`` measures it).
 
 Building once in a distributed run (rank 0 builds, the others wait) is done by
 :func:`foundation.data.protocol.prepare_dataset`.
@@ -34,6 +44,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import mmap
 import shutil
 import tempfile
 from abc import ABC, abstractmethod
@@ -49,14 +60,16 @@ from foundation.atomic import replace_folder
 from foundation.data.lock import clear_stale_stages, folder_lock, stage_prefix
 from foundation.errors import DataError
 
-__all__ = ["CacheBuilder", "DataCache", "Part", "fingerprint", "path_signature", "announce", "INDEX", "REPORT", "PARTS",
-           "SHOWN"]
+__all__ = ["CacheBuilder", "DataCache", "Part", "ShardedArray", "fingerprint", "path_signature", "announce", "INDEX",
+           "REPORT", "PARTS", "SHARDS", "SHARD_BYTES", "SHOWN"]
 
 log = logging.getLogger(__name__)
 
 INDEX = "index.json"
 REPORT = "report.json"
 PARTS = "parts"
+SHARDS = "shards"
+SHARD_BYTES = 64 * 2**20  # target size of one shard of the largest per-item array
 SHOWN = 5  # left-out sources whose reasons are logged; the report lists all
 
 
@@ -128,6 +141,7 @@ class CacheBuilder(ABC):
 
     kind: str = "data"
     version: str = "1"
+    item_arrays: tuple[str, ...] = ()  # arrays finalize writes with one row per item: stored in shards
 
     @abstractmethod
     def settings(self) -> dict[str, Any]:
@@ -170,9 +184,11 @@ class DataCache:
         builder: the modality's builder.
     """
 
-    def __init__(self, folder: str | Path, builder: CacheBuilder) -> None:
+    def __init__(self, folder: str | Path, builder: CacheBuilder, shard_bytes: int = SHARD_BYTES) -> None:
         self.folder = Path(folder)
         self.builder = builder
+        self.shard_bytes = shard_bytes
+        self._shards: dict[str, Any] | None = None  # the index's shard table, read once
 
     def fingerprint(self, sources: Sequence[Any]) -> str:
         """Fingerprint of ``sources`` under the builder's settings and version."""
@@ -231,6 +247,8 @@ class DataCache:
                 raise DataError(f"{b.kind} cache {self.folder}: none of the {len(sources)} source(s) could be cached; "
                                 f"fix or replace them:\n{reasons}")
             extra = b.finalize(stage, entries)
+            if b.item_arrays:
+                extra["shards"] = _write_shards(stage, b.item_arrays, self.shard_bytes)
             index = {"fingerprint": fp, "kind": b.kind, "version": b.version, "settings": b.settings(),
                      "entries": entries, **extra}
             report = {"fingerprint": fp, "kind": b.kind, "n_sources": len(sources), "n_kept": len(entries),
@@ -284,6 +302,120 @@ class DataCache:
         """Array ``name`` of the kept source ``key`` (memory-mapped unless ``mmap`` is False)."""
         return np.load(self.folder / PARTS / f"{key}.{name}.npy", mmap_mode="r" if mmap else None)
 
-    def array(self, name: str, mmap: bool = True) -> np.ndarray:
-        """A combined store array ``<name>.npy`` written by the builder's finalize."""
+    def array(self, name: str, mmap: bool = True) -> np.ndarray | ShardedArray:
+        """A store array written by the builder's finalize.
+
+        A per-item array (:attr:`CacheBuilder.item_arrays`) comes back as a :class:`ShardedArray` (rows read
+        from memory-mapped shards), or with ``mmap=False`` whole in memory (for small per-item arrays such as
+        labels); any other array is ``<name>.npy``, memory-mapped unless ``mmap`` is False.
+        """
+        if self._shards is None:
+            self._shards = json.loads(self._require(INDEX).read_text()).get("shards", {})
+        if name in self._shards.get("arrays", {}):
+            rows = ShardedArray(self.folder / SHARDS, name, self._shards)
+            return np.asarray(rows) if not mmap else rows
         return np.load(self._require(f"{name}.npy"), mmap_mode="r" if mmap else None)
+
+
+def _write_shards(folder: Path, names: Sequence[str], shard_bytes: int) -> dict[str, Any]:
+    """Cut finalize's per-item arrays ``<name>.npy`` in ``folder`` into ``shards/<name>.<k>.npy``; remove them.
+
+    Returns:
+        The shard table for ``index.json``: ``{"items", "shard_items", "arrays": {name: {"dtype", "row_shape"}}}``.
+    """
+    arrays = {name: np.load(folder / f"{name}.npy", mmap_mode="r") for name in names}
+    counts = {name: len(a) for name, a in arrays.items()}
+    if len(set(counts.values())) != 1:
+        raise ValueError(f"per-item arrays of different lengths: {counts}")  # a builder's bug, not the user's
+    n = next(iter(counts.values()))
+    row_bytes = max(a[0:1].nbytes for a in arrays.values()) if n else 1
+    per_shard = max(1, shard_bytes // max(row_bytes, 1))
+    (folder / SHARDS).mkdir()
+    for name, a in arrays.items():
+        for k, start in enumerate(range(0, n, per_shard)):
+            np.save(folder / SHARDS / f"{name}.{k:05d}.npy", np.ascontiguousarray(a[start:start + per_shard]))
+    table = {name: {"dtype": a.dtype.str, "row_shape": list(a.shape[1:])} for name, a in arrays.items()}
+    del arrays
+    for name in names:
+        (folder / f"{name}.npy").unlink()
+    return {"items": n, "shard_items": per_shard, "arrays": table}
+
+
+class ShardedArray:
+    """The rows ``[items, *row_shape]`` of one per-item array, read from shards memory-mapped on first use.
+
+    ``rows[i]`` maps shard ``i // shard_items`` (if not yet mapped) and returns row ``i`` as a read-only view;
+    ``rows[indices]`` (a slice, a list, an index array) returns a new array of those rows. At most ``max_open``
+    shards stay mapped (the least recently used is closed). ``np.asarray(rows)`` reads every shard (whole array
+    in memory: meant for small per-item arrays). Pickles without its mapped shards (DataLoader workers).
+
+    Args:
+        folder: the cache's ``shards`` folder.
+        name: the array's name.
+        table: the index's shard table (see :func:`_write_shards`).
+        max_open: shards mapped at once.
+    """
+
+    def __init__(self, folder: Path, name: str, table: dict[str, Any], max_open: int = 4) -> None:
+        self.folder, self.name = Path(folder), name
+        self.items, self.shard_items = int(table["items"]), int(table["shard_items"])
+        spec = table["arrays"][name]
+        self.dtype, self.row_shape = np.dtype(spec["dtype"]), tuple(spec["row_shape"])
+        self.max_open = max_open
+        self._open: dict[int, np.ndarray] = {}  # shard -> memmap, least recently used first
+        self.opened: set[int] = set()  # every shard mapped so far (what this process has touched)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (self.items, *self.row_shape)
+
+    @property
+    def n_shards(self) -> int:
+        return -(-self.items // self.shard_items)
+
+    def __len__(self) -> int:
+        return self.items
+
+    def shard(self, k: int) -> np.ndarray:
+        """Shard ``k``, memory-mapped ([rows, *row_shape])."""
+        if k in self._open:
+            self._open[k] = self._open.pop(k)  # most recently used last
+            return self._open[k]
+        path = self.folder / f"{self.name}.{k:05d}.npy"
+        try:
+            mapped = np.load(path, mmap_mode="r")
+        except FileNotFoundError:
+            raise DataError(f"{path}: shard {k} of the cache is missing; delete the cache folder "
+                            f"{self.folder.parent} so that the next run rebuilds it") from None
+        advise = getattr(getattr(mapped, "_mmap", None), "madvise", None)
+        if advise is not None and hasattr(mmap, "MADV_RANDOM"):
+            # rows are read in shuffled order: no read-around, or each row maps megabytes of its neighbours
+            advise(mmap.MADV_RANDOM)
+        if len(self._open) >= self.max_open:
+            self._open.pop(next(iter(self._open)))
+        self._open[k] = mapped
+        self.opened.add(k)
+        return mapped
+
+    def _row(self, i: int) -> np.ndarray:
+        if not -self.items <= i < self.items:
+            raise IndexError(f"row {i} outside the {self.items} rows of {self.name}")
+        i %= self.items
+        return self.shard(i // self.shard_items)[i % self.shard_items]
+
+    def __getitem__(self, index: Any) -> np.ndarray:
+        if isinstance(index, (int, np.integer)):
+            return self._row(int(index))
+        rows = np.arange(self.items)[index]
+        out = np.empty((len(rows), *self.row_shape), self.dtype)
+        for j, i in enumerate(rows):
+            out[j] = self._row(int(i))
+        return out
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        out = np.concatenate([np.asarray(self.shard(k)) for k in range(self.n_shards)]) if self.items else \
+            np.empty((0, *self.row_shape), self.dtype)
+        return out.astype(dtype, copy=False) if dtype is not None else out
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_open": {}}

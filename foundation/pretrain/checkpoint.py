@@ -44,6 +44,7 @@ __all__ = [
     "check_state_file",
     "capture_rng",
     "restore_rng",
+    "seed_all",
 ]
 
 _COMPLETE = "COMPLETE"
@@ -117,6 +118,13 @@ def capture_rng() -> dict[str, Any]:
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = [s.tolist() for s in torch.cuda.get_rng_state_all()]
     return state
+
+
+def seed_all(seed: int) -> None:
+    """Seed Python, NumPy and torch (a rank that joins a resumed run with no RNG file of its own)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
 
 
 def restore_rng(state: dict[str, Any]) -> None:
@@ -279,8 +287,5 @@ class CheckpointDir:
         """Restore this rank's RNG states from checkpoint ``tag``."""
         path = self.root / tag / f"rng_rank{rank}.json"
         if not path.is_file():
-            raise CheckpointError(
-                f"{path} is missing: the checkpoint was written by a run with fewer ranks; resume with the same "
-                "number of processes to continue exactly"
-            )
+            raise CheckpointError(f"{path} is missing: the checkpoint is incomplete; resume from an earlier tag")
         restore_rng(json.loads(path.read_text()))

@@ -23,6 +23,7 @@ on a checkpoint that cannot be written (``latest`` stays on the previous one).
 """
 from __future__ import annotations
 
+import json
 import signal
 import time
 from pathlib import Path
@@ -35,7 +36,7 @@ from tqdm.auto import tqdm
 from foundation.config import RecipeConfig
 from foundation.errors import CheckpointError, FoundationError, TrainingError
 from foundation.atomic import atomic_write_text
-from foundation.pretrain.checkpoint import CheckpointDir
+from foundation.pretrain.checkpoint import CheckpointDir, seed_all
 from foundation.data.batch import to_device
 from foundation.data.protocol import preprocessing_of
 from foundation.pretrain.components import Components, TrainModule, build_components, build_objective
@@ -205,13 +206,11 @@ class Engine:
         )
         self.ds_engine = engine
         apply_timeout(train.collective_timeout_s)  # DeepSpeed's own groups, too
-        state = {"step": 0, "micro_batches": 0, "nonfinite_skips": 0}
+        # epoch and position: where the data order stands (samples of the epoch's order consumed, all ranks)
+        state = {"step": 0, "micro_batches": 0, "nonfinite_skips": 0, "epoch": 0, "position": -1}
         if resume_tag is not None:
-            path, client = engine.load_checkpoint(str(ckpts.root), tag=resume_tag)
-            if path is None:
-                raise CheckpointError(f"DeepSpeed could not load {ckpts.root / resume_tag}; the folder is incomplete")
-            state.update({k: client[k] for k in state})
-            ckpts.load_rng(resume_tag, dist.rank)
+            client = self._load(engine, ckpts, resume_tag, dist)
+            state.update({k: client[k] for k in state if k in client})
             self._step = state["step"]
         log = RunLog(self.output_dir, recipe.name, train.tensorboard and dist.is_main,
                      resume_step=state["step"]) if dist.is_main else None
@@ -227,6 +226,59 @@ class Engine:
         result.data_summary = str(describe()) if callable(describe) else f"{len(parts.dataset)} samples."
         result.preprocessing = preprocessing_of(parts.dataset)
         return result
+
+    def _load(self, engine: Any, ckpts: CheckpointDir, tag: str, dist: DistInfo) -> dict[str, Any]:
+        """Restore checkpoint ``tag`` into ``engine``, on the number of ranks that wrote it or on another.
+
+        On the same number of ranks DeepSpeed's loader restores everything and each rank its RNG states. On
+        another (elastic resume, :mod:`foundation.pretrain.reshard`) the states are re-partitioned, read back and
+        compared with the saved ones (the comparison goes to ``elastic_resume.json``); ranks that have an RNG
+        file restore it, new ranks seed theirs from the recipe seed, the step and the rank.
+
+        Returns:
+            The checkpoint's client state (step, data position, ...).
+        """
+        from foundation.pretrain import reshard
+
+        folder = ckpts.root / tag
+        layout = reshard.read_layout(folder)
+        if layout.world_size == dist.world_size:
+            path, client = engine.load_checkpoint(str(ckpts.root), tag=tag)
+            if path is None:
+                raise CheckpointError(f"DeepSpeed could not load {folder}; the folder is incomplete")
+            ckpts.load_rng(tag, dist.rank)
+            return client
+        if reshard.needs_resharding(layout, dist.world_size):
+            client = reshard.load_resharded(engine, layout)
+            expected = reshard.saved_states(layout)
+        else:  # whole states (ZeRO 0): DeepSpeed reads them on any number of ranks
+            path, client = engine.load_checkpoint(str(ckpts.root), tag=tag)
+            if path is None:
+                raise CheckpointError(f"DeepSpeed could not load {folder}; the folder is incomplete")
+            expected = reshard.saved_whole_states(layout, engine)
+        n, worst, problems = reshard.compare_states(expected, engine)
+        if problems or worst > 0.0:
+            raise CheckpointError(f"{folder}: resuming {layout.world_size}-rank states on {dist.world_size} ranks "
+                                  f"did not reproduce them (largest difference {worst:g}; "
+                                  f"{'; '.join(problems[:5]) or 'values differ'}); resume on {layout.world_size} ranks")
+        if (folder / f"rng_rank{dist.rank}.json").is_file():
+            ckpts.load_rng(tag, dist.rank)
+        else:
+            seed_all(self.recipe.train.seed + 1_000_003 * int(client.get("step", 0)) + dist.rank)
+        saved_batch = reshard.global_batch(layout)
+        batch = self.recipe.train.micro_batch_size * self.recipe.deepspeed.gradient_accumulation_steps
+        if dist.is_main:
+            record = {"tag": tag, "saved_world_size": layout.world_size, "world_size": dist.world_size,
+                      "zero_stage": layout.zero_stage, "tensors_compared": n, "largest_difference": worst,
+                      "saved_global_batch": saved_batch, "global_batch": batch * dist.world_size}
+            atomic_write_text(self.output_dir / "elastic_resume.json", json.dumps(record, indent=1))
+            print(f"elastic resume: {tag} written by {layout.world_size} rank(s) loaded on {dist.world_size}; "
+                  f"{n} states re-read equal to the saved ones", flush=True)
+            if saved_batch is not None and saved_batch != batch * dist.world_size:
+                print(f"elastic resume: the global batch was {saved_batch} samples per step and is now "
+                      f"{batch * dist.world_size}; set deepspeed.gradient_accumulation_steps so that micro-batch x "
+                      "accumulation x ranks stays equal to continue the same optimisation", flush=True)
+        return client
 
     def _resume_tag(self, ckpts: CheckpointDir) -> str | None:
         if not self.resume:
@@ -258,6 +310,9 @@ class Engine:
         accum = recipe.deepspeed.gradient_accumulation_steps
         loader, sampler = self._loader(dataset, dist)
         per_epoch = sampler.per_rank // train.micro_batch_size
+        if state["position"] < 0:  # a fresh run, or a checkpoint from before positions were saved (same ranks)
+            state["epoch"], within = divmod(state["micro_batches"], per_epoch)
+            state["position"] = within * train.micro_batch_size * dist.world_size
         float_dtype = torch.bfloat16 if recipe.deepspeed.bf16 else None
         start_step = state["step"]
         last_tag = ckpts.latest() if self.resume else None
@@ -268,10 +323,10 @@ class Engine:
         n_micro, t_step = 0, time.perf_counter()
         keys: list[str] | None = None
         while state["step"] < train.steps:
-            epoch, within = divmod(state["micro_batches"], per_epoch)
-            sampler.set_epoch(epoch, start=within * train.micro_batch_size)
+            sampler.set_epoch(state["epoch"], start=min(state["position"], sampler.total))
             for batch in loader:
                 state["micro_batches"] += 1
+                state["position"] += train.micro_batch_size * dist.world_size
                 loss, metrics = engine(to_device(batch, engine.device, float_dtype))
                 keys = keys or sorted(metrics)
                 finite = bool(torch.isfinite(loss.detach()).item())
@@ -300,7 +355,7 @@ class Engine:
                 self._step = state["step"]
                 engine.module.on_step_end(state["step"])
                 record = self._record(state, sums, n_micro, engine, time.perf_counter() - t_step, dist,
-                                      per_epoch)
+                                      sampler.total)
                 sums, n_micro, t_step = {}, 0, time.perf_counter()
                 bar.update(1)
                 bar.set_postfix(loss=f"{record['loss']:.4g}", sps=f"{record['samples_per_s']:.1f}")
@@ -322,6 +377,8 @@ class Engine:
                     break
                 if state["step"] >= train.steps:
                     break
+            else:  # the epoch's order is used up (a tail shorter than a micro-batch per rank is left out)
+                state["epoch"], state["position"] = state["epoch"] + 1, 0
             if result.stopped_early:
                 break
         bar.close()
@@ -331,7 +388,7 @@ class Engine:
         return result
 
     def _record(self, state: dict[str, int], sums: dict[str, float], n_micro: int, engine: Any,
-                seconds: float, dist: DistInfo, per_epoch: int) -> dict[str, Any]:
+                seconds: float, dist: DistInfo, epoch_total: int) -> dict[str, Any]:
         samples = n_micro * self.recipe.train.micro_batch_size * dist.world_size
         record: dict[str, Any] = {"step": state["step"]}
         record.update({k: v / n_micro for k, v in sums.items()})
@@ -341,7 +398,7 @@ class Engine:
         if norm is not None:
             record["grad_norm"] = float(norm)
         record["samples_per_s"] = samples / max(seconds, 1e-9)
-        record["epoch"] = state["micro_batches"] / per_epoch
+        record["epoch"] = state["epoch"] + state["position"] / epoch_total
         return record
 
     def _save(self, engine: Any, ckpts: CheckpointDir, state: dict[str, int], dist: DistInfo,

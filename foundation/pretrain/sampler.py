@@ -16,8 +16,13 @@ class ResumableDistributedSampler(Sampler[int]):
     (or drops) to a multiple of ``num_replicas`` and gives rank ``r`` every
     ``num_replicas``-th index starting at ``r``, like
     :class:`torch.utils.data.DistributedSampler`. ``set_epoch(e, start=s)`` skips
-    the first ``s`` indices of this rank's share without touching the data, which
-    makes a resumed run see exactly the batches the uninterrupted run would.
+    the first ``s`` indices of the epoch's order, counted over all ranks together
+    (what the job had consumed), and deals the rest out as before, without touching
+    the data. A resumed run therefore sees exactly the samples the uninterrupted run
+    would, in the same order, even on another number of ranks: the epoch's order does
+    not depend on the world size, only its cut among the ranks does (and, with
+    ``drop_last``, how many samples at the epoch's end are left over: fewer than
+    ``num_replicas``).
 
     Args:
         length: dataset size.
@@ -42,12 +47,13 @@ class ResumableDistributedSampler(Sampler[int]):
             self.per_rank = -(-length // num_replicas)
         if self.per_rank < 1:
             raise ValueError(f"dataset of {length} samples is smaller than the world size {num_replicas}")
+        self.total = self.per_rank * num_replicas  # indices dealt per epoch, all ranks together
         self.epoch, self.start = 0, 0
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
-        """Select the epoch's permutation and skip this rank's first ``start`` indices."""
-        if not 0 <= start <= self.per_rank:
-            raise ValueError(f"start {start} outside [0, {self.per_rank}]")
+        """Select the epoch's permutation and skip its first ``start`` indices (counted over all ranks)."""
+        if not 0 <= start <= self.total:
+            raise ValueError(f"start {start} outside [0, {self.total}]")
         self.epoch, self.start = epoch, start
 
     def _indices(self) -> list[int]:
@@ -56,13 +62,14 @@ class ResumableDistributedSampler(Sampler[int]):
             order = torch.randperm(self.length, generator=g).tolist()
         else:
             order = list(range(self.length))
-        total = self.per_rank * self.num_replicas
-        if total > len(order):
-            order += order[: total - len(order)]
-        return order[:total][self.rank :: self.num_replicas]
+        if self.total > len(order):
+            order += order[: self.total - len(order)]
+        rest = order[self.start : self.total]
+        # the remainder is dealt out evenly; a tail shorter than num_replicas is dropped, never padded
+        return rest[: len(rest) - len(rest) % self.num_replicas][self.rank :: self.num_replicas]
 
     def __iter__(self) -> Iterator[int]:
-        return iter(self._indices()[self.start :])
+        return iter(self._indices())
 
     def __len__(self) -> int:
-        return self.per_rank - self.start
+        return (self.total - self.start) // self.num_replicas

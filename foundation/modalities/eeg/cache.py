@@ -3,7 +3,8 @@
 Each recording is read (:mod:`.reader`), preprocessed (:mod:`.preprocess`), cut into windows and given
 the neurodynamics statistics of each unmasked window (:mod:`.neurostats`); :meth:`EEGCacheBuilder.finalize`
 then pads every recording to the corpus' largest channel count, z-scores the statistics over the corpus and
-writes the store:
+writes the store (each per-window array is then cut into shards, ``shards/<name>.<k>.npy``, read through
+:class:`~foundation.data.cache.ShardedArray`):
 
 ==================  ==============================  =============================================
 file                shape / content                 meaning
@@ -14,7 +15,7 @@ chan_mask.npy       [W, Cmax] bool                  True = real channel, False =
 stats.npy           [W, Cmax, S] float32            z-scored statistics of the unmasked window
 labels.npy          [W] int64                       class index, -1 when unlabelled
 subjects.npy        [W] int64                       index into index.json "subjects"
-index.json          entries, subjects, stats mean/std, settings (see foundation.data.cache)
+index.json          entries, subjects, stats mean/std, settings, the shard table (see foundation.data.cache)
 report.json         every recording, kept or left out and why (see foundation.data.cache)
 ==================  ==============================  =============================================
 
@@ -88,7 +89,8 @@ class EEGCacheBuilder(CacheBuilder):
     """
 
     kind = "eeg"
-    version = "5"  # 5: BIDS through mne_bids (bads, electrodes, line-frequency notch); truncation, flat windows
+    version = "6"  # 6: per-window arrays in shards; 5: BIDS through mne_bids, truncation, flat windows
+    item_arrays = ("windows", "positions", "chan_mask", "stats", "labels", "subjects")
 
     def __init__(self, pre: PreprocessConfig, stats: StatsConfig, window_s: float, labels: tuple[str, ...] = (),
                  montage: str | None = None, allow_truncated: bool = False, channel_map: dict[str, str] | None = None,

@@ -12,7 +12,8 @@ masks.npy       [N, S, S] uint8             class per pixel (0 where the record 
 sizes.npy       [N, 2] int64                original (height, width)
 ==============  ==========================  ==========================================
 
-Row ``i`` belongs to ``index.json`` entry ``i``. A record whose image or mask is missing, unreadable or cut
+Row ``i`` belongs to ``index.json`` entry ``i``. The three arrays are then cut into shards
+(``shards/<name>.<k>.npy``, read through :class:`~foundation.data.cache.ShardedArray`). A record whose image or mask is missing, unreadable or cut
 off, whose image is of one colour, or whose mask does not match its image, is left out and listed in
 ``report.json`` with the reason; every such reason starts with the CSV file and row that referenced the file.
 """
@@ -60,7 +61,8 @@ class UltrasoundCacheBuilder(CacheBuilder):
     """
 
     kind = "ultrasound"
-    version = "2"
+    version = "3"  # 3: per-image arrays in shards
+    item_arrays = ("images", "masks", "sizes")
 
     def __init__(self, table: dict[str, TaskSpec], image_size: int, keep_aspect: bool) -> None:
         self.table, self.image_size, self.keep_aspect = table, image_size, keep_aspect
