@@ -1,4 +1,4 @@
-"""The ``foundation`` command: pretrain, finetune, export, push, predict, info.
+"""The ``foundation`` command: pretrain, finetune, export, push, predict, explain, info.
 
 Examples::
 
@@ -10,6 +10,7 @@ Examples::
     foundation pretrain --recipe runs/eeg/recipe.yaml --output-dir runs/eeg --resume
     foundation export runs/eeg --out exported/
     foundation push exported/ my-org/deeperbrain-tiny --private
+    foundation explain --model runs/eeg-lora/adapter --data deeperbrain-tiny-probe --method ig rollout --out expl/
     foundation info
 """
 from __future__ import annotations
@@ -100,6 +101,22 @@ def build_parser() -> argparse.ArgumentParser:
                     help="dotted override of the data recipe, repeatable, e.g. --set data.cache_dir=cache")
     pr.add_argument("--out", required=True, help="CSV to write (index, subject, label, prediction, prob_<class>)")
     pr.add_argument("--batch-size", type=int, default=64, help="items per forward pass")
+    exp = add("explain", "attributions of a model on a data set, checked against planted signal where known")
+    exp.add_argument("--model", required=True, help="a fine-tune or pretrained folder or Hub id (foundation.load)")
+    exp.add_argument("--revision", default=None, help="Hub revision of --model")
+    exp.add_argument("--data", required=True, help="a recipe (shipped name or YAML path) whose data section builds "
+                                                   "the data set")
+    exp.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="dotted override of the data recipe, repeatable")
+    exp.add_argument("--method", dest="methods", nargs="*", default=[],
+                     help="ig | occlusion | lrp | gradcam | rollout | random | relp (default: the modality's set)")
+    exp.add_argument("--out", required=True, help="folder for the maps, tables and plots")
+    exp.add_argument("--n-items", type=int, default=12, help="items explained, spread over the classes")
+    exp.add_argument("--items", type=int, nargs="*", default=[], help="explicit item indices of the data set")
+    exp.add_argument("--ig-steps", type=int, default=32, help="integrated-gradients steps")
+    exp.add_argument("--threshold", type=float, default=0.1,
+                     help="layer activity: relative change of the residual stream that counts as material")
+    exp.add_argument("--task", default="", help="ultrasound multi-task model: the segmentation head to explain")
     add("info", "versions, accelerator, recipes and registered components")
     return parser
 
@@ -230,6 +247,24 @@ def _predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _explain(args: argparse.Namespace) -> int:
+    import json
+
+    import foundation
+    from foundation.config import load_recipe
+    from foundation.explain import ExplainOptions, explain
+
+    opts = ExplainOptions(methods=tuple(args.methods), n_items=args.n_items, items=tuple(args.items),
+                          ig_steps=args.ig_steps, threshold=args.threshold, task=args.task)
+    load_recipe(args.data, args.overrides)  # checked before the model loads
+    model = foundation.load(args.model, revision=args.revision)
+    summary = explain(model, args.data, args.overrides, out=args.out, options=opts)
+    keys = ("planted_share", "blob_auroc", "pointing_game", "seconds_per_item")
+    print(json.dumps({k: summary[k] for k in keys if k in summary}, indent=2))
+    print(f"explanations of {args.model} on {args.data} in {args.out} (summary.json)")
+    return 0
+
+
 def _adapter_fields(args: argparse.Namespace) -> dict:
     """``--adapter-set FIELD=VALUE`` (values parsed as YAML) plus the ``--skip-targets`` / ``--lora-r`` shorthands."""
     import yaml
@@ -325,6 +360,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.command == "predict":
             return _predict(args)
+        if args.command == "explain":
+            return _explain(args)
         return _info()
     except FoundationError as err:
         print(f"error: {err}", file=sys.stderr)
