@@ -193,7 +193,7 @@ def _activity(model: nn.Module, batches: list[dict], labels: torch.Tensor | None
     if has_head(model) and labels is not None and bool((labels >= 0).all()):
         pairs, start = [], 0
         for b in batches:
-            n = len(next(iter(b.values())))
+            n = len(next(iter(b.values()))) if isinstance(b, dict) else len(b)
             pairs.append((b, labels[start:start + n]))
             start += n
         skips = skip_report(model, pairs, rows)
@@ -416,7 +416,9 @@ def _explain_ultrasound(model: nn.Module, dataset: Any, methods: list[str], opts
         net = SegmentationOutput(enc, task).eval()
         with torch.no_grad():
             pred = _batched(lambda sl: net(x[sl]).argmax(1), len(x), bs)  # [B, S, S]
-        fg = torch.where((masks > 0).any(-1).any(-1)[:, None, None], masks > 0, pred > 0)
+        # the explained score: the structure logits over the *predicted* structure (never the true mask, which
+        # is what the attributions are checked against); the whole image where nothing is predicted
+        fg = torch.where((pred > 0).any(-1).any(-1)[:, None, None], pred > 0, torch.ones_like(pred, dtype=torch.bool))
         target = torch.ones(len(x), dtype=torch.long)
         y = None
         layer = enc.heads[task].tower
