@@ -104,7 +104,10 @@ def planted_cells(pos: np.ndarray, class_name: str, min_weight: float = 0.3) -> 
 
 def planted_share(attr: np.ndarray, pos: np.ndarray, chan_mask: np.ndarray, class_name: str,
                   bands: bool = True) -> tuple[float, float]:
-    """(share of |attribution| on the planted cells, the same share under a uniform spread).
+    """(share of attribution on the planted cells, the same share under a uniform spread).
+
+    A cell's (band x channel) attribution is |sum over time|: per-sample attributions of a band oscillate in
+    sign, and their sum is the band's contribution (what completeness adds up).
 
     Args:
         attr: one window's attributions ``[nb, C, T]`` (bands) or ``[C, T]`` / ``[1, C, T]`` (channels only,
@@ -115,7 +118,7 @@ def planted_share(attr: np.ndarray, pos: np.ndarray, chan_mask: np.ndarray, clas
     chans = chans & chan_mask
     if not bands and attr.ndim == 3:  # [1, C, T]: a method without bands
         attr = attr.sum(0)
-    a = np.abs(attr).sum(-1)  # [nb, C] or [C]
+    a = np.abs(attr.sum(-1))  # a cell's total (signed sum over time), then its size: [nb, C] or [C]
     if bands:
         names = band_names()
         rows = np.array([n in planted_bands for n in names[:len(BANDS)]])  # the remainder is never planted

@@ -262,7 +262,7 @@ def _explain_eeg(model: nn.Module, dataset: Any, methods: list[str], opts: Expla
         res["seconds_per_item"][method] = (time.perf_counter() - t0) / len(idx)
         a = attr.float().numpy()
         write_csv(out / f"eeg_{method}.csv", rows, a, names, cm.numpy(), sfreq)
-        scores[method] = torch.from_numpy(np.abs(a).sum(axis=(1, 3)))  # [S, C]
+        scores[method] = torch.from_numpy(np.abs(a.sum(-1)).sum(1))  # [S, C]: sum over bands of |sum over time|
         maps = {}
         for k, cls in enumerate(classes):
             sel = [s for s in range(len(idx)) if int(target[s]) == k]
@@ -271,7 +271,7 @@ def _explain_eeg(model: nn.Module, dataset: Any, methods: list[str], opts: Expla
             first = groups[idx[sel[0]]]
             same = [s for s in sel if groups[idx[s]] == first]  # one recording: one montage
             real = cm[same[0]].numpy()
-            m = np.abs(a[same]).sum(-1).mean(0)[:, real]  # [nb, C_real]
+            m = np.abs(a[same].sum(-1)).mean(0)[:, real]  # [nb, C_real]: |sum over time|, mean over windows
             maps[cls] = (m, pos[same[0]].numpy()[real], [n for n, r in zip(names[same[0]] + [""] * len(real), real) if r])
         plot_topomaps(out / f"topomap_{method}.png", maps, title=f"{method}: mean |attribution| per class and band")
         if set(classes) <= set(PLANTED):
