@@ -1,6 +1,6 @@
 """Explanations checked against the demo corpora's planted signal, per modality and method.
 
-    python benchmarks/bench_explain.py --out runs/bench-explain [--steps 150] [--items 24]
+    python benchmarks/bench_explain.py --out runs/bench-explain [--steps 120] [--items 16] [--only eeg fmri us-cls us-seg]
 
 For each shipped model a tiny encoder (the ``*-tiny`` recipe's sizes, random init: no pretraining run) is
 fully fine-tuned in-process by the suite's runner on the ``*-tiny-probe`` demo task (``--steps`` steps), then
@@ -133,7 +133,10 @@ def main() -> None:
                              "summary": explain(model, "ultrasound-mtl-tiny", data, out=out / "us-seg" / "explain",
                                                 options=opts)}
         print("us-seg done", json.dumps(results["us-seg"]["summary"].get("pointing_game")), flush=True)
-    (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
+    saved = out / "results.json"  # sections run separately (--only) add up
+    merged = {**(json.loads(saved.read_text()) if saved.is_file() else {}), **json.loads(json.dumps(results, default=str))}
+    saved.write_text(json.dumps(merged, indent=1))
+    results = merged
     print(f"machine load after: {subprocess.run(['uptime'], capture_output=True, text=True).stdout.strip()}")
     print(report(results))
 
