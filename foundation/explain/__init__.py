@@ -5,9 +5,27 @@ field's libraries (captum, zennit, pytorch-grad-cam) plus attention rollout and 
 outputs (EEG topomaps and band tables, fMRI NIfTI maps and glass brains, ultrasound overlays), layer activity,
 deletion curves. Layer: beside the CLI (it loads models and reads every modality's data).
 """
-from foundation.explain.methods import METHODS, attribute, gradcam, integrated_gradients, lrp, occlusion
+from foundation.explain.methods import (
+           METHODS,
+           attribute,
+           gradcam,
+           integrated_gradients,
+           lrp,
+           occlusion,
+)
 from foundation.explain.run import DEFAULT_METHODS, ExplainOptions, explain, modality_of
 from foundation.explain.target import InputModel
 
-__all__ = ["METHODS", "DEFAULT_METHODS", "ExplainOptions", "InputModel", "attribute", "explain", "gradcam",
-           "integrated_gradients", "lrp", "modality_of", "occlusion"]
+__all__ = [
+           "DEFAULT_METHODS",
+           "METHODS",
+           "ExplainOptions",
+           "InputModel",
+           "attribute",
+           "explain",
+           "gradcam",
+           "integrated_gradients",
+           "lrp",
+           "modality_of",
+           "occlusion",
+]

@@ -27,7 +27,7 @@ from torch import nn
 
 from foundation.errors import ConfigError
 
-__all__ = ["residual_units", "layer_activity", "skip_layers", "skip_report", "plot_activity"]
+__all__ = ["layer_activity", "plot_activity", "residual_units", "skip_layers", "skip_report"]
 
 
 def _is_residual(module: nn.Module) -> bool:
@@ -57,9 +57,8 @@ def residual_units(model: nn.Module) -> list[tuple[str, nn.Module]]:
 def _segments(module: nn.Module, args: tuple, x: torch.Tensor) -> torch.Tensor:
     """Sample id of every row of ``x`` (dim 0)."""
     from foundation.kernels.packing import sample_ids
-    from foundation.modalities.fmri.hiera4d import HieraBlock
-
     from foundation.layers.block import Block
+    from foundation.modalities.fmri.hiera4d import HieraBlock
 
     if isinstance(module, (Block, HieraBlock)) and len(args) > 1 and torch.is_tensor(args[1]):
         return sample_ids(args[1]).to(x.device).long()

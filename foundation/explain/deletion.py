@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-__all__ = ["deletion_curve", "area_between", "FRACTIONS"]
+__all__ = ["FRACTIONS", "area_between", "deletion_curve"]
 
 FRACTIONS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5)
 

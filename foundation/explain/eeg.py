@@ -25,8 +25,18 @@ from foundation.atomic import atomic_path
 from foundation.errors import DataError
 from foundation.explain.figure import pyplot, save_figure
 
-__all__ = ["BANDS", "band_split", "BandSum", "ig_baseline", "channel_names", "planted_cells", "planted_share", "write_csv",
-           "plot_topomaps", "PLANTED"]
+__all__ = [
+    "BANDS",
+    "PLANTED",
+    "BandSum",
+    "band_split",
+    "channel_names",
+    "ig_baseline",
+    "planted_cells",
+    "planted_share",
+    "plot_topomaps",
+    "write_csv",
+]
 
 BANDS: dict[str, tuple[float, float]] = {"delta": (1.0, 4.0), "theta": (4.0, 8.0), "alpha": (8.0, 13.0),
                                          "beta": (13.0, 30.0), "gamma": (30.0, 80.0)}
@@ -147,7 +157,7 @@ def write_csv(path: str | Path, rows: list[dict[str, Any]], attrs: np.ndarray, n
     out = csv.writer(buf)
     out.writerow(["index", "subject", "label", "target", "channel", "band", "second", "value"])
     S, nb, C, T = attrs.shape
-    sec = int(round(sfreq))
+    sec = round(sfreq)
     per_sec = attrs[..., : (T // sec) * sec].reshape(S, nb, C, T // sec, sec).sum(-1)  # [S, nb, C, P]
     bnames = band_names() if nb == len(BANDS) + 1 else ["all"]
     for s, row in enumerate(rows):

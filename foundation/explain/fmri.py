@@ -21,7 +21,7 @@ from foundation.atomic import atomic_path
 from foundation.errors import DataError
 from foundation.explain.figure import pyplot, save_figure
 
-__all__ = ["grid_affine", "voxel_map", "write_nifti", "plot_brain", "plot_saliency", "blob_auroc"]
+__all__ = ["blob_auroc", "grid_affine", "plot_brain", "plot_saliency", "voxel_map", "write_nifti"]
 
 
 def grid_affine(dataset: Any, scan: int) -> np.ndarray:

@@ -26,8 +26,16 @@ from torch import nn
 
 from foundation.errors import ConfigError, did_you_mean
 
-__all__ = ["METHODS", "attribute", "integrated_gradients", "occlusion", "lrp", "gradcam", "random_attribution",
-           "check_method"]
+__all__ = [
+    "METHODS",
+    "attribute",
+    "check_method",
+    "gradcam",
+    "integrated_gradients",
+    "lrp",
+    "occlusion",
+    "random_attribution",
+]
 
 METHODS = ("ig", "occlusion", "lrp", "gradcam", "rollout", "random")
 
@@ -125,7 +133,7 @@ def lrp(net: nn.Module, x: torch.Tensor, target: torch.Tensor, composite: str = 
     x = x.detach().clone().requires_grad_(True)
     try:
         with Gradient(model=net, composite=comps[composite]()) as attributor:
-            out, rel = attributor(x, lambda y: torch.nn.functional.one_hot(target, y.shape[-1]).to(y.dtype) * y)
+            _, rel = attributor(x, lambda y: torch.nn.functional.one_hot(target, y.shape[-1]).to(y.dtype) * y)
     finally:
         if handle is not None:
             handle.remove()

@@ -29,7 +29,7 @@ from torch import nn
 
 from foundation.errors import ConfigError
 
-__all__ = ["PatchingResult", "logits", "component_effects", "patching_study"]
+__all__ = ["PatchingResult", "component_effects", "logits", "patching_study"]
 
 
 def _layer_norm(norm: nn.LayerNorm, x: torch.Tensor, rules: bool) -> torch.Tensor:
@@ -127,7 +127,7 @@ def component_effects(model: nn.Module, clean: dict[str, torch.Tensor], corrupt:
     if not torch.equal(clean["chan_mask"], corrupt["chan_mask"]):
         raise ConfigError("relevance patching: the clean and corrupted windows must share their channels (take "
                           "both from one recording)")
-    args = lambda w: (w["x"], w["pos"], w["chan_mask"])  # noqa: E731
+    args = lambda w: (w["x"], w["pos"], w["chan_mask"])
     with torch.no_grad():
         acts_clean: dict[str, torch.Tensor] = {}
         logits(model, *args(clean), record=acts_clean)
@@ -170,7 +170,7 @@ def patching_study(model: nn.Module, pairs: list[tuple[dict, dict, int, int]]) -
     atp = np.concatenate([r.attribution for r in results])
     relp = np.concatenate([r.relp for r in results])
     heads = np.concatenate([[".head" in n for n in r.names] for r in results])
-    r = lambda u, v: float(pearsonr(u, v)[0]) if np.std(u) > 0 and np.std(v) > 0 else float("nan")  # noqa: E731
+    r = lambda u, v: float(pearsonr(u, v)[0]) if np.std(u) > 0 and np.std(v) > 0 else float("nan")
     return {"pearson_atp": r(atp, act), "pearson_relp": r(relp, act),
             "pearson_atp_heads": r(atp[heads], act[heads]), "pearson_relp_heads": r(relp[heads], act[heads]),
             "pearson_atp_neurons": r(atp[~heads], act[~heads]), "pearson_relp_neurons": r(relp[~heads], act[~heads]),

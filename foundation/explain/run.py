@@ -34,10 +34,15 @@ from torch import nn
 
 from foundation.atomic import atomic_path, atomic_write_json
 from foundation.errors import ConfigError, DataError
-from foundation.explain.methods import METHODS, attribute, check_method, integrated_gradients
+from foundation.explain.methods import (
+    METHODS,
+    attribute,
+    check_method,
+    integrated_gradients,
+)
 from foundation.explain.target import InputModel, encoder_of, has_head
 
-__all__ = ["ExplainOptions", "explain", "DEFAULT_METHODS", "modality_of"]
+__all__ = ["DEFAULT_METHODS", "ExplainOptions", "explain", "modality_of"]
 
 DEFAULT_METHODS = {"eeg": ("ig", "occlusion", "rollout", "random"), "fmri": ("ig", "occlusion", "random"),
                    "ultrasound": ("gradcam", "ig", "lrp", "occlusion", "random")}
@@ -216,8 +221,16 @@ def _deletion(net_for, x: torch.Tensor, y: torch.Tensor, scores: dict[str, torch
 
 # ----------------------------------------------------------------------------------------------------------- EEG
 def _explain_eeg(model: nn.Module, dataset: Any, methods: list[str], opts: ExplainOptions, out: Path) -> dict:
-    from foundation.explain.eeg import (PLANTED, BandSum, band_split, channel_names, ig_baseline, planted_share,
-                                       plot_topomaps, write_csv)
+    from foundation.explain.eeg import (
+        PLANTED,
+        BandSum,
+        band_split,
+        channel_names,
+        ig_baseline,
+        planted_share,
+        plot_topomaps,
+        write_csv,
+    )
     from foundation.explain.rollout import attention_rollout
 
     labels = [int(v) for v in dataset.labels[dataset.rows]]
@@ -310,7 +323,7 @@ def _relp_pairs(model: nn.Module, dataset: Any, idx: list[int], batch: dict, gro
     for s, i in enumerate(idx):
         for t, j in enumerate(idx):
             if groups[i] == groups[j] and int(batch["label"][s]) != int(batch["label"][t]) and len(pairs) < 6:
-                w = lambda r: {k: batch[k][r] for k in ("x", "pos", "chan_mask")}  # noqa: E731
+                w = lambda r: {k: batch[k][r] for k in ("x", "pos", "chan_mask")}
                 pairs.append((w(s), w(t), int(batch["label"][s]), int(batch["label"][t])))
     if not pairs:
         raise DataError("--method relp: the explained items hold no two windows of different classes from one "
@@ -320,7 +333,14 @@ def _relp_pairs(model: nn.Module, dataset: Any, idx: list[int], batch: dict, gro
 
 # ---------------------------------------------------------------------------------------------------------- fMRI
 def _explain_fmri(model: nn.Module, dataset: Any, methods: list[str], opts: ExplainOptions, out: Path) -> dict:
-    from foundation.explain.fmri import blob_auroc, grid_affine, plot_brain, plot_saliency, voxel_map, write_nifti
+    from foundation.explain.fmri import (
+        blob_auroc,
+        grid_affine,
+        plot_brain,
+        plot_saliency,
+        voxel_map,
+        write_nifti,
+    )
     from foundation.modalities.fmri.cache import open_scan
 
     labels = [int(dataset.label(s)) if isinstance(dataset.label(s), int) else -1 for s, _ in dataset.items]
@@ -378,10 +398,19 @@ def _explain_fmri(model: nn.Module, dataset: Any, methods: list[str], opts: Expl
 
 # ---------------------------------------------------------------------------------------------------- ultrasound
 def _explain_ultrasound(model: nn.Module, dataset: Any, methods: list[str], opts: ExplainOptions, out: Path) -> dict:
-    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget, SemanticSegmentationTarget
+    from pytorch_grad_cam.utils.model_targets import (
+        ClassifierOutputTarget,
+        SemanticSegmentationTarget,
+    )
 
-    from foundation.explain.ultrasound import (RegionScore, SegmentationOutput, classification_layer, plot_overlays,
-                                               pointing_game, to_map)
+    from foundation.explain.ultrasound import (
+        RegionScore,
+        SegmentationOutput,
+        classification_layer,
+        plot_overlays,
+        pointing_game,
+        to_map,
+    )
 
     enc = encoder_of(model)
     bs = opts.batch_size

@@ -23,7 +23,7 @@ from foundation.errors import DataError
 from foundation.finetune.features import encode, pool_tokens
 from foundation.loading import task_model_of
 
-__all__ = ["InputModel", "has_head", "encoder_of"]
+__all__ = ["InputModel", "encoder_of", "has_head"]
 
 
 def has_head(model: nn.Module) -> bool:

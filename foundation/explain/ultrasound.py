@@ -14,16 +14,14 @@ without a structure are not scored.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from foundation.errors import ConfigError
 from foundation.explain.figure import pyplot, save_figure
 
-__all__ = ["SegmentationOutput", "RegionScore", "classification_layer", "pointing_game", "plot_overlays", "to_map"]
+__all__ = ["RegionScore", "SegmentationOutput", "classification_layer", "plot_overlays", "pointing_game", "to_map"]
 
 
 class SegmentationOutput(nn.Module):

@@ -6,7 +6,13 @@ import torch
 from torch import nn
 
 from foundation.errors import ConfigError
-from foundation.explain.activity import layer_activity, plot_activity, residual_units, skip_layers, skip_report
+from foundation.explain.activity import (
+    layer_activity,
+    plot_activity,
+    residual_units,
+    skip_layers,
+    skip_report,
+)
 from foundation.explain.deletion import area_between, deletion_curve
 from foundation.explain.relp import component_effects, logits, patching_study
 
@@ -85,7 +91,10 @@ def test_layer_activity_sees_an_idle_block_and_skipping_it_costs_nothing(tmp_pat
 def test_residual_units_of_the_other_shipped_models():
     from foundation.config import dataclass_to_dict, load_recipe
     from foundation.modalities.fmri.slim_brain import SlimBrain, SlimBrainConfig
-    from foundation.modalities.ultrasound.model import UltrasoundMTL, UltrasoundMTLConfig
+    from foundation.modalities.ultrasound.model import (
+        UltrasoundMTL,
+        UltrasoundMTLConfig,
+    )
 
     fields = dataclass_to_dict(load_recipe("slim-brain-tiny").model.config)
     slim = SlimBrain(SlimBrainConfig(**{**fields, "embed_dim": 8, "stages": (2, 1, 1), "predictor_dim": 16,
@@ -114,7 +123,7 @@ def test_deletion_curve_of_the_right_ranking_drops_first():
     right = torch.zeros(20, 20)
     right[:, 3] = 1
     rand = torch.rand(20, 20, generator=torch.Generator().manual_seed(0))
-    remove = lambda xb, drop: xb * (~drop)  # noqa: E731
+    remove = lambda xb, drop: xb * (~drop)
     good = deletion_curve(net, x, y, right, valid, remove)
     base = deletion_curve(net, x, y, rand, valid, remove)
     assert good[0] == 1.0 and good[1] == 0.0  # the first 5% (one unit) is the one that matters
@@ -122,8 +131,15 @@ def test_deletion_curve_of_the_right_ranking_drops_first():
 
 
 def test_ultrasound_overlays_and_segmentation_output(tmp_path):
-    from foundation.explain.ultrasound import SegmentationOutput, plot_overlays, pointing_game
-    from foundation.modalities.ultrasound.model import UltrasoundMTL, UltrasoundMTLConfig
+    from foundation.explain.ultrasound import (
+        SegmentationOutput,
+        plot_overlays,
+        pointing_game,
+    )
+    from foundation.modalities.ultrasound.model import (
+        UltrasoundMTL,
+        UltrasoundMTLConfig,
+    )
 
     mtl = UltrasoundMTL(UltrasoundMTLConfig(backbone="tinynet_e", fpn_dim=16, head_dim=8,
                                             tasks=("breast_3cls", "lung"))).eval()

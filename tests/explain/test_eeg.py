@@ -7,8 +7,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from foundation.explain.eeg import (BANDS, PLANTED, BandSum, band_split, ig_baseline, planted_cells, planted_share,
-                                    plot_topomaps, write_csv)
+from foundation.explain.eeg import (
+    BANDS,
+    PLANTED,
+    BandSum,
+    band_split,
+    ig_baseline,
+    planted_cells,
+    planted_share,
+    plot_topomaps,
+    write_csv,
+)
 from foundation.explain.methods import integrated_gradients
 from foundation.modalities.eeg.channels import template_positions
 

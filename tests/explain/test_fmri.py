@@ -4,7 +4,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from foundation.explain.fmri import blob_auroc, grid_affine, plot_brain, plot_saliency, voxel_map, write_nifti
+from foundation.explain.fmri import (
+    blob_auroc,
+    grid_affine,
+    plot_brain,
+    plot_saliency,
+    voxel_map,
+    write_nifti,
+)
 
 
 @pytest.fixture(scope="module")

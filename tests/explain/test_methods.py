@@ -7,7 +7,14 @@ from torch import nn
 
 from foundation.errors import ConfigError
 from foundation.explain.eeg import BandSum, band_split, ig_baseline
-from foundation.explain.methods import attribute, check_method, gradcam, integrated_gradients, lrp, occlusion
+from foundation.explain.methods import (
+    attribute,
+    check_method,
+    gradcam,
+    integrated_gradients,
+    lrp,
+    occlusion,
+)
 from foundation.explain.target import InputModel
 
 
@@ -59,7 +66,7 @@ def test_ig_completeness_on_deeperbrain_bands():
     net = InputModel(model, {"pos": pos, "chan_mask": cm}, transform=BandSum())
     bands = band_split(x, 200.0)
     target = torch.tensor([0, 2])
-    attr, delta = integrated_gradients(net, bands, target, n_steps=64, baseline=ig_baseline(bands))
+    attr, _ = integrated_gradients(net, bands, target, n_steps=64, baseline=ig_baseline(bands))
     with torch.no_grad():
         gap = (net(bands) - net(ig_baseline(bands))).gather(1, target[:, None])[:, 0]
     torch.testing.assert_close(attr.flatten(1).sum(1), gap, rtol=0.02, atol=1e-4)
