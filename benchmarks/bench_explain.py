@@ -93,7 +93,16 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--items", type=int, default=24)
     parser.add_argument("--only", nargs="*", default=["eeg", "fmri", "us-cls", "us-seg"])
+    parser.add_argument("--fmri-items", type=int, default=8, help="fMRI windows explained (occlusion is the cost)")
+    parser.add_argument("--report", nargs="*", default=None, metavar="RESULTS_JSON",
+                        help="only print the tables of these results.json files (merged), e.g. of parallel runs")
     args = parser.parse_args()
+    if args.report is not None:
+        merged: dict = {}
+        for path in args.report:
+            merged.update(json.loads(Path(path).read_text()))
+        print(report(merged))
+        return
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     load = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
@@ -113,7 +122,7 @@ def main() -> None:
         data = [f"data.cache_dir={out / 'fmri-cache'}", "data.demo_subjects=24"]
         model, ds, test, metrics, secs = _finetune("slim-brain-tiny-probe", data, _encoder("slim-brain-tiny"),
                                                    out / "fmri", args.steps)
-        opts = ExplainOptions(items=tuple(test[:args.items]), batch_size=2)
+        opts = ExplainOptions(items=tuple(test[:args.fmri_items]), batch_size=2, ig_steps=16)
         results["fmri"] = {"finetune": metrics, "train_s": secs,
                            "summary": explain(model, ds, out=out / "fmri" / "explain", options=opts)}
         print("fmri done", json.dumps(results["fmri"]["summary"].get("blob_auroc")), flush=True)

@@ -361,7 +361,7 @@ def _explain_fmri(model: nn.Module, dataset: Any, methods: list[str], opts: Expl
             attr = torch.cat([p[0] for p in parts])
         elif method == "occlusion":
             g = dataset.config.unit_size
-            win = (1, x.shape[2], max(1, g[1] // 2), max(1, g[2] // 2), max(1, g[3] // 2))
+            win = (1, x.shape[2], g[1], g[2], g[3])  # one mask unit's voxels over the whole window
             attr = _batched(lambda sl: attribute("occlusion", net, x[sl], target[sl], window=win), len(idx), bs)
         else:
             attr = attribute(method, net, x, target)
