@@ -93,6 +93,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--items", type=int, default=24)
     parser.add_argument("--only", nargs="*", default=["eeg", "fmri", "us-cls", "us-seg"])
+    parser.add_argument("--threshold", type=float, default=0.1, help="layer activity: material relative change")
     parser.add_argument("--fmri-items", type=int, default=8, help="fMRI windows explained (occlusion is the cost)")
     parser.add_argument("--report", nargs="*", default=None, metavar="RESULTS_JSON",
                         help="only print the tables of these results.json files (merged), e.g. of parallel runs")
@@ -114,7 +115,8 @@ def main() -> None:
         data = [f"data.cache_dir={out / 'eeg-cache'}", "train.micro_batch_size=16"]
         model, ds, test, metrics, secs = _finetune("deeperbrain-tiny-probe", data, _encoder("deeperbrain-tiny"),
                                                    out / "eeg", args.steps)
-        opts = ExplainOptions(methods=("ig", "occlusion", "rollout", "random", "relp"), items=tuple(test[:args.items]))
+        opts = ExplainOptions(methods=("ig", "occlusion", "rollout", "random", "relp"), items=tuple(test[:args.items]),
+                              threshold=args.threshold)
         results["eeg"] = {"finetune": metrics, "train_s": secs,
                           "summary": explain(model, ds, out=out / "eeg" / "explain", options=opts)}
         print("eeg done", json.dumps(results["eeg"]["summary"].get("planted_share")), flush=True)
