@@ -37,7 +37,8 @@ __all__ = [
     "random_attribution",
 ]
 
-METHODS = ("ig", "occlusion", "lrp", "gradcam", "rollout", "random")
+METHODS = ("ig", "occlusion", "lrp", "gradcam", "rollout", "random", "relp")
+"""Every method name ``foundation explain --method`` takes (``rollout`` and ``relp`` act on the encoder's blocks)."""
 
 
 def check_method(name: str, allowed: Sequence[str], where: str = "--method") -> str:

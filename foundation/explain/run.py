@@ -67,8 +67,7 @@ class ExplainOptions:
     def __post_init__(self) -> None:
         self.methods, self.items = tuple(self.methods), tuple(int(i) for i in self.items)
         for m in self.methods:
-            if m not in METHODS + ("relp",):
-                check_method(m, METHODS)
+            check_method(m, METHODS)
         if self.n_items < 1 or self.ig_steps < 1 or self.batch_size < 1 or self.threshold <= 0:
             raise ConfigError(f"explain: n_items, ig_steps and batch_size must be >= 1 and threshold > 0; got {self}")
 
@@ -161,7 +160,7 @@ def explain(model: str | nn.Module, data: str | Any, overrides: tuple[str, ...] 
     modality = modality_of(model)
     methods = opts.methods or DEFAULT_METHODS[modality]
     for m in methods:
-        check_method(m, ALLOWED[modality]) if m != "relp" or modality != "eeg" else None
+        check_method(m, ALLOWED[modality])
     dataset = _load_data(data, overrides) if isinstance(data, (str, Path)) else data
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
