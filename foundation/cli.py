@@ -101,6 +101,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="dotted override of the data recipe, repeatable, e.g. --set data.cache_dir=cache")
     pr.add_argument("--out", required=True, help="CSV to write (index, subject, label, prediction, prob_<class>)")
     pr.add_argument("--batch-size", type=int, default=64, help="items per forward pass")
+    pr.add_argument("--skip-idle-below", type=float, default=None, metavar="SHARE",
+                    help="skip the residual layers that change the residual stream materially (relative change > "
+                         "--activity-threshold) on fewer than this share of the first 64 items (foundation.explain)")
+    pr.add_argument("--activity-threshold", type=float, default=0.1,
+                    help="with --skip-idle-below: relative change of the residual stream that counts as material")
     exp = add("explain", "attributions of a model on a data set, checked against planted signal where known")
     exp.add_argument("--model", required=True, help="a fine-tune or pretrained folder or Hub id (foundation.load)")
     exp.add_argument("--revision", default=None, help="Hub revision of --model")
@@ -240,11 +245,36 @@ def _predict(args: argparse.Namespace) -> int:
     data_cls = DATASETS.get(recipe.data.name, where="recipe key data.name")
     if hasattr(data_cls, "prepare"):
         data_cls.prepare(recipe.data.config)
-    out, rows, cfg = predict_dataset(model, data_cls(recipe.data.config), args.batch_size)
+    import contextlib
+
+    from foundation.explain.activity import skip_layers
+
+    dataset = data_cls(recipe.data.config)
+    if args.skip_idle_below is not None:
+        skip = _idle_layers(model, dataset, args.skip_idle_below, args.activity_threshold, args.batch_size)
+        print(f"skipping {len(skip)} idle layer(s): {', '.join(skip) or 'none'}")
+        ctx = skip_layers(model, skip)
+    else:
+        ctx = contextlib.nullcontext()
+    with ctx:
+        out, rows, cfg = predict_dataset(model, dataset, args.batch_size)
     names = list(cfg.class_names) or None
     path = write_predictions(args.out, out, cfg.task, names, rows)
     print(f"wrote {len(rows)} predictions of {args.model} to {path}")
     return 0
+
+
+def _idle_layers(model, dataset, below: float, threshold: float, batch_size: int) -> list[str]:
+    """Residual layers active (relative change > ``threshold``) on fewer than ``below`` of the first 64 items."""
+    from torch.utils.data import DataLoader, Subset
+
+    from foundation.explain.activity import layer_activity
+    from foundation.finetune.features import split_batch
+
+    loader = DataLoader(Subset(dataset, range(min(64, len(dataset)))), batch_size=batch_size,
+                        collate_fn=getattr(dataset, "collate", None))
+    batches = [split_batch(b)[0] if isinstance(b, dict) and "label" in b else b for b in loader]
+    return [r["layer"] for r in layer_activity(model, batches, threshold) if r["active_share"] < below]
 
 
 def _explain(args: argparse.Namespace) -> int:

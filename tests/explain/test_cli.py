@@ -46,3 +46,24 @@ def test_explain_refuses_a_method_that_does_not_apply(tmp_path, capsys):
     assert main(["explain", "--model", str(folder), "--data", recipe, *sets, "--out", str(tmp_path / "o"),
                  "--method", "rollout"]) == 2
     assert "'rollout' does not apply to this model; valid here: ig, occlusion, random" in capsys.readouterr().err
+
+
+def test_predict_skips_an_idle_layer_and_predicts_the_same(tmp_path, capsys):
+    """``foundation predict --skip-idle-below``: a block that adds nothing is measured idle, skipped, and the
+    predictions do not change."""
+    from torch import nn
+
+    torch.manual_seed(0)
+    (recipe, *data), encoder = MODALITIES["eeg"](tmp_path)
+    for lin in (encoder.blocks[1].attn.proj, encoder.blocks[1].mlp.fc2):
+        nn.init.zeros_(lin.weight)
+        nn.init.zeros_(lin.bias)
+    folder = tmp_path / "model"
+    TaskModel.for_encoder(encoder, 3).save_pretrained(folder)
+    sets = [a for kv in data for a in ("--set", kv)]
+    plain, skipped = tmp_path / "plain.csv", tmp_path / "skipped.csv"
+    assert main(["predict", "--model", str(folder), "--data", recipe, *sets, "--out", str(plain)]) == 0
+    assert main(["predict", "--model", str(folder), "--data", recipe, *sets, "--out", str(skipped),
+                 "--skip-idle-below", "0.5"]) == 0
+    assert "skipping 1 idle layer(s): encoder.blocks.1" in capsys.readouterr().out
+    assert plain.read_text() == skipped.read_text()
