@@ -106,7 +106,7 @@ def main() -> None:
         return
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    load = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+    load = subprocess.run(["uptime"], capture_output=True, text=True, check=False).stdout.strip()
     print(f"machine load before: {load}; torch threads {torch.get_num_threads()}; OMP_NUM_THREADS="
           f"{os.environ.get('OMP_NUM_THREADS')}")
     torch.manual_seed(0)
@@ -148,7 +148,7 @@ def main() -> None:
     merged = {**(json.loads(saved.read_text()) if saved.is_file() else {}), **json.loads(json.dumps(results, default=str))}
     saved.write_text(json.dumps(merged, indent=1))
     results = merged
-    print(f"machine load after: {subprocess.run(['uptime'], capture_output=True, text=True).stdout.strip()}")
+    print(f"machine load after: {subprocess.run(['uptime'], capture_output=True, text=True, check=False).stdout.strip()}")
     print(report(results))
 
 

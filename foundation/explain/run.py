@@ -361,7 +361,7 @@ def _explain_fmri(model: nn.Module, dataset: Any, methods: list[str], opts: Expl
         elif method == "occlusion":
             g = dataset.config.unit_size
             win = (1, x.shape[2], g[1], g[2], g[3])  # one mask unit's voxels over the whole window
-            attr = _batched(lambda sl: attribute("occlusion", net, x[sl], target[sl], window=win), len(idx), bs)
+            attr = _batched(lambda sl, w=win: attribute("occlusion", net, x[sl], target[sl], window=w), len(idx), bs)
         else:
             attr = attribute(method, net, x, target)
         res["seconds_per_item"][method] = (time.perf_counter() - t0) / len(idx)
@@ -472,7 +472,7 @@ def _explain_ultrasound(model: nn.Module, dataset: Any, methods: list[str], opts
             else:
                 kw = ({"n_steps": opts.ig_steps} if method == "ig" else {"window": (3, 8, 8), "stride": (3, 4, 4)}
                       if method == "occlusion" else {"first_layer": first} if method == "lrp" else {})
-                m = to_map(_batched(lambda sl: attribute(method, scalar, x[sl], target[sl], **kw), len(x), bs))
+                m = to_map(_batched(lambda sl, m=method, k=kw: attribute(m, scalar, x[sl], target[sl], **k), len(x), bs))
         res["seconds_per_item"][method] = (time.perf_counter() - t0) / len(x)
         maps[method] = m.detach().float()
     captions = [f"#{i}" + (f" y={int(v)}" if y is not None else "") for i, v in zip(idx, y if y is not None else idx)]
