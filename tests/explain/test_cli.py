@@ -67,3 +67,23 @@ def test_predict_skips_an_idle_layer_and_predicts_the_same(tmp_path, capsys):
                  "--skip-idle-below", "0.5"]) == 0
     assert "skipping 1 idle layer(s): encoder.blocks.1" in capsys.readouterr().out
     assert plain.read_text() == skipped.read_text()
+
+
+def test_explain_a_pretrained_ultrasound_model_by_its_segmentation_head(tmp_path):
+    from foundation.modalities.ultrasound.model import UltrasoundMTL, UltrasoundMTLConfig
+
+    torch.manual_seed(0)
+    folder = tmp_path / "export"
+    UltrasoundMTL(UltrasoundMTLConfig(backbone="tinynet_e", fpn_dim=16, head_dim=8,
+                                      tasks=("breast_3cls", "lung"))).save_pretrained(folder)
+    data = [f"data.cache_dir={tmp_path / 'us'}", "data.demo_images_per_task=8", "data.tasks=[breast_3cls,lung]",
+            "data.split=all"]
+    out = tmp_path / "explain"
+    assert main(["explain", "--model", str(folder), "--data", "ultrasound-mtl-tiny",
+                 *[a for kv in data for a in ("--set", kv)], "--out", str(out), "--task", "lung", "--n-items", "3",
+                 "--ig-steps", "4", "--method", "gradcam", "ig", "random"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert not summary["fine_tune"] and summary["head"] == "segmentation (lung)"
+    assert set(summary["pointing_game"]) == {"gradcam", "ig", "random"}
+    assert all(0 <= v["hit_rate"] <= 1 and v["n"] >= 1 for v in summary["pointing_game"].values())
+    assert (out / "overlays.png").stat().st_size > 5000 and (out / "layer_activity.png").is_file()
