@@ -276,8 +276,9 @@ def _explain_eeg(model: nn.Module, dataset: Any, methods: list[str], opts: Expla
         write_csv(out / f"eeg_{method}.csv", rows, a, names, cm.numpy(), sfreq)
         scores[method] = torch.from_numpy(np.abs(a.sum(-1)).sum(1))  # [S, C]: sum over bands of |sum over time|
         maps = {}
+        shown = torch.where(y >= 0, y, target)  # topomap rows: the label where known (an encoder has no class)
         for k, cls in enumerate(classes):
-            sel = [s for s in range(len(idx)) if int(target[s]) == k]
+            sel = [s for s in range(len(idx)) if int(shown[s]) == k]
             if not sel:
                 continue
             first = groups[idx[sel[0]]]
@@ -286,7 +287,7 @@ def _explain_eeg(model: nn.Module, dataset: Any, methods: list[str], opts: Expla
             m = np.abs(a[same].sum(-1)).mean(0)[:, real]  # [nb, C_real]: |sum over time|, mean over windows
             maps[cls] = (m, pos[same[0]].numpy()[real], [n for n, r in zip(names[same[0]] + [""] * len(real), real) if r])
         plot_topomaps(out / f"topomap_{method}.png", maps, title=f"{method}: mean |attribution| per class and band")
-        if set(classes) <= set(PLANTED):
+        if has_head(model) and set(classes) <= set(PLANTED):  # the class explained is the planted one
             per_class = {}
             for k, cls in enumerate(classes):
                 ratios = [planted_share(a[s], pos[s].numpy(), cm[s].numpy(), cls, bands=a.shape[1] > 1)
