@@ -1,4 +1,4 @@
-"""The ``foundation`` command: pretrain, finetune, export, push, predict, benchmark, info.
+"""The ``foundation`` command: pretrain, finetune, export, push, predict, benchmark, explain, info.
 
 Examples::
 
@@ -11,6 +11,7 @@ Examples::
     foundation benchmark --models runs/eeg/export --recipe deeperbrain-tiny-probe --methods linear-probe lora
     foundation export runs/eeg --out exported/
     foundation push exported/ my-org/deeperbrain-tiny --private
+    foundation explain --model runs/eeg-lora/adapter --data deeperbrain-tiny-probe --method ig rollout --out expl/
     foundation info
 """
 from __future__ import annotations
@@ -34,10 +35,11 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefa
         return super()._get_help_string(action)
 
 
-# every dependency of pyproject.toml (a test keeps them in step), plus braindecode (published EEG models) and triton
+# every dependency of pyproject.toml (a test keeps them in step), the extras the suite imports (braindecode for the
+# published EEG models; captum, zennit, grad-cam for `foundation explain`) and triton
 RUNTIME_PACKAGES = ("torch", "deepspeed", "numpy", "scipy", "scikit-learn", "safetensors", "huggingface_hub", "httpx2",
                     "peft", "timm", "monai", "mne", "mne-bids", "pybids", "nibabel", "nilearn", "pydicom", "matplotlib",
-                    "tqdm", "yaml", "braindecode", "triton")
+                    "tqdm", "yaml", "braindecode", "captum", "zennit", "grad-cam", "triton")
 METHODS_HELP = "linear-probe | mlp-probe | full | lora | dopamine | another registered adapter method"
 
 
@@ -131,6 +133,27 @@ def build_parser() -> argparse.ArgumentParser:
                     help="a field of the adapter's config for every adapter row, e.g. --adapter-set r=4")
     bm.add_argument("--output-dir", default=None, help="benchmark folder (default: a new runs/benchmark/<recipe>-"
                                                        "<timestamp>); an existing benchmark there resumes")
+    pr.add_argument("--skip-idle-below", type=float, default=None, metavar="SHARE",
+                    help="skip the residual layers that change the residual stream materially (relative change > "
+                         "--activity-threshold) on fewer than this share of the first 64 items (foundation.explain)")
+    pr.add_argument("--activity-threshold", type=float, default=0.1,
+                    help="with --skip-idle-below: relative change of the residual stream that counts as material")
+    exp = add("explain", "attributions of a model on a data set, checked against planted signal where known")
+    exp.add_argument("--model", required=True, help="a fine-tune or pretrained folder or Hub id (foundation.load)")
+    exp.add_argument("--revision", default=None, help="Hub revision of --model")
+    exp.add_argument("--data", required=True, help="a recipe (shipped name or YAML path) whose data section builds "
+                                                   "the data set")
+    exp.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="dotted override of the data recipe, repeatable")
+    exp.add_argument("--method", dest="methods", nargs="*", default=[],
+                     help="ig | occlusion | lrp | gradcam | rollout | random | relp (default: the modality's set)")
+    exp.add_argument("--out", required=True, help="folder for the maps, tables and plots")
+    exp.add_argument("--n-items", type=int, default=12, help="items explained, spread over the classes")
+    exp.add_argument("--items", type=int, nargs="*", default=[], help="explicit item indices of the data set")
+    exp.add_argument("--ig-steps", type=int, default=32, help="integrated-gradients steps")
+    exp.add_argument("--threshold", type=float, default=0.1,
+                     help="layer activity: relative change of the residual stream that counts as material")
+    exp.add_argument("--task", default="", help="ultrasound multi-task model: the segmentation head to explain")
     add("info", "versions, accelerator, recipes and registered components")
     return parser
 
@@ -296,10 +319,52 @@ def _predict(args: argparse.Namespace) -> int:
         dataset = importer.adapt_dataset(dataset, task_model.encoder)
     check_preprocessing(task_model.config.preprocessing, preprocessing_of(dataset), args.model,
                         f"--data {args.data}")
-    out, rows, cfg = predict_dataset(model, dataset, args.batch_size)
+    import contextlib
+
+    from foundation.explain.activity import skip_layers
+
+    if args.skip_idle_below is not None:
+        skip = _idle_layers(model, dataset, args.skip_idle_below, args.activity_threshold, args.batch_size)
+        print(f"skipping {len(skip)} idle layer(s): {', '.join(skip) or 'none'}")
+        ctx = skip_layers(model, skip)
+    else:
+        ctx = contextlib.nullcontext()
+    with ctx:
+        out, rows, cfg = predict_dataset(model, dataset, args.batch_size)
     names = list(cfg.class_names) or None
     path = write_predictions(args.out, out, cfg.task, names, rows)
     print(f"wrote {len(rows)} predictions of {args.model} to {path}")
+    return 0
+
+
+def _idle_layers(model, dataset, below: float, threshold: float, batch_size: int) -> list[str]:
+    """Residual layers active (relative change > ``threshold``) on fewer than ``below`` of the first 64 items."""
+    from torch.utils.data import DataLoader, Subset
+
+    from foundation.explain.activity import layer_activity
+    from foundation.finetune.features import split_batch
+
+    loader = DataLoader(Subset(dataset, range(min(64, len(dataset)))), batch_size=batch_size,
+                        collate_fn=getattr(dataset, "collate", None))
+    batches = [split_batch(b)[0] if isinstance(b, dict) and "label" in b else b for b in loader]
+    return [r["layer"] for r in layer_activity(model, batches, threshold) if r["active_share"] < below]
+
+
+def _explain(args: argparse.Namespace) -> int:
+    import json
+
+    import foundation
+    from foundation.config import load_recipe
+    from foundation.explain import ExplainOptions, explain
+
+    opts = ExplainOptions(methods=tuple(args.methods), n_items=args.n_items, items=tuple(args.items),
+                          ig_steps=args.ig_steps, threshold=args.threshold, task=args.task)
+    load_recipe(args.data, args.overrides)  # checked before the model loads
+    model = foundation.load(args.model, revision=args.revision)
+    summary = explain(model, args.data, args.overrides, out=args.out, options=opts)
+    keys = ("planted_share", "blob_auroc", "pointing_game", "seconds_per_item")
+    print(json.dumps({k: summary[k] for k in keys if k in summary}, indent=2))
+    print(f"explanations of {args.model} on {args.data} in {args.out} (summary.json)")
     return 0
 
 
@@ -439,6 +504,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _predict(args)
         if args.command == "benchmark":
             return _benchmark(args)
+        if args.command == "explain":
+            return _explain(args)
         return _info()
     except FoundationError as err:
         print(f"error: {err}", file=sys.stderr)

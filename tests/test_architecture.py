@@ -24,7 +24,7 @@ LAYERS = {
     "hub": 2, "adapters": 2,
     "modalities": 3,
     "pretrain": 4, "finetune": 4, "recipes": 4, "loading": 4,
-    "cli": 5, "benchmark": 5,
+    "cli": 5, "benchmark": 5, "explain": 5,
 }
 # a modality's tools built on fine-tuning and evaluation (probes, studies, the challenge commands) sit on top of
 # `finetune`, beside the CLI: nothing in the suite imports them

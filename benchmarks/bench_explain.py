@@ -1,0 +1,195 @@
+"""Explanations checked against the demo corpora's planted signal, per modality and method.
+
+    python benchmarks/bench_explain.py --out runs/bench-explain [--steps 120] [--items 16] [--only eeg fmri us-cls us-seg]
+
+For each shipped model a tiny encoder (the ``*-tiny`` recipe's sizes, random init: no pretraining run) is
+fully fine-tuned in-process by the suite's runner on the ``*-tiny-probe`` demo task (``--steps`` steps), then
+explained on the runner's own held-out subjects/patients with :func:`foundation.explain.explain`:
+
+- EEG: share of |attribution| on the planted channels and bands per class vs uniform (target >= 2x);
+- fMRI: AUROC of the voxel maps against the driven network's blobs (target >= 0.8);
+- ultrasound: a segmentation model (the tiny recipe's sizes, the ``lung`` task of the multi-task demo corpus,
+  trained ``--steps`` steps with the multi-task objective) is explained on held-out images: pointing game
+  against the planted masks (target >= 0.8) with a random baseline; the classification fine-tune is explained
+  too (deletion curves; its demo corpus keeps no object mask);
+- deletion curves of every method vs random (area between the curves);
+- RelP and attribution patching vs activation patching on the EEG fine-tune (Pearson r per component);
+- layer activity and the accuracy/time of skipping idle layers.
+
+Prints markdown tables (for benchmarks/RESULTS.md) and writes every explanation folder under ``--out``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import torch
+
+from foundation.config import dataclass_to_dict, load_recipe
+from foundation.eval.report import markdown_table
+from foundation.explain import ExplainOptions, explain
+from foundation.finetune.runner import FinetuneOptions, _split, run_finetune
+from foundation.registry import DATASETS, MODELS
+
+TRAIN = ["train.warmup_steps=5", "train.progress_bar=false"]
+
+
+def _finetune(recipe_name: str, data: list[str], base_model: torch.nn.Module, out: Path, steps: int):
+    recipe = load_recipe(recipe_name, data + TRAIN + [f"train.steps={steps}"])
+    base = out / "base"
+    base_model.save_pretrained(base)
+    ds_cls = DATASETS.get(recipe.data.name)
+    ds_cls.prepare(recipe.data.config)
+    dataset = ds_cls(recipe.data.config)
+    _, test, _ = _split(dataset, FinetuneOptions(method="full"), "classification")
+    t0 = time.perf_counter()
+    res = run_finetune(recipe, str(base), out / "ft", FinetuneOptions(method="full"))
+    import foundation
+
+    model = foundation.load(out / "ft" / "model")
+    return model, dataset, list(test.indices), res["metrics"], time.perf_counter() - t0
+
+
+def _encoder(recipe: str, **changes):
+    rec = load_recipe(recipe)
+    cls = MODELS.get(rec.model.name)
+    fields = dataclass_to_dict(rec.model.config)
+    return cls(cls.config_class(**{**fields, **changes}))
+
+
+def _train_segmentation(out: Path, steps: int, images: int) -> tuple[torch.nn.Module, list[str], float]:
+    """The tiny ultrasound model on the ``lung`` segmentation task alone, trained with the multi-task objective."""
+    from foundation.registry import OBJECTIVES
+
+    data = [f"data.cache_dir={out / 'us-seg-cache'}", f"data.demo_images_per_task={images}", "data.tasks=[lung]",
+            "data.split=train", "data.augment=false"]
+    recipe = load_recipe("ultrasound-mtl-tiny", data + ["objective.tasks=[lung]"])
+    ds_cls = DATASETS.get(recipe.data.name)
+    ds_cls.prepare(recipe.data.config)
+    train = ds_cls(recipe.data.config)
+    model = _encoder("ultrasound-mtl-tiny", tasks=("lung",))
+    obj_cls = OBJECTIVES.get(recipe.objective.name)
+    objective = obj_cls(recipe.objective.config)
+    opt = torch.optim.AdamW(list(model.parameters()) + list(objective.parameters()), lr=3e-3)
+    t0 = time.perf_counter()
+    model.train()
+    for step in range(steps):
+        batch = train[step]
+        loss, _ = objective(model, batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    return model, [*data[:3], "data.split=val", "data.augment=false"], time.perf_counter() - t0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="runs/bench-explain")
+    parser.add_argument("--steps", type=int, default=150)
+    parser.add_argument("--items", type=int, default=24)
+    parser.add_argument("--only", nargs="*", default=["eeg", "fmri", "us-cls", "us-seg"])
+    parser.add_argument("--threshold", type=float, default=0.1, help="layer activity: material relative change")
+    parser.add_argument("--fmri-items", type=int, default=8, help="fMRI windows explained (occlusion is the cost)")
+    parser.add_argument("--report", nargs="*", default=None, metavar="RESULTS_JSON",
+                        help="only print the tables of these results.json files (merged), e.g. of parallel runs")
+    args = parser.parse_args()
+    if args.report is not None:
+        merged: dict = {}
+        for path in args.report:
+            merged.update(json.loads(Path(path).read_text()))
+        print(report(merged))
+        return
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    load = subprocess.run(["uptime"], capture_output=True, text=True, check=False).stdout.strip()
+    print(f"machine load before: {load}; torch threads {torch.get_num_threads()}; OMP_NUM_THREADS="
+          f"{os.environ.get('OMP_NUM_THREADS')}")
+    torch.manual_seed(0)
+    results = {}
+    if "eeg" in args.only:
+        data = [f"data.cache_dir={out / 'eeg-cache'}", "train.micro_batch_size=16"]
+        model, ds, test, metrics, secs = _finetune("deeperbrain-tiny-probe", data, _encoder("deeperbrain-tiny"),
+                                                   out / "eeg", args.steps)
+        opts = ExplainOptions(methods=("ig", "occlusion", "rollout", "random", "relp"), items=tuple(test[:args.items]),
+                              threshold=args.threshold)
+        results["eeg"] = {"finetune": metrics, "train_s": secs,
+                          "summary": explain(model, ds, out=out / "eeg" / "explain", options=opts)}
+        print("eeg done", json.dumps(results["eeg"]["summary"].get("planted_share")), flush=True)
+    if "fmri" in args.only:
+        data = [f"data.cache_dir={out / 'fmri-cache'}", "data.demo_subjects=24"]
+        model, ds, test, metrics, secs = _finetune("slim-brain-tiny-probe", data, _encoder("slim-brain-tiny"),
+                                                   out / "fmri", args.steps)
+        opts = ExplainOptions(items=tuple(test[:args.fmri_items]), batch_size=2, ig_steps=16)
+        results["fmri"] = {"finetune": metrics, "train_s": secs,
+                           "summary": explain(model, ds, out=out / "fmri" / "explain", options=opts)}
+        print("fmri done", json.dumps(results["fmri"]["summary"].get("blob_auroc")), flush=True)
+    if "us-cls" in args.only:
+        data = [f"data.cache_dir={out / 'us-cache'}"]
+        model, ds, test, metrics, secs = _finetune("ultrasound-mtl-tiny-probe", data,
+                                                   _encoder("ultrasound-mtl-tiny", tasks=("breast_3cls",)),
+                                                   out / "us-cls", args.steps)
+        opts = ExplainOptions(items=tuple(test[:args.items]))
+        results["us-cls"] = {"finetune": metrics, "train_s": secs,
+                             "summary": explain(model, ds, out=out / "us-cls" / "explain", options=opts)}
+        print("us-cls done", flush=True)
+    if "us-seg" in args.only:
+        model, data, secs = _train_segmentation(out, args.steps, images=48)
+        opts = ExplainOptions(n_items=args.items, task="lung")
+        results["us-seg"] = {"train_s": secs,
+                             "summary": explain(model, "ultrasound-mtl-tiny", data, out=out / "us-seg" / "explain",
+                                                options=opts)}
+        print("us-seg done", json.dumps(results["us-seg"]["summary"].get("pointing_game")), flush=True)
+    saved = out / "results.json"  # sections run separately (--only) add up
+    merged = {**(json.loads(saved.read_text()) if saved.is_file() else {}), **json.loads(json.dumps(results, default=str))}
+    saved.write_text(json.dumps(merged, indent=1))
+    results = merged
+    print(f"machine load after: {subprocess.run(['uptime'], capture_output=True, text=True, check=False).stdout.strip()}")
+    print(report(results))
+
+
+def report(results: dict) -> str:
+    """Markdown tables of the ground-truth scores, deletion areas, RelP, layer activity."""
+    lines = []
+    rows = []
+    for mod, r in results.items():
+        s = r["summary"]
+        dele = {d["method"]: d["area_vs_random"] for d in s.get("deletion", [])}
+        for m in s["methods"]:
+            if m == "relp":
+                continue
+            row = {"modality": mod, "method": m, "seconds/item": s["seconds_per_item"].get(m)}
+            if "planted_share" in s and m in s["planted_share"]:
+                for cls, v in s["planted_share"][m].items():
+                    row[f"{cls} share/uniform"] = v["ratio"]
+            if "blob_auroc" in s and m in s["blob_auroc"]:
+                row["blob AUROC"] = s["blob_auroc"][m]["mean"]
+            if "pointing_game" in s and m in s["pointing_game"]:
+                row["pointing game"] = s["pointing_game"][m]["hit_rate"]
+                row["n images"] = s["pointing_game"][m]["n"]
+            row["deletion area vs random"] = dele.get(m)
+            rows.append(row)
+        if "finetune" in r:
+            lines.append(f"- {mod}: held-out balanced accuracy of the fine-tune {r['finetune']['balanced_accuracy']:.3f} "
+                         f"(trained {r['train_s']:.0f} s)")
+    lines.append("")
+    lines.append(markdown_table(rows, ".3f"))
+    if "eeg" in results and "relp" in results["eeg"]["summary"]:
+        lines.append(markdown_table([results["eeg"]["summary"]["relp"]], ".3f"))
+    for mod, r in results.items():
+        s = r["summary"]
+        if s.get("skip_layers"):
+            lines.append(f"{mod}: layer activity (share of inputs with relative change > {s['options']['threshold']})")
+            lines.append(markdown_table([{"layer": a["layer"], "active share": a["active_share"],
+                                          "mean change": a["mean_change"]} for a in s["layer_activity"]], ".3f"))
+            lines.append(markdown_table([{k: v for k, v in row.items() if k != "layers"} for row in s["skip_layers"]],
+                                        ".3f"))
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
