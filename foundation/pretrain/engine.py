@@ -214,9 +214,9 @@ class Engine:
                              touch_all_params=dist.world_size > 1 and recipe.deepspeed.zero_stage < 3)
         optimizer = build_optimizer(module, train)
         if train.compile:
-            # in place: the parameters and state-dict keys stay the module's own, so checkpoints, resume and
-            # export read as without compile
-            module.compile(mode=train.compile_mode)
+            # the step after mask sampling is compiled; parameters and state-dict keys stay the module's own, so
+            # checkpoints, resume and export read as without compile
+            module.compile_step(train.compile_mode)
         engine, _, _, _ = deepspeed.initialize(
             model=module, optimizer=optimizer, config=deepspeed_config(recipe),
             lr_scheduler=lambda opt: WarmupCosineScheduler(opt, train),
