@@ -225,7 +225,8 @@ def _med(xs: list[float]) -> float:
     return statistics.median(xs)
 
 
-def steps_table(old: Path, workdir: Path, recipes: list[str], rounds: int, reps: int, breaks: bool) -> list[str]:
+def steps_table(old: Path, workdir: Path, recipes: list[str], rounds: int, reps: int, breaks: bool,
+                compile_step: bool = True) -> list[str]:
     batch_file = make_batches(workdir)
     rows = ["| recipe | opt new/old | opt ms old -> new | step new/old (eager) | step ms old -> new | "
             "compiled/new eager | compile s | DS stage 0 / bare | DS recipe stage / bare | graph breaks | "
@@ -249,7 +250,7 @@ def steps_table(old: Path, workdir: Path, recipes: list[str], rounds: int, reps:
         n_breaks = new.ask("breaks") if breaks and not recipe.startswith("ultrasound") else "not run"
         rss_old = procs["old"].ask("peak_rss_mib")
         procs["old"].close()
-        compile_s = new.ask("compile", warmup=reps)
+        compile_s = new.ask("compile", warmup=reps) if compile_step else "not run"
         comp = [new.ask("step", reps=reps) for _ in range(rounds)] if not isinstance(compile_s, str) else []
         eager = t["step_new"]  # the same worker's eager figure, taken before compiling
         rss_new = new.ask("peak_rss_mib")
@@ -341,6 +342,7 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--no-breaks", action="store_true", help="skip the torch._dynamo.explain count (minutes for the "
                     "ultrasound model on CPU)")
+    ap.add_argument("--no-compile", action="store_true", help="skip the compiled step (minutes per recipe on CPU)")
     ap.add_argument("--write", type=Path, default=None)
     args = ap.parse_args()
     import torch
@@ -351,7 +353,7 @@ def main() -> None:
     out = [f"uptime at start: {os.popen('uptime').read().strip()}"]
     if "steps" in parts:
         out += ["", *steps_table(args.old.resolve(), args.workdir.resolve(), args.recipes.split(","), args.rounds, args.reps,
-                                 not args.no_breaks)]
+                                 not args.no_breaks, not args.no_compile)]
     if "act" in parts:
         out += ["", *act_table(15)]
     if "kan" in parts:
