@@ -57,6 +57,7 @@ def _act_bits(m: nn.Module) -> nn.Module:
     return m
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.xfail(strict=True, reason="8-bit attention core: "
                                               "torch.autograd.grad in backward")) if c in KNOWN_BREAKS else c
                                   for c in sorted(CASES)])
