@@ -68,8 +68,16 @@ class TrainConfig:
         "seconds a rank waits in a collective (all-reduce, barrier) for the others before the run stops with an "
         "error naming the ranks that did not answer; longer than any work one rank does alone (data preparation "
         "on rank 0, a checkpoint write)"))
+    compile: bool = field(default=False, metadata=_help(
+        "torch.compile the model and objective (the module DeepSpeed wraps); weights, checkpoints and export "
+        "stay as without it"))
+    compile_mode: str = field(default="default", metadata=_help(
+        "torch.compile mode: default, reduce-overhead, max-autotune or max-autotune-no-cudagraphs"))
 
     def __post_init__(self) -> None:
+        modes = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+        if self.compile_mode not in modes:
+            raise ConfigError(f"train.compile_mode: unknown value {self.compile_mode!r}; valid: {', '.join(modes)}")
         for name in ("steps", "micro_batch_size", "log_every", "keep_last"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")

@@ -207,10 +207,18 @@ def unpack(
     return padded, mask
 
 
-def sample_ids(cu_seqlens: torch.Tensor) -> torch.Tensor:
-    """Which sample each packed token belongs to: cu_seqlens [B + 1] -> [K] int64 (K = cu_seqlens[-1])."""
-    lens = (cu_seqlens[1:] - cu_seqlens[:-1]).long()  # [B]
-    return torch.repeat_interleave(torch.arange(len(lens), device=cu_seqlens.device), lens)
+def sample_ids(cu_seqlens: torch.Tensor, total: int | None = None) -> torch.Tensor:
+    """Which sample each packed token belongs to: cu_seqlens [B + 1] -> [K] int64 (K = cu_seqlens[-1]).
+
+    Args:
+        cu_seqlens: sequence starts [B + 1].
+        total: K when the caller knows it (the packed buffer's length): then the output's size is not read
+            from the data, which keeps a ``torch.compile``-d caller in one graph (no device read either).
+    """
+    if total is None:
+        total = int(cu_seqlens[-1])
+    tokens = torch.arange(total, device=cu_seqlens.device, dtype=cu_seqlens.dtype)  # [K]
+    return torch.searchsorted(cu_seqlens[1:].contiguous(), tokens, right=True)  # #ends <= t: t's sample
 
 
 def packed_mean(tokens: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
@@ -219,5 +227,5 @@ def packed_mean(tokens: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
     A sample with no token gets zeros (its sum over an empty set, divided by 1).
     """
     lens = (cu_seqlens[1:] - cu_seqlens[:-1]).long()  # [B]
-    sums = tokens.new_zeros(len(lens), tokens.shape[-1]).index_add_(0, sample_ids(cu_seqlens), tokens)  # [K, D] -> [B, D]
+    sums = tokens.new_zeros(len(lens), tokens.shape[-1]).index_add_(0, sample_ids(cu_seqlens, tokens.shape[0]), tokens)  # [K, D] -> [B, D]
     return sums / lens.clamp(min=1)[:, None].to(sums.dtype)

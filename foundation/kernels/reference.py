@@ -3,7 +3,8 @@
 The same maths as the Triton kernels of :mod:`foundation.kernels.triton_varlen`
 (FlashAttention-2, Dao 2023, "FlashAttention-2: Faster Attention with Better
 Parallelism and Work Partitioning", https://arxiv.org/abs/2307.08691), written
-segment by segment with plain torch ops so that it runs on any device. It is the
+with plain torch ops on the sequences laid out as a padded batch (keys past a
+sequence's end masked), so that it runs on any device without a loop over sequences. It is the
 CPU implementation of the ``foundation::varlen_attn_fwd`` / ``_bwd`` ops and the
 path taken whenever CUDA or triton is missing.
 
@@ -27,17 +28,47 @@ import torch
 __all__ = ["reference_varlen_fwd", "reference_varlen_bwd", "reference_varlen_dropout"]
 
 
-def _segments(cu_seqlens: torch.Tensor) -> list[tuple[int, int]]:
-    bounds = cu_seqlens.tolist()
-    return [(s, e) for s, e in zip(bounds[:-1], bounds[1:]) if e > s]
+class _Padded:
+    """The packed layout as a padded batch: token t of sequence b sits at ``[b, pos]``; keys past a length masked.
+
+    Built from ``cu_seqlens`` with one host read (the longest length); no Python loop over sequences.
+    """
+
+    def __init__(self, cu_seqlens: torch.Tensor, total: int, dtype: torch.dtype) -> None:
+        cu = cu_seqlens.long()
+        lens = cu[1:] - cu[:-1]  # [S]
+        self.S = lens.numel()
+        self.L = max(int(lens.max()), 1) if total else 1
+        tok = torch.arange(total, device=cu.device)
+        self.seg = torch.searchsorted(cu[1:].contiguous(), tok, right=True)  # [T] sequence of each token
+        self.pos = tok - cu[self.seg]  # [T] position inside it
+        keys = torch.arange(self.L, device=cu.device)[None] < lens[:, None]  # [S, L] True = a real key
+        self.mask = torch.zeros(self.S, 1, 1, self.L, dtype=dtype, device=cu.device).masked_fill_(
+            ~keys[:, None, None, :], float("-inf"))  # additive [S, 1, 1, L]
+
+    def pad(self, t: torch.Tensor) -> torch.Tensor:
+        """[T, H, Dh] -> [S, H, L, Dh] (zeros at padding)."""
+        out = t.new_zeros(self.S, self.L, *t.shape[1:])
+        out[self.seg, self.pos] = t
+        return out.transpose(1, 2)
+
+    def unpad(self, t: torch.Tensor) -> torch.Tensor:
+        """[S, H, L, Dh] -> [T, H, Dh]."""
+        return t.transpose(1, 2)[self.seg, self.pos]
+
+    def pad_rows(self, lse: torch.Tensor) -> torch.Tensor:
+        """Per-row values [H, T] -> [S, H, L] (0 at padded rows, which carry no gradient)."""
+        out = lse.new_zeros(self.S, self.L, lse.shape[0])
+        out[self.seg, self.pos] = lse.transpose(0, 1)
+        return out.transpose(1, 2)
+
+    def unpad_rows(self, t: torch.Tensor) -> torch.Tensor:
+        """[S, H, L] -> [H, T]."""
+        return t.transpose(1, 2)[self.seg, self.pos].transpose(0, 1).contiguous()
 
 
 _CPU_FLASH = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
 _CPU_FLASH_BWD = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
-
-
-def _bhnd(t: torch.Tensor) -> torch.Tensor:
-    return t.transpose(0, 1).unsqueeze(0)  # [n, H, Dh] -> [1, H, n, Dh]
 
 
 def _acc_dtype(q: torch.Tensor) -> torch.dtype:
@@ -65,25 +96,19 @@ def reference_varlen_fwd(
     """
     T, H, _ = q.shape
     acc = _acc_dtype(q)
-    out = torch.empty_like(q)
-    lse = torch.empty(H, T, dtype=acc, device=q.device)
+    if T == 0:
+        return torch.empty_like(q), torch.empty(H, 0, dtype=acc, device=q.device)
     if q.device.type == "cpu" and aten_cpu:
-        for s, e in _segments(cu_seqlens):
-            qs, ks, vs = (_bhnd(t[s:e]) for t in (q, k, v))  # [n, H, Dh] -> [1, H, n, Dh]
-            o, seg_lse = _CPU_FLASH(qs, ks, vs, 0.0, False, scale=scale)
-            out[s:e] = o[0].transpose(0, 1)  # [1, H, n, Dh] -> [n, H, Dh]
-            lse[:, s:e] = seg_lse[0]
-        return out, lse
-    for s, e in _segments(cu_seqlens):
-        qs = q[s:e].to(acc).transpose(0, 1)  # [n, H, Dh] -> [H, n, Dh]
-        ks = k[s:e].to(acc).transpose(0, 1)
-        vs = v[s:e].to(acc).transpose(0, 1)
-        scores = torch.matmul(qs, ks.transpose(1, 2)) * scale  # [H, n, n]
-        row_lse = torch.logsumexp(scores, dim=-1)  # [H, n]
-        probs = torch.exp(scores - row_lse.unsqueeze(-1))
-        out[s:e] = torch.matmul(probs, vs).transpose(0, 1).to(q.dtype)  # [H, n, Dh] -> [n, H, Dh]
-        lse[:, s:e] = row_lse
-    return out, lse
+        pad = _Padded(cu_seqlens, T, q.dtype)
+        o, lse = _CPU_FLASH(pad.pad(q), pad.pad(k), pad.pad(v), 0.0, False, attn_mask=pad.mask, scale=scale)
+        return pad.unpad(o).to(q.dtype), pad.unpad_rows(lse).to(acc)
+    pad = _Padded(cu_seqlens, T, acc)
+    qs, ks, vs = (pad.pad(t.to(acc)) for t in (q, k, v))  # [S, H, L, Dh]
+    scores = torch.matmul(qs, ks.transpose(-1, -2)) * scale + pad.mask  # [S, H, L, L]
+    row_lse = torch.logsumexp(scores, dim=-1)  # [S, H, L]
+    probs = torch.exp(scores - row_lse.unsqueeze(-1))
+    out = pad.unpad(torch.matmul(probs, vs)).to(q.dtype)  # [S, H, L, Dh] -> [T, H, Dh]
+    return out, pad.unpad_rows(row_lse)
 
 
 def reference_varlen_bwd(
@@ -114,31 +139,25 @@ def reference_varlen_bwd(
     Returns:
         ``(dq, dk, dv)``, each [T, H, Dh] in the dtype of q.
     """
+    T = q.shape[0]
+    if T == 0:
+        return torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
     acc = _acc_dtype(q)
-    dq = torch.zeros_like(q)
-    dk = torch.zeros_like(k)
-    dv = torch.zeros_like(v)
     if q.device.type == "cpu" and aten_cpu:
-        for s, e in _segments(cu_seqlens):
-            qs, ks, vs, os_, dos = (_bhnd(t[s:e]) for t in (q, k, v, out, grad_out))  # [n, H, Dh] -> [1, H, n, Dh]
-            seg_lse = lse[:, s:e].unsqueeze(0).contiguous()  # [H, n] -> [1, H, n]
-            grads = _CPU_FLASH_BWD(dos, qs, ks, vs, os_, seg_lse, 0.0, False, scale=scale)
-            for buf, g in zip((dq, dk, dv), grads):
-                buf[s:e] = g[0].transpose(0, 1)  # [1, H, n, Dh] -> [n, H, Dh]
-        return dq, dk, dv
-    delta = (grad_out.to(acc) * out.to(acc)).sum(-1).transpose(0, 1)  # [T, H] -> [H, T]
-    for s, e in _segments(cu_seqlens):
-        qs = q[s:e].to(acc).transpose(0, 1)  # [n, H, Dh] -> [H, n, Dh]
-        ks = k[s:e].to(acc).transpose(0, 1)
-        vs = v[s:e].to(acc).transpose(0, 1)
-        dos = grad_out[s:e].to(acc).transpose(0, 1)
-        probs = torch.exp(torch.matmul(qs, ks.transpose(1, 2)) * scale - lse[:, s:e].unsqueeze(-1))  # [H, n, n]
-        dv[s:e] = torch.matmul(probs.transpose(1, 2), dos).transpose(0, 1).to(v.dtype)
-        dp = torch.matmul(dos, vs.transpose(1, 2))  # [H, n, n]
-        ds = probs * (dp - delta[:, s:e].unsqueeze(-1))
-        dq[s:e] = (torch.matmul(ds, ks) * scale).transpose(0, 1).to(q.dtype)
-        dk[s:e] = (torch.matmul(ds.transpose(1, 2), qs) * scale).transpose(0, 1).to(k.dtype)
-    return dq, dk, dv
+        pad = _Padded(cu_seqlens, T, q.dtype)
+        grads = _CPU_FLASH_BWD(pad.pad(grad_out), pad.pad(q), pad.pad(k), pad.pad(v), pad.pad(out),
+                               pad.pad_rows(lse).contiguous(), 0.0, False, attn_mask=pad.mask, scale=scale)
+        return tuple(pad.unpad(g).to(t.dtype) for g, t in zip(grads, (q, k, v)))  # type: ignore[return-value]
+    pad = _Padded(cu_seqlens, T, acc)
+    delta = pad.pad_rows((grad_out.to(acc) * out.to(acc)).sum(-1).transpose(0, 1))  # [T, H] -> [S, H, L]
+    qs, ks, vs, dos = (pad.pad(t.to(acc)) for t in (q, k, v, grad_out))  # [S, H, L, Dh]
+    scores = torch.matmul(qs, ks.transpose(-1, -2)) * scale + pad.mask  # [S, H, L, L]
+    probs = torch.exp(scores - pad.pad_rows(lse.to(acc)).unsqueeze(-1))
+    dv = torch.matmul(probs.transpose(-1, -2), dos)
+    ds = probs * (torch.matmul(dos, vs.transpose(-1, -2)) - delta.unsqueeze(-1))
+    dq = torch.matmul(ds, ks) * scale
+    dk = torch.matmul(ds.transpose(-1, -2), qs) * scale
+    return pad.unpad(dq).to(q.dtype), pad.unpad(dk).to(k.dtype), pad.unpad(dv).to(v.dtype)
 
 
 def reference_varlen_dropout(
@@ -147,7 +166,7 @@ def reference_varlen_dropout(
     """Packed attention with dropout on the attention probabilities (training only).
 
     The fused kernels have no dropout; this path runs ``scaled_dot_product_attention``
-    per segment under ordinary autograd.
+    on the padded batch under ordinary autograd.
 
     Args:
         q, k, v: [T, H, Dh].
@@ -158,9 +177,9 @@ def reference_varlen_dropout(
     Returns:
         The output [T, H, Dh].
     """
-    outs = []
-    for s, e in _segments(cu_seqlens):
-        qs, ks, vs = (t[s:e].transpose(0, 1) for t in (q, k, v))  # [n, H, Dh] -> [H, n, Dh]
-        o = torch.nn.functional.scaled_dot_product_attention(qs, ks, vs, dropout_p=dropout_p, scale=scale)
-        outs.append(o.transpose(0, 1))  # [H, n, Dh] -> [n, H, Dh]
-    return torch.cat(outs, dim=0) if outs else q.new_empty(q.shape)
+    if q.shape[0] == 0:
+        return q.new_empty(q.shape)
+    pad = _Padded(cu_seqlens, q.shape[0], q.dtype)
+    o = torch.nn.functional.scaled_dot_product_attention(pad.pad(q), pad.pad(k), pad.pad(v), attn_mask=pad.mask,
+                                                         dropout_p=dropout_p, scale=scale)  # [S, H, L, Dh]
+    return pad.unpad(o)

@@ -9,7 +9,13 @@ k-th percentile is estimated under a Gaussian assumption as ``mean + z_k * std``
     soft:  ASH(x) = x * sigmoid(alpha * (x - mean(x) - z_k * std(x)))
 
 Statistics are taken over the feature axis (or axes) ``dim`` of each sample, in float32 (population std), then cast
-back to the input dtype. ``z_k`` is learnable in the soft form. Whether the paper learns ``alpha`` is unverified:
+back to the input dtype. ``z_k`` is learnable in the soft form. The soft form's backward is written out by hand and
+saves only ``x`` and the per-sample mean and std (plain autograd keeps five tensors of ``x``'s size); with
+``t = mean + z_k std``, ``s = sigmoid(alpha (x - t))``, ``q = dL/dy * x * s (1 - s)`` and n entries per sample:
+
+    dL/dx = dL/dy * s + alpha q + dL/dt (1/n + z_k (x - mean) / (n std)),   dL/dt = -alpha sum(q)
+    dL/dz_k = dL/dt std,   dL/dalpha = sum(q (x - t))
+ Whether the paper learns ``alpha`` is unverified:
 ``learn_alpha`` switches it on (unverified), and the default ``alpha = 1.0`` is ours (unverified).
 """
 from __future__ import annotations
@@ -47,6 +53,37 @@ def _threshold(x: torch.Tensor, dim: int | tuple[int, ...], z: torch.Tensor, lay
     xf = x.to(stat_dtype(x))
     var, mean = torch.var_mean(xf, dim=axes, correction=0, keepdim=True)
     return (mean + z.to(xf.dtype) * var.sqrt()).to(x.dtype)
+
+
+class _SoftASHFn(torch.autograd.Function):
+    """``x * sigmoid(alpha (x - mean - z std))`` over ``axes``; saves ``x``, the stats and the two scalars."""
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, x: torch.Tensor, z: torch.Tensor, alpha: torch.Tensor,
+                axes: tuple[int, ...]) -> torch.Tensor:
+        xf = x.to(stat_dtype(x))
+        var, mean = torch.var_mean(xf, dim=axes, correction=0, keepdim=True)
+        std = var.sqrt()
+        thr = (mean + z.to(xf.dtype) * std).to(x.dtype)
+        ctx.save_for_backward(x, mean, std, z, alpha)
+        ctx.axes = axes
+        return x * torch.sigmoid(alpha * (x - thr))
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        x, mean, std, z, alpha = ctx.saved_tensors
+        axes = ctx.axes
+        thr = (mean + z.to(mean.dtype) * std).to(x.dtype)
+        s = torch.sigmoid(alpha * (x - thr))
+        q = grad * x * s * (1 - s)
+        grad_thr = -alpha * q.sum(dim=axes, keepdim=True)  # [..] per sample
+        gt = grad_thr.to(mean.dtype)
+        n = x.numel() // gt.numel()
+        xf = x.to(mean.dtype)
+        grad_x = grad * s + alpha * q + (gt / n + gt * z.to(mean.dtype) * (xf - mean) / (n * std)).to(x.dtype)
+        grad_z = (gt * std).sum().reshape(z.shape).to(z.dtype) if ctx.needs_input_grad[1] else None
+        grad_alpha = (q * (x - thr)).sum().reshape(alpha.shape) if ctx.needs_input_grad[2] else None
+        return grad_x, grad_z, grad_alpha, None
 
 
 class ASH(nn.Module):
@@ -96,8 +133,7 @@ class ASH(nn.Module):
         Returns:
             Output of the same shape.
         """
-        thr = _threshold(x, self.dim, self.z_k, "ASH")
-        return x * torch.sigmoid(self.alpha.to(x.dtype) * (x - thr))
+        return _SoftASHFn.apply(x, self.z_k, self.alpha.to(x.dtype), _axes(x, self.dim, "ASH"))
 
     def extra_repr(self) -> str:
         return f"k={self.k}, alpha={self.alpha_init}, dim={self.dim}"

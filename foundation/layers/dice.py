@@ -11,17 +11,50 @@ feature (over every axis except the feature axis, population variance) and runni
 ``nn.BatchNorm`` (momentum 0.1, unbiased running variance); in eval mode the running averages are used. ``alpha``
 is one learnable value per feature, initialised to 0 (so Dice starts as a smooth, data-centred gate of ``s``).
 ``eps = 1e-8`` follows the paper's text (unverified).
+
+The backward is written out by hand and saves ``s`` and the per-feature mean and 1/std (plain autograd keeps four
+tensors of ``s``'s size). With ``z`` the normalised input, ``r = dL/dy * s * (1 - alpha) * p (1 - p)`` and means
+over the statistics axes (training; in eval mode the statistics are constants and only ``r / std`` remains):
+
+    dL/ds = dL/dy * (alpha + (1 - alpha) p) + (r - mean(r) - z mean(r z)) / std,   dL/dalpha = sum(dL/dy s (1 - p))
 """
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from foundation.errors import DataError
 from foundation.layers._shape import along, feature_axis, require_num_features, stat_dtype
 
 __all__ = ["Dice"]
+
+
+class _DiceFn(torch.autograd.Function):
+    """``s * (p + alpha (1 - p))``, ``p = sigmoid((s - mean) * rstd)``; ``mean`` and ``rstd`` broadcast per feature.
+
+    ``batch_stats`` says whether they are the batch's own (their gradient flows back to ``s``) or running values.
+    """
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, s: torch.Tensor, alpha: torch.Tensor, mean: torch.Tensor,
+                rstd: torch.Tensor, batch_stats: bool) -> torch.Tensor:
+        p = torch.sigmoid((s.to(mean.dtype) - mean) * rstd).to(s.dtype)
+        ctx.save_for_backward(s, alpha, mean, rstd)
+        ctx.batch_stats = batch_stats
+        return s * (p + alpha * (1 - p))
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        s, alpha, mean, rstd = ctx.saved_tensors
+        z = (s.to(mean.dtype) - mean) * rstd
+        p = torch.sigmoid(z).to(s.dtype)
+        axes = tuple(i for i in range(s.ndim) if mean.shape[i] == 1)
+        r = (grad * s * (1 - alpha) * p * (1 - p)).to(mean.dtype)
+        if ctx.batch_stats:
+            r = r - r.mean(dim=axes, keepdim=True) - z * (r * z).mean(dim=axes, keepdim=True)
+        grad_s = grad * (alpha + (1 - alpha) * p) + (r * rstd).to(s.dtype)
+        grad_alpha = (grad * s * (1 - p)).sum(dim=axes, keepdim=True) if ctx.needs_input_grad[1] else None
+        return grad_s, grad_alpha, None, None, None
 
 
 class Dice(nn.Module):
@@ -72,17 +105,22 @@ class Dice(nn.Module):
         if s.ndim < 2:
             raise DataError(f"Dice: needs a batch axis besides the feature axis, received shape {tuple(s.shape)}")
         axis = feature_axis(s, self.dim, self.num_features, "Dice")
-        sf = s.to(stat_dtype(s)).movedim(axis, 1)  # [B, .., C, ..] -> [B, C, ...]
-        running_mean, running_var = self.running_mean, self.running_var
-        if sf.dtype != running_mean.dtype:  # float64 input: keep the statistics in float64 as well
-            running_mean, running_var = running_mean.to(sf.dtype), running_var.to(sf.dtype)
-        z = F.batch_norm(sf, running_mean, running_var, None, None, self.training, self.momentum, self.eps)
-        if running_mean is not self.running_mean and self.training:
-            self.running_mean.copy_(running_mean)
-            self.running_var.copy_(running_var)
-        p = torch.sigmoid(z).movedim(1, axis).to(s.dtype)  # [B, C, ...] -> [B, .., C, ..]
-        alpha = along(self.alpha.to(s.dtype), s, axis)
-        return s * (p + alpha * (1 - p))
+        stat = stat_dtype(s)
+        if self.training:
+            if s.numel() == self.num_features:
+                raise DataError(f"Dice: training needs more than one value per feature for the batch statistics, "
+                                f"received shape {tuple(s.shape)}; use a larger batch or eval mode")
+            axes = tuple(i for i in range(s.ndim) if i != axis)
+            with torch.no_grad():  # the batch statistics' gradient is part of _DiceFn's backward
+                var, mean = torch.var_mean(s.to(stat), dim=axes, correction=0, keepdim=True)  # [1, .., C, .., 1]
+                n = s.numel() // self.num_features
+                m = self.momentum
+                self.running_mean.copy_(self.running_mean * (1 - m) + mean.reshape(-1) * m)
+                self.running_var.copy_(self.running_var * (1 - m) + var.reshape(-1) * (m * n / (n - 1)))
+        else:
+            mean, var = along(self.running_mean.to(stat), s, axis), along(self.running_var.to(stat), s, axis)
+        rstd = (var + self.eps).rsqrt()
+        return _DiceFn.apply(s, along(self.alpha.to(s.dtype), s, axis), mean, rstd, self.training)
 
     def extra_repr(self) -> str:
         return f"num_features={self.num_features}, dim={self.dim}, eps={self.eps}"

@@ -14,6 +14,17 @@ and flattening every other non-batch axis into one "instance" axis L:
 - group_var: per sample and group of C / groups channels, over those channels and L; groups = 32 by default.
 - gamma = 1, beta = 0, v = 1 at init. eps = 1e-3 for B0 and 1e-5 for S0 (timm's defaults).
 Statistics are computed in float32 (float64 for float64 input) and cast back to the input dtype.
+
+Both normalisation-activations have a hand-written backward that saves ``x`` and the small statistics only (plain
+autograd keeps five or more tensors of ``x``'s size). For S0, with ``a = x sigmoid(v x)``, ``g' = dL/dy * gamma / std``
+and n values per group:
+
+    dL/dx = g' (sig + v x sig (1 - sig)) - sum_group(g' a) / std * (x - mean_group) / (n std)
+    dL/dv = sum(g' x^2 sig (1 - sig)),   dL/dgamma = sum(dL/dy a / std)
+
+For B0, ``d = max(left, right)`` with ``left = sqrt(batch_var + eps)`` and ``right = v x + sqrt(instance_var + eps)``;
+``dL/dd = -dL/dy gamma x / d^2`` goes to whichever side is larger (half to each on a tie, as ``torch.maximum``),
+and through each square root to ``x`` as ``dL/dsqrt * (x - mean) / (n sqrt)`` over that statistic's n values.
 """
 from __future__ import annotations
 
@@ -36,6 +47,83 @@ def _from_bcl(y: torch.Tensor, x: torch.Tensor, axis: int) -> torch.Tensor:
     """Inverse of :func:`_to_bcl`: [B, C, L] -> the layout of ``x``."""
     shape = list(x.movedim(axis, 1).shape)
     return y.reshape(shape).movedim(1, axis)  # [B, C, L] -> [B, C, ...] -> [B, .., C, ..]
+
+
+class _EvoS0Fn(torch.autograd.Function):
+    """S0 on [B, C, L] with G groups: ``x sigmoid(v x) / std_group * weight + bias``; v, weight, bias [1, C, 1]."""
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, x3: torch.Tensor, v: torch.Tensor, weight: torch.Tensor,
+                bias: torch.Tensor, groups: int, eps: float) -> torch.Tensor:
+        B, C, L = x3.shape
+        xg = x3.reshape(B, groups, C // groups, L)  # [B, C, L] -> [B, G, C/G, L]
+        var, mean = torch.var_mean(xg.to(stat_dtype(x3)), dim=(2, 3), correction=0, keepdim=True)
+        std = var.add(eps).sqrt()  # [B, G, 1, 1]
+        ctx.save_for_backward(x3, v, weight, mean, std)
+        ctx.groups = groups
+        std_x = std.to(x3.dtype).expand(xg.shape).reshape(B, C, L)  # [B, G, 1, 1] -> [B, C, L]
+        return x3 * torch.sigmoid(x3 * v) / std_x * weight + bias
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        x3, v, weight, mean, std = ctx.saved_tensors
+        B, C, L = x3.shape
+        G = ctx.groups
+        sig = torch.sigmoid(x3 * v)
+        dsig = sig * (1 - sig)
+        a = x3 * sig
+        std_x = std.to(x3.dtype).expand(B, G, C // G, L).reshape(B, C, L)
+        grad_w = (grad * a / std_x).sum(dim=(0, 2), keepdim=True) if ctx.needs_input_grad[2] else None
+        grad_b = grad.sum(dim=(0, 2), keepdim=True) if ctx.needs_input_grad[3] else None
+        ga = grad * weight / std_x  # dL/da
+        n = (C // G) * L
+        grad_std = -(ga * a).reshape(B, G, C // G, L).to(std.dtype).sum(dim=(2, 3), keepdim=True) / std
+        xg = x3.reshape(B, G, C // G, L).to(std.dtype)
+        via_std = (grad_std * (xg - mean) / (n * std)).reshape(B, C, L).to(x3.dtype)
+        grad_x = ga * (sig + v * x3 * dsig) + via_std
+        grad_v = (ga * x3 * x3 * dsig).sum(dim=(0, 2), keepdim=True) if ctx.needs_input_grad[1] else None
+        return grad_x, grad_v, grad_w, grad_b, None, None
+
+
+class _EvoB0Fn(torch.autograd.Function):
+    """B0 on [B, C, L]: ``x / max(left, v x + sqrt(instance_var + eps)) * weight + bias``; v, weight, bias [1, C, 1].
+
+    ``left`` is ``sqrt(batch_var + eps)`` [1, C, 1]; with ``batch_stats`` it is the batch's own (its gradient flows
+    back to ``x``, ``batch_mean`` is the batch mean), otherwise it comes from the running variance.
+    """
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, x3: torch.Tensor, v: torch.Tensor, weight: torch.Tensor,
+                bias: torch.Tensor, left: torch.Tensor, batch_mean: torch.Tensor, batch_stats: bool,
+                eps: float) -> torch.Tensor:
+        ivar, imean = torch.var_mean(x3.to(left.dtype), dim=2, correction=0, keepdim=True)  # [B, C, 1]
+        inst = ivar.add(eps).sqrt()
+        ctx.save_for_backward(x3, v, weight, left, batch_mean, imean, inst)
+        ctx.batch_stats = batch_stats
+        return x3 / torch.maximum(left.to(x3.dtype), x3 * v + inst.to(x3.dtype)) * weight + bias
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        x3, v, weight, left, batch_mean, imean, inst = ctx.saved_tensors
+        B, C, L = x3.shape
+        lx, right = left.to(x3.dtype), x3 * v + inst.to(x3.dtype)
+        den = torch.maximum(lx, right)
+        grad_w = (grad * (x3 / den)).sum(dim=(0, 2), keepdim=True) if ctx.needs_input_grad[2] else None
+        grad_b = grad.sum(dim=(0, 2), keepdim=True) if ctx.needs_input_grad[3] else None
+        grad = grad * weight
+        grad_den = -grad * x3 / (den * den)
+        half = torch.full_like(grad_den, 0.5)
+        to_left = torch.where(lx > right, torch.ones_like(half), torch.where(lx < right, torch.zeros_like(half), half))
+        grad_right = grad_den * (1 - to_left)
+        grad_x = grad / den + grad_right * v
+        sd = left.dtype
+        grad_inst = grad_right.to(sd).sum(dim=2, keepdim=True)  # [B, C, 1]
+        grad_x = grad_x + (grad_inst * (x3.to(sd) - imean) / (L * inst)).to(x3.dtype)
+        if ctx.batch_stats:
+            grad_left = (grad_den * to_left).to(sd).sum(dim=(0, 2), keepdim=True)  # [1, C, 1]
+            grad_x = grad_x + (grad_left * (x3.to(sd) - batch_mean) / (B * L * left)).to(x3.dtype)
+        grad_v = (grad_right * x3).sum(dim=(0, 2), keepdim=True) if ctx.needs_input_grad[1] else None
+        return grad_x, grad_v, grad_w, grad_b, None, None, None, None
 
 
 def _check_input(x: torch.Tensor, dim: int, num_features: int, layer: str) -> int:
@@ -104,22 +192,23 @@ class EvoNormB0(nn.Module):
         axis = _check_input(x, self.dim, self.num_features, "EvoNormB0")
         x3 = _to_bcl(x, axis)  # [B, C, L]
         if self.v is not None:
-            xf = x3.to(stat_dtype(x))
+            stat = stat_dtype(x)
             if self.training:
-                n = xf.numel() / xf.shape[1]
+                n = x3.numel() // x3.shape[1]
                 if n < 2:
                     raise DataError(f"EvoNormB0: training needs more than one value per channel for the batch "
                                     f"variance, received input {tuple(x.shape)}; use a larger batch or eval mode")
-                var = xf.var(dim=(0, 2), unbiased=False)
-                with torch.no_grad():
-                    update = self.running_var * (1 - self.momentum) + var.detach() * self.momentum * (n / (n - 1))
+                with torch.no_grad():  # the batch statistics' gradient is part of _EvoB0Fn's backward
+                    var, mean = torch.var_mean(x3.to(stat), dim=(0, 2), correction=0, keepdim=True)  # [1, C, 1]
+                    update = self.running_var * (1 - self.momentum) + var.reshape(-1) * self.momentum * (n / (n - 1))
                     self.running_var.copy_(update)
             else:
-                var = self.running_var
-            left = along(var.add(self.eps).sqrt().to(x.dtype), x3, 1)
-            inst = xf.var(dim=2, unbiased=False, keepdim=True).add(self.eps).sqrt().to(x.dtype)
-            right = x3 * along(self.v.to(x.dtype), x3, 1) + inst
-            x3 = x3 / torch.maximum(left, right)
+                var = along(self.running_var.to(stat), x3, 1)
+                mean = torch.zeros_like(var)
+            left = var.add(self.eps).sqrt()
+            y = _EvoB0Fn.apply(x3, *(along(p.to(x.dtype), x3, 1) for p in (self.v, self.weight, self.bias)), left,
+                               mean, self.training, self.eps)
+            return _from_bcl(y, x, axis)
         y = x3 * along(self.weight.to(x.dtype), x3, 1) + along(self.bias.to(x.dtype), x3, 1)
         return _from_bcl(y, x, axis)
 
@@ -195,11 +284,9 @@ class EvoNormS0(nn.Module):
         axis = _check_input(x, self.dim, self.num_features, "EvoNormS0")
         x3 = _to_bcl(x, axis)  # [B, C, L]
         if self.v is not None:
-            B, C, L = x3.shape
-            xg = x3.reshape(B, self.groups, C // self.groups, L)  # [B, C, L] -> [B, G, C/G, L]
-            std = xg.to(stat_dtype(x)).var(dim=(2, 3), unbiased=False, keepdim=True).add(self.eps).sqrt()
-            std = std.to(x.dtype).expand(xg.shape).reshape(B, C, L)  # [B, G, 1, 1] -> [B, C, L]
-            x3 = x3 * torch.sigmoid(x3 * along(self.v.to(x.dtype), x3, 1)) / std
+            y = _EvoS0Fn.apply(x3, *(along(p.to(x.dtype), x3, 1) for p in (self.v, self.weight, self.bias)),
+                               self.groups, self.eps)
+            return _from_bcl(y, x, axis)
         y = x3 * along(self.weight.to(x.dtype), x3, 1) + along(self.bias.to(x.dtype), x3, 1)
         return _from_bcl(y, x, axis)
 

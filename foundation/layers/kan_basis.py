@@ -125,22 +125,12 @@ def _bspline_pieces(
     values = table[-1].expand(*frac.shape[:-1], k + 1)
     for p in range(table.shape[0] - 2, -1, -1):
         values = torch.addcmul(table[p], values, frac)  # [..., D, k+1]
-    lowest, highest = torch.aminmax(cell)
-    if lowest >= k and highest <= m - 1:  # every x inside [lo, hi): all k+1 slots are in range (the usual case)
-        return values, cell.long().unsqueeze(-1) + torch.arange(-k, 1, device=x.device)  # [..., D, k+1]
-    # slot j = cell - k + r; cells below 0 or above G+2k-1 have no slot inside [0, G+k): clamp the cell and
-    # read (slot, in-range) from a small [G+2k+2, k+1] table
-    row = cell.clamp_(-1, m + k).add_(1).long().flatten()  # [B'] rows of the table
-    slots, inside = _slot_tables(grid_size, k, x.device, x.dtype)
-    shape = (*frac.shape[:-1], k + 1)
-    return values * inside.index_select(0, row).view(shape), slots.index_select(0, row).view(shape)
-
-
-def _slot_tables(grid_size: int, k: int, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """Row c + 1 (c = -1..G+2k) gives the k+1 slots of cell c (clamped) and whether each is in range."""
-    m = grid_size + k
-    j = torch.arange(-1, m + k + 1, device=device).unsqueeze(-1) - k + torch.arange(k + 1, device=device)
-    return j.clamp(0, m - 1), ((j >= 0) & (j < m)).to(dtype)
+    # slot j = cell - k + r; a slot outside [0, G+k) (x beyond the extended grid) holds 0 and its index is clamped
+    # into range. Elementwise and branch-free, so torch.compile traces it as one graph.
+    cell = cell.clamp(-1, m + k)  # far-out x: keep the integer conversion in range
+    slots = cell.long().unsqueeze(-1) + torch.arange(-k, 1, device=x.device)  # [..., D, k+1]
+    inside = (slots >= 0) & (slots < m)
+    return values * inside.to(values.dtype), slots.clamp(0, m - 1)
 
 
 class _BSplineBasis(torch.autograd.Function):
@@ -228,11 +218,8 @@ def _smooth(name: str, x: torch.Tensor, grid_size: int, lo: float, hi: float) ->
         n = torch.arange(grid_size + 1, device=x.device, dtype=x.dtype)
         return torch.cos_(theta * n)  # [..., D, degree+1]
     m = torch.arange(1, grid_size + 1, device=x.device, dtype=x.dtype)
-    out = torch.empty(*x.shape, 2 * grid_size, device=x.device, dtype=x.dtype)  # [..., D, 2G]
-    mx = torch.mul(x.unsqueeze(-1), m, out=out[..., grid_size:])  # m x, written where sin(m x) will go
-    torch.cos(mx, out=out[..., :grid_size])
-    mx.sin_()
-    return out
+    mx = x.unsqueeze(-1) * m  # [..., D] -> [..., D, G]
+    return torch.cat([torch.cos(mx), mx.sin_()], dim=-1)  # [..., D, 2G]
 
 
 def _smooth_grad(

@@ -9,6 +9,11 @@ value: anything above the threshold ``lam`` is zeroed, not saturated. ReLU is ap
     training (smooth):   y = relu(x) * sigmoid(-k * (x - lam))       k = 20 by default
     eval (deployment):   y = x if 0 <= x <= lam else 0
 
+The smooth form's gradient is written out by hand, so that only ``x`` (and ``lam``) is saved for backward, with
+``s = sigmoid(-k (x - lam))``:
+
+    dy/dx = 1[x > 0] * s * (1 - k * x * (1 - s)),    dy/dlam = relu(x) * k * s * (1 - s)
+
 ``lam`` is a learnable parameter, one per layer (a scalar) or one per neuron (a vector along the feature axis
 ``dim``); the paper uses per-layer thresholds everywhere except the last layer, which is per neuron ("hybrid").
 :func:`calibrate` initialises every ProAct of a model from the largest input it sees on data. Before calibration
@@ -28,6 +33,32 @@ from foundation.layers._batches import ForwardFn, run_batch
 from foundation.layers._shape import along, feature_axis, require_num_features
 
 __all__ = ["ProAct", "calibrate"]
+
+
+def _sum_to(grad: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """Sum a broadcast gradient back to ``shape`` (a scalar, or a per-feature vector viewed with :func:`along`)."""
+    return grad.sum_to_size(shape) if grad.shape != shape else grad
+
+
+class _SmoothClipFn(torch.autograd.Function):
+    """``relu(x) * sigmoid(-k (x - lam))`` saving only ``x`` and ``lam`` (``lam`` broadcast against ``x``)."""
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, x: torch.Tensor, lam: torch.Tensor,
+                k: float) -> torch.Tensor:
+        ctx.save_for_backward(x, lam)
+        ctx.k = k
+        return torch.relu(x) * torch.sigmoid(-k * (x - lam))
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        x, lam = ctx.saved_tensors
+        k = ctx.k
+        s = torch.sigmoid(-k * (x - lam))
+        relu = torch.relu(x)
+        grad_x = grad * torch.where(x > 0, s * (1 - k * x * (1 - s)), torch.zeros_like(s))
+        grad_lam = _sum_to(grad * relu * (k * s * (1 - s)), lam.shape) if ctx.needs_input_grad[1] else None
+        return grad_x, grad_lam, None
 
 
 class ProAct(nn.Module):
@@ -84,7 +115,7 @@ class ProAct(nn.Module):
         """
         lam = self._lam(x)
         if self.training:
-            return torch.relu(x) * torch.sigmoid(-self.k * (x - lam))
+            return _SmoothClipFn.apply(x, lam, self.k)
         return x * ((x >= 0) & (x <= lam)).to(x.dtype)
 
     def extra_repr(self) -> str:

@@ -12,6 +12,9 @@ Contract of registered components (each builder has a ``config_class`` dataclass
   model or its submodules (never reads a parameter outside its module's
   forward), which keeps ZeRO-3 parameter gathering correct.
 - either may define ``on_step_end(step)`` (EMA targets, schedules).
+- the objective may define ``prepare(model, batch) -> batch``: the data-dependent steps of a training step
+  (mask sampling), which :class:`TrainModule` runs before the compiled region when ``train.compile`` is on;
+  ``forward`` then finds their results in the batch. Without it, ``forward`` does everything.
 """
 from __future__ import annotations
 
@@ -39,8 +42,17 @@ class TrainModule(nn.Module):
         self.model = model
         self.objective = objective
         self.touch_all_params = touch_all_params
+        self._compiled: Any = None  # set by compile_step
 
     def forward(self, batch: Any) -> tuple[torch.Tensor, dict[str, Any]]:
+        prepare = getattr(self.objective, "prepare", None)
+        if prepare is not None:
+            batch = prepare(self.model, batch)  # mask sampling: data-dependent sizes, outside the compiled region
+        step = self._compiled if self._compiled is not None else self.step
+        return step(batch)
+
+    def step(self, batch: Any) -> tuple[torch.Tensor, dict[str, Any]]:
+        """Model and objective on a prepared batch: the region ``train.compile`` compiles."""
         loss, metrics = self.objective(self.model, batch)
         if self.touch_all_params:
             # Every trainable parameter gets a gradient (zero where the batch did not reach it: a task head
@@ -48,6 +60,10 @@ class TrainModule(nn.Module):
             # all-reduces of different sizes abort the job.
             loss = loss + 0.0 * sum(p.sum() for p in self.parameters() if p.requires_grad)
         return loss, metrics
+
+    def compile_step(self, mode: str = "default") -> None:
+        """``torch.compile`` :meth:`step`; parameters, state-dict keys and ``forward`` stay as they are."""
+        self._compiled = torch.compile(self.step, mode=mode)
 
     def on_step_end(self, step: int) -> None:
         for part in (self.model, self.objective):

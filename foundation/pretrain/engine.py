@@ -67,6 +67,21 @@ def deepspeed_config(recipe: RecipeConfig) -> dict[str, Any]:
     return cfg
 
 
+def _step_values(loss: torch.Tensor, metrics: dict[str, Any], keys: list[str], stopping: bool) -> torch.Tensor:
+    """``[loss, non-finite flag, stop flag, *metrics]`` as one float64 CPU tensor: the micro-step's one host sync.
+
+    A non-finite loss contributes 0 to the loss and the metrics (and 1 to the flag), so the sum over ranks stays
+    finite and every rank skips the step together.
+    """
+    loss = loss.detach().to(torch.float64).reshape(())
+    finite = torch.isfinite(loss)
+    zero = torch.zeros_like(loss)
+    shown = [torch.as_tensor(metrics[k], dtype=torch.float64, device=loss.device).detach().reshape(()) for k in keys]
+    values = torch.stack([torch.where(finite, loss, zero), (~finite).to(torch.float64), zero + float(stopping),
+                          *(torch.where(finite, m, zero) for m in shown)])
+    return values.cpu()
+
+
 class _StopSignal:
     """Remembers SIGTERM/SIGINT so the loop can checkpoint at the next step boundary."""
 
@@ -200,6 +215,10 @@ class Engine:
         module = TrainModule(parts.model, parts.objective,
                              touch_all_params=dist.world_size > 1 and recipe.deepspeed.zero_stage < 3)
         optimizer = build_optimizer(module, train)
+        if train.compile:
+            # the step after mask sampling is compiled; parameters and state-dict keys stay the module's own, so
+            # checkpoints, resume and export read as without compile
+            module.compile_step(train.compile_mode)
         engine, _, _, _ = deepspeed.initialize(
             model=module, optimizer=optimizer, config=deepspeed_config(recipe),
             lr_scheduler=lambda opt: WarmupCosineScheduler(opt, train),
@@ -329,11 +348,7 @@ class Engine:
                 state["position"] += train.micro_batch_size * dist.world_size
                 loss, metrics = engine(to_device(batch, engine.device, float_dtype))
                 keys = keys or sorted(metrics)
-                finite = bool(torch.isfinite(loss.detach()).item())
-                values = [loss.detach().float().item() if finite else 0.0, 0.0 if finite else 1.0,
-                          1.0 if stop.received is not None else 0.0]
-                values += [float(metrics[k]) if finite else 0.0 for k in keys]
-                reduced = dist.all_reduce_sum(torch.tensor(values, dtype=torch.float64)).tolist()
+                reduced = dist.all_reduce_sum(_step_values(loss, metrics, keys, stop.received is not None)).tolist()
                 if reduced[1] > 0:
                     state["nonfinite_skips"] += 1
                     if state["nonfinite_skips"] > train.max_nonfinite_skips:

@@ -51,14 +51,18 @@ def consolidate_fp32(ckpt_root: str | Path, tag: str, recipe: RecipeConfig) -> d
 
 
 def _name_masters(masters: list[list[torch.Tensor]], recipe: RecipeConfig, folder: Path) -> dict[str, torch.Tensor]:
-    from foundation.pretrain.optim import param_groups
+    from foundation.pretrain.optim import merge_groups, param_groups
 
     module = TrainModule(build_model(recipe), build_objective(recipe))  # no data needed to name parameters
     names = {id(p): n for n, p in module.named_parameters()}
-    groups = param_groups(module, recipe.train)
-    if [len(g["params"]) for g in groups] != [len(m) for m in masters]:
-        raise CheckpointError(f"{folder}: optimizer groups {[len(m) for m in masters]} do not match the recipe's "
-                              f"{[len(g['params']) for g in groups]}; export with the recipe the run used")
+    unmerged = param_groups(module, recipe.train)
+    sizes = [len(m) for m in masters]
+    # the optimizer merges groups of equal hyper-parameters; checkpoints written before it did hold them apart
+    groups = next((gs for gs in (merge_groups(unmerged), unmerged) if [len(g["params"]) for g in gs] == sizes), None)
+    if groups is None:
+        raise CheckpointError(f"{folder}: optimizer groups {sizes} do not match the recipe's "
+                              f"{[len(g['params']) for g in merge_groups(unmerged)]}; export with the recipe the "
+                              "run used")
     return {names[id(p)]: m.float().contiguous() for g, ms in zip(groups, masters) for p, m in zip(g["params"], ms)}
 
 

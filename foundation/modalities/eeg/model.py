@@ -199,10 +199,10 @@ class DeeperBrain(nn.Module, HubMixin):
         """
         B, C = chan_mask.shape
         idx = torch.cat([k.to(packed.device) for k in keep_idx])  # [K]
-        seg = sample_ids(cu)  # [K]
+        seg = sample_ids(cu, packed.shape[0])  # [K]
         slot = seg * C + torch.div(idx, n_patches, rounding_mode="floor")  # (sample, channel) of each token
         sums = packed.new_zeros(B * C, packed.shape[1]).index_add_(0, slot, packed)
-        cnt = torch.bincount(slot, minlength=B * C).to(packed.dtype)[:, None]
+        cnt = packed.new_zeros(B * C).index_add_(0, slot, packed.new_ones(slot.shape))[:, None]  # [B * C, 1]
         per_sample = packed_mean(packed, cu)  # [K, D] -> [B, D]
         pooled = torch.where(cnt > 0, sums / cnt.clamp(min=1), per_sample.repeat_interleave(C, 0))
         pooled = pooled.reshape(B, C, -1) + self.chan_enc(pos, chan_mask)  # [B * C, D] -> [B, C, D]
@@ -217,7 +217,7 @@ class DeeperBrain(nn.Module, HubMixin):
         enc = (self.decoder_chan_enc(pos, chan_mask)[:, :, None, :]
                + self.decoder_time_enc(self.patch_times(n_patches, packed.device))[None, None])
         full = self.mask_token.to(vis.dtype).expand(B, N, -1).clone()  # [B, N, Dd]
-        seg = sample_ids(cu)  # [K]
+        seg = sample_ids(cu, packed.shape[0])  # [K]
         full[seg, torch.cat([k.to(packed.device) for k in keep_idx])] = vis  # scatter [K, Dd] -> [B, N, Dd]
         full = full + enc.reshape(B, N, -1).to(vis.dtype)  # [B, C, P, Dd] -> [B, N, Dd]
         valid = self.valid_tokens(chan_mask, n_patches)  # [B, N]

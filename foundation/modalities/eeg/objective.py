@@ -13,6 +13,7 @@ nor reconstructed.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -41,6 +42,14 @@ class DeeperBrainObjectiveConfig:
                               f"{self.recon_beta}, {self.stats_beta}, {self.stats_weight}")
 
 
+def _masked_mean(values: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """Mean of ``values`` [B, N, F] over the rows where ``rows`` [B, N] is True, without a data-dependent shape
+    (``values[rows].mean()`` as one graph); entries outside the rows do not count, even non-finite ones."""
+    inside = rows[..., None].expand_as(values)
+    total = torch.where(inside, values, torch.zeros_like(values)).sum()
+    return total / inside.sum().clamp(min=1)
+
+
 class DeeperBrainObjective(nn.Module):
     """``forward(model, batch) -> (loss, metrics)`` for batches of :class:`~.dataset.EEGWindows`.
 
@@ -54,16 +63,35 @@ class DeeperBrainObjective(nn.Module):
         super().__init__()
         self.config = config
 
-    def forward(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def prepare(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, Any]:
+        """Draw the masks (data-dependent sizes; runs before the compiled region of a training step).
+
+        Returns:
+            The batch with ``keep`` (B 1-D tensors of visible token indices) and ``visible`` [B, N] bool added.
+        """
+        chan_mask = batch["chan_mask"]
+        B, C = chan_mask.shape
+        P = batch["x"].shape[-1] // model.config.patch_size
+        valid = chan_mask[:, :, None].expand(B, C, P).reshape(B, C * P)  # [B, C, P] -> [B, N]
+        keep, _ = sample_keep(valid, self.config.mask_ratio)
+        rows = torch.repeat_interleave(torch.arange(B), torch.tensor([k.numel() for k in keep]))  # [sum K_b]
+        visible = torch.zeros_like(valid)
+        visible[rows.to(valid.device), torch.cat(keep).to(valid.device)] = True
+        return {**batch, "keep": keep, "visible": visible}
+
+    def forward(self, model: nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Compute the loss.
 
         Args:
             model: a :class:`~.model.DeeperBrain`.
-            batch: ``x`` [B, C, T], ``pos`` [B, C, 3], ``chan_mask`` [B, C] bool, ``stats`` [B, C, S].
+            batch: ``x`` [B, C, T], ``pos`` [B, C, 3], ``chan_mask`` [B, C] bool, ``stats`` [B, C, S]; and
+                ``keep`` / ``visible`` from :meth:`prepare` (drawn here when absent).
 
         Returns:
             ``(loss, {"recon": ..., "stats": ..., "visible": fraction of tokens kept})``.
         """
+        if "keep" not in batch:
+            batch = self.prepare(model, batch)
         x, pos, chan_mask, stats = batch["x"], batch["pos"], batch["chan_mask"], batch["stats"]
         cfg = model.config
         B, C, T = x.shape
@@ -72,17 +100,16 @@ class DeeperBrainObjective(nn.Module):
             raise DataError(f"batch stats have S = {stats.shape[-1]} per channel but model.n_stats = {cfg.n_stats}; "
                             "set model.n_stats to the number of statistics the cache holds")
         valid = chan_mask[:, :, None].expand(B, C, P).reshape(B, C * P)  # [B, C, P] -> [B, N]
-        keep, _ = sample_keep(valid, self.config.mask_ratio)
-        recon, pred_stats = model(x, pos, chan_mask, keep)
-        visible = torch.zeros_like(valid)
-        for b, k in enumerate(keep):
-            visible[b, k] = True
-        masked = valid & ~visible
+        visible = batch["visible"]
+        recon, pred_stats = model(x, pos, chan_mask, batch["keep"])
         target = model.scale_input(x, chan_mask).reshape(B, C * P, cfg.patch_size)  # [B, C, T] -> [B, N, patch]
-        if not masked.any():  # mask_ratio 0: reconstruct everything
-            masked = valid
-        rec = F.smooth_l1_loss(recon[masked].float(), target[masked].float(), beta=self.config.recon_beta)
-        st = F.smooth_l1_loss(pred_stats[chan_mask].float(), stats[chan_mask].float(), beta=self.config.stats_beta)
+        # mask_ratio 0 leaves nothing masked: then every valid patch is reconstructed (no host read to decide)
+        masked = valid & ~visible
+        masked = torch.where(masked.any(), masked, valid)
+        per = F.smooth_l1_loss(recon.float(), target.float(), beta=self.config.recon_beta, reduction="none")
+        rec = _masked_mean(per, masked)  # the mean over the masked patches' samples
+        per_st = F.smooth_l1_loss(pred_stats.float(), stats.float(), beta=self.config.stats_beta, reduction="none")
+        st = _masked_mean(per_st, chan_mask)  # over the real channels' statistics
         loss = rec + self.config.stats_weight * st
         return loss, {"recon": rec.detach(), "stats": st.detach(),
                       "visible": visible.sum().float() / valid.sum().clamp(min=1)}

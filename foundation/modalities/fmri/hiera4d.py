@@ -32,7 +32,6 @@ from foundation.errors import ConfigError, DataError
 from foundation.hub.mixin import HubMixin
 from foundation.kernels import varlen_attention
 from foundation.layers.create_mlp import make_mlp
-from foundation.modalities.fmri.hiera_utils import unit_permutation
 
 __all__ = ["Hiera4DConfig", "Hiera4D", "PatchEmbedND", "MaskUnitAttention", "HieraBlock"]
 
@@ -169,7 +168,7 @@ class MaskUnitAttention(nn.Module):
         H, Dh, s = self.heads, self.head_dim, self.q_stride
         q, k, v = self.qkv(x).reshape(U, T, 3, H, Dh).unbind(2)  # [U, T, 3D'] -> 3 x [U, T, H, Dh]
         if s > 1:
-            q = q.view(U, s, T // s, H, Dh).max(dim=1).values  # [U, T, H, Dh] -> [U, T/s, H, Dh]
+            q = q.view(U, s, T // s, H, Dh).amax(dim=1)  # [U, T, H, Dh] -> [U, T/s, H, Dh]
         Tq = q.shape[1]
         if self.use_mask_unit_attn:  # every unit has T tokens: one dense batched SDPA, no padding
             o = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)).transpose(1, 2)
@@ -207,7 +206,7 @@ class HieraBlock(nn.Module):
         if self.dim != self.dim_out:
             y = self.proj(x_norm)
             s = self.attn.q_stride
-            x = y.view(y.shape[0], s, -1, y.shape[-1]).max(dim=1).values  # [U, T, D'] -> [U, T/s, D']
+            x = y.view(y.shape[0], s, -1, y.shape[-1]).amax(dim=1)  # [U, T, D'] -> [U, T/s, D']
         x = x + _sample_drop_path(self.attn(x_norm, units_cu), self.drop_path, self.training, units_cu)
         return x + _sample_drop_path(self.mlp(self.norm2(x)), self.drop_path, self.training, units_cu)
 
@@ -233,8 +232,7 @@ class Hiera4D(nn.Module, HubMixin):
             self.pos_embed_temporal = nn.Parameter(torch.zeros(1, tokens[0], c.embed_dim))
         else:
             self.pos_embed = nn.Parameter(torch.zeros(1, math.prod(tokens), c.embed_dim))
-        n_unroll = len(c.stages) - 1
-        self.register_buffer("perm", torch.from_numpy(unit_permutation(tokens, c.q_stride, n_unroll)), persistent=False)
+        self.n_unroll = len(c.stages) - 1
         self.n_units = math.prod(c.unit_grid)
         self.unit_tokens = math.prod(c.mask_unit_size)
         flat_q = math.prod(c.q_stride)
@@ -287,8 +285,7 @@ class Hiera4D(nn.Module, HubMixin):
         B = x.shape[0]
         if keep is not None and not self.patch_embed.linear:
             x = x * self._voxel_keep_mask(keep, B, x)  # as Hiera's masked conv: deleted units are zero for neighbours
-        tok = self.patch_embed(x).flatten(1, -2) + self.pos()  # [B, *S', D] -> [B, N, D]
-        tok = tok[:, self.perm].view(B, self.n_units, self.unit_tokens, -1)  # [B, N, D] -> [B, U, T_u, D]
+        tok = self._embed_units(x) + self._to_units(self.pos().view(1, *self.config.tokens, -1))  # [B, U, T_u, D]
         if keep is None:
             counts = torch.full((B,), self.n_units, dtype=torch.int32)
             h = tok.flatten(0, 1)  # [B, U, T_u, D] -> [B * U, T_u, D]
@@ -299,6 +296,56 @@ class Hiera4D(nn.Module, HubMixin):
         for blk in self.blocks:
             h = blk(h, units_cu)
         return h, units_cu
+
+    def _unit_order(self, extra: int) -> tuple[list[int], list[int]]:
+        """Split and order of the grid axes for :func:`~.hiera_utils.unit_permutation`'s layout.
+
+        Every token axis t_d splits into (u_d, r_L, ..., r_1) followed by ``extra`` inner axes of its own; the
+        order is every u, then every r_1, ..., every r_L, then the inner axes (dimension-major).
+
+        Returns:
+            (the sizes after the split, without the inner axes' sizes; the permutation of the split axes)
+        """
+        c, L = self.config, self.n_unroll
+        sizes: list[int] = []
+        for t, s in zip(c.tokens, c.q_stride):
+            sizes += [t // s**L] + [s] * L
+        width, n = L + 1 + extra, len(c.tokens)
+        order = [d * width for d in range(n)]  # u over all dims
+        for k in range(1, L + 1):  # r_1 (offset L) ... r_L (offset 1)
+            order += [d * width + (L + 1 - k) for d in range(n)]
+        order += [d * width + L + 1 + e for d in range(n) for e in range(extra)]
+        return sizes, order
+
+    def _to_units(self, t: torch.Tensor) -> torch.Tensor:
+        """Row-major tokens [B, *tokens, F] -> unit-major [B, U, T_u, F] (one permute, no gather)."""
+        sizes, order = self._unit_order(0)
+        B, F_ = t.shape[0], t.shape[-1]
+        t = t.reshape(B, *sizes, F_)  # [B, *tokens, F] -> [B, (u, r_L..r_1) per dim, F]
+        last = len(order) + 1
+        t = t.permute(0, *(o + 1 for o in order), last)  # -> [B, u.., r_1.., .., r_L.., F]
+        return t.reshape(B, self.n_units, self.unit_tokens, F_)
+
+    def _embed_units(self, x: torch.Tensor) -> torch.Tensor:
+        """Patch embedding straight into unit-major order: [B, C, *S] -> [B, U, T_u, D].
+
+        For a linear patch embedding (kernel == stride) the unit reordering is folded into the permute that
+        gathers each patch's voxels, so the tokens are written once, in their final order.
+        """
+        pe = self.patch_embed
+        if not pe.linear:
+            return self._to_units(pe(x))  # conv [B, *S', D] -> [B, U, T_u, D]
+        B, C = x.shape[:2]
+        sizes, order = self._unit_order(1)
+        n, L = len(pe.kernel), self.n_unroll
+        shape = [B, C]
+        for d, k in enumerate(pe.kernel):
+            shape += sizes[d * (L + 1):(d + 1) * (L + 1)] + [k]
+        x = x.reshape(shape)  # [B, C, *S] -> [B, C, (u, r_L..r_1, k) per dim]
+        kernel_axes = order[-n:]
+        x = x.permute(0, *(o + 2 for o in order[:-n]), 1, *(o + 2 for o in kernel_axes))  # [B, u.., r.., C, k..]
+        x = x.reshape(B, self.n_units, self.unit_tokens, -1)  # -> [B, U, T_u, C * prod(kernel)]
+        return F.linear(x, pe.proj.weight.flatten(1), pe.proj.bias)  # [B, U, T_u, D]
 
     def _voxel_keep_mask(self, keep, B: int, x: torch.Tensor) -> torch.Tensor:
         m = torch.zeros(B, self.n_units, device=x.device, dtype=x.dtype)

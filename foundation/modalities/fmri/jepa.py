@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -51,7 +52,15 @@ class JepaObjective(nn.Module):
         super().__init__()
         self.config = config
 
-    def forward(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def prepare(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, Any]:
+        """Check the foreground units and draw the masks (data-dependent; runs before the compiled region).
+
+        Returns:
+            The batch with ``keep`` and ``drop`` (B 1-D tensors of context and target unit indices) added.
+
+        Raises:
+            DataError: the data's unit count differs from the encoder's, or a window has < 2 foreground units.
+        """
         fg = batch["unit_fg"].bool()
         n_units = model.encoder.n_units
         if fg.shape[1] != n_units:
@@ -66,13 +75,25 @@ class JepaObjective(nn.Module):
                 "check the brain mask or use smaller mask units"
             )
         keep, drop = sample_keep(fg, self.config.mask_ratio, keep_one_masked=True)
+        return {**batch, "keep": keep, "drop": drop}
+
+    def forward(self, model: nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        if "keep" not in batch:
+            batch = self.prepare(model, batch)
+        keep, drop = batch["keep"], batch["drop"]
         pred, tgt, std = model(batch["x"], keep, drop)
         loss = F.smooth_l1_loss(pred.float(), tgt.float(), beta=self.config.beta)
-        if float(std) < self.config.collapse_std:
-            log.warning("JEPA target features collapsing: target_std %.2e < collapse_std %.2e", float(std), self.config.collapse_std)
+        self._last_std = std.detach()  # the collapse check reads it once per optimizer step (on_step_end)
         metrics = {
             "target_std": std.detach(),
             "context_units": torch.tensor(float(sum(len(k) for k in keep)) / len(keep)),
             "target_units": torch.tensor(float(sum(len(d) for d in drop)) / len(drop)),
         }
         return loss, metrics
+
+    def on_step_end(self, step: int) -> None:
+        """Log a warning when the last micro-batch's target std fell below ``collapse_std``."""
+        std = getattr(self, "_last_std", None)
+        if std is not None and float(std) < self.config.collapse_std:
+            log.warning("JEPA target features collapsing: target_std %.2e < collapse_std %.2e at step %d",
+                        float(std), self.config.collapse_std, step)

@@ -115,3 +115,48 @@ def test_hub_round_trip(tmp_path):
     b = _batch()
     torch.testing.assert_close(model.eval().pooled_features(b["x"], b["pos"], b["chan_mask"]),
                                again.eval().pooled_features(b["x"], b["pos"], b["chan_mask"]))
+
+
+def _old_objective(cfg: DeeperBrainObjectiveConfig, model, batch):
+    """The objective before the masks moved to ``prepare`` (commit b45ef54): a per-sample loop and boolean
+    indexing, kept as the reference."""
+    import torch.nn.functional as F
+
+    x, pos, chan_mask, stats = batch["x"], batch["pos"], batch["chan_mask"], batch["stats"]
+    B, C, T = x.shape
+    P = T // model.config.patch_size
+    valid = chan_mask[:, :, None].expand(B, C, P).reshape(B, C * P)
+    keep, _ = sample_keep(valid, cfg.mask_ratio)
+    recon, pred_stats = model(x, pos, chan_mask, keep)
+    visible = torch.zeros_like(valid)
+    for b, k in enumerate(keep):
+        visible[b, k] = True
+    masked = valid & ~visible
+    target = model.scale_input(x, chan_mask).reshape(B, C * P, model.config.patch_size)
+    if not masked.any():
+        masked = valid
+    rec = F.smooth_l1_loss(recon[masked].float(), target[masked].float(), beta=cfg.recon_beta)
+    st = F.smooth_l1_loss(pred_stats[chan_mask].float(), stats[chan_mask].float(), beta=cfg.stats_beta)
+    return rec + cfg.stats_weight * st, {"recon": rec, "stats": st,
+                                         "visible": visible.sum().float() / valid.sum().clamp(min=1)}
+
+
+@pytest.mark.parametrize("mask_ratio", [0.0, 0.5])
+def test_objective_equals_the_per_sample_loop_it_replaces(mask_ratio):
+    cfg = DeeperBrainObjectiveConfig(mask_ratio=mask_ratio, stats_weight=0.7)
+    torch.manual_seed(0)
+    model = DeeperBrain(tiny_model_config())
+    b = _batch()
+    torch.manual_seed(3)
+    loss, met = DeeperBrainObjective(cfg)(model, b)
+    grads = torch.autograd.grad(loss, list(model.parameters()), allow_unused=True)
+    torch.manual_seed(3)  # the same masks
+    ref, ref_met = _old_objective(cfg, model, b)
+    ref_grads = torch.autograd.grad(ref, list(model.parameters()), allow_unused=True)
+    torch.testing.assert_close(loss, ref)
+    for k in ref_met:
+        torch.testing.assert_close(met[k], ref_met[k])
+    for g, r in zip(grads, ref_grads):
+        assert (g is None) == (r is None)
+        if g is not None:
+            torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-7)

@@ -63,7 +63,7 @@ def test_fpn_is_in_the_optimizer_and_its_weights_change():
     obj = MultiTaskObjective(MultiTaskObjectiveConfig(tasks=TASKS))
     train = TrainConfig(lr=1e-3, steps=10, warmup_steps=0)
     opt = build_optimizer(TrainModule(model, obj), train)
-    lrs = {g["name"]: g["lr"] for g in opt.param_groups}
+    lrs = {n: g["lr"] for g in opt.param_groups for n in g["members"]}
     assert lrs["backbone.decay"] == pytest.approx(1e-3) and lrs["fpn.decay"] == pytest.approx(1e-2)
     assert lrs["head.cardiac_multi.decay"] == pytest.approx(1e-2) and lrs["head.FUGC.decay"] == pytest.approx(2e-2)
     fpn_ids = {id(p) for p in model.fpn.parameters()}
