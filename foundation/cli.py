@@ -452,10 +452,15 @@ def _teardown(dist) -> None:
 
     A rank that tears down while another still talks to it (rank 0 printing, exporting) can abort in gloo's
     destructor ("terminate called without an active exception") and the launcher reports the run as failed.
+    The groups are destroyed through DeepSpeed's ``deepspeed.comm``, which also drops the groups DeepSpeed cached
+    (its world and data-parallel groups): destroyed with torch alone, a later DeepSpeed run in the same process
+    would reach for a dead group ("Group ... is not registered").
     """
+    import deepspeed.comm
+
     if dist.get_world_size() > 1:
         dist.barrier()
-    dist.destroy_process_group()
+    deepspeed.comm.destroy_process_group()
 
 
 def _info() -> int:

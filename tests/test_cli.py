@@ -187,3 +187,31 @@ def test_info_names_every_dependency_of_pyproject():
     assert names <= listed, f"foundation info misses {sorted(names - listed)}"
     versions = package_versions()
     assert versions["torch"] and versions["python"] and set(RUNTIME_PACKAGES) <= set(versions)
+
+
+@pytest.mark.slow
+def test_a_deepspeed_run_after_the_cli_tore_down_its_groups_in_the_same_process():
+    """The CLI's teardown goes through deepspeed.comm: DeepSpeed's cached groups go with the process group, so a
+    second engine in the same process (a script, a notebook, the benchmark) gets live ones."""
+    import deepspeed
+    import torch.distributed as dist
+
+    from foundation.cli import _teardown
+    from foundation.pretrain.distributed import init_distributed
+
+    config = {"train_micro_batch_size_per_gpu": 2, "optimizer": {"type": "AdamW", "params": {"lr": 1e-3}},
+              "zero_optimization": {"stage": 2}}
+
+    def one_step() -> None:
+        init_distributed(timeout_s=60)
+        model = torch.nn.Linear(4, 1)
+        engine, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=config)
+        loss = engine(torch.randn(2, 4)).pow(2).mean()
+        engine.backward(loss)
+        engine.step()
+
+    one_step()
+    _teardown(dist)
+    assert not dist.is_initialized()
+    one_step()  # before the fix: ValueError: Group ... is not registered
+    _teardown(dist)
