@@ -178,7 +178,8 @@ def _run(args: argparse.Namespace) -> int:
         from foundation.atomic import atomic_write_json
 
         out.mkdir(parents=True, exist_ok=True)
-        name = "provenance.json" if not args.resume else f"provenance-resume-{time.strftime('%Y%m%d-%H%M%S')}.json"
+        stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+        name = f"provenance-resume-{stamp}.json" if args.resume else "provenance.json"
         atomic_write_json(out / name, record)  # a resume keeps the first invocation's record and adds its own
     result = Engine(recipe, out, resume=args.resume, stop_after=args.stop_after).run()
     export_dir = None
@@ -368,18 +369,28 @@ def _explain(args: argparse.Namespace) -> int:
     return 0
 
 
-def _adapter_fields(args: argparse.Namespace) -> dict:
-    """``--adapter-set FIELD=VALUE`` (values parsed as YAML) plus the ``--skip-targets`` / ``--lora-r`` shorthands."""
+def _field_values(items: Sequence[str], flag: str, example: str) -> dict:
+    """``FIELD=VALUE`` strings of a repeatable option as a dict, each value read as YAML.
+
+    Raises:
+        ConfigError: an item without ``=`` or without a field name (names ``flag`` and shows ``example``).
+    """
     import yaml
 
     from foundation.errors import ConfigError
 
     fields: dict = {}
-    for item in args.adapter_set:
+    for item in items:
         name, sep, value = item.partition("=")
         if not sep or not name:
-            raise ConfigError(f"--adapter-set {item!r}: expected FIELD=VALUE, e.g. --adapter-set r=4")
+            raise ConfigError(f"{flag} {item!r}: expected FIELD=VALUE, e.g. {flag} {example}")
         fields[name.strip()] = yaml.safe_load(value)
+    return fields
+
+
+def _adapter_fields(args: argparse.Namespace) -> dict:
+    """``--adapter-set FIELD=VALUE`` plus the ``--skip-targets`` / ``--lora-r`` shorthands."""
+    fields = _field_values(args.adapter_set, "--adapter-set", "r=4")
     if args.skip_targets is not None:
         fields["skip_modules"] = tuple(args.skip_targets)
     if args.lora_r is not None:
@@ -388,17 +399,8 @@ def _adapter_fields(args: argparse.Namespace) -> dict:
 
 
 def _arch_fields(args: argparse.Namespace) -> dict:
-    """``--arch-set FIELD=VALUE`` (values parsed as YAML) plus ``--missing-channels``."""
-    import yaml
-
-    from foundation.errors import ConfigError
-
-    fields: dict = {}
-    for item in args.arch_set:
-        name, sep, value = item.partition("=")
-        if not sep or not name:
-            raise ConfigError(f"--arch-set {item!r}: expected FIELD=VALUE, e.g. --arch-set missing_channels=mask")
-        fields[name.strip()] = yaml.safe_load(value)
+    """``--arch-set FIELD=VALUE`` plus ``--missing-channels``."""
+    fields = _field_values(args.arch_set, "--arch-set", "missing_channels=mask")
     if args.missing_channels is not None:
         fields["missing_channels"] = args.missing_channels
     return fields
@@ -437,8 +439,7 @@ def _benchmark(args: argparse.Namespace) -> int:
         raise ConfigError("foundation benchmark runs its cells one after another in one process; launch it "
                           "without deepspeed/torchrun")
     recipe = load_recipe(args.recipe, args.overrides)
-    fields = {"adapter_set": args.adapter_set, "skip_targets": None, "lora_r": None}
-    adapter = _adapter_fields(argparse.Namespace(**fields))
+    adapter = _field_values(args.adapter_set, "--adapter-set", "r=4")
     result = run_benchmark(recipe, args.models, args.methods, args.folds, args.output_dir, seed=args.seed,
                            options={"adapter": adapter} if adapter else {})
     print_summary(result)
