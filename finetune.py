@@ -5,7 +5,7 @@
 """
 import sys
 
-from foundation.cli import main
+from foundation.cli import script_main
 
 if __name__ == "__main__":
-    sys.exit(main(["finetune", *sys.argv[1:]]))
+    script_main(["finetune", *sys.argv[1:]])

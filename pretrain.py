@@ -7,7 +7,7 @@
 """
 import sys
 
-from foundation.cli import main
+from foundation.cli import script_main
 
 if __name__ == "__main__":
-    sys.exit(main(["pretrain", *sys.argv[1:]]))
+    script_main(["pretrain", *sys.argv[1:]])

@@ -19,11 +19,12 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 from pathlib import Path
 
 from foundation.errors import FoundationError
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "script_main", "build_parser"]
 
 
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
@@ -518,5 +519,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
 
+def script_main(argv: Sequence[str] | None = None) -> NoReturn:
+    """Entry point of a process started as a program (``pretrain.py``, ``finetune.py``, the ``foundation`` script).
+
+    Runs :func:`main` and exits with its status. A process that is one rank of several (``WORLD_SIZE`` > 1, set
+    by ``deepspeed``/``torchrun``) then leaves with ``os._exit`` once its output is flushed, skipping the
+    interpreter's finalization. Why: DeepSpeed's engine keeps references to its process groups in reference
+    cycles through autograd and module hooks (held by C++ objects the garbage collector cannot see), so the gloo
+    groups outlive ``destroy_process_group`` and are destroyed during finalization, where their destructors can
+    abort a process whose run succeeded ("terminate called without an active exception", exit -6: pytorch
+    PR 179291 describes the mechanism); the launcher then kills the other ranks and reports the job as failed.
+    By this point every rank has passed the teardown barrier and the run's files are written (atomically) and
+    closed. ``main`` itself never exits the process: tests and scripts call it in-process.
+    """
+    import logging
+    import os
+
+    status = main(argv)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    sys.exit(status)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    script_main()

@@ -215,3 +215,33 @@ def test_a_deepspeed_run_after_the_cli_tore_down_its_groups_in_the_same_process(
     assert not dist.is_initialized()
     one_step()  # before the fix: ValueError: Group ... is not registered
     _teardown(dist)
+
+
+@pytest.mark.parametrize("world_size", ["1", "2"])
+def test_a_rank_of_several_leaves_without_interpreter_finalization(tmp_path, world_size):
+    """``script_main`` (pretrain.py, finetune.py, the console script) ends one rank of several with ``os._exit``
+    once its output is flushed, so process groups DeepSpeed still holds are never destroyed during interpreter
+    finalization (where gloo can abort a run that succeeded); a lone process exits normally."""
+    marker = tmp_path / "finalized"
+    code = ("import atexit, pathlib, sys\n"
+            f"atexit.register(pathlib.Path({str(marker)!r}).write_text, 'atexit ran')\n"
+            "from foundation.cli import script_main\n"
+            "script_main(['info'])\n")
+    e = env()
+    e["WORLD_SIZE"] = world_size
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=e, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "foundation-suite" in proc.stdout and "recipes" in proc.stdout.lower()  # everything printed arrived
+    assert marker.exists() == (world_size == "1")
+
+
+def test_a_failing_rank_of_several_still_reports_its_status(tmp_path):
+    """The status of ``main`` survives the early exit: a clean error is exit 2 on a rank of several too."""
+    e = env()
+    e["WORLD_SIZE"] = "2"
+    code = ("from foundation.cli import script_main\n"
+            f"script_main(['pretrain', '--recipe', {str(tmp_path / 'missing.yaml')!r}])\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=e, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 2 and "missing.yaml" in proc.stderr
