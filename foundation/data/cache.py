@@ -58,9 +58,10 @@ from tqdm.auto import tqdm
 
 from foundation.atomic import replace_folder
 from foundation.data.lock import clear_stale_stages, folder_lock, stage_prefix
+from foundation.data.shard_plan import ShardMap
 from foundation.errors import DataError
 
-__all__ = ["CacheBuilder", "DataCache", "Part", "ShardedArray", "fingerprint", "path_signature", "announce", "INDEX",
+__all__ = ["CacheBuilder", "DataCache", "Part", "ShardedArray", "ShardMap", "fingerprint", "path_signature", "announce", "INDEX",
            "REPORT", "PARTS", "SHARDS", "SHARD_BYTES", "SHOWN"]
 
 log = logging.getLogger(__name__)
@@ -302,6 +303,29 @@ class DataCache:
         """Array ``name`` of the kept source ``key`` (memory-mapped unless ``mmap`` is False)."""
         return np.load(self.folder / PARTS / f"{key}.{name}.npy", mmap_mode="r" if mmap else None)
 
+    def _shard_table(self) -> dict[str, Any]:
+        if self._shards is None:
+            self._shards = json.loads(self._require(INDEX).read_text()).get("shards", {})
+        return self._shards
+
+    def shard_map(self, rows: Sequence[int] | np.ndarray) -> ShardMap:
+        """Where the items at cache rows ``rows`` live: their shards and each shard's files.
+
+        Args:
+            rows: [N] the cache row of each dataset item.
+
+        Raises:
+            DataError: the cache stores no per-item shards (a builder without :attr:`CacheBuilder.item_arrays`).
+        """
+        table = self._shard_table()
+        if not table.get("arrays"):
+            raise DataError(f"{self.folder}: the {self.builder.kind} cache keeps no per-item shards, so its items "
+                            "cannot be assigned to ranks; set train.shard_assignment=global")
+        per, names = int(table["shard_items"]), list(table["arrays"])
+        n_shards = -(-int(table["items"]) // per)
+        files = tuple(tuple(self.folder / SHARDS / f"{name}.{k:05d}.npy" for name in names) for k in range(n_shards))
+        return ShardMap(np.asarray(rows, dtype=np.int64) // per, files, str(self.folder))
+
     def array(self, name: str, mmap: bool = True) -> np.ndarray | ShardedArray:
         """A store array written by the builder's finalize.
 
@@ -309,10 +333,9 @@ class DataCache:
         from memory-mapped shards), or with ``mmap=False`` whole in memory (for small per-item arrays such as
         labels); any other array is ``<name>.npy``, memory-mapped unless ``mmap`` is False.
         """
-        if self._shards is None:
-            self._shards = json.loads(self._require(INDEX).read_text()).get("shards", {})
-        if name in self._shards.get("arrays", {}):
-            rows = ShardedArray(self.folder / SHARDS, name, self._shards)
+        table = self._shard_table()
+        if name in table.get("arrays", {}):
+            rows = ShardedArray(self.folder / SHARDS, name, table)
             return np.asarray(rows) if not mmap else rows
         return np.load(self._require(f"{name}.npy"), mmap_mode="r" if mmap else None)
 

@@ -9,13 +9,14 @@ ones, so no padding reaches attention.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
-from foundation.data.cache import DataCache
+from foundation.data.cache import DataCache, ShardMap
 from foundation.data.demo import check_source, is_demo, source_path
 from foundation.errors import ConfigError, DataError
 from foundation.modalities.eeg.cache import EEGCacheBuilder
@@ -101,10 +102,12 @@ class EEGWindows(torch.utils.data.Dataset):
         self.positions = self.cache.array("positions")
         self.chan_mask = self.cache.array("chan_mask")
         self.stats = self.cache.array("stats")
-        self.labels = self.cache.array("labels", mmap=False)
-        self.subject_ids = self.cache.array("subjects", mmap=False)
+        # labels and subjects are read per item from their shards: a rank under train.shard_assignment=rank
+        # touches only its own shards (``labels`` and ``subject_ids`` read them all, on first use)
+        self._label_rows = self.cache.array("labels")
+        self._subject_rows = self.cache.array("subjects")
         self.subjects = list(self.index["subjects"])
-        rows = np.arange(len(self.labels))
+        rows = np.arange(len(self._label_rows))
         if config.subjects:
             unknown = sorted(set(config.subjects) - set(self.subjects))
             if unknown:
@@ -124,9 +127,23 @@ class EEGWindows(torch.utils.data.Dataset):
             "pos": torch.from_numpy(np.array(self.positions[r])),
             "chan_mask": torch.from_numpy(np.array(self.chan_mask[r])),
             "stats": torch.from_numpy(np.array(self.stats[r])),
-            "label": torch.tensor(int(self.labels[r])),
-            "subject": torch.tensor(int(self.subject_ids[r])),
+            "label": torch.tensor(int(self._label_rows[r])),
+            "subject": torch.tensor(int(self._subject_rows[r])),
         }
+
+    @functools.cached_property
+    def labels(self) -> np.ndarray:
+        """[rows of the cache] int64, every window's class (-1 = unlabelled), read from all shards on first use."""
+        return np.asarray(self._label_rows)
+
+    @functools.cached_property
+    def subject_ids(self) -> np.ndarray:
+        """[rows of the cache] int64, every window's subject (index into ``subjects``), read on first use."""
+        return np.asarray(self._subject_rows)
+
+    def shard_map(self) -> ShardMap:
+        """Which cache shard each window lives in, and each shard's files (``train.shard_assignment: rank``)."""
+        return self.cache.shard_map(self.rows)
 
     @property
     def num_classes(self) -> int:
