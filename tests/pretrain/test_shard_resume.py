@@ -19,6 +19,7 @@ import pytest
 
 from foundation.config import load_recipe
 from foundation.data.cache import INDEX, REPORT, SHARDS
+from foundation.errors import CheckpointError, DataError
 from foundation.modalities.eeg.dataset import EEGWindows, _cache
 from foundation.modalities.eeg.demo_corpus import DemoCorpusConfig, make_demo_corpus
 from foundation.modalities.eeg.reader import find_recordings
@@ -179,3 +180,23 @@ def test_resume_on_the_same_rank_count_repeats_the_uninterrupted_losses(data, tm
     assert worst <= 1e-6
     again = [_reads(tmp_path / f"chain-reads{r}.txt") for r in range(2)]
     assert again == [r[8:] for r in reads]  # the same windows in the same order after the resume
+
+
+def test_a_missing_shard_file_and_a_changed_order_are_refused_by_name(data, tmp_path):
+    """In this process, one rank: a cache lacking a shard file of the rank stops before training with the file
+    named; a rank-order checkpoint resumed under the global order is refused."""
+    partial = tmp_path / "partial"
+    shutil.copytree(data["full"], partial)
+    (partial / SHARDS / "stats.00004.npy").unlink()
+    recipe = load_recipe(str(RECIPE), list(_overrides(data["corpus"], partial, "train.steps=1")))
+    with pytest.raises(DataError, match=r"stats\.00004\.npy: missing on this node .*rank 0 of 1 reads shards 0-5"):
+        Engine(recipe, tmp_path / "no-run").run()
+
+    out = tmp_path / "run"
+    Engine(load_recipe(str(RECIPE), list(_overrides(data["corpus"], data["full"], "train.steps=2"))), out,
+           stop_after=1).run()
+    glob = load_recipe(str(RECIPE), list(_overrides(data["corpus"], data["full"], "train.steps=2",
+                                                    "train.shard_assignment=global")))
+    with pytest.raises(CheckpointError, match="written with train.shard_assignment=rank, resumed with global.*"
+                                              "--set train.shard_assignment=rank"):
+        Engine(glob, out, resume=True).run()
