@@ -17,8 +17,8 @@ counters and our client state). Its own loader expects as many shards as there a
 - a ZeRO-0 checkpoint keeps whole states in ``mp_rank_00_model_states.pt``: DeepSpeed's loader reads it on any
   number of ranks (:func:`needs_resharding` says False) and only the check runs.
 
-ZeRO-3 partitions each parameter on its own (another layout): a ZeRO-3 checkpoint goes through DeepSpeed's
-universal checkpoint instead (:mod:`foundation.pretrain.universal`), and the same read-back check.
+ZeRO-3 partitions each parameter on its own (another layout): resuming one on another number of ranks is refused
+with a :class:`CheckpointError` that says what to do.
 """
 from __future__ import annotations
 
@@ -103,10 +103,19 @@ def global_batch(layout: SavedLayout) -> int | None:
 
 
 def needs_resharding(layout: SavedLayout, world_size: int) -> bool:
-    """Whether :func:`load_resharded` must re-partition the saved states to load on ``world_size`` ranks: a ZeRO-1/2
-    checkpoint written by another number of ranks (ZeRO 0 loads as it is; ZeRO 3 goes through
-    :func:`foundation.pretrain.universal.load_universal`)."""
-    return layout.world_size != world_size and layout.zero_stage in (1, 2)
+    """Whether the saved states must be re-partitioned to load on ``world_size`` ranks.
+
+    Raises:
+        CheckpointError: a ZeRO-3 checkpoint on another number of ranks.
+    """
+    if layout.world_size == world_size or layout.zero_stage == 0:
+        return False
+    if layout.zero_stage == 3:
+        raise CheckpointError(
+            f"{layout.folder}: a ZeRO-3 checkpoint written by {layout.world_size} ranks cannot be resumed on "
+            f"{world_size}; resume it on {layout.world_size} ranks, or start a new run from its weights "
+            f"(`foundation export {layout.folder.parent.parent}` consolidates them)")
+    return True
 
 
 def saved_states(layout: SavedLayout) -> Iterator[tuple[str, dict[str, torch.Tensor]]]:

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 
 from foundation.errors import CheckpointError
-from foundation.pretrain.reshard import MOMENTS, SavedLayout, _load
+from foundation.pretrain.reshard import MOMENTS, SavedLayout
 
 __all__ = ["universal_folder", "convert", "load_universal", "saved_states"]
 
@@ -102,26 +102,7 @@ def load_universal(engine: Any, layout: SavedLayout, rank: int, barrier: Callabl
         config.load_universal_checkpoint = False
     if path is None:
         raise CheckpointError(f"DeepSpeed could not load the universal checkpoint {out}; delete it to convert anew")
-    _restore_group_settings(engine, out)
     return client or {}
-
-
-def _restore_group_settings(engine: Any, folder: Path) -> None:
-    """Give every optimizer group its own saved settings back.
-
-    DeepSpeed's ZeRO-3 universal loader copies the *first* group's settings (weight decay included) into every
-    group: the suite's AdamW keeps norms and biases in a group without weight decay, which would then decay.
-
-    Raises:
-        CheckpointError: the saved optimizer has another number of groups than the running one.
-    """
-    saved = _load(folder / "zero" / "optimizer_state.pt")["optimizer_state_dict"]["param_groups"]
-    groups = engine.optimizer.optimizer.param_groups  # the torch optimizer inside DeepSpeed's ZeRO-3 optimizer
-    if len(saved) != len(groups):
-        raise CheckpointError(f"{folder}: {len(saved)} saved optimizer groups, {len(groups)} in the running model; "
-                              "resume with the recipe the run was started with")
-    for group, kept in zip(groups, saved):
-        group.update({k: v for k, v in kept.items() if k != "params"})
 
 
 def saved_states(folder: Path, shapes: dict[str, tuple[int, ...]]) -> Iterator[tuple[str, dict[str, torch.Tensor]]]:
