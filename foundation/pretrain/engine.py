@@ -278,14 +278,7 @@ class Engine:
                 raise CheckpointError(f"DeepSpeed could not load {folder}; the folder is incomplete")
             ckpts.load_rng(tag, dist.rank)
             return client
-        if layout.zero_stage == 3:  # each parameter partitioned on its own: DeepSpeed's universal checkpoint
-            from foundation.pretrain import universal
-
-            client = universal.load_universal(engine, layout, dist.rank, dist.barrier)
-            shapes = {n: tuple(getattr(p, "ds_shape", p.shape)) for n, p in engine.module.named_parameters()
-                      if p.requires_grad}  # ZeRO-3 keeps each rank's piece in the parameter, the shape in ds_shape
-            expected = universal.saved_states(universal.universal_folder(layout), shapes)
-        elif reshard.needs_resharding(layout, dist.world_size):
+        if reshard.needs_resharding(layout, dist.world_size):
             client = reshard.load_resharded(engine, layout)
             expected = reshard.saved_states(layout)
         else:  # whole states (ZeRO 0): DeepSpeed reads them on any number of ranks
