@@ -87,3 +87,52 @@ def test_a_cache_without_shards_is_refused_for_rank_assignment(tmp_path):
     with pytest.raises(DataError, match="keeps no per-item shards.*train.shard_assignment=global"):
         cache.shard_map([0, 1])
     assert Path(tmp_path / "w" / "parts").is_dir()
+
+
+class _SplitRows(_Rows):
+    """``_Rows`` saying which rows each source became: its index is split by shard."""
+
+    kind = "split-rows"
+
+    def finalize(self, folder: Path, entries: list[dict[str, Any]]) -> dict[str, Any]:
+        first = 0
+        for e in entries:
+            n = len(np.load(folder / "parts" / f"{e['key']}.label.npy"))
+            e["meta"].update(first=first, n=n)
+            first += n
+        return super().finalize(folder, entries)
+
+    def entry_rows(self, entry: dict[str, Any]) -> tuple[int, int]:
+        return entry["meta"]["first"], entry["meta"]["n"]
+
+
+def test_the_index_is_split_by_shard_and_reassembled_whole(tmp_path):
+    sources = ["10:0", "3:10", "1:13", "20:14", "16:34"]  # 50 rows, 7 per shard: "20:14" spans shards 2-4
+    split = DataCache(tmp_path / "s", _SplitRows(), shard_bytes=7 * 24)
+    split.prepare(sources)
+    whole = DataCache(tmp_path / "w", _Rows(), shard_bytes=7 * 24)  # no entry_rows: the old layout
+    whole.prepare(sources)
+
+    head = split.head()
+    assert head["entries_in_shards"] and "entries" not in head and head["shards"]["items"] == 50
+    assert "entries" in whole.head() and not whole.head().get("entries_in_shards")
+    index = split.index()
+    assert [e["source"] for e in index["entries"]] == sources == [e["source"] for e in whole.index()["entries"]]
+    assert whole.entries() == whole.index()["entries"]  # an unsplit cache reads its entries the same way
+
+    def rows_of(k):  # the sources whose rows [first, first + n) meet shard k's rows [7k, 7k + 7)
+        return [e["source"] for e in index["entries"]
+                if e["meta"]["first"] < 7 * k + 7 and e["meta"]["first"] + e["meta"]["n"] > 7 * k]
+
+    for k in range(8):
+        assert [e["source"] for e in split.entries([k])] == rows_of(k), k
+    assert [e["source"] for e in split.entries([2, 3, 4])] == ["20:14", "16:34"]  # "20:14" once, though in 3 files
+
+    shard_map = split.shard_map(np.arange(50))
+    assert shard_map.files[3][-1] == tmp_path / "s" / SHARDS / "entries.00003.json"
+    (tmp_path / "s" / SHARDS / "entries.00006.json").unlink()  # a node without shard 6
+    assert [e["source"] for e in split.entries(range(0, 4))] == ["10:0", "3:10", "1:13", "20:14"]
+    with pytest.raises(DataError, match=r"entries\.00006\.json: the entries of shard 6 are missing"):
+        split.index()
+    with pytest.raises(DataError, match=r"entries\.00006\.json: missing on this node"):
+        check_shard_files(shard_map, range(4, 8), 1, 2)

@@ -66,6 +66,7 @@ def data(tmp_path_factory) -> dict[str, Path]:
     cache.prepare(find_recordings(corpus))
     shard_map = EEGWindows(config).shard_map()
     assert shard_map.n_shards == 6, shard_map.counts()
+    assert "entries" not in cache.head() and cache.head()["entries_in_shards"]  # the index is split by shard
     runs = ShardLocalSampler(shard_map.item_shard, shard_map.n_shards, 2, 0).runs
     out = {"root": root, "corpus": corpus, "full": full}
     for rank, run in enumerate(runs):
@@ -112,8 +113,12 @@ def _reads(path: Path) -> list[int]:
 
 
 def test_each_node_holds_its_shards_only_and_a_resume_on_one_rank_reads_every_window_once(data, tmp_path):
-    """2 ranks, each on a node whose cache holds only its own 3 of the 6 shards, train 2 steps; 1 rank resumes
-    (accumulation 2: the same global batch) and finishes the epoch: every window is read exactly once."""
+    """2 ranks, each on a node whose cache holds only its own 3 of the 6 shards (arrays and index entries), train 2
+    steps; 1 rank resumes (accumulation 2: the same global batch) and finishes the epoch: every window is read
+    exactly once."""
+    for rank in range(2):  # the other rank's shards, entries included, are not on this node
+        names = sorted(p.name for p in (data[f"node{rank}"] / SHARDS).iterdir())
+        assert len(names) == 3 * 7 and sum(n.startswith("entries.") for n in names) == 3, names
     out = tmp_path / "run"
     _launch(out, [data["node0"], data["node1"]], data["corpus"], "train.steps=6", "train.checkpoint_every=2",
             extra=("--stop-after", "2"), record=True)
