@@ -11,7 +11,8 @@ N processes on one machine, or several machines listed in a hostfile::
 
 What a run does: ``deepspeed.initialize`` with the recipe's DeepSpeed section
 (ZeRO 0-3, bf16, gradient accumulation and clipping), AdamW with warmup +
-cosine, a resumable distributed sampler seeded per epoch, a tqdm bar on rank 0,
+cosine, a resumable distributed sampler seeded per epoch (one shuffle of the corpus dealt out to the ranks, or
+with ``train.shard_assignment: rank`` each rank on its own cache shards, :mod:`.shard_sampler`), a tqdm bar on rank 0,
 ``metrics.jsonl`` and ``curves.png``, checkpoints every N steps (last K kept, an
 atomic ``latest``), exact ``--resume``, a checkpoint on SIGTERM/SIGINT, a clear
 stop on a non-finite loss, on a lost rank (named, with the checkpoint to
