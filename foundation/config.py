@@ -62,6 +62,11 @@ class TrainConfig:
     keep_last: int = field(default=3, metadata=_help("checkpoints kept on disk"))
     max_nonfinite_skips: int = field(default=0, metadata=_help("micro-batches with a non-finite loss skipped before the run stops"))
     num_workers: int = field(default=0, metadata=_help("DataLoader worker processes per rank"))
+    shard_assignment: str = field(default="global", metadata=_help(
+        "data order across ranks: 'global' (one shuffle of the whole corpus dealt out to the ranks: every rank "
+        "reads every shard, and a resume on another rank count continues the same order) or 'rank' (each rank "
+        "owns a run of cache shards and shuffles within them: a node needs only its ranks' shard files; a resume "
+        "on another rank count reads each unread item once, in another order)"))
     tensorboard: bool = field(default=False, metadata=_help("also write TensorBoard event files"))
     progress_bar: bool = field(default=True, metadata=_help("tqdm progress bar on rank 0"))
     collective_timeout_s: float = field(default=1800.0, metadata=_help(
@@ -76,6 +81,9 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         modes = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+        if self.shard_assignment not in ("global", "rank"):
+            raise ConfigError(f"train.shard_assignment: unknown value {self.shard_assignment!r}; "
+                              f"{did_you_mean(self.shard_assignment, ('global', 'rank'))}")
         if self.compile_mode not in modes:
             raise ConfigError(f"train.compile_mode: unknown value {self.compile_mode!r}; valid: {', '.join(modes)}")
         for name in ("steps", "micro_batch_size", "log_every", "keep_last"):

@@ -21,13 +21,22 @@ rest the same way for all of them:
 Layout of a cache folder::
 
     index.json      fingerprint, kind, version, settings, "entries": one per kept source {source, key, meta}
-                    plus whatever finalize adds
+                    plus whatever finalize adds; a builder that says which rows each source became
+                    (:meth:`CacheBuilder.entry_rows`) has its entries split by shard instead
+                    ("entries_in_shards": true, ``shards/entries.<k>.json``)
     report.json     {"fingerprint", "kind", "n_sources", "n_kept", "n_left_out", "n_noted",
                      "sources": [{"source", "status": "kept" | "left_out", "reason"?, "notes"?}]}
     parts/<key>.<name>.npy   arrays of each kept source (unless finalize combined and removed them)
     shards/<name>.<k>.npy    the builder's per-item arrays (:attr:`CacheBuilder.item_arrays`), cut into shards of
                              ``shard_items`` rows (about :data:`SHARD_BYTES` each); ``index.json`` "shards" holds
                              the table: items, shard_items, each array's dtype and row shape
+
+**The index split by shard.** When the builder says which rows each source became, the per-source entries
+(the part of the index that grows with the corpus) are written per shard, ``shards/entries.<k>.json`` holding the
+entries whose rows fall in shard ``k``, and ``index.json`` keeps only what does not grow: :meth:`DataCache.head`
+reads that, :meth:`DataCache.entries` the entries of chosen shards, :meth:`DataCache.index` reassembles the whole
+index (old caches, whose ``index.json`` holds every entry, read the same way). A rank that reads only its shards
+(``train.shard_assignment: rank``) thus never loads the full-corpus index.
 
 **Shards.** A corpus larger than a process's memory is read through :class:`ShardedArray`: row ``i`` lives in
 shard ``i // shard_items``, whose file is memory-mapped the first time a row of it is read (advised as random
@@ -58,9 +67,10 @@ from tqdm.auto import tqdm
 
 from foundation.atomic import replace_folder
 from foundation.data.lock import clear_stale_stages, folder_lock, stage_prefix
+from foundation.data.shard_plan import ShardMap
 from foundation.errors import DataError
 
-__all__ = ["CacheBuilder", "DataCache", "Part", "ShardedArray", "fingerprint", "path_signature", "announce", "INDEX",
+__all__ = ["CacheBuilder", "DataCache", "Part", "ShardedArray", "ShardMap", "fingerprint", "path_signature", "announce", "INDEX",
            "REPORT", "PARTS", "SHARDS", "SHARD_BYTES", "SHOWN"]
 
 log = logging.getLogger(__name__)
@@ -163,6 +173,11 @@ class CacheBuilder(ABC):
         """What tells a changed source (default: :func:`path_signature` of ``source``)."""
         return path_signature(source)
 
+    def entry_rows(self, entry: dict[str, Any]) -> tuple[int, int] | None:
+        """``(first row, rows)`` of the per-item arrays that kept source ``entry`` became (after :meth:`finalize`),
+        or None (default): the entries then stay whole in ``index.json`` instead of being split by shard."""
+        return None
+
     def finalize(self, folder: Path, entries: list[dict[str, Any]]) -> dict[str, Any]:
         """Combine the kept sources' parts into the store (default: keep one file per array per source).
 
@@ -247,10 +262,16 @@ class DataCache:
                 raise DataError(f"{b.kind} cache {self.folder}: none of the {len(sources)} source(s) could be cached; "
                                 f"fix or replace them:\n{reasons}")
             extra = b.finalize(stage, entries)
+            index = {"fingerprint": fp, "kind": b.kind, "version": b.version, "settings": b.settings()}
             if b.item_arrays:
                 extra["shards"] = _write_shards(stage, b.item_arrays, self.shard_bytes)
-            index = {"fingerprint": fp, "kind": b.kind, "version": b.version, "settings": b.settings(),
-                     "entries": entries, **extra}
+                rows = [b.entry_rows(e) for e in entries]
+                if all(r is not None for r in rows):
+                    _write_entries(stage, entries, rows, extra["shards"])
+                    index["entries_in_shards"] = True
+            if not index.get("entries_in_shards"):
+                index["entries"] = entries
+            index.update(extra)
             report = {"fingerprint": fp, "kind": b.kind, "n_sources": len(sources), "n_kept": len(entries),
                       "n_left_out": len(sources) - len(entries),
                       "n_noted": sum(1 for e in listed if e.get("notes")), "sources": listed}
@@ -277,14 +298,27 @@ class DataCache:
         return path
 
     def index(self, sources: Sequence[Any] | Callable[[], Sequence[Any]] | None = None) -> dict[str, Any]:
-        """The cache's ``index.json``; with ``sources``, checked to be current for them.
+        """The whole index: ``index.json`` with every entry (reassembled from the shards' entry files where the
+        index is split); with ``sources``, checked to be current for them.
 
         Args:
             sources: the sources the cache must hold, or a function listing them (called only once the
                 cache is known to be complete, so a missing cache is reported as such).
 
         Raises:
-            DataError: no complete cache, or (with ``sources``) a cache of other sources, settings or code.
+            DataError: no complete cache, a missing entry file, or (with ``sources``) a cache of other sources,
+                settings or code.
+        """
+        index = self.head(sources)
+        if index.get("entries_in_shards"):
+            index["entries"] = self.entries()
+        return index
+
+    def head(self, sources: Sequence[Any] | Callable[[], Sequence[Any]] | None = None) -> dict[str, Any]:
+        """``index.json`` as stored: without the entries where they are split by shard (see :meth:`index`).
+
+        Raises:
+            DataError: as :meth:`index`.
         """
         index = json.loads(self._require(INDEX).read_text())
         if callable(sources):
@@ -294,6 +328,28 @@ class DataCache:
                             "code than the config asks for; run the dataset's prepare(config) to rebuild it")
         return index
 
+    def entries(self, shards: Sequence[int] | range | None = None) -> list[dict[str, Any]]:
+        """The entries (one per kept source) of the sources with rows in ``shards`` (None: all), in order.
+
+        Raises:
+            DataError: an entry file of those shards is missing.
+        """
+        head = json.loads(self._require(INDEX).read_text())
+        if not head.get("entries_in_shards"):
+            return list(head["entries"])
+        table = head["shards"]
+        if shards is None:
+            shards = range(-(-int(table["items"]) // int(table["shard_items"])))
+        seen: dict[str, dict[str, Any]] = {}
+        for k in shards:
+            path = self.folder / SHARDS / f"entries.{k:05d}.json"
+            if not path.is_file():
+                raise DataError(f"{path}: the entries of shard {k} are missing; copy the cache's shards/ files of "
+                                f"shard {k} from the node that built it, or delete {self.folder} to rebuild")
+            for entry in json.loads(path.read_text()):
+                seen.setdefault(entry["key"], entry)  # a source whose rows span two shards is listed in both
+        return [seen[key] for key in sorted(seen)]
+
     def report(self) -> dict[str, Any]:
         """The cache's ``report.json``."""
         return json.loads(self._require(REPORT).read_text())
@@ -302,6 +358,31 @@ class DataCache:
         """Array ``name`` of the kept source ``key`` (memory-mapped unless ``mmap`` is False)."""
         return np.load(self.folder / PARTS / f"{key}.{name}.npy", mmap_mode="r" if mmap else None)
 
+    def _shard_table(self) -> dict[str, Any]:
+        if self._shards is None:
+            self._shards = json.loads(self._require(INDEX).read_text()).get("shards", {})
+        return self._shards
+
+    def shard_map(self, rows: Sequence[int] | np.ndarray) -> ShardMap:
+        """Where the items at cache rows ``rows`` live: their shards and each shard's files.
+
+        Args:
+            rows: [N] the cache row of each dataset item.
+
+        Raises:
+            DataError: the cache stores no per-item shards (a builder without :attr:`CacheBuilder.item_arrays`).
+        """
+        table = self._shard_table()
+        if not table.get("arrays"):
+            raise DataError(f"{self.folder}: the {self.builder.kind} cache keeps no per-item shards, so its items "
+                            "cannot be assigned to ranks; set train.shard_assignment=global")
+        per, names = int(table["shard_items"]), list(table["arrays"])
+        n_shards = -(-int(table["items"]) // per)
+        split = bool(json.loads(self._require(INDEX).read_text()).get("entries_in_shards"))
+        files = tuple(tuple(self.folder / SHARDS / f"{name}.{k:05d}.npy" for name in names)
+                      + ((self.folder / SHARDS / f"entries.{k:05d}.json",) if split else ()) for k in range(n_shards))
+        return ShardMap(np.asarray(rows, dtype=np.int64) // per, files, str(self.folder))
+
     def array(self, name: str, mmap: bool = True) -> np.ndarray | ShardedArray:
         """A store array written by the builder's finalize.
 
@@ -309,10 +390,9 @@ class DataCache:
         from memory-mapped shards), or with ``mmap=False`` whole in memory (for small per-item arrays such as
         labels); any other array is ``<name>.npy``, memory-mapped unless ``mmap`` is False.
         """
-        if self._shards is None:
-            self._shards = json.loads(self._require(INDEX).read_text()).get("shards", {})
-        if name in self._shards.get("arrays", {}):
-            rows = ShardedArray(self.folder / SHARDS, name, self._shards)
+        table = self._shard_table()
+        if name in table.get("arrays", {}):
+            rows = ShardedArray(self.folder / SHARDS, name, table)
             return np.asarray(rows) if not mmap else rows
         return np.load(self._require(f"{name}.npy"), mmap_mode="r" if mmap else None)
 
@@ -339,6 +419,18 @@ def _write_shards(folder: Path, names: Sequence[str], shard_bytes: int) -> dict[
     for name in names:
         (folder / f"{name}.npy").unlink()
     return {"items": n, "shard_items": per_shard, "arrays": table}
+
+
+def _write_entries(folder: Path, entries: list[dict[str, Any]], rows: list[tuple[int, int] | None],
+                   table: dict[str, Any]) -> None:
+    """Write ``shards/entries.<k>.json``: the entries whose rows ``[first, first + n)`` fall in shard ``k``."""
+    per = int(table["shard_items"])
+    by_shard: list[list[dict[str, Any]]] = [[] for _ in range(-(-int(table["items"]) // per))]
+    for entry, (first, n) in zip(entries, rows):  # type: ignore[misc]
+        for k in range(first // per, (first + n - 1) // per + 1) if n else ():
+            by_shard[k].append(entry)
+    for k, listed in enumerate(by_shard):
+        (folder / SHARDS / f"entries.{k:05d}.json").write_text(json.dumps(listed, default=str))
 
 
 class ShardedArray:

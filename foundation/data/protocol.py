@@ -14,7 +14,9 @@ and, optionally (the suite's datasets have them all):
 - ``item_labels() -> list``: the label of every item without loading the items (stratified splits);
 - ``item_sources() -> list[str]``: the file each item comes from (prediction CSVs);
 - ``preprocessing() -> dict``: what a model trained on the data expects of new data (sampling rate, grid,
-  image size, units, normalisation); written into a model's ``config.json`` and card, checked by ``predict``.
+  image size, units, normalisation); written into a model's ``config.json`` and card, checked by ``predict``;
+- ``shard_map() -> ShardMap``: which cache shard holds each item and each shard's files
+  (:mod:`foundation.data.shard_plan`); needed by ``train.shard_assignment: rank`` (the EEG windows have it).
 
 A wrong input (a bad file, a cache of other settings, a wrong shape) raises
 :class:`~foundation.errors.DataError`.

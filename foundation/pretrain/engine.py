@@ -11,7 +11,8 @@ N processes on one machine, or several machines listed in a hostfile::
 
 What a run does: ``deepspeed.initialize`` with the recipe's DeepSpeed section
 (ZeRO 0-3, bf16, gradient accumulation and clipping), AdamW with warmup +
-cosine, a resumable distributed sampler seeded per epoch, a tqdm bar on rank 0,
+cosine, a resumable distributed sampler seeded per epoch (one shuffle of the corpus dealt out to the ranks, or
+with ``train.shard_assignment: rank`` each rank on its own cache shards, :mod:`.shard_sampler`), a tqdm bar on rank 0,
 ``metrics.jsonl`` and ``curves.png``, checkpoints every N steps (last K kept, an
 atomic ``latest``), exact ``--resume``, a checkpoint on SIGTERM/SIGINT, a clear
 stop on a non-finite loss, on a lost rank (named, with the checkpoint to
@@ -45,6 +46,7 @@ from foundation.pretrain.result import RunResult
 from foundation.pretrain.optim import WarmupCosineScheduler, build_optimizer
 from foundation.pretrain.run_log import RunLog
 from foundation.pretrain.sampler import ResumableDistributedSampler
+from foundation.pretrain.shard_sampler import ShardLocalSampler
 
 __all__ = ["RunResult", "Engine", "deepspeed_config"]
 
@@ -225,10 +227,20 @@ class Engine:
         )
         self.ds_engine = engine
         apply_timeout(train.collective_timeout_s)  # DeepSpeed's own groups, too
-        # epoch and position: where the data order stands (samples of the epoch's order consumed, all ranks)
-        state = {"step": 0, "micro_batches": 0, "nonfinite_skips": 0, "epoch": 0, "position": -1}
+        # epoch and position: where the data order stands (samples of the epoch's order consumed, all ranks);
+        # under shard_assignment=rank the segment and the per-shard progress (see shard_sampler)
+        state: dict[str, Any] = {"step": 0, "micro_batches": 0, "nonfinite_skips": 0, "epoch": 0, "position": -1,
+                                 "order": train.shard_assignment}
+        if train.shard_assignment == "rank":
+            state.update(shard_world=dist.world_size, shard_base=None, shard_taken=0, shard_progress=None)
         if resume_tag is not None:
             client = self._load(engine, ckpts, resume_tag, dist)
+            saved_order = client.get("order", "global")
+            if saved_order != train.shard_assignment:
+                raise CheckpointError(
+                    f"{ckpts.root / resume_tag}: written with train.shard_assignment={saved_order}, resumed with "
+                    f"{train.shard_assignment}; the data positions of the two orders do not translate: resume with "
+                    f"--set train.shard_assignment={saved_order}")
             state.update({k: client[k] for k in state if k in client})
             self._step = state["step"]
         log = RunLog(self.output_dir, recipe.name, train.tensorboard and dist.is_main,
@@ -308,10 +320,13 @@ class Engine:
         ckpts.verify(tag)  # nothing unsafe or incomplete reaches DeepSpeed's loader
         return tag
 
-    def _loader(self, dataset: Any, dist: DistInfo) -> tuple[DataLoader, ResumableDistributedSampler]:
+    def _loader(self, dataset: Any, dist: DistInfo) -> tuple[DataLoader, Any]:
         train = self.recipe.train
-        sampler = ResumableDistributedSampler(len(dataset), dist.world_size, dist.rank, seed=train.seed)
-        if sampler.per_rank < train.micro_batch_size:
+        if train.shard_assignment == "rank":
+            sampler = self._shard_sampler(dataset, dist)
+        else:
+            sampler = ResumableDistributedSampler(len(dataset), dist.world_size, dist.rank, seed=train.seed)
+        if isinstance(sampler, ResumableDistributedSampler) and sampler.per_rank < train.micro_batch_size:
             raise TrainingError(
                 f"data: {len(dataset)} samples give {sampler.per_rank} per rank, fewer than "
                 f"train.micro_batch_size={train.micro_batch_size}; lower the batch size or add data"
@@ -323,13 +338,38 @@ class Engine:
                             generator=torch.Generator().manual_seed(train.seed + dist.rank))
         return loader, sampler
 
-    def _loop(self, engine: Any, dataset: Any, dist: DistInfo, ckpts: CheckpointDir, state: dict[str, int],
+    def _shard_sampler(self, dataset: Any, dist: DistInfo) -> ShardLocalSampler:
+        """The sampler of ``train.shard_assignment: rank``, once this node holds the rank's shard files.
+
+        Raises:
+            DataError: the dataset keeps no shards, fewer shards than ranks, or a shard file of this rank is absent.
+        """
+        from foundation.data.shard_plan import check_shard_files
+        from foundation.errors import DataError
+
+        if not callable(getattr(dataset, "shard_map", None)):
+            raise DataError(f"data: {type(dataset).__name__} does not say which cache shard holds each item, so "
+                            "train.shard_assignment=rank cannot assign shards to ranks; set "
+                            "train.shard_assignment=global")
+        shard_map = dataset.shard_map()
+        sampler = ShardLocalSampler(shard_map.item_shard, shard_map.n_shards, dist.world_size, dist.rank,
+                                    seed=self.recipe.train.seed, batch=self.recipe.train.micro_batch_size,
+                                    where=shard_map.where)
+        check_shard_files(shard_map, sampler.shards, dist.rank, dist.world_size)
+        return sampler
+
+    def _loop(self, engine: Any, dataset: Any, dist: DistInfo, ckpts: CheckpointDir, state: dict[str, Any],
               log: RunLog | None, stop: _StopSignal) -> RunResult:
         recipe, train = self.recipe, self.recipe.train
         accum = recipe.deepspeed.gradient_accumulation_steps
         loader, sampler = self._loader(dataset, dist)
-        per_epoch = sampler.per_rank // train.micro_batch_size
-        if state["position"] < 0:  # a fresh run, or a checkpoint from before positions were saved (same ranks)
+        by_rank = isinstance(sampler, ShardLocalSampler)
+        if by_rank:
+            if state["shard_world"] != dist.world_size:  # resumed on another rank count: a new segment of the
+                # epoch starts where every shard's reading stopped
+                state.update(shard_world=dist.world_size, shard_base=state["shard_progress"], shard_taken=0)
+        elif state["position"] < 0:  # a fresh run, or a checkpoint from before positions were saved (same ranks)
+            per_epoch = sampler.per_rank // train.micro_batch_size
             state["epoch"], within = divmod(state["micro_batches"], per_epoch)
             state["position"] = within * train.micro_batch_size * dist.world_size
         float_dtype = torch.bfloat16 if recipe.deepspeed.bf16 else None
@@ -342,10 +382,16 @@ class Engine:
         n_micro, t_step = 0, time.perf_counter()
         keys: list[str] | None = None
         while state["step"] < train.steps:
-            sampler.set_epoch(state["epoch"], start=min(state["position"], sampler.total))
+            if by_rank:
+                sampler.set_epoch(state["epoch"], state["shard_base"], state["shard_taken"])
+            else:
+                sampler.set_epoch(state["epoch"], start=min(state["position"], sampler.total))
             for batch in loader:
                 state["micro_batches"] += 1
-                state["position"] += train.micro_batch_size * dist.world_size
+                if by_rank:
+                    state["shard_taken"] += train.micro_batch_size
+                else:
+                    state["position"] += train.micro_batch_size * dist.world_size
                 loss, metrics = engine(to_device(batch, engine.device, float_dtype))
                 keys = keys or sorted(metrics)
                 reduced = dist.all_reduce_sum(_step_values(loss, metrics, keys, stop.received is not None)).tolist()
@@ -369,8 +415,8 @@ class Engine:
                 state["step"] += 1
                 self._step = state["step"]
                 engine.module.on_step_end(state["step"])
-                record = self._record(state, sums, n_micro, engine, time.perf_counter() - t_step, dist,
-                                      sampler.total)
+                within = sampler.fraction(state["shard_taken"]) if by_rank else state["position"] / sampler.total
+                record = self._record(state, sums, n_micro, engine, time.perf_counter() - t_step, dist, within)
                 sums, n_micro, t_step = {}, 0, time.perf_counter()
                 bar.update(1)
                 bar.set_postfix(loss=f"{record['loss']:.4g}", sps=f"{record['samples_per_s']:.1f}")
@@ -381,6 +427,9 @@ class Engine:
                                               and state["step"] - start_step >= self.stop_after)
                 due = train.checkpoint_every and state["step"] % train.checkpoint_every == 0
                 if due or stop_now or state["step"] >= train.steps:
+                    if by_rank:  # every rank replays every rank's order: the same progress everywhere
+                        state["shard_progress"] = sampler.progress(state["shard_taken"]).tolist()
+                        state["shard_base"] = sampler.base.tolist()
                     last_tag = self._save(engine, ckpts, state, dist, log)
                     if not stop_now and state["step"] < train.steps:
                         # a signal that came while the checkpoint was written stops the run here, on every
@@ -394,6 +443,8 @@ class Engine:
                     break
             else:  # the epoch's order is used up (a tail shorter than a micro-batch per rank is left out)
                 state["epoch"], state["position"] = state["epoch"] + 1, 0
+                if by_rank:
+                    state.update(shard_base=None, shard_taken=0)
             if result.stopped_early:
                 break
         bar.close()
@@ -402,8 +453,8 @@ class Engine:
         result.curves = log.curves_path if log is not None and log.records else None
         return result
 
-    def _record(self, state: dict[str, int], sums: dict[str, float], n_micro: int, engine: Any,
-                seconds: float, dist: DistInfo, epoch_total: int) -> dict[str, Any]:
+    def _record(self, state: dict[str, Any], sums: dict[str, float], n_micro: int, engine: Any,
+                seconds: float, dist: DistInfo, within: float) -> dict[str, Any]:
         samples = n_micro * self.recipe.train.micro_batch_size * dist.world_size
         record: dict[str, Any] = {"step": state["step"]}
         record.update({k: v / n_micro for k, v in sums.items()})
@@ -413,10 +464,10 @@ class Engine:
         if norm is not None:
             record["grad_norm"] = float(norm)
         record["samples_per_s"] = samples / max(seconds, 1e-9)
-        record["epoch"] = state["epoch"] + state["position"] / epoch_total
+        record["epoch"] = state["epoch"] + within  # epochs done plus the fraction of the current one
         return record
 
-    def _save(self, engine: Any, ckpts: CheckpointDir, state: dict[str, int], dist: DistInfo,
+    def _save(self, engine: Any, ckpts: CheckpointDir, state: dict[str, Any], dist: DistInfo,
               log: RunLog | None) -> str:
         client = dict(state, recipe=self.recipe.to_yaml())
 

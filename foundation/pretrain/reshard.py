@@ -113,7 +113,9 @@ def needs_resharding(layout: SavedLayout, world_size: int) -> bool:
     if layout.zero_stage == 3:
         raise CheckpointError(
             f"{layout.folder}: a ZeRO-3 checkpoint written by {layout.world_size} ranks cannot be resumed on "
-            f"{world_size}; resume it on {layout.world_size} ranks, or start a new run from its weights "
+            f"{world_size} (DeepSpeed's universal checkpoint loads its states exactly, but training after that load "
+            "departs from the uninterrupted run, so it is not offered; README, elastic resume); resume it on "
+            f"{layout.world_size} ranks, or start a new run from its weights "
             f"(`foundation export {layout.folder.parent.parent}` consolidates them)")
     return True
 

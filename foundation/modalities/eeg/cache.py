@@ -125,6 +125,10 @@ class EEGCacheBuilder(CacheBuilder):
             meta["flat_windows"] = flat_note
         return Part({"win": win.astype(np.float16), "stats": st.astype(np.float32), "labels": y}, meta, notes)
 
+    def entry_rows(self, entry: dict[str, Any]) -> tuple[int, int]:
+        """The windows a recording became: ``(first_window, n_windows)`` (the index is split by shard)."""
+        return int(entry["meta"]["first_window"]), int(entry["meta"]["n_windows"])
+
     def finalize(self, folder: Path, entries: list[dict[str, Any]]) -> dict[str, Any]:
         """Pad and stack the recordings' windows; z-score the statistics over the corpus."""
         parts = folder / PARTS
@@ -162,4 +166,5 @@ class EEGCacheBuilder(CacheBuilder):
         shutil.rmtree(parts)
         return {"subjects": subjects, "label_names": list(self.labels), "stat_names": stat_names(self.stats),
                 "stats_mean": mean.tolist(), "stats_std": std.tolist(), "sfreq": self.pre.sfreq,
-                "window_seconds": self.window_s, "max_channels": c_max}
+                "window_seconds": self.window_s, "max_channels": c_max, "n_recordings": len(entries),
+                "channel_counts": sorted({len(e["meta"]["channels"]) for e in entries})}

@@ -9,13 +9,14 @@ ones, so no padding reaches attention.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
-from foundation.data.cache import DataCache
+from foundation.data.cache import DataCache, ShardMap
 from foundation.data.demo import check_source, is_demo, source_path
 from foundation.errors import ConfigError, DataError
 from foundation.modalities.eeg.cache import EEGCacheBuilder
@@ -96,15 +97,19 @@ class EEGWindows(torch.utils.data.Dataset):
     def __init__(self, config: EEGWindowsConfig) -> None:
         self.config = config
         self.cache = _cache(config)
-        self.index = self.cache.index(lambda: find_recordings(source_path(config.source, config.cache_dir)))
+        # the index without its per-recording entries (split by shard in caches built since issue 19): a rank
+        # reading only its shards never loads the whole corpus's; ``index`` reads them all on first use
+        self.head = self.cache.head(lambda: find_recordings(source_path(config.source, config.cache_dir)))
         self.windows = self.cache.array("windows")
         self.positions = self.cache.array("positions")
         self.chan_mask = self.cache.array("chan_mask")
         self.stats = self.cache.array("stats")
-        self.labels = self.cache.array("labels", mmap=False)
-        self.subject_ids = self.cache.array("subjects", mmap=False)
-        self.subjects = list(self.index["subjects"])
-        rows = np.arange(len(self.labels))
+        # labels and subjects are read per item from their shards: a rank under train.shard_assignment=rank
+        # touches only its own shards (``labels`` and ``subject_ids`` read them all, on first use)
+        self._label_rows = self.cache.array("labels")
+        self._subject_rows = self.cache.array("subjects")
+        self.subjects = list(self.head["subjects"])
+        rows = np.arange(len(self._label_rows))
         if config.subjects:
             unknown = sorted(set(config.subjects) - set(self.subjects))
             if unknown:
@@ -124,9 +129,28 @@ class EEGWindows(torch.utils.data.Dataset):
             "pos": torch.from_numpy(np.array(self.positions[r])),
             "chan_mask": torch.from_numpy(np.array(self.chan_mask[r])),
             "stats": torch.from_numpy(np.array(self.stats[r])),
-            "label": torch.tensor(int(self.labels[r])),
-            "subject": torch.tensor(int(self.subject_ids[r])),
+            "label": torch.tensor(int(self._label_rows[r])),
+            "subject": torch.tensor(int(self._subject_rows[r])),
         }
+
+    @functools.cached_property
+    def index(self) -> dict[str, Any]:
+        """The whole cache index, every recording's entry included (read on first use)."""
+        return self.cache.index()
+
+    @functools.cached_property
+    def labels(self) -> np.ndarray:
+        """[rows of the cache] int64, every window's class (-1 = unlabelled), read from all shards on first use."""
+        return np.asarray(self._label_rows)
+
+    @functools.cached_property
+    def subject_ids(self) -> np.ndarray:
+        """[rows of the cache] int64, every window's subject (index into ``subjects``), read on first use."""
+        return np.asarray(self._subject_rows)
+
+    def shard_map(self) -> ShardMap:
+        """Which cache shard each window lives in, and each shard's files (``train.shard_assignment: rank``)."""
+        return self.cache.shard_map(self.rows)
 
     @property
     def num_classes(self) -> int:
@@ -156,9 +180,9 @@ class EEGWindows(torch.utils.data.Dataset):
 
     def preprocessing(self) -> dict[str, Any]:
         """What a model trained on these windows expects of new recordings (goes into config.json and the card)."""
-        pre = self.index["settings"]["preprocess"]
-        return {"modality": "eeg", "sfreq_hz": float(self.index["sfreq"]),
-                "window_seconds": float(self.index["window_seconds"]), "patch_samples": int(round(self.index["sfreq"])),
+        pre = self.head["settings"]["preprocess"]
+        return {"modality": "eeg", "sfreq_hz": float(self.head["sfreq"]),
+                "window_seconds": float(self.head["window_seconds"]), "patch_samples": int(round(self.head["sfreq"])),
                 "band_pass_hz": [pre["l_freq"], pre["h_freq"]], "notch_hz": list(pre["notch"]),
                 "units": f"volts x {pre['scale']:g}", "scale_from_volts": float(pre["scale"]), "clip": float(pre["clip"]),
                 "channels": "any set with 3D electrode positions (montage or digitisation)"}
@@ -166,16 +190,19 @@ class EEGWindows(torch.utils.data.Dataset):
     @property
     def n_stats(self) -> int:
         """S, statistics per channel."""
-        return len(self.index["stat_names"])
+        return len(self.head["stat_names"])
 
     def describe(self) -> str:
         """One paragraph for the model card."""
-        idx = self.index
-        recordings = [e["meta"] for e in idx["entries"]]
-        n_ch = sorted({len(r["channels"]) for r in recordings})
+        idx = self.head
+        if "n_recordings" in idx:
+            n_rec, n_ch = idx["n_recordings"], idx["channel_counts"]
+        else:  # a cache from before the counts were kept in the index
+            recordings = [e["meta"] for e in self.index["entries"]]
+            n_rec, n_ch = len(recordings), sorted({len(r["channels"]) for r in recordings})
         pre = idx["settings"]["preprocess"]
         src = "the generated demo corpus" if is_demo(self.config.source) else f"recordings under {self.config.source}"
         left = self.cache.report()["n_left_out"]
-        return (f"{len(self)} windows of {idx['window_seconds']:g} s at {idx['sfreq']:g} Hz from {len(recordings)} "
+        return (f"{len(self)} windows of {idx['window_seconds']:g} s at {idx['sfreq']:g} Hz from {n_rec} "
                 f"recordings of {len(self.subjects)} subjects ({src}; {left} left out); channel counts {n_ch}; "
                 f"band-pass {pre['l_freq']}-{pre['h_freq']} Hz; statistics targets: {', '.join(idx['stat_names'])}.")
