@@ -2,8 +2,8 @@
 
     python benchmarks/bench_explain.py --out runs/bench-explain [--steps 120] [--items 16] [--only eeg fmri us-cls us-seg]
 
-For each shipped model a tiny encoder (the ``*-tiny`` recipe's sizes, random init: no pretraining run) is
-fully fine-tuned in-process by the suite's runner on the ``*-tiny-probe`` demo task (``--steps`` steps), then
+For each shipped model a tiny encoder (the ``*-tiny`` recipe's sizes; pretrained by ``foundation pretrain`` when
+``--base-eeg`` / ``--base-fmri`` name the run's export folder, else random init) is fully fine-tuned in-process by the suite's runner on the ``*-tiny-probe`` demo task (``--steps`` steps), then
 explained on the runner's own held-out subjects/patients with :func:`foundation.explain.explain`:
 
 - EEG: share of |attribution| on the planted channels and bands per class vs uniform (target >= 2x);
@@ -38,10 +38,13 @@ from foundation.registry import DATASETS, MODELS
 TRAIN = ["train.warmup_steps=5", "train.progress_bar=false"]
 
 
-def _finetune(recipe_name: str, data: list[str], base_model: torch.nn.Module, out: Path, steps: int):
+def _finetune(recipe_name: str, data: list[str], base_model: torch.nn.Module | str, out: Path, steps: int):
     recipe = load_recipe(recipe_name, data + TRAIN + [f"train.steps={steps}"])
-    base = out / "base"
-    base_model.save_pretrained(base)
+    if isinstance(base_model, str):  # a pretraining run's export folder
+        base = Path(base_model)
+    else:
+        base = out / "base"
+        base_model.save_pretrained(base)
     ds_cls = DATASETS.get(recipe.data.name)
     ds_cls.prepare(recipe.data.config)
     dataset = ds_cls(recipe.data.config)
@@ -95,6 +98,11 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", default=["eeg", "fmri", "us-cls", "us-seg"])
     parser.add_argument("--threshold", type=float, default=0.1, help="layer activity: material relative change")
     parser.add_argument("--fmri-items", type=int, default=8, help="fMRI windows explained (occlusion is the cost)")
+    parser.add_argument("--base-eeg", default="", help="export folder of a deeperbrain-tiny pretraining run (else random "
+                                                      "init)")
+    parser.add_argument("--base-fmri", default="", help="export folder of a slim-brain-tiny pretraining run (else "
+                                                       "random init)")
+    parser.add_argument("--fmri-subjects", type=int, default=24, help="demo subjects of the fMRI fine-tune")
     parser.add_argument("--report", nargs="*", default=None, metavar="RESULTS_JSON",
                         help="only print the tables of these results.json files (merged), e.g. of parallel runs")
     args = parser.parse_args()
@@ -113,19 +121,20 @@ def main() -> None:
     results = {}
     if "eeg" in args.only:
         data = [f"data.cache_dir={out / 'eeg-cache'}", "train.micro_batch_size=16"]
-        model, ds, test, metrics, secs = _finetune("deeperbrain-tiny-probe", data, _encoder("deeperbrain-tiny"),
-                                                   out / "eeg", args.steps)
-        opts = ExplainOptions(methods=("ig", "occlusion", "rollout", "random", "relp"), items=tuple(test[:args.items]),
+        model, ds, test, metrics, secs = _finetune("deeperbrain-tiny-probe", data,
+                                                   args.base_eeg or _encoder("deeperbrain-tiny"), out / "eeg", args.steps)
+        opts = ExplainOptions(methods=("ig", "lrp", "occlusion", "rollout", "random", "relp"),
+                              items=tuple(test[:args.items]),
                               threshold=args.threshold)
-        results["eeg"] = {"finetune": metrics, "train_s": secs,
+        results["eeg"] = {"finetune": metrics, "train_s": secs, "base": args.base_eeg or "random init",
                           "summary": explain(model, ds, out=out / "eeg" / "explain", options=opts)}
         print("eeg done", json.dumps(results["eeg"]["summary"].get("planted_share")), flush=True)
     if "fmri" in args.only:
-        data = [f"data.cache_dir={out / 'fmri-cache'}", "data.demo_subjects=24"]
-        model, ds, test, metrics, secs = _finetune("slim-brain-tiny-probe", data, _encoder("slim-brain-tiny"),
-                                                   out / "fmri", args.steps)
+        data = [f"data.cache_dir={out / 'fmri-cache'}", f"data.demo_subjects={args.fmri_subjects}"]
+        model, ds, test, metrics, secs = _finetune("slim-brain-tiny-probe", data,
+                                                   args.base_fmri or _encoder("slim-brain-tiny"), out / "fmri", args.steps)
         opts = ExplainOptions(items=tuple(test[:args.fmri_items]), batch_size=2, ig_steps=16)
-        results["fmri"] = {"finetune": metrics, "train_s": secs,
+        results["fmri"] = {"finetune": metrics, "train_s": secs, "base": args.base_fmri or "random init",
                            "summary": explain(model, ds, out=out / "fmri" / "explain", options=opts)}
         print("fmri done", json.dumps(results["fmri"]["summary"].get("blob_auroc")), flush=True)
     if "us-cls" in args.only:
@@ -175,7 +184,7 @@ def report(results: dict) -> str:
             rows.append(row)
         if "finetune" in r:
             lines.append(f"- {mod}: held-out balanced accuracy of the fine-tune {r['finetune']['balanced_accuracy']:.3f} "
-                         f"(trained {r['train_s']:.0f} s)")
+                         f"(trained {r['train_s']:.0f} s, from {r.get('base', 'random init')})")
     lines.append("")
     lines.append(markdown_table(rows, ".3f"))
     if "eeg" in results and "relp" in results["eeg"]["summary"]:

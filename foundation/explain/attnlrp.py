@@ -51,8 +51,8 @@ LINEAR = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Identity, nn.Dropout, n
 """Modules whose gradient already is the rule (linear maps) or that only hold others."""
 CONSTANT = ("ChannelEncoding", "TemporalEncoding")
 """Modules of additive terms that do not read the explained input (electrode positions, patch times)."""
-LINEAR_NAMES = ("PatchEmbedND", "_ConvWeight")
-"""The suite's own linear leaves (Hiera4D's patch embedding)."""
+LINEAR_NAMES = ("PatchEmbedND", "_ConvWeight", "BandSum")
+"""The suite's own linear leaves (Hiera4D's patch embedding, the EEG explanations' sum of band components)."""
 
 
 def _segments(cu: torch.Tensor, n: int) -> torch.Tensor:
