@@ -79,12 +79,14 @@ def _train_segmentation(out: Path, steps: int, images: int, base: str = "") -> t
     ds_cls = DATASETS.get(recipe.data.name)
     ds_cls.prepare(recipe.data.config)
     train = ds_cls(recipe.data.config)
-    if base:
+    model = _encoder("ultrasound-mtl-tiny", tasks=("lung",))
+    if base:  # the pretrained backbone, FPN and lung head (the objective's tasks must be the model's)
         import foundation
 
-        model = foundation.load(base)
-    else:
-        model = _encoder("ultrasound-mtl-tiny", tasks=("lung",))
+        own = model.state_dict()
+        pre = {k: v for k, v in foundation.load(base).state_dict().items() if k in own and own[k].shape == v.shape}
+        model.load_state_dict(pre, strict=False)
+        print(f"us-seg: {len(pre)} of {len(own)} tensors from {base}", flush=True)
     obj_cls = OBJECTIVES.get(recipe.objective.name)
     objective = obj_cls(recipe.objective.config)
     opt = torch.optim.AdamW(list(model.parameters()) + list(objective.parameters()), lr=3e-3)
