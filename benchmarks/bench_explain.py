@@ -102,6 +102,17 @@ def _train_segmentation(out: Path, steps: int, images: int, base: str = "") -> t
     return model, [*data[:3], "data.split=val", "data.augment=false"], time.perf_counter() - t0
 
 
+def _save(out: Path, results: dict) -> dict:
+    """Merge ``results`` into ``out/results.json`` after each section (sections run separately add up, and a
+    later section's failure keeps the earlier ones); returns the merged results."""
+    from foundation.atomic import atomic_write_json
+
+    saved = out / "results.json"
+    merged = {**(json.loads(saved.read_text()) if saved.is_file() else {}), **json.loads(json.dumps(results, default=str))}
+    atomic_write_json(saved, merged)
+    return merged
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="runs/bench-explain")
@@ -149,6 +160,7 @@ def main() -> None:
                           "head_init": args.head_init, "sets": args.sets,
                           "summary": explain(model, ds, out=out / "eeg" / "explain", options=opts)}
         print("eeg done", json.dumps(results["eeg"]["summary"].get("planted_share")), flush=True)
+        _save(out, results)
     if "fmri" in args.only:
         data = [f"data.cache_dir={out / 'fmri-cache'}", f"data.demo_subjects={args.fmri_subjects}"]
         model, ds, test, metrics, secs = _finetune("slim-brain-tiny-probe", data,
@@ -159,6 +171,7 @@ def main() -> None:
                            "head_init": args.head_init, "sets": args.sets,
                            "summary": explain(model, ds, out=out / "fmri" / "explain", options=opts)}
         print("fmri done", json.dumps(results["fmri"]["summary"].get("blob_auroc")), flush=True)
+        _save(out, results)
     if "us-cls" in args.only:
         data = [f"data.cache_dir={out / 'us-cache'}"]
         model, ds, test, metrics, secs = _finetune("ultrasound-mtl-tiny-probe", data,
@@ -168,6 +181,7 @@ def main() -> None:
         results["us-cls"] = {"finetune": metrics, "train_s": secs, "base": args.base_us or "random init",
                              "summary": explain(model, ds, out=out / "us-cls" / "explain", options=opts)}
         print("us-cls done", flush=True)
+        _save(out, results)
     if "us-seg" in args.only:
         model, data, secs = _train_segmentation(out, args.steps, images=48, base=args.base_us)
         opts = ExplainOptions(n_items=args.items, task="lung")
@@ -175,10 +189,8 @@ def main() -> None:
                              "summary": explain(model, "ultrasound-mtl-tiny", data, out=out / "us-seg" / "explain",
                                                 options=opts)}
         print("us-seg done", json.dumps(results["us-seg"]["summary"].get("pointing_game")), flush=True)
-    saved = out / "results.json"  # sections run separately (--only) add up
-    merged = {**(json.loads(saved.read_text()) if saved.is_file() else {}), **json.loads(json.dumps(results, default=str))}
-    saved.write_text(json.dumps(merged, indent=1))
-    results = merged
+        _save(out, results)
+    results = _save(out, results)
     print(f"machine load after: {subprocess.run(['uptime'], capture_output=True, text=True, check=False).stdout.strip()}")
     print(report(results))
 
