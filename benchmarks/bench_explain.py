@@ -1,6 +1,7 @@
 """Explanations checked against the demo corpora's planted signal, per modality and method.
 
-    python benchmarks/bench_explain.py --out runs/bench-explain [--steps 120] [--items 16] [--only eeg fmri us-cls us-seg]
+    python benchmarks/bench_explain.py --out runs/bench-explain [--steps 120] [--items 16]
+        [--only eeg fmri us-cls us-seg]
         [--base-eeg RUN/export] [--base-fmri RUN/export] [--base-us RUN/export] [--head-init random] [--set K=V]
 
 For each shipped model a tiny encoder (the ``*-tiny`` recipe's sizes; pretrained by ``foundation pretrain`` when
@@ -108,7 +109,8 @@ def _save(out: Path, results: dict) -> dict:
     from foundation.atomic import atomic_write_json
 
     saved = out / "results.json"
-    merged = {**(json.loads(saved.read_text()) if saved.is_file() else {}), **json.loads(json.dumps(results, default=str))}
+    merged = {**(json.loads(saved.read_text()) if saved.is_file() else {}),
+              **json.loads(json.dumps(results, default=str))}
     atomic_write_json(saved, merged)
     return merged
 
@@ -121,8 +123,8 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", default=["eeg", "fmri", "us-cls", "us-seg"])
     parser.add_argument("--threshold", type=float, default=0.1, help="layer activity: material relative change")
     parser.add_argument("--fmri-items", type=int, default=8, help="fMRI windows explained (occlusion is the cost)")
-    parser.add_argument("--base-eeg", default="", help="export folder of a deeperbrain-tiny pretraining run (else random "
-                                                      "init)")
+    parser.add_argument("--base-eeg", default="",
+                        help="export folder of a deeperbrain-tiny pretraining run (else random init)")
     parser.add_argument("--base-fmri", default="", help="export folder of a slim-brain-tiny pretraining run (else "
                                                        "random init)")
     parser.add_argument("--base-us", default="", help="export folder of an ultrasound-mtl-tiny pretraining run (else "
@@ -151,8 +153,8 @@ def main() -> None:
     if "eeg" in args.only:
         data = [f"data.cache_dir={out / 'eeg-cache'}", "train.micro_batch_size=16"]
         model, ds, test, metrics, secs = _finetune("deeperbrain-tiny-probe", data,
-                                                   args.base_eeg or _encoder("deeperbrain-tiny"), out / "eeg", args.steps,
-                                                   args.head_init, tuple(args.sets))
+                                                   args.base_eeg or _encoder("deeperbrain-tiny"), out / "eeg",
+                                                   args.steps, args.head_init, tuple(args.sets))
         opts = ExplainOptions(methods=("ig", "lrp", "occlusion", "rollout", "random", "relp"),
                               items=tuple(test[:args.items]),
                               threshold=args.threshold)
@@ -164,8 +166,8 @@ def main() -> None:
     if "fmri" in args.only:
         data = [f"data.cache_dir={out / 'fmri-cache'}", f"data.demo_subjects={args.fmri_subjects}"]
         model, ds, test, metrics, secs = _finetune("slim-brain-tiny-probe", data,
-                                                   args.base_fmri or _encoder("slim-brain-tiny"), out / "fmri", args.steps,
-                                                   args.head_init, tuple(args.sets))
+                                                   args.base_fmri or _encoder("slim-brain-tiny"), out / "fmri",
+                                                   args.steps, args.head_init, tuple(args.sets))
         opts = ExplainOptions(items=tuple(test[:args.fmri_items]), batch_size=2, ig_steps=16)
         results["fmri"] = {"finetune": metrics, "train_s": secs, "base": args.base_fmri or "random init",
                            "head_init": args.head_init, "sets": args.sets,
@@ -175,7 +177,8 @@ def main() -> None:
     if "us-cls" in args.only:
         data = [f"data.cache_dir={out / 'us-cache'}"]
         model, ds, test, metrics, secs = _finetune("ultrasound-mtl-tiny-probe", data,
-                                                   args.base_us or _encoder("ultrasound-mtl-tiny", tasks=("breast_3cls",)),
+                                                   args.base_us
+                                                   or _encoder("ultrasound-mtl-tiny", tasks=("breast_3cls",)),
                                                    out / "us-cls", args.steps, args.head_init, tuple(args.sets))
         opts = ExplainOptions(items=tuple(test[:args.items]))
         results["us-cls"] = {"finetune": metrics, "train_s": secs, "base": args.base_us or "random init",

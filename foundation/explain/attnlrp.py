@@ -89,7 +89,8 @@ def attention_probs(att: Attention, x: torch.Tensor, cu_seqlens: torch.Tensor | 
     return scores.softmax(-1), v
 
 
-def unit_attention_probs(att: nn.Module, x: torch.Tensor, units_cu: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+def unit_attention_probs(att: nn.Module, x: torch.Tensor,
+                         units_cu: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
     """Attention weights of Hiera4D's ``MaskUnitAttention`` (q pooling included) and its values.
 
     Args:

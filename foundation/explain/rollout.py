@@ -117,7 +117,7 @@ def hiera_rollout(encoder: nn.Module, x: torch.Tensor) -> torch.Tensor:
     seen: list[tuple[torch.Tensor, torch.Tensor]] = []
     hooks = [b.attn.register_forward_pre_hook(lambda _m, args: seen.append((args[0], args[1]))) for b in hiera.blocks]
     try:
-        h, units_cu = hiera.forward_units(x)
+        h, _ = hiera.forward_units(x)
     finally:
         for hk in hooks:
             hk.remove()

@@ -46,10 +46,12 @@ __all__ = ["DEFAULT_METHODS", "ExplainOptions", "explain", "modality_of"]
 
 DEFAULT_METHODS = {"eeg": ("ig", "lrp", "occlusion", "rollout", "random"),
                    "fmri": ("ig", "lrp", "occlusion", "rollout", "random"),
-                   "ultrasound": ("gradcam", "ig", "lrp", "occlusion", "random"), "eeg-published": ("ig", "occlusion", "random")}
+                   "ultrasound": ("gradcam", "ig", "lrp", "occlusion", "random"),
+                   "eeg-published": ("ig", "occlusion", "random")}
 ALLOWED = {"eeg": ("ig", "lrp", "occlusion", "rollout", "random", "relp"),
            "fmri": ("ig", "lrp", "occlusion", "rollout", "random"),
-           "ultrasound": ("gradcam", "ig", "lrp", "occlusion", "random"), "eeg-published": ("ig", "occlusion", "random")}
+           "ultrasound": ("gradcam", "ig", "lrp", "occlusion", "random"),
+           "eeg-published": ("ig", "occlusion", "random")}
 """Published EEG architectures: no rollout or RelP (their blocks are braindecode's), no AttnLRP (no rule for their
 attention modules)."""
 
@@ -245,6 +247,7 @@ def _deletion(net_for, x: torch.Tensor, y: torch.Tensor, scores: dict[str, torch
 
 # ----------------------------------------------------------------------------------------------------------- EEG
 def _explain_eeg(model: nn.Module, dataset: Any, methods: list[str], opts: ExplainOptions, out: Path) -> dict:
+    from foundation.explain.attnlrp import transformer_lrp
     from foundation.explain.eeg import (
         PLANTED,
         BandSum,
@@ -255,7 +258,6 @@ def _explain_eeg(model: nn.Module, dataset: Any, methods: list[str], opts: Expla
         plot_topomaps,
         write_csv,
     )
-    from foundation.explain.attnlrp import transformer_lrp
     from foundation.explain.rollout import attention_rollout
 
     contract = not hasattr(dataset, "index")  # a published checkpoint's data: ContractWindows over the cache
@@ -383,6 +385,7 @@ def _relp_pairs(model: nn.Module, dataset: Any, idx: list[int], batch: dict, gro
 
 # ---------------------------------------------------------------------------------------------------------- fMRI
 def _explain_fmri(model: nn.Module, dataset: Any, methods: list[str], opts: ExplainOptions, out: Path) -> dict:
+    from foundation.explain.attnlrp import transformer_lrp
     from foundation.explain.fmri import (
         blob_auroc,
         grid_affine,
@@ -391,7 +394,6 @@ def _explain_fmri(model: nn.Module, dataset: Any, methods: list[str], opts: Expl
         voxel_map,
         write_nifti,
     )
-    from foundation.explain.attnlrp import transformer_lrp
     from foundation.explain.rollout import hiera_rollout
     from foundation.modalities.fmri.cache import open_scan
 

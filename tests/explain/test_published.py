@@ -38,7 +38,8 @@ def test_explain_a_labram_fine_tune_through_its_contract(tmp_path):
     assert set(summary["planted_share"]["ig"]) <= {"rest", "motor", "memory"}
     # the explained inputs are predict's inputs: the model's accuracy on them (deletion at 0) is predict's
     preds = tmp_path / "pred.csv"
-    assert main(["predict", "--model", str(folder), "--data", "deeperbrain-tiny-probe", *sets, "--out", str(preds)]) == 0
+    assert main(["predict", "--model", str(folder), "--data", "deeperbrain-tiny-probe", *sets,
+                 "--out", str(preds)]) == 0
     with open(preds) as f:
         by_index = list(csv.DictReader(f))
     hits = [by_index[i]["prediction"] == by_index[i]["label"] for i in summary["items"]]
