@@ -62,6 +62,19 @@ def _finetune(recipe_name: str, data: list[str], base_model: torch.nn.Module | s
     return model, dataset, list(test.indices), res["metrics"], time.perf_counter() - t0
 
 
+def _spread(test: list[int], labels: list, n: int) -> list[int]:
+    """Up to ``n`` held-out indices taken round-robin over the classes (in index order within a class)."""
+    by_class: dict = {}
+    for i in test:
+        by_class.setdefault(labels[i], []).append(i)
+    queues, out = [q for _, q in sorted(by_class.items())], []
+    while len(out) < n and any(queues):
+        for q in queues:
+            if q and len(out) < n:
+                out.append(q.pop(0))
+    return sorted(out)
+
+
 def _encoder(recipe: str, **changes):
     rec = load_recipe(recipe)
     cls = MODELS.get(rec.model.name)
@@ -168,7 +181,7 @@ def main() -> None:
         model, ds, test, metrics, secs = _finetune("slim-brain-tiny-probe", data,
                                                    args.base_fmri or _encoder("slim-brain-tiny"), out / "fmri",
                                                    args.steps, args.head_init, tuple(args.sets))
-        opts = ExplainOptions(items=tuple(test[:args.fmri_items]), batch_size=2, ig_steps=16)
+        opts = ExplainOptions(items=tuple(_spread(test, ds.item_labels(), args.fmri_items)), batch_size=2, ig_steps=16)
         results["fmri"] = {"finetune": metrics, "train_s": secs, "base": args.base_fmri or "random init",
                            "head_init": args.head_init, "sets": args.sets,
                            "summary": explain(model, ds, out=out / "fmri" / "explain", options=opts)}
