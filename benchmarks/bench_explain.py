@@ -1,9 +1,12 @@
 """Explanations checked against the demo corpora's planted signal, per modality and method.
 
-    python benchmarks/bench_explain.py --out runs/bench-explain [--steps 120] [--items 16] [--only eeg fmri us-cls us-seg]
+    python benchmarks/bench_explain.py --out runs/bench-explain [--steps 120] [--items 16]
+        [--only eeg fmri us-cls us-seg]
+        [--base-eeg RUN/export] [--base-fmri RUN/export] [--base-us RUN/export] [--head-init random] [--set K=V]
 
-For each shipped model a tiny encoder (the ``*-tiny`` recipe's sizes, random init: no pretraining run) is
-fully fine-tuned in-process by the suite's runner on the ``*-tiny-probe`` demo task (``--steps`` steps), then
+For each shipped model a tiny encoder (the ``*-tiny`` recipe's sizes; pretrained by ``foundation pretrain`` when
+``--base-eeg`` / ``--base-fmri`` / ``--base-us`` name the run's export folder, else random init) is fully
+fine-tuned in-process by the suite's runner on the ``*-tiny-probe`` demo task (``--steps`` steps), then
 explained on the runner's own held-out subjects/patients with :func:`foundation.explain.explain`:
 
 - EEG: share of |attribution| on the planted channels and bands per class vs uniform (target >= 2x);
@@ -13,6 +16,7 @@ explained on the runner's own held-out subjects/patients with :func:`foundation.
   against the planted masks (target >= 0.8) with a random baseline; the classification fine-tune is explained
   too (deletion curves; its demo corpus keeps no object mask);
 - deletion curves of every method vs random (area between the curves);
+- AttnLRP (``lrp``) on the transformers and attention rollout on both (DeeperBrain, SLIM-Brain's Hiera4D);
 - RelP and attribution patching vs activation patching on the EEG fine-tune (Pearson r per component);
 - layer activity and the accuracy/time of skipping idle layers.
 
@@ -38,20 +42,37 @@ from foundation.registry import DATASETS, MODELS
 TRAIN = ["train.warmup_steps=5", "train.progress_bar=false"]
 
 
-def _finetune(recipe_name: str, data: list[str], base_model: torch.nn.Module, out: Path, steps: int):
-    recipe = load_recipe(recipe_name, data + TRAIN + [f"train.steps={steps}"])
-    base = out / "base"
-    base_model.save_pretrained(base)
+def _finetune(recipe_name: str, data: list[str], base_model: torch.nn.Module | str, out: Path, steps: int,
+              head_init: str = "probe", sets: tuple[str, ...] = ()):
+    recipe = load_recipe(recipe_name, data + TRAIN + [f"train.steps={steps}", *sets])
+    if isinstance(base_model, str):  # a pretraining run's export folder
+        base = Path(base_model)
+    else:
+        base = out / "base"
+        base_model.save_pretrained(base)
     ds_cls = DATASETS.get(recipe.data.name)
     ds_cls.prepare(recipe.data.config)
     dataset = ds_cls(recipe.data.config)
     _, test, _ = _split(dataset, FinetuneOptions(method="full"), "classification")
     t0 = time.perf_counter()
-    res = run_finetune(recipe, str(base), out / "ft", FinetuneOptions(method="full"))
+    res = run_finetune(recipe, str(base), out / "ft", FinetuneOptions(method="full", head_init=head_init))
     import foundation
 
     model = foundation.load(out / "ft" / "model")
     return model, dataset, list(test.indices), res["metrics"], time.perf_counter() - t0
+
+
+def _spread(test: list[int], labels: list, n: int) -> list[int]:
+    """Up to ``n`` held-out indices taken round-robin over the classes (in index order within a class)."""
+    by_class: dict = {}
+    for i in test:
+        by_class.setdefault(labels[i], []).append(i)
+    queues, out = [q for _, q in sorted(by_class.items())], []
+    while len(out) < n and any(queues):
+        for q in queues:
+            if q and len(out) < n:
+                out.append(q.pop(0))
+    return sorted(out)
 
 
 def _encoder(recipe: str, **changes):
@@ -61,8 +82,9 @@ def _encoder(recipe: str, **changes):
     return cls(cls.config_class(**{**fields, **changes}))
 
 
-def _train_segmentation(out: Path, steps: int, images: int) -> tuple[torch.nn.Module, list[str], float]:
-    """The tiny ultrasound model on the ``lung`` segmentation task alone, trained with the multi-task objective."""
+def _train_segmentation(out: Path, steps: int, images: int, base: str = "") -> tuple[torch.nn.Module, list[str], float]:
+    """The tiny ultrasound model (random init, or ``base``: a pretraining export holding the ``lung`` head) on the
+    ``lung`` segmentation task alone, trained with the multi-task objective."""
     from foundation.registry import OBJECTIVES
 
     data = [f"data.cache_dir={out / 'us-seg-cache'}", f"data.demo_images_per_task={images}", "data.tasks=[lung]",
@@ -72,6 +94,13 @@ def _train_segmentation(out: Path, steps: int, images: int) -> tuple[torch.nn.Mo
     ds_cls.prepare(recipe.data.config)
     train = ds_cls(recipe.data.config)
     model = _encoder("ultrasound-mtl-tiny", tasks=("lung",))
+    if base:  # the pretrained backbone, FPN and lung head (the objective's tasks must be the model's)
+        import foundation
+
+        own = model.state_dict()
+        pre = {k: v for k, v in foundation.load(base).state_dict().items() if k in own and own[k].shape == v.shape}
+        model.load_state_dict(pre, strict=False)
+        print(f"us-seg: {len(pre)} of {len(own)} tensors from {base}", flush=True)
     obj_cls = OBJECTIVES.get(recipe.objective.name)
     objective = obj_cls(recipe.objective.config)
     opt = torch.optim.AdamW(list(model.parameters()) + list(objective.parameters()), lr=3e-3)
@@ -87,6 +116,18 @@ def _train_segmentation(out: Path, steps: int, images: int) -> tuple[torch.nn.Mo
     return model, [*data[:3], "data.split=val", "data.augment=false"], time.perf_counter() - t0
 
 
+def _save(out: Path, results: dict) -> dict:
+    """Merge ``results`` into ``out/results.json`` after each section (sections run separately add up, and a
+    later section's failure keeps the earlier ones); returns the merged results."""
+    from foundation.atomic import atomic_write_json
+
+    saved = out / "results.json"
+    merged = {**(json.loads(saved.read_text()) if saved.is_file() else {}),
+              **json.loads(json.dumps(results, default=str))}
+    atomic_write_json(saved, merged)
+    return merged
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="runs/bench-explain")
@@ -95,6 +136,17 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", default=["eeg", "fmri", "us-cls", "us-seg"])
     parser.add_argument("--threshold", type=float, default=0.1, help="layer activity: material relative change")
     parser.add_argument("--fmri-items", type=int, default=8, help="fMRI windows explained (occlusion is the cost)")
+    parser.add_argument("--base-eeg", default="",
+                        help="export folder of a deeperbrain-tiny pretraining run (else random init)")
+    parser.add_argument("--base-fmri", default="", help="export folder of a slim-brain-tiny pretraining run (else "
+                                                       "random init)")
+    parser.add_argument("--base-us", default="", help="export folder of an ultrasound-mtl-tiny pretraining run (else "
+                                                     "random init)")
+    parser.add_argument("--fmri-subjects", type=int, default=24, help="demo subjects of the fMRI fine-tune")
+    parser.add_argument("--head-init", default="probe", choices=["probe", "random"],
+                        help="the fine-tunes' new head: LP-FT (a linear probe of the frozen features) or random")
+    parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                        help="recipe override of every fine-tune run here, repeatable (e.g. train.lr=3e-4)")
     parser.add_argument("--report", nargs="*", default=None, metavar="RESULTS_JSON",
                         help="only print the tables of these results.json files (merged), e.g. of parallel runs")
     args = parser.parse_args()
@@ -113,41 +165,48 @@ def main() -> None:
     results = {}
     if "eeg" in args.only:
         data = [f"data.cache_dir={out / 'eeg-cache'}", "train.micro_batch_size=16"]
-        model, ds, test, metrics, secs = _finetune("deeperbrain-tiny-probe", data, _encoder("deeperbrain-tiny"),
-                                                   out / "eeg", args.steps)
-        opts = ExplainOptions(methods=("ig", "occlusion", "rollout", "random", "relp"), items=tuple(test[:args.items]),
+        model, ds, test, metrics, secs = _finetune("deeperbrain-tiny-probe", data,
+                                                   args.base_eeg or _encoder("deeperbrain-tiny"), out / "eeg",
+                                                   args.steps, args.head_init, tuple(args.sets))
+        opts = ExplainOptions(methods=("ig", "lrp", "occlusion", "rollout", "random", "relp"),
+                              items=tuple(test[:args.items]),
                               threshold=args.threshold)
-        results["eeg"] = {"finetune": metrics, "train_s": secs,
+        results["eeg"] = {"finetune": metrics, "train_s": secs, "base": args.base_eeg or "random init",
+                          "head_init": args.head_init, "sets": args.sets,
                           "summary": explain(model, ds, out=out / "eeg" / "explain", options=opts)}
         print("eeg done", json.dumps(results["eeg"]["summary"].get("planted_share")), flush=True)
+        _save(out, results)
     if "fmri" in args.only:
-        data = [f"data.cache_dir={out / 'fmri-cache'}", "data.demo_subjects=24"]
-        model, ds, test, metrics, secs = _finetune("slim-brain-tiny-probe", data, _encoder("slim-brain-tiny"),
-                                                   out / "fmri", args.steps)
-        opts = ExplainOptions(items=tuple(test[:args.fmri_items]), batch_size=2, ig_steps=16)
-        results["fmri"] = {"finetune": metrics, "train_s": secs,
+        data = [f"data.cache_dir={out / 'fmri-cache'}", f"data.demo_subjects={args.fmri_subjects}"]
+        model, ds, test, metrics, secs = _finetune("slim-brain-tiny-probe", data,
+                                                   args.base_fmri or _encoder("slim-brain-tiny"), out / "fmri",
+                                                   args.steps, args.head_init, tuple(args.sets))
+        opts = ExplainOptions(items=tuple(_spread(test, ds.item_labels(), args.fmri_items)), batch_size=2, ig_steps=16)
+        results["fmri"] = {"finetune": metrics, "train_s": secs, "base": args.base_fmri or "random init",
+                           "head_init": args.head_init, "sets": args.sets,
                            "summary": explain(model, ds, out=out / "fmri" / "explain", options=opts)}
         print("fmri done", json.dumps(results["fmri"]["summary"].get("blob_auroc")), flush=True)
+        _save(out, results)
     if "us-cls" in args.only:
         data = [f"data.cache_dir={out / 'us-cache'}"]
         model, ds, test, metrics, secs = _finetune("ultrasound-mtl-tiny-probe", data,
-                                                   _encoder("ultrasound-mtl-tiny", tasks=("breast_3cls",)),
-                                                   out / "us-cls", args.steps)
+                                                   args.base_us
+                                                   or _encoder("ultrasound-mtl-tiny", tasks=("breast_3cls",)),
+                                                   out / "us-cls", args.steps, args.head_init, tuple(args.sets))
         opts = ExplainOptions(items=tuple(test[:args.items]))
-        results["us-cls"] = {"finetune": metrics, "train_s": secs,
+        results["us-cls"] = {"finetune": metrics, "train_s": secs, "base": args.base_us or "random init",
                              "summary": explain(model, ds, out=out / "us-cls" / "explain", options=opts)}
         print("us-cls done", flush=True)
+        _save(out, results)
     if "us-seg" in args.only:
-        model, data, secs = _train_segmentation(out, args.steps, images=48)
+        model, data, secs = _train_segmentation(out, args.steps, images=48, base=args.base_us)
         opts = ExplainOptions(n_items=args.items, task="lung")
-        results["us-seg"] = {"train_s": secs,
+        results["us-seg"] = {"train_s": secs, "base": args.base_us or "random init",
                              "summary": explain(model, "ultrasound-mtl-tiny", data, out=out / "us-seg" / "explain",
                                                 options=opts)}
         print("us-seg done", json.dumps(results["us-seg"]["summary"].get("pointing_game")), flush=True)
-    saved = out / "results.json"  # sections run separately (--only) add up
-    merged = {**(json.loads(saved.read_text()) if saved.is_file() else {}), **json.loads(json.dumps(results, default=str))}
-    saved.write_text(json.dumps(merged, indent=1))
-    results = merged
+        _save(out, results)
+    results = _save(out, results)
     print(f"machine load after: {subprocess.run(['uptime'], capture_output=True, text=True, check=False).stdout.strip()}")
     print(report(results))
 
@@ -175,7 +234,7 @@ def report(results: dict) -> str:
             rows.append(row)
         if "finetune" in r:
             lines.append(f"- {mod}: held-out balanced accuracy of the fine-tune {r['finetune']['balanced_accuracy']:.3f} "
-                         f"(trained {r['train_s']:.0f} s)")
+                         f"(trained {r['train_s']:.0f} s, from {r.get('base', 'random init')})")
     lines.append("")
     lines.append(markdown_table(rows, ".3f"))
     if "eeg" in results and "relp" in results["eeg"]["summary"]:

@@ -44,10 +44,16 @@ from foundation.explain.target import InputModel, encoder_of, has_head
 
 __all__ = ["DEFAULT_METHODS", "ExplainOptions", "explain", "modality_of"]
 
-DEFAULT_METHODS = {"eeg": ("ig", "occlusion", "rollout", "random"), "fmri": ("ig", "occlusion", "random"),
-                   "ultrasound": ("gradcam", "ig", "lrp", "occlusion", "random")}
-ALLOWED = {"eeg": ("ig", "occlusion", "rollout", "random", "relp"), "fmri": ("ig", "occlusion", "random"),
-           "ultrasound": ("gradcam", "ig", "lrp", "occlusion", "random")}
+DEFAULT_METHODS = {"eeg": ("ig", "lrp", "occlusion", "rollout", "random"),
+                   "fmri": ("ig", "lrp", "occlusion", "rollout", "random"),
+                   "ultrasound": ("gradcam", "ig", "lrp", "occlusion", "random"),
+                   "eeg-published": ("ig", "occlusion", "random")}
+ALLOWED = {"eeg": ("ig", "lrp", "occlusion", "rollout", "random", "relp"),
+           "fmri": ("ig", "lrp", "occlusion", "rollout", "random"),
+           "ultrasound": ("gradcam", "ig", "lrp", "occlusion", "random"),
+           "eeg-published": ("ig", "occlusion", "random")}
+"""Published EEG architectures: no rollout or RelP (their blocks are braindecode's), no AttnLRP (no rule for their
+attention modules)."""
 
 
 @dataclass
@@ -73,11 +79,14 @@ class ExplainOptions:
 
 
 def modality_of(model: nn.Module) -> str:
-    """``eeg``, ``fmri`` or ``ultrasound`` from the encoder's registered name.
+    """``eeg``, ``fmri`` or ``ultrasound`` from the encoder's registered name; ``eeg-published`` for an imported
+    EEG architecture (LaBraM, CBraMod, ...: EEG through the importer's input contract).
 
     Raises:
         ConfigError: an encoder the explanations do not know.
     """
+    if _importer(model) is not None:
+        return "eeg-published"
     name = getattr(encoder_of(model), "model_name", type(encoder_of(model)).__name__)
     table = {"deeperbrain": "eeg", "slim-brain": "fmri", "hiera4d": "fmri", "ultrasound-mtl": "ultrasound"}
     if name not in table:
@@ -125,15 +134,30 @@ def _batched(fn, n: int, bs: int) -> torch.Tensor:
     return torch.cat([fn(slice(a, min(a + bs, n))) for a in range(0, n, bs)])
 
 
-def _load_data(data: str, overrides: tuple[str, ...] | list[str]) -> Any:
+def _load_data(data: str, overrides: tuple[str, ...] | list[str], model: nn.Module | None = None) -> Any:
+    """The data set of a recipe's ``data`` section; for a published checkpoint's fine-tune, seen through the
+    importer's input contract (rate, units, window, channel table), as ``foundation predict`` does."""
+    import dataclasses
+
     from foundation.config import load_recipe
     from foundation.registry import DATASETS
 
     recipe = load_recipe(data, list(overrides))
+    importer = _importer(model) if model is not None else None
+    if importer is not None:
+        recipe = dataclasses.replace(recipe, data=importer.adapt_data(recipe.data, encoder_of(model)))
     cls = DATASETS.get(recipe.data.name, where="recipe key data.name")
     if hasattr(cls, "prepare"):
         cls.prepare(recipe.data.config)
-    return cls(recipe.data.config)
+    dataset = cls(recipe.data.config)
+    return importer.adapt_dataset(dataset, encoder_of(model)) if importer is not None else dataset
+
+
+def _importer(model: nn.Module) -> Any:
+    """The importer of a published checkpoint's encoder (its data goes through the importer's contract), or None."""
+    from foundation.finetune.bases import importer_of
+
+    return importer_of(encoder_of(model))
 
 
 def explain(model: str | nn.Module, data: str | Any, overrides: tuple[str, ...] | list[str] = (), *,
@@ -142,7 +166,9 @@ def explain(model: str | nn.Module, data: str | Any, overrides: tuple[str, ...] 
 
     Args:
         model: a folder or Hub id (:func:`foundation.load` reads it) or a loaded model.
-        data: a recipe (shipped name or YAML path) whose ``data`` section builds the data set, or a built data set.
+        data: a recipe (shipped name or YAML path) whose ``data`` section builds the data set, or a built data set
+            (for a published EEG checkpoint's fine-tune: already through the importer's contract,
+            ``importer.adapt_dataset``).
         overrides: ``--set`` overrides of the data recipe.
         out: output folder (created).
         options: methods, items, steps.
@@ -161,10 +187,11 @@ def explain(model: str | nn.Module, data: str | Any, overrides: tuple[str, ...] 
     methods = opts.methods or DEFAULT_METHODS[modality]
     for m in methods:
         check_method(m, ALLOWED[modality])
-    dataset = _load_data(data, overrides) if isinstance(data, (str, Path)) else data
+    dataset = _load_data(data, overrides, model) if isinstance(data, (str, Path)) else data
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    runner = {"eeg": _explain_eeg, "fmri": _explain_fmri, "ultrasound": _explain_ultrasound}[modality]
+    runner = {"eeg": _explain_eeg, "eeg-published": _explain_eeg, "fmri": _explain_fmri,
+              "ultrasound": _explain_ultrasound}[modality]
     summary: dict[str, Any] = {"modality": modality, "methods": list(methods), "fine_tune": has_head(model),
                                "options": asdict(opts)}
     summary.update(runner(model, dataset, list(methods), opts, out))
@@ -220,6 +247,7 @@ def _deletion(net_for, x: torch.Tensor, y: torch.Tensor, scores: dict[str, torch
 
 # ----------------------------------------------------------------------------------------------------------- EEG
 def _explain_eeg(model: nn.Module, dataset: Any, methods: list[str], opts: ExplainOptions, out: Path) -> dict:
+    from foundation.explain.attnlrp import transformer_lrp
     from foundation.explain.eeg import (
         PLANTED,
         BandSum,
@@ -232,19 +260,37 @@ def _explain_eeg(model: nn.Module, dataset: Any, methods: list[str], opts: Expla
     )
     from foundation.explain.rollout import attention_rollout
 
-    labels = [int(v) for v in dataset.labels[dataset.rows]]
+    contract = not hasattr(dataset, "index")  # a published checkpoint's data: ContractWindows over the cache
+    inner = dataset.dataset if contract else dataset
+    labels = [int(v) for v in inner.labels[inner.rows]]
     idx = _items(dataset, opts, labels)
     batch = _stack(dataset, idx)
-    x, pos, cm, y = batch["x"], batch["pos"], batch["chan_mask"], batch["label"]
-    sfreq = float(dataset.index["sfreq"])
+    x, y = batch["x"], batch["label"]
+    if contract:  # the checkpoint's channel table at the template positions (BENDR's SCALE channel has none)
+        from foundation.modalities.eeg.channels import template_positions
+
+        table = template_positions()
+        chans = list(dataset.cfg.channels)
+        real = torch.tensor([c.upper() in table for c in chans])
+        where = np.stack([np.asarray(table[c.upper()][1], float) if c.upper() in table else np.zeros(3) for c in chans])
+        pos = torch.from_numpy(where).float().expand(len(idx), -1, -1)
+        cm = real.expand(len(idx), -1)
+        sfreq = float(dataset.cfg.sfreq)
+        names = [chans] * len(idx)
+    else:
+        pos, cm = batch["pos"], batch["chan_mask"]
+        sfreq = float(dataset.index["sfreq"])
+        names = [channel_names(dataset, i) for i in idx]
     bands = band_split(x, sfreq)  # [S, nb, C, T]
-    names = [channel_names(dataset, i) for i in idx]
     classes = list(getattr(dataset, "class_names", [])) or [str(c) for c in sorted(set(labels))]
     groups = dataset.groups()
     bs = opts.batch_size
 
+    def fixed(sl: slice) -> dict[str, torch.Tensor]:
+        return {} if contract else {"pos": pos[sl], "chan_mask": cm[sl]}
+
     def net(sl: slice) -> InputModel:
-        return InputModel(model, {"pos": pos[sl], "chan_mask": cm[sl]}, transform=BandSum())
+        return InputModel(model, fixed(sl), transform=BandSum())
 
     target = _batched(lambda sl: _target(model, net(sl), bands[sl], y[sl]), len(idx), bs)
     rows = [{"index": i, "subject": groups[i], "label": classes[int(v)] if v >= 0 else "", "target": int(t)}
@@ -269,6 +315,8 @@ def _explain_eeg(model: nn.Module, dataset: Any, methods: list[str], opts: Expla
         elif method == "occlusion":
             attr = _batched(lambda sl: attribute("occlusion", net(sl), bands[sl], target[sl],
                                                  window=(1, 1, x.shape[-1])), len(idx), bs)
+        elif method == "lrp":  # AttnLRP (transformer rules) over the band components
+            attr = _batched(lambda sl: transformer_lrp(net(sl), bands[sl], target[sl]), len(idx), bs)
         else:
             attr = attribute(method, None, bands, target)
         res["seconds_per_item"][method] = (time.perf_counter() - t0) / len(idx)
@@ -300,16 +348,20 @@ def _explain_eeg(model: nn.Module, dataset: Any, methods: list[str], opts: Expla
     if "relp" in methods:
         res["relp"] = _relp_pairs(model, dataset, idx, batch, groups)
         atomic_write_json(out / "relp.json", res["relp"])
-    batches = [{"x": x[a:a + bs], "pos": pos[a:a + bs], "chan_mask": cm[a:a + bs]} for a in range(0, len(idx), bs)]
-    res.update(_activity(model, batches, y, opts, out))
+    batches = [{"x": x[a:a + bs], **fixed(slice(a, a + bs))} for a in range(0, len(idx), bs)]
+    try:
+        res.update(_activity(model, batches, y, opts, out))
+    except ConfigError as err:  # an imported architecture without residual units the suite knows
+        if not contract:
+            raise
+        res["layer_activity"] = f"not measured: {err}"
     if opts.deletion and has_head(model) and bool((y >= 0).all()) and scores:
         valid = cm.clone()
 
         def remove(xb: torch.Tensor, drop: torch.Tensor) -> torch.Tensor:
             return xb * (~drop)[:, :, None]
 
-        res.update(_deletion(lambda xb, sl: InputModel(model, {"pos": pos[sl], "chan_mask": cm[sl]})(xb), x, y,
-                                scores, valid, remove, out))
+        res.update(_deletion(lambda xb, sl: InputModel(model, fixed(sl))(xb), x, y, scores, valid, remove, out))
     return res
 
 
@@ -333,6 +385,7 @@ def _relp_pairs(model: nn.Module, dataset: Any, idx: list[int], batch: dict, gro
 
 # ---------------------------------------------------------------------------------------------------------- fMRI
 def _explain_fmri(model: nn.Module, dataset: Any, methods: list[str], opts: ExplainOptions, out: Path) -> dict:
+    from foundation.explain.attnlrp import transformer_lrp
     from foundation.explain.fmri import (
         blob_auroc,
         grid_affine,
@@ -341,6 +394,7 @@ def _explain_fmri(model: nn.Module, dataset: Any, methods: list[str], opts: Expl
         voxel_map,
         write_nifti,
     )
+    from foundation.explain.rollout import hiera_rollout
     from foundation.modalities.fmri.cache import open_scan
 
     labels = [int(dataset.label(s)) if isinstance(dataset.label(s), int) else -1 for s, _ in dataset.items]
@@ -359,6 +413,10 @@ def _explain_fmri(model: nn.Module, dataset: Any, methods: list[str], opts: Expl
             parts = [integrated_gradients(net, x[a:a + bs], target[a:a + bs], opts.ig_steps)
                      for a in range(0, len(idx), bs)]
             attr = torch.cat([p[0] for p in parts])
+        elif method == "lrp":
+            attr = _batched(lambda sl: transformer_lrp(net, x[sl], target[sl]), len(idx), bs)
+        elif method == "rollout":
+            attr = _batched(lambda sl: hiera_rollout(encoder_of(model), x[sl]), len(idx), bs)
         elif method == "occlusion":
             g = dataset.config.unit_size
             win = (1, x.shape[2], g[1], g[2], g[3])  # one mask unit's voxels over the whole window

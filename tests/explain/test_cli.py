@@ -11,7 +11,7 @@ from foundation.finetune.task_model import TaskModel
 from tests.finetune.test_runner_modalities import MODALITIES
 
 pytestmark = pytest.mark.slow
-METHODS = {"eeg": ["ig", "rollout", "relp"], "fmri": ["ig", "random"], "ultrasound": ["gradcam", "lrp"]}
+METHODS = {"eeg": ["ig", "lrp", "rollout", "relp"], "fmri": ["ig", "lrp", "rollout"], "ultrasound": ["gradcam", "lrp"]}
 FILES = {"eeg": ["eeg_ig.csv", "topomap_ig.png", "topomap_rollout.png", "relp.json"],
          "fmri": ["voxels_ig_scan0.nii.gz", "glass_ig.png", "statmap_ig.png", "saliency_scan0.png"],
          "ultrasound": ["overlays.png"]}
@@ -44,8 +44,8 @@ def test_explain_refuses_a_method_that_does_not_apply(tmp_path, capsys):
     TaskModel.for_encoder(encoder, 4).save_pretrained(folder)
     sets = [a for kv in data for a in ("--set", kv)]
     assert main(["explain", "--model", str(folder), "--data", recipe, *sets, "--out", str(tmp_path / "o"),
-                 "--method", "rollout"]) == 2
-    assert "'rollout' does not apply to this model; valid here: ig, occlusion, random" in capsys.readouterr().err
+                 "--method", "relp"]) == 2
+    assert "'relp' does not apply to this model; valid here: ig, lrp, occlusion, rollout, random" in capsys.readouterr().err
 
 
 def test_predict_skips_an_idle_layer_and_predicts_the_same(tmp_path, capsys):
