@@ -92,7 +92,8 @@ def test_a_plan_packs_like_every_keep_form_it_was_made_from():
     x = torch.randn(3, 9, 2, 4, generator=g)
     mask = torch.rand(3, 9, generator=g) > 0.5
     mask[1] = False  # a sample with nothing visible
-    forms = [mask, [torch.randperm(9, generator=g)[:k] for k in (4, 0, 7)], torch.stack([torch.randperm(9, generator=g)[:5] for _ in range(3)])]
+    rows = [torch.randperm(9, generator=g)[:k] for k in (4, 0, 7)]
+    forms = [mask, rows, torch.stack([torch.randperm(9, generator=g)[:5] for _ in range(3)])]
     for keep in forms:
         want, want_cu, want_max = pack_visible(x, keep)
         plan = plan_pack(keep, 3, 9)
