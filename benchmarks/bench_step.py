@@ -131,6 +131,12 @@ class _Worker:
             engine, _, _, _ = deepspeed.initialize(
                 model=module, optimizer=build_optimizer(module, self.recipe.train), config=cfg,
                 lr_scheduler=lambda opt: WarmupCosineScheduler(opt, self.recipe.train))
+            try:  # the new tree's engine turns off DeepSpeed's identity all-reduce (one rank, stage 0)
+                from foundation.pretrain.engine import drop_identity_allreduce
+            except ImportError:
+                drop_identity_allreduce = None
+            if drop_identity_allreduce is not None:
+                drop_identity_allreduce(engine)
             self.engines[stage] = engine
         return self.engines[stage]
 

@@ -61,3 +61,23 @@ def test_training_step_has_at_most_two_graph_breaks(recipe_name: str, batches) -
     torch.manual_seed(2)
     got, _ = torch.compile(module.step, backend="eager")(batch)
     torch.testing.assert_close(got, want)
+
+
+@pytest.mark.slow
+def test_one_rank_stage_zero_engine_skips_the_identity_allreduce_and_trains_the_same() -> None:
+    """ZeRO stage 0 on one rank: DeepSpeed's gradient all-reduce (an identity there) is off, and three DeepSpeed
+    steps of DeeperBrain leave the same weights as with it on (own process: DeepSpeed initialises
+    torch.distributed)."""
+    import json
+    import subprocess
+    import sys
+
+    from tests.pretrain._launch import ROOT, env
+
+    proc = subprocess.run([sys.executable, "-m", "tests.pretrain._identity_allreduce"], cwd=ROOT, env=env(),
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert got["dropped"] == [False, True] and got["allreduce_calls"][0] >= 3 and got["allreduce_calls"][1] == 0
+    assert got["moved"] > 1e-4  # the steps did train
+    assert got["diff"] <= 1e-6 * max(1.0, got["moved"]), got
