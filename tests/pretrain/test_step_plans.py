@@ -228,3 +228,28 @@ def test_masked_box_and_keypoint_losses_equal_the_indexed_ones(state):
     ours = losses.keypoints(out, points, valid)
     ref = _old_keypoints(losses, out, points, valid)
     torch.testing.assert_close(ours, ref, equal_nan=True)  # no valid point: NaN, as before
+
+
+# ------------------------------------------------------------------ multi-rank ZeRO-1/2: only unreached parameters
+def test_touch_all_params_touches_exactly_the_parameters_a_batch_does_not_reach(tmp_path):
+    """TrainModule.unreached_params finds the parameters that get no gradient (the heads of tasks absent from the
+    batch, when the objective does not touch them itself); with ``touch_all_params`` every trainable parameter
+    gets a gradient, zero where unreached, and the loss is unchanged."""
+    module = train_module("ultrasound-mtl-tiny")
+    batch = module.objective.prepare(module.model, real_batch("ultrasound-mtl-tiny", tmp_path))
+    losses, _, _ = module.objective.task_losses(module.model, batch)  # no touch of absent heads here
+    loss = losses.sum()
+    unreached = {id(p) for p in module.unreached_params(loss)}
+    loss.backward()
+    no_grad = {id(p) for p in module.parameters() if p.requires_grad and p.grad is None}
+    assert unreached == no_grad and len(no_grad) > 10  # the absent tasks' heads
+    module.zero_grad(set_to_none=True)
+    torch.manual_seed(2)
+    want, _ = module.step(batch)
+    module.touch_all_params = True
+    torch.manual_seed(2)
+    got, _ = module(batch)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    got.backward()
+    assert all(p.grad is not None for p in module.parameters() if p.requires_grad)
+    assert module.unreached_params(module.step(batch)[0]) == []  # the objective touches absent heads itself
