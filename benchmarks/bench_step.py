@@ -296,14 +296,14 @@ def _interleaved(fns: dict[str, Any], x: Any, repeats: int) -> dict[str, float]:
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-def act_table(repeats: int, compiled: bool = True) -> list[str]:
+def act_table(repeats: int, compiled: bool = True, names: list[str] | None = None) -> list[str]:
     import torch
 
     from foundation.layers.create_act import make_activation
     from foundation.registry import ACTIVATIONS
 
     x = torch.randn(16, 128, 512, requires_grad=True)
-    names = ["crrelu", "ash", "ash-hard", "selu", "dice", "proact", "topk-relu", "evonorm-b0", "evonorm-s0"]
+    names = names or ["crrelu", "ash", "ash-hard", "selu", "dice", "proact", "topk-relu", "evonorm-b0", "evonorm-s0"]
     rows = ["| layer | eager ms | eager x GELU | compiled ms | compiled x compiled GELU |", "|---|---:|---:|---:|---:|"]
     for name in names:
         assert name in ACTIVATIONS.names()
@@ -361,6 +361,7 @@ def main() -> None:
                     "ultrasound model on CPU)")
     ap.add_argument("--no-compile", action="store_true", help="skip the compiled step and compiled activations "
                     "(minutes per recipe on CPU)")
+    ap.add_argument("--act-names", default="", help="activations of the act table, comma-separated (default: all)")
     ap.add_argument("--write", type=Path, default=None)
     args = ap.parse_args()
     import torch
@@ -373,7 +374,7 @@ def main() -> None:
         out += ["", *steps_table(args.old.resolve(), args.workdir.resolve(), args.recipes.split(","), args.rounds, args.reps,
                                  not args.no_breaks, not args.no_compile)]
     if "act" in parts:
-        out += ["", *act_table(15, not args.no_compile)]
+        out += ["", *act_table(15, not args.no_compile, args.act_names.split(",") if args.act_names else None)]
     if "kan" in parts:
         out += ["", *kan_table(5)]
     out.append(f"uptime at end: {os.popen('uptime').read().strip()}")
