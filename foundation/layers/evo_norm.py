@@ -112,7 +112,7 @@ class _EvoB0Fn(torch.autograd.Function):
         ctx.save_for_backward(x3, v, weight, left, batch_mean, imean, inst)
         ctx.batch_stats = batch_stats
         den = torch.mul(x3, v).add_(inst.to(x3.dtype))  # v x + instance std (not an addcmul: timm's rounding)
-        return (x3 / torch.maximum(den, left.to(x3.dtype), out=den)).mul_(weight).add_(bias)
+        return (x3 / torch.maximum(den, left.to(x3.dtype))).mul_(weight).add_(bias)
 
     @staticmethod
     def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
@@ -123,7 +123,7 @@ class _EvoB0Fn(torch.autograd.Function):
         right = torch.mul(x3, v).add_(inst.to(dt))  # as in forward (the same rounding decides max's side)
         # the share of den's gradient that goes to ``right``: 1 where right > left, 0 where smaller, 1/2 at a tie
         to_right = torch.heaviside(right - lx, torch.tensor(0.5, dtype=dt, device=x3.device))
-        rden = torch.maximum(right, lx, out=right).reciprocal_()  # 1 / den
+        rden = torch.maximum(right, lx).reciprocal_()  # 1 / den (no out=: torch.compile refuses a strided out)
         q = x3 * rden  # x / den
         grad_w = (grad * q).sum(dim=(0, 2), keepdim=True) if ctx.needs_input_grad[2] else None
         grad_b = grad.sum(dim=(0, 2), keepdim=True) if ctx.needs_input_grad[3] else None
