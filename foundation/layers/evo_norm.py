@@ -52,10 +52,9 @@ def _from_bcl(y: torch.Tensor, x: torch.Tensor, axis: int) -> torch.Tensor:
 class _EvoS0Fn(torch.autograd.Function):
     """S0 on [B, C, L] with G groups: ``x sigmoid(v x) / std_group * weight + bias``; v, weight, bias [1, C, 1].
 
-    Few elementwise passes: the sigmoid, the products and the division by the group std run in place on one new
-    tensor (the group std is not expanded to full size); backward folds ``weight / std_group`` into one
-    per-(sample, channel) scale, and the group std's gradient is a per-(sample, channel) affine map of ``x`` that
-    reuses the per-channel sums of ``dL/dy x sigmoid(v x)``.
+    The forward runs in place on its one new tensor (timm's order of operations, so bit-identical to it). The
+    backward keeps the plain form: a version folding ``weight / std_group`` per (sample, channel) stopped Inductor
+    with an assertion in its loop splitting (torch 2.14.1), so ``train.compile`` could not build it.
     """
 
     @staticmethod
@@ -67,32 +66,27 @@ class _EvoS0Fn(torch.autograd.Function):
         std = var.add(eps).sqrt()  # [B, G, 1, 1]
         ctx.save_for_backward(x3, v, weight, mean, std)
         ctx.groups = groups
-        y = torch.mul(x3, v).sigmoid_().mul_(x3)  # x sigmoid(v x), the one full-size allocation
-        y.view(B, groups, C // groups, L).div_(std.to(x3.dtype))  # per group, in place (timm's order of operations)
-        return y.mul_(weight).add_(bias)
+        std_x = std.to(x3.dtype).expand(xg.shape).reshape(B, C, L)  # [B, G, 1, 1] -> [B, C, L]
+        return torch.mul(x3, v).sigmoid_().mul_(x3).div_(std_x).mul_(weight).add_(bias)  # timm's order
 
     @staticmethod
     def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         x3, v, weight, mean, std = ctx.saved_tensors
         B, C, L = x3.shape
         G = ctx.groups
-        sd = std.dtype
-        per_c = (B, G, C // G, 1)
-        std_c = std.to(x3.dtype).expand(per_c).reshape(B, C, 1)  # [B, C, 1]
-        sig = torch.mul(x3, v).sigmoid_()
-        ga_sum = (grad * x3 * sig).sum(dim=2, keepdim=True)  # sum over L of dL/dy * a, a = x sig(v x): [B, C, 1]
-        grad_w = (ga_sum / std_c).sum(dim=0, keepdim=True) if ctx.needs_input_grad[2] else None
+        sig = torch.sigmoid(x3 * v)
+        dsig = sig * (1 - sig)
+        a = x3 * sig
+        std_x = std.to(x3.dtype).expand(B, G, C // G, L).reshape(B, C, L)
+        grad_w = (grad * a / std_x).sum(dim=(0, 2), keepdim=True) if ctx.needs_input_grad[2] else None
         grad_b = grad.sum(dim=(0, 2), keepdim=True) if ctx.needs_input_grad[3] else None
-        scale = weight / std_c  # [B, C, 1]
-        ga = grad * scale  # dL/da
+        ga = grad * weight / std_x  # dL/da
         n = (C // G) * L
-        grad_std = -(ga_sum * scale).to(sd).reshape(per_c).sum(dim=2, keepdim=True) / std  # [B, G, 1, 1]
-        slope = (grad_std / (n * std)).expand(per_c).reshape(B, C, 1)  # d(std)/dx = (x - mean) / (n std)
-        offset = (-grad_std * mean / (n * std)).expand(per_c).reshape(B, C, 1)
-        xd = torch.addcmul(sig, sig, sig, value=-1).mul_(x3)  # x sig (1 - sig)
-        gxd = xd.mul_(ga)  # dL/da x dsig
-        grad_v = (gxd * x3).sum(dim=(0, 2), keepdim=True) if ctx.needs_input_grad[1] else None
-        grad_x = sig.mul_(ga).addcmul_(gxd, v).addcmul_(x3, slope.to(x3.dtype)).add_(offset.to(x3.dtype))
+        grad_std = -(ga * a).reshape(B, G, C // G, L).to(std.dtype).sum(dim=(2, 3), keepdim=True) / std
+        xg = x3.reshape(B, G, C // G, L).to(std.dtype)
+        via_std = (grad_std * (xg - mean) / (n * std)).reshape(B, C, L).to(x3.dtype)
+        grad_x = ga * (sig + v * x3 * dsig) + via_std
+        grad_v = (ga * x3 * x3 * dsig).sum(dim=(0, 2), keepdim=True) if ctx.needs_input_grad[1] else None
         return grad_x, grad_v, grad_w, grad_b, None, None
 
 
