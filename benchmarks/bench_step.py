@@ -22,7 +22,8 @@ steps of a round. Measures:
   index, so old and new draw the same masks);
 - compiled: the new tree's step with ``TrainModule.compile_step()`` (compile time excluded, reported apart);
 - engine: ``deepspeed.initialize`` with ZeRO stage 0 (and the recipe's own stage) in one process, forward +
-  backward + step through DeepSpeed, against the bare loop of the same worker (alternating step by step).
+  backward + step through DeepSpeed, against the bare loop of the same worker (alternating step by step), and
+  against the bare loop with the recipe's gradient clipping (``clip_grad_norm_``), which DeepSpeed also does.
 
 Part ``act``: every registered activation fwd+bwd on tokens [16, 128, 512] against ``nn.GELU``, eager and
 ``torch.compile``-d, interleaved, median of repeats. Part ``kan``: ``KANLinear`` (each basis) against an MLP of
@@ -65,11 +66,13 @@ class _Worker:
         self.compiled = False
         self.engines: dict[int, Any] = {}
 
-    def _step(self, i: int) -> None:
+    def _step(self, i: int, clip: bool = False) -> None:
         self.torch.manual_seed(i)
         self.opt.zero_grad(set_to_none=True)
         loss, _ = self.module(self.batch)
         loss.backward()
+        if clip and self.recipe.deepspeed.gradient_clipping > 0:  # what DeepSpeed does for the recipe's clipping
+            self.torch.nn.utils.clip_grad_norm_(self.module.parameters(), self.recipe.deepspeed.gradient_clipping)
         self.opt.step()
 
     def _timed(self, fn, reps: int) -> float:
@@ -131,12 +134,19 @@ class _Worker:
             engine, _, _, _ = deepspeed.initialize(
                 model=module, optimizer=build_optimizer(module, self.recipe.train), config=cfg,
                 lr_scheduler=lambda opt: WarmupCosineScheduler(opt, self.recipe.train))
+            try:  # the new tree's engine turns off DeepSpeed's identity all-reduce (one rank, stage 0)
+                from foundation.pretrain.engine import drop_identity_allreduce
+            except ImportError:
+                drop_identity_allreduce = None
+            if drop_identity_allreduce is not None:
+                drop_identity_allreduce(engine)
             self.engines[stage] = engine
         return self.engines[stage]
 
-    def engine_vs_bare(self, reps: int, stage: int) -> tuple[float, float]:
+    def engine_vs_bare(self, reps: int, stage: int) -> tuple[float, float, float]:
+        """Medians of a DeepSpeed step, a bare step and a bare step with the recipe's gradient clipping."""
         engine = self._engine(stage)
-        eng, bare = [], []
+        eng, bare, clipped = [], [], []
         for i in range(reps):
             self.torch.manual_seed(i)
             t = time.perf_counter()
@@ -147,7 +157,10 @@ class _Worker:
             t = time.perf_counter()
             self._step(i)
             bare.append(time.perf_counter() - t)
-        return statistics.median(eng), statistics.median(bare)
+            t = time.perf_counter()
+            self._step(i, clip=True)
+            clipped.append(time.perf_counter() - t)
+        return statistics.median(eng), statistics.median(bare), statistics.median(clipped)
 
 
 def worker_main(recipe: str, batch_file: str) -> None:
@@ -229,9 +242,9 @@ def steps_table(old: Path, workdir: Path, recipes: list[str], rounds: int, reps:
                 compile_step: bool = True) -> list[str]:
     batch_file = make_batches(workdir)
     rows = ["| recipe | opt new/old | opt ms old -> new | step new/old (eager) | step ms old -> new | "
-            "compiled/new eager | compile s | DS stage 0 / bare | DS recipe stage / bare | graph breaks | "
-            "peak RSS MiB old / new |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+            "compiled/new eager | compile s | DS stage 0 / bare | DS stage 0 / bare + clip | DS recipe stage / bare | "
+            "graph breaks | peak RSS MiB old / new |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for recipe in recipes:
         procs = {"old": _Proc(old, recipe, batch_file, workdir), "new": _Proc(ROOT, recipe, batch_file, workdir)}
         t: dict[str, list[float]] = {k: [] for k in ("opt_old", "opt_new", "step_old", "step_new")}
@@ -241,13 +254,15 @@ def steps_table(old: Path, workdir: Path, recipes: list[str], rounds: int, reps:
             for side in ("old", "new"):
                 t[f"step_{side}"].append(procs[side].ask("step", reps=reps))
         new = procs["new"]
-        stage = {0: [], 2: []}
+        stage: dict[int, list[float]] = {0: [], 2: []}
+        like_for_like: list[float] = []  # stage 0 against a bare loop that clips gradients as the recipe asks
         for _ in range(rounds):
             for s in stage:
-                eng, bare = new.ask("engine_vs_bare", reps=reps, stage=s)
+                eng, bare, clipped = new.ask("engine_vs_bare", reps=reps, stage=s)
                 stage[s].append(eng / bare)
-        # explain over the ultrasound step takes ~10 minutes on this CPU (timm's backbone, many breaks)
-        n_breaks = new.ask("breaks") if breaks and not recipe.startswith("ultrasound") else "not run"
+                if s == 0:
+                    like_for_like.append(eng / clipped)
+        n_breaks = new.ask("breaks") if breaks else "not run"
         rss_old = procs["old"].ask("peak_rss_mib")
         procs["old"].close()
         compile_s = new.ask("compile", warmup=reps) if compile_step else "not run"
@@ -261,7 +276,7 @@ def steps_table(old: Path, workdir: Path, recipes: list[str], rounds: int, reps:
             f"{_med(t['step_new']) / _med(t['step_old']):.2f} | "
             f"{1e3 * _med(t['step_old']):.1f} -> {1e3 * _med(t['step_new']):.1f} | "
             f"{f'{_med(comp) / _med(eager):.2f}' if comp else compile_s} | "
-            f"{compile_s if isinstance(compile_s, str) else f'{compile_s:.0f}'} | {_med(stage[0]):.2f} | {_med(stage[2]):.2f} | "
+            f"{compile_s if isinstance(compile_s, str) else f'{compile_s:.0f}'} | {_med(stage[0]):.2f} | {_med(like_for_like):.2f} | {_med(stage[2]):.2f} | "
             f"{n_breaks} | {rss_old:.0f} / {rss_new:.0f} |")
         print(rows[-1], flush=True)
     return rows
@@ -281,26 +296,28 @@ def _interleaved(fns: dict[str, Any], x: Any, repeats: int) -> dict[str, float]:
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-def act_table(repeats: int) -> list[str]:
+def act_table(repeats: int, compiled: bool = True, names: list[str] | None = None) -> list[str]:
     import torch
 
     from foundation.layers.create_act import make_activation
     from foundation.registry import ACTIVATIONS
 
     x = torch.randn(16, 128, 512, requires_grad=True)
-    names = ["crrelu", "ash", "ash-hard", "selu", "dice", "proact", "topk-relu", "evonorm-b0", "evonorm-s0"]
+    names = names or ["crrelu", "ash", "ash-hard", "selu", "dice", "proact", "topk-relu", "evonorm-b0", "evonorm-s0"]
     rows = ["| layer | eager ms | eager x GELU | compiled ms | compiled x compiled GELU |", "|---|---:|---:|---:|---:|"]
     for name in names:
         assert name in ACTIVATIONS.names()
         layer, gelu = make_activation(name, num_features=512).train(), torch.nn.GELU()
-        torch._dynamo.reset()
-        c_layer, c_gelu = torch.compile(layer), torch.compile(gelu)
-        for fn in (c_layer, c_gelu):  # compile outside the timing
-            for _ in range(2):
-                _fwd_bwd(fn, x)
-        t = _interleaved({"ours": layer, "gelu": gelu, "c_ours": c_layer, "c_gelu": c_gelu}, x, repeats)
-        rows.append(f"| {name} | {1e3 * t['ours']:.1f} | {t['ours'] / t['gelu']:.2f} | {1e3 * t['c_ours']:.1f} | "
-                    f"{t['c_ours'] / t['c_gelu']:.2f} |")
+        fns = {"ours": layer, "gelu": gelu}
+        if compiled:
+            torch._dynamo.reset()
+            fns.update(c_ours=torch.compile(layer), c_gelu=torch.compile(gelu))
+            for fn in (fns["c_ours"], fns["c_gelu"]):  # compile outside the timing
+                for _ in range(2):
+                    _fwd_bwd(fn, x)
+        t = _interleaved(fns, x, repeats)
+        comp = (f"{1e3 * t['c_ours']:.1f} | {t['c_ours'] / t['c_gelu']:.2f}" if compiled else "not run | not run")
+        rows.append(f"| {name} | {1e3 * t['ours']:.1f} | {t['ours'] / t['gelu']:.2f} | {comp} |")
         print(rows[-1], flush=True)
     return rows
 
@@ -342,7 +359,9 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--no-breaks", action="store_true", help="skip the torch._dynamo.explain count (minutes for the "
                     "ultrasound model on CPU)")
-    ap.add_argument("--no-compile", action="store_true", help="skip the compiled step (minutes per recipe on CPU)")
+    ap.add_argument("--no-compile", action="store_true", help="skip the compiled step and compiled activations "
+                    "(minutes per recipe on CPU)")
+    ap.add_argument("--act-names", default="", help="activations of the act table, comma-separated (default: all)")
     ap.add_argument("--write", type=Path, default=None)
     args = ap.parse_args()
     import torch
@@ -355,7 +374,7 @@ def main() -> None:
         out += ["", *steps_table(args.old.resolve(), args.workdir.resolve(), args.recipes.split(","), args.rounds, args.reps,
                                  not args.no_breaks, not args.no_compile)]
     if "act" in parts:
-        out += ["", *act_table(15)]
+        out += ["", *act_table(15, not args.no_compile, args.act_names.split(",") if args.act_names else None)]
     if "kan" in parts:
         out += ["", *kan_table(5)]
     out.append(f"uptime at end: {os.popen('uptime').read().strip()}")

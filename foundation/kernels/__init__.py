@@ -12,7 +12,15 @@ from foundation.kernels.mesa import (
     attention_core_8bit,
     softmax_8bit,
 )
-from foundation.kernels.packing import pack_visible, packed_mean, sample_ids, seqlens_to_cu, unpack
+from foundation.kernels.packing import (
+    PackPlan,
+    pack_visible,
+    packed_mean,
+    plan_pack,
+    sample_ids,
+    seqlens_to_cu,
+    unpack,
+)
 from foundation.kernels.varlen import BACKENDS, MODES, PACK_MAX_SEQLEN, resolve_backend, varlen_attention
 
 __all__ = [
@@ -22,6 +30,8 @@ __all__ = [
     "MODES",
     "PACK_MAX_SEQLEN",
     "pack_visible",
+    "PackPlan",
+    "plan_pack",
     "packed_mean",
     "sample_ids",
     "unpack",

@@ -15,12 +15,64 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
 from foundation.errors import ConfigError
 
-__all__ = ["pack_visible", "unpack", "seqlens_to_cu", "sample_ids", "packed_mean"]
+__all__ = ["PackPlan", "plan_pack", "pack_visible", "unpack", "seqlens_to_cu", "sample_ids", "packed_mean"]
+
+
+@dataclass(frozen=True)
+class PackPlan:
+    """Where the visible tokens of a padded batch [B, N, ...] go in the packed buffer, worked out in advance.
+
+    Built by :func:`plan_pack` before a compiled region (the lengths are data-dependent), so that
+    :func:`pack_visible` inside it is one gather with no host read.
+
+    Attributes:
+        index: [sum K_b] int64, row-major flat index ``b * N + n`` of each packed token, in packing order.
+        cu: [B + 1] int32 sample boundaries (``cu_seqlens``).
+        max_len: the longest sample's count (host int).
+        batch: B. tokens: N.
+    """
+
+    index: torch.Tensor
+    cu: torch.Tensor
+    max_len: int
+    batch: int
+    tokens: int
+
+
+def plan_pack(keep: torch.Tensor | Sequence[torch.Tensor], batch: int, tokens: int,
+              device: torch.device | str = "cpu") -> PackPlan:
+    """The :class:`PackPlan` of ``keep`` over a [batch, tokens, ...] input; same checks and order as
+    :func:`pack_visible` (which takes the plan in place of ``keep``).
+
+    Args:
+        keep: indices [B, K], a list of B 1-D index tensors, or a boolean mask [B, N] (True = visible).
+        batch: B. tokens: N. device: where the plan's tensors go.
+
+    Raises:
+        ConfigError: keep has the wrong shape or dtype, an index is out of range or repeated.
+    """
+    shape = torch.empty(batch, tokens, 0, device="meta")  # only the shape is read by the checks
+    if isinstance(keep, torch.Tensor) and keep.dtype == torch.bool and tuple(keep.shape) == (batch, tokens):
+        lengths = keep.sum(1).tolist()
+        flat = keep.reshape(-1).nonzero_static(size=sum(lengths)).squeeze(1)  # row-major order
+    else:
+        if _is_index_matrix(keep, batch):
+            _check_index_matrix(keep, tokens)
+            rows = list(keep.long().unbind(0))
+        else:
+            rows = _index_lists(shape, keep)
+        lengths = [r.numel() for r in rows]
+        flat = (torch.cat([r.cpu() + b * tokens for b, r in enumerate(rows)]) if rows
+                else torch.empty(0, dtype=torch.long))
+    device = torch.device(device)
+    return PackPlan(_to_device(flat.long(), device), _cu_from_host(lengths, device), max(lengths, default=0),
+                    batch, tokens)
 
 
 def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -114,7 +166,7 @@ def _index_lists(x: torch.Tensor, keep: torch.Tensor | Sequence[torch.Tensor]) -
 
 
 def pack_visible(
-    x: torch.Tensor, keep: torch.Tensor | Sequence[torch.Tensor]
+    x: torch.Tensor, keep: torch.Tensor | Sequence[torch.Tensor] | PackPlan
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Gather the visible tokens of a padded batch into one packed buffer.
 
@@ -122,7 +174,9 @@ def pack_visible(
         x: tokens [B, N, D] (any trailing shape after N is carried along).
         keep: which tokens are visible, as indices [B, K] (the same count K per
             sample), a list of B 1-D index tensors [K_b] (variable counts), or a
-            boolean mask [B, N] (True = visible). Indices are kept in the order given.
+            boolean mask [B, N] (True = visible), or a :class:`PackPlan` from :func:`plan_pack` (then one
+            gather: no check, no host read, nothing data-dependent for ``torch.compile``). Indices are kept
+            in the order given.
 
     Returns:
         ``(packed [sum K_b, D], cu_seqlens [B + 1] int32, max_seqlen)``; max_seqlen is a host int, so
@@ -137,6 +191,12 @@ def pack_visible(
     if x.dim() < 2:
         raise ConfigError(f"pack_visible: x must be [B, N, D], received shape {list(x.shape)}")
     B, N = x.shape[:2]
+    if isinstance(keep, PackPlan):
+        if (keep.batch, keep.tokens) != (B, N):
+            raise ConfigError(f"pack_visible: the PackPlan was made for [B, N] = {[keep.batch, keep.tokens]}, "
+                              f"x is {list(x.shape)}; build the plan with plan_pack for this batch")
+        packed = x.reshape(B * N, *x.shape[2:]).index_select(0, keep.index)  # [B, N, D] -> [sum K_b, D]
+        return packed, keep.cu, keep.max_len
     if isinstance(keep, torch.Tensor) and keep.dtype == torch.bool and tuple(keep.shape) == (B, N):
         lengths = keep.sum(1).tolist()  # the one read of the mask: no device wait when it lives on the host
         total = sum(lengths)

@@ -56,7 +56,12 @@ def _threshold(x: torch.Tensor, dim: int | tuple[int, ...], z: torch.Tensor, lay
 
 
 class _SoftASHFn(torch.autograd.Function):
-    """``x * sigmoid(alpha (x - mean - z std))`` over ``axes``; saves ``x``, the stats and the two scalars."""
+    """``x * sigmoid(alpha (x - mean - z std))`` over ``axes``; saves ``x``, the stats and the two scalars.
+
+    Few elementwise passes: ``alpha (x - t)`` is one ``addcmul`` with ``-alpha t`` folded per sample, the sigmoid
+    and the product with ``x`` run in place on that one new tensor; backward folds the statistics' term
+    ``dL/dt (1/n + z (x - mean) / (n std))`` into one per-sample affine function of ``x`` (one ``addcmul``).
+    """
 
     @staticmethod
     def forward(ctx: torch.autograd.function.FunctionCtx, x: torch.Tensor, z: torch.Tensor, alpha: torch.Tensor,
@@ -67,22 +72,22 @@ class _SoftASHFn(torch.autograd.Function):
         thr = (mean + z.to(xf.dtype) * std).to(x.dtype)
         ctx.save_for_backward(x, mean, std, z, alpha)
         ctx.axes = axes
-        return x * torch.sigmoid(alpha * (x - thr))
+        return torch.addcmul(-alpha * thr, x, alpha).sigmoid_().mul_(x)  # x sigmoid(alpha x - alpha t)
 
     @staticmethod
     def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         x, mean, std, z, alpha = ctx.saved_tensors
         axes = ctx.axes
         thr = (mean + z.to(mean.dtype) * std).to(x.dtype)
-        s = torch.sigmoid(alpha * (x - thr))
-        q = grad * x * s * (1 - s)
-        grad_thr = -alpha * q.sum(dim=axes, keepdim=True)  # [..] per sample
-        gt = grad_thr.to(mean.dtype)
+        s = torch.addcmul(-alpha * thr, x, alpha).sigmoid_()
+        q = torch.addcmul(s, s, s, value=-1).mul_(grad).mul_(x)  # dL/dy x s (1 - s)
+        q_sum = q.sum(dim=axes, keepdim=True)
+        gt = (-alpha * q_sum).to(mean.dtype)  # dL/dt [..] per sample
         n = x.numel() // gt.numel()
-        xf = x.to(mean.dtype)
-        grad_x = grad * s + alpha * q + (gt / n + gt * z.to(mean.dtype) * (xf - mean) / (n * std)).to(x.dtype)
+        slope = gt * z.to(mean.dtype) / (n * std)  # the statistics' term: gt / n + slope (x - mean)
+        grad_alpha = ((q * x).sum() - (q_sum * thr).sum()).reshape(alpha.shape) if ctx.needs_input_grad[2] else None
+        grad_x = s.mul_(grad).add_(q.mul_(alpha)).addcmul_(x, slope.to(x.dtype)).add_((gt / n - slope * mean).to(x.dtype))
         grad_z = (gt * std).sum().reshape(z.shape).to(z.dtype) if ctx.needs_input_grad[1] else None
-        grad_alpha = (q * (x - thr)).sum().reshape(alpha.shape) if ctx.needs_input_grad[2] else None
         return grad_x, grad_z, grad_alpha, None
 
 

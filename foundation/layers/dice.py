@@ -33,27 +33,31 @@ class _DiceFn(torch.autograd.Function):
     """``s * (p + alpha (1 - p))``, ``p = sigmoid((s - mean) * rstd)``; ``mean`` and ``rstd`` broadcast per feature.
 
     ``batch_stats`` says whether they are the batch's own (their gradient flows back to ``s``) or running values.
+    Few elementwise passes: the normalisation is one ``addcmul`` (``s rstd - mean rstd``), ``p + alpha (1 - p)``
+    another (``alpha + (1 - alpha) p``), the sigmoid and the products run in place on the new tensors.
     """
 
     @staticmethod
     def forward(ctx: torch.autograd.function.FunctionCtx, s: torch.Tensor, alpha: torch.Tensor, mean: torch.Tensor,
                 rstd: torch.Tensor, batch_stats: bool) -> torch.Tensor:
-        p = torch.sigmoid((s.to(mean.dtype) - mean) * rstd).to(s.dtype)
+        p = torch.addcmul(-mean * rstd, s.to(mean.dtype), rstd).sigmoid_().to(s.dtype)
         ctx.save_for_backward(s, alpha, mean, rstd)
         ctx.batch_stats = batch_stats
-        return s * (p + alpha * (1 - p))
+        return torch.addcmul(alpha, p, 1 - alpha).mul_(s)  # s (alpha + (1 - alpha) p)
 
     @staticmethod
     def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         s, alpha, mean, rstd = ctx.saved_tensors
-        z = (s.to(mean.dtype) - mean) * rstd
+        z = torch.addcmul(-mean * rstd, s.to(mean.dtype), rstd)  # (s - mean) rstd
         p = torch.sigmoid(z).to(s.dtype)
         axes = tuple(i for i in range(s.ndim) if mean.shape[i] == 1)
-        r = (grad * s * (1 - alpha) * p * (1 - p)).to(mean.dtype)
+        gs = grad * s
+        grad_alpha = (gs - gs * p).sum(dim=axes, keepdim=True) if ctx.needs_input_grad[1] else None  # sum gs (1 - p)
+        r = torch.addcmul(p, p, p, value=-1).mul_(gs).mul_(1 - alpha).to(mean.dtype)  # dL/dy s (1 - alpha) p (1 - p)
         if ctx.batch_stats:
-            r = r - r.mean(dim=axes, keepdim=True) - z * (r * z).mean(dim=axes, keepdim=True)
-        grad_s = grad * (alpha + (1 - alpha) * p) + (r * rstd).to(s.dtype)
-        grad_alpha = (grad * s * (1 - p)).sum(dim=axes, keepdim=True) if ctx.needs_input_grad[1] else None
+            r_mean, rz_mean = r.mean(dim=axes, keepdim=True), (r * z).mean(dim=axes, keepdim=True)
+            r.sub_(r_mean).addcmul_(z, rz_mean, value=-1)
+        grad_s = torch.addcmul(alpha, p, 1 - alpha).mul_(grad).addcmul_(r.to(s.dtype), rstd.to(s.dtype))
         return grad_s, grad_alpha, None, None, None
 
 

@@ -50,7 +50,12 @@ def _from_bcl(y: torch.Tensor, x: torch.Tensor, axis: int) -> torch.Tensor:
 
 
 class _EvoS0Fn(torch.autograd.Function):
-    """S0 on [B, C, L] with G groups: ``x sigmoid(v x) / std_group * weight + bias``; v, weight, bias [1, C, 1]."""
+    """S0 on [B, C, L] with G groups: ``x sigmoid(v x) / std_group * weight + bias``; v, weight, bias [1, C, 1].
+
+    The forward runs in place on its one new tensor (timm's order of operations, so bit-identical to it). The
+    backward keeps the plain form: a version folding ``weight / std_group`` per (sample, channel) stopped Inductor
+    with an assertion in its loop splitting (torch 2.14.1), so ``train.compile`` could not build it.
+    """
 
     @staticmethod
     def forward(ctx: torch.autograd.function.FunctionCtx, x3: torch.Tensor, v: torch.Tensor, weight: torch.Tensor,
@@ -62,7 +67,7 @@ class _EvoS0Fn(torch.autograd.Function):
         ctx.save_for_backward(x3, v, weight, mean, std)
         ctx.groups = groups
         std_x = std.to(x3.dtype).expand(xg.shape).reshape(B, C, L)  # [B, G, 1, 1] -> [B, C, L]
-        return x3 * torch.sigmoid(x3 * v) / std_x * weight + bias
+        return torch.mul(x3, v).sigmoid_().mul_(x3).div_(std_x).mul_(weight).add_(bias)  # timm's order
 
     @staticmethod
     def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
@@ -100,29 +105,34 @@ class _EvoB0Fn(torch.autograd.Function):
         inst = ivar.add(eps).sqrt()
         ctx.save_for_backward(x3, v, weight, left, batch_mean, imean, inst)
         ctx.batch_stats = batch_stats
-        return x3 / torch.maximum(left.to(x3.dtype), x3 * v + inst.to(x3.dtype)) * weight + bias
+        den = torch.mul(x3, v).add_(inst.to(x3.dtype))  # v x + instance std (not an addcmul: timm's rounding)
+        return (x3 / torch.maximum(den, left.to(x3.dtype))).mul_(weight).add_(bias)
 
     @staticmethod
     def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         x3, v, weight, left, batch_mean, imean, inst = ctx.saved_tensors
         B, C, L = x3.shape
-        lx, right = left.to(x3.dtype), x3 * v + inst.to(x3.dtype)
-        den = torch.maximum(lx, right)
-        grad_w = (grad * (x3 / den)).sum(dim=(0, 2), keepdim=True) if ctx.needs_input_grad[2] else None
+        sd, dt = left.dtype, x3.dtype
+        lx = left.to(dt)
+        right = torch.mul(x3, v).add_(inst.to(dt))  # as in forward (the same rounding decides max's side)
+        # the share of den's gradient that goes to ``right``: 1 where right > left, 0 where smaller, 1/2 at a tie
+        to_right = torch.heaviside(right - lx, torch.tensor(0.5, dtype=dt, device=x3.device))
+        rden = torch.maximum(right, lx).reciprocal_()  # 1 / den (no out=: torch.compile refuses a strided out)
+        q = x3 * rden  # x / den
+        grad_w = (grad * q).sum(dim=(0, 2), keepdim=True) if ctx.needs_input_grad[2] else None
         grad_b = grad.sum(dim=(0, 2), keepdim=True) if ctx.needs_input_grad[3] else None
-        grad = grad * weight
-        grad_den = -grad * x3 / (den * den)
-        half = torch.full_like(grad_den, 0.5)
-        to_left = torch.where(lx > right, torch.ones_like(half), torch.where(lx < right, torch.zeros_like(half), half))
-        grad_right = grad_den * (1 - to_left)
-        grad_x = grad / den + grad_right * v
-        sd = left.dtype
+        gq = rden.mul_(grad).mul_(weight)  # dL/dy weight / den
+        grad_den = q.mul_(gq).neg_()  # -dL/dy weight x / den^2
+        grad_right = grad_den * to_right
         grad_inst = grad_right.to(sd).sum(dim=2, keepdim=True)  # [B, C, 1]
-        grad_x = grad_x + (grad_inst * (x3.to(sd) - imean) / (L * inst)).to(x3.dtype)
+        slope = grad_inst / (L * inst)  # the instance std's term: slope (x - imean), per (sample, channel)
+        offset = -slope * imean
         if ctx.batch_stats:
-            grad_left = (grad_den * to_left).to(sd).sum(dim=(0, 2), keepdim=True)  # [1, C, 1]
-            grad_x = grad_x + (grad_left * (x3.to(sd) - batch_mean) / (B * L * left)).to(x3.dtype)
+            grad_left = (grad_den - grad_right).to(sd).sum(dim=(0, 2), keepdim=True)  # [1, C, 1]
+            slope_b = grad_left / (B * L * left)
+            slope, offset = slope + slope_b, offset - slope_b * batch_mean
         grad_v = (grad_right * x3).sum(dim=(0, 2), keepdim=True) if ctx.needs_input_grad[1] else None
+        grad_x = gq.addcmul_(grad_right, v).addcmul_(x3, slope.to(dt)).add_(offset.to(dt))
         return grad_x, grad_v, grad_w, grad_b, None, None, None, None
 
 

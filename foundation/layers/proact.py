@@ -41,23 +41,30 @@ def _sum_to(grad: torch.Tensor, shape: torch.Size) -> torch.Tensor:
 
 
 class _SmoothClipFn(torch.autograd.Function):
-    """``relu(x) * sigmoid(-k (x - lam))`` saving only ``x`` and ``lam`` (``lam`` broadcast against ``x``)."""
+    """``relu(x) * sigmoid(-k (x - lam))`` saving only ``x`` and ``lam`` (``lam`` broadcast against ``x``).
+
+    Few elementwise passes: ``-k (x - lam)`` is one ``add`` with the constant ``k lam`` folded, and as the sigmoid
+    is positive ``relu(x) s = relu(x s)`` (in place on the one new tensor). Backward, with ``s (1 - s)`` from one
+    ``addcmul`` and ``m = dL/dy 1[x > 0]``: ``dL/dx = m s - k m x s (1 - s)``, ``dL/dlam = k sum(m x s (1 - s))``.
+    """
 
     @staticmethod
     def forward(ctx: torch.autograd.function.FunctionCtx, x: torch.Tensor, lam: torch.Tensor,
                 k: float) -> torch.Tensor:
         ctx.save_for_backward(x, lam)
         ctx.k = k
-        return torch.relu(x) * torch.sigmoid(-k * (x - lam))
+        s = torch.add(lam * k, x, alpha=-k).sigmoid_()  # sigmoid(-k (x - lam)), the one full-size allocation
+        return s.mul_(x).relu_()
 
     @staticmethod
     def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         x, lam = ctx.saved_tensors
         k = ctx.k
-        s = torch.sigmoid(-k * (x - lam))
-        relu = torch.relu(x)
-        grad_x = grad * torch.where(x > 0, s * (1 - k * x * (1 - s)), torch.zeros_like(s))
-        grad_lam = _sum_to(grad * relu * (k * s * (1 - s)), lam.shape) if ctx.needs_input_grad[1] else None
+        s = torch.add(lam * k, x, alpha=-k).sigmoid_()
+        m = grad.masked_fill(x <= 0, 0)  # dL/dy where x > 0
+        mxt = torch.addcmul(s, s, s, value=-1).mul_(m).mul_(x)  # m x s (1 - s)
+        grad_lam = _sum_to(mxt * k, lam.shape) if ctx.needs_input_grad[1] else None
+        grad_x = s.mul_(m).add_(mxt, alpha=-k)
         return grad_x, grad_lam, None
 
 

@@ -49,17 +49,39 @@ class TrainModule(nn.Module):
         if prepare is not None:
             batch = prepare(self.model, batch)  # mask sampling: data-dependent sizes, outside the compiled region
         step = self._compiled if self._compiled is not None else self.step
-        return step(batch)
-
-    def step(self, batch: Any) -> tuple[torch.Tensor, dict[str, Any]]:
-        """Model and objective on a prepared batch: the region ``train.compile`` compiles."""
-        loss, metrics = self.objective(self.model, batch)
+        loss, metrics = step(batch)
         if self.touch_all_params:
             # Every trainable parameter gets a gradient (zero where the batch did not reach it: a task head
             # absent from this rank's batch), so all ranks reduce the same gradient buckets; otherwise ZeRO-1/2
-            # all-reduces of different sizes abort the job.
-            loss = loss + 0.0 * sum(p.sum() for p in self.parameters() if p.requires_grad)
+            # all-reduces of different sizes abort the job. Only the unreached ones are touched.
+            unreached = self.unreached_params(loss)
+            if unreached:
+                loss = loss + 0.0 * sum(p.sum() for p in unreached)
         return loss, metrics
+
+    def unreached_params(self, loss: torch.Tensor) -> list[nn.Parameter]:
+        """Trainable parameters that ``loss``'s autograd graph does not reach (they would get no gradient).
+
+        One walk over the graph's nodes (no backward): a parameter is reached when the graph holds its
+        gradient-accumulation node.
+        """
+        reached: set[int] = set()
+        seen: set[Any] = set()
+        stack = [loss.grad_fn]
+        while stack:
+            node = stack.pop()
+            if node is None or node in seen:
+                continue
+            seen.add(node)
+            variable = getattr(node, "variable", None)  # an AccumulateGrad node: the leaf it writes to
+            if variable is not None:
+                reached.add(id(variable))
+            stack.extend(nxt for nxt, _ in node.next_functions)
+        return [p for p in self.parameters() if p.requires_grad and id(p) not in reached]
+
+    def step(self, batch: Any) -> tuple[torch.Tensor, dict[str, Any]]:
+        """Model and objective on a prepared batch: the region ``train.compile`` compiles."""
+        return self.objective(self.model, batch)
 
     def compile_step(self, mode: str = "default") -> None:
         """``torch.compile`` :meth:`step`; parameters, state-dict keys and ``forward`` stay as they are."""

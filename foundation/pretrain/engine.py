@@ -48,7 +48,7 @@ from foundation.pretrain.run_log import RunLog
 from foundation.pretrain.sampler import ResumableDistributedSampler
 from foundation.pretrain.shard_sampler import ShardLocalSampler
 
-__all__ = ["RunResult", "Engine", "deepspeed_config"]
+__all__ = ["RunResult", "Engine", "deepspeed_config", "drop_identity_allreduce"]
 
 
 def deepspeed_config(recipe: RecipeConfig) -> dict[str, Any]:
@@ -67,6 +67,22 @@ def deepspeed_config(recipe: RecipeConfig) -> dict[str, Any]:
         cfg["zero_optimization"].update(stage3_gather_16bit_weights_on_model_save=True)
     cfg.update(ds.extra)
     return cfg
+
+
+def drop_identity_allreduce(engine: Any) -> bool:
+    """Turn off DeepSpeed's gradient all-reduce where it is an identity: ZeRO stage 0 on one data-parallel rank.
+
+    There DeepSpeed still flattens every gradient into buckets, all-reduces them over the one rank, divides by 1
+    and copies them back, every step (``buffered_allreduce_fallback``; measured in ``benchmarks/RESULTS.md``,
+    "Issue 16, continued"). Stages 1-2 keep it: their optimizer moves gradients into its partitions there.
+
+    Returns:
+        Whether it was turned off.
+    """
+    if engine.zero_optimization_stage() == 0 and engine.dp_world_size == 1:
+        engine.enable_backward_allreduce = False
+        return True
+    return False
 
 
 def _step_values(loss: torch.Tensor, metrics: dict[str, Any], keys: list[str], stopping: bool) -> torch.Tensor:
@@ -226,6 +242,7 @@ class Engine:
             lr_scheduler=lambda opt: WarmupCosineScheduler(opt, train),
         )
         self.ds_engine = engine
+        drop_identity_allreduce(engine)
         apply_timeout(train.collective_timeout_s)  # DeepSpeed's own groups, too
         # epoch and position: where the data order stands (samples of the epoch's order consumed, all ranks);
         # under shard_assignment=rank the segment and the per-shard progress (see shard_sampler)

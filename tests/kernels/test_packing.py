@@ -81,3 +81,34 @@ def test_trailing_dims_are_carried_for_every_keep_form():
         packed, cu, longest = pack_visible(x, form)
         torch.testing.assert_close(packed, expected)
         assert cu.tolist() == [0, 2, 4] and longest == 2
+
+
+def test_a_plan_packs_like_every_keep_form_it_was_made_from():
+    """plan_pack + pack_visible(x, plan) is one gather with no host read; it gives the same tokens, boundaries
+    and longest length as pack_visible on the keep it was made from, in the same order."""
+    from foundation.kernels import plan_pack
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 9, 2, 4, generator=g)
+    mask = torch.rand(3, 9, generator=g) > 0.5
+    mask[1] = False  # a sample with nothing visible
+    rows = [torch.randperm(9, generator=g)[:k] for k in (4, 0, 7)]
+    forms = [mask, rows, torch.stack([torch.randperm(9, generator=g)[:5] for _ in range(3)])]
+    for keep in forms:
+        want, want_cu, want_max = pack_visible(x, keep)
+        plan = plan_pack(keep, 3, 9)
+        got, cu, longest = pack_visible(x, plan)
+        assert torch.equal(got, want) and torch.equal(cu, want_cu) and longest == want_max
+        assert plan.index.dtype == torch.int64 and plan.index.shape == (want.shape[0],)
+
+
+def test_plan_pack_checks_like_pack_visible_and_a_plan_refuses_another_shape():
+    from foundation.kernels import plan_pack
+
+    with pytest.raises(ConfigError, match=r"index range \[0, 5\] but x has N = 5"):
+        plan_pack(torch.tensor([[0, 5], [1, 2]]), 2, 5)
+    with pytest.raises(ConfigError, match="repeats a token index"):
+        plan_pack([torch.tensor([1, 1]), torch.tensor([0])], 2, 5)
+    plan = plan_pack(torch.tensor([[0, 1], [2, 3]]), 2, 5)
+    with pytest.raises(ConfigError, match=r"PackPlan was made for \[B, N\] = \[2, 5\], x is \[2, 6, 3\]"):
+        pack_visible(torch.randn(2, 6, 3), plan)

@@ -104,3 +104,19 @@ def test_activation_compiles_forward_and_backward_with_inductor(name: str) -> No
     torch.testing.assert_close(xb.grad, xa.grad, rtol=1e-4, atol=1e-5)
     for (n, p), q in zip(eager.named_parameters(), compiled_module.parameters()):
         torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-5, msg=n)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["evonorm-s0", "evonorm-b0"])
+def test_grouped_norms_compile_forward_and_backward_at_a_bench_token_shape(name: str) -> None:
+    """At [16, 128, 512] (bench_step's activation table) Inductor splits loops differently from the small shape
+    above; a folded per-(sample, channel) form of EvoNorm-S0's backward stopped it with an assertion there."""
+    torch.manual_seed(0)
+    layer = make_activation(name, num_features=512).train()
+    x = torch.randn(16, 128, 512, generator=torch.Generator().manual_seed(1), requires_grad=True)
+    dynamo.reset()
+    y = torch.compile(layer)(x)
+    (y * y).sum().backward()
+    want = layer(x.detach())
+    torch.testing.assert_close(y.detach(), want, rtol=1e-4, atol=1e-5)
+    assert torch.isfinite(x.grad).all()

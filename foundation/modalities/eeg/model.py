@@ -25,7 +25,7 @@ from torch import nn
 
 from foundation.errors import ConfigError, DataError
 from foundation.hub.mixin import HubMixin
-from foundation.kernels.packing import pack_visible, packed_mean, sample_ids
+from foundation.kernels.packing import PackPlan, pack_visible, packed_mean, plan_pack, sample_ids
 from foundation.layers.block import Block
 from foundation.modalities.eeg.encoding import ChannelEncoding, TemporalEncoding
 
@@ -160,7 +160,7 @@ class DeeperBrain(nn.Module, HubMixin):
 
     # ---------------------------------------------------------------- encoder
     def forward_features(self, x: torch.Tensor, pos: torch.Tensor, chan_mask: torch.Tensor | None = None,
-                         keep: torch.Tensor | Sequence[torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                         keep: torch.Tensor | Sequence[torch.Tensor] | PackPlan | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Encode the visible patches.
 
         Args:
@@ -168,8 +168,8 @@ class DeeperBrain(nn.Module, HubMixin):
             pos: electrode positions [B, C, 3] in metres.
             chan_mask: [B, C] bool, True = real channel (None: all real).
             keep: indices of visible tokens (token n = c * P + p), as [B, K] or a list of B 1-D tensors
-                of variable length; None = every token of a real channel. Tokens not listed are deleted
-                before the blocks.
+                of variable length, or their :class:`~foundation.kernels.PackPlan`; None = every token of a
+                real channel. Tokens not listed are deleted before the blocks.
 
         Returns:
             ``(tokens [sum K_b, D] packed, cu_seqlens [B + 1] int32)``: sample b's visible tokens are
@@ -190,7 +190,24 @@ class DeeperBrain(nn.Module, HubMixin):
         return packed_mean(packed, cu)  # [K, D] -> [B, D]
 
     # ------------------------------------------------------------------ heads
-    def predict_stats(self, packed: torch.Tensor, cu: torch.Tensor, keep_idx: Sequence[torch.Tensor], pos: torch.Tensor,
+    def mask_plans(self, chan_mask: torch.Tensor, keep: Sequence[torch.Tensor], n_patches: int,
+                   device: torch.device | str | None = None) -> tuple[PackPlan, PackPlan]:
+        """The packing of a masked batch, worked out once (host reads; the objective's ``prepare`` calls it
+        before the compiled region): the encoder's visible tokens and the decoder's real-channel tokens.
+
+        Args:
+            chan_mask: [B, C] bool. keep: B 1-D tensors of visible token indices. n_patches: P.
+            device: where the plans' tensors go (default: chan_mask's).
+
+        Returns:
+            ``(encoder plan over [B, N], decoder plan over [B, N])``, N = C * P.
+        """
+        B, C = chan_mask.shape
+        device = chan_mask.device if device is None else device
+        valid = self.valid_tokens(chan_mask, n_patches)  # [B, N]
+        return plan_pack(keep, B, C * n_patches, device), plan_pack(valid, B, C * n_patches, device)
+
+    def predict_stats(self, packed: torch.Tensor, cu: torch.Tensor, plan: PackPlan, pos: torch.Tensor,
                       chan_mask: torch.Tensor, n_patches: int) -> torch.Tensor:
         """Per-channel statistics from the channel's visible tokens: -> [B, C, S].
 
@@ -198,9 +215,7 @@ class DeeperBrain(nn.Module, HubMixin):
         The channel encoding is added so that the head knows where each channel sits.
         """
         B, C = chan_mask.shape
-        idx = torch.cat([k.to(packed.device) for k in keep_idx])  # [K]
-        seg = sample_ids(cu, packed.shape[0])  # [K]
-        slot = seg * C + torch.div(idx, n_patches, rounding_mode="floor")  # (sample, channel) of each token
+        slot = torch.div(plan.index, n_patches, rounding_mode="floor")  # b * N + c * P + p -> b * C + c
         sums = packed.new_zeros(B * C, packed.shape[1]).index_add_(0, slot, packed)
         cnt = packed.new_zeros(B * C).index_add_(0, slot, packed.new_ones(slot.shape))[:, None]  # [B * C, 1]
         per_sample = packed_mean(packed, cu)  # [K, D] -> [B, D]
@@ -208,28 +223,30 @@ class DeeperBrain(nn.Module, HubMixin):
         pooled = pooled.reshape(B, C, -1) + self.chan_enc(pos, chan_mask)  # [B * C, D] -> [B, C, D]
         return self.stats_head(self.stats_norm(pooled))
 
-    def decode(self, packed: torch.Tensor, cu: torch.Tensor, keep_idx: Sequence[torch.Tensor], pos: torch.Tensor,
+    def decode(self, packed: torch.Tensor, plans: tuple[PackPlan, PackPlan], pos: torch.Tensor,
                chan_mask: torch.Tensor, n_patches: int) -> torch.Tensor:
-        """Reconstruct every patch from the visible encodings: -> [B, N, patch_size] (zeros at padded channels)."""
+        """Reconstruct every patch from the visible encodings: -> [B, N, patch_size] (zeros at padded channels).
+
+        ``plans``: :meth:`mask_plans`' encoder and decoder plans.
+        """
+        enc_plan, dec_plan = plans
         B, C = chan_mask.shape
         N = C * n_patches
         vis = self.decoder_embed(packed)  # [K, Dd]
         enc = (self.decoder_chan_enc(pos, chan_mask)[:, :, None, :]
                + self.decoder_time_enc(self.patch_times(n_patches, packed.device))[None, None])
-        full = self.mask_token.to(vis.dtype).expand(B, N, -1).clone()  # [B, N, Dd]
-        seg = sample_ids(cu, packed.shape[0])  # [K]
-        full[seg, torch.cat([k.to(packed.device) for k in keep_idx])] = vis  # scatter [K, Dd] -> [B, N, Dd]
+        full = self.mask_token.to(vis.dtype).expand(B * N, -1)  # [B * N, Dd]
+        full = full.index_put((enc_plan.index,), vis).view(B, N, -1)  # scatter [K, Dd] -> [B, N, Dd]
         full = full + enc.reshape(B, N, -1).to(vis.dtype)  # [B, C, P, Dd] -> [B, N, Dd]
-        valid = self.valid_tokens(chan_mask, n_patches)  # [B, N]
-        dpk, dcu, dmax = pack_visible(full, valid)  # [B, N, Dd] -> [Kv, Dd]
+        dpk, dcu, dmax = pack_visible(full, dec_plan)  # [B, N, Dd] -> [Kv, Dd]
         for blk in self.decoder_blocks:
             dpk = blk(dpk, dcu, dmax)
         pred = self.decoder_pred(self.decoder_norm(dpk))  # [Kv, patch]
-        out = pred.new_zeros(B, N, pred.shape[-1])
-        return out.masked_scatter(valid[..., None], pred)  # [Kv, patch] -> [B, N, patch]
+        out = pred.new_zeros(B * N, pred.shape[-1]).index_put((dec_plan.index,), pred)  # [Kv, patch] -> [B*N, patch]
+        return out.view(B, N, -1)
 
-    def forward(self, x: torch.Tensor, pos: torch.Tensor, chan_mask: torch.Tensor,
-                keep: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, pos: torch.Tensor, chan_mask: torch.Tensor, keep: Sequence[torch.Tensor],
+                plans: tuple[PackPlan, PackPlan] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Masked reconstruction and statistics prediction.
 
         Args:
@@ -237,10 +254,15 @@ class DeeperBrain(nn.Module, HubMixin):
             pos: positions [B, C, 3].
             chan_mask: [B, C] bool, True = real channel.
             keep: B 1-D tensors of visible token indices (only real channels' tokens).
+            plans: :meth:`mask_plans` of ``keep``, made in advance (the objective's ``prepare``), so that this
+                forward reads nothing from the data on the host (one graph under ``torch.compile``); None
+                makes them here.
 
         Returns:
             ``(reconstruction [B, N, patch_size], statistics [B, C, S])``.
         """
         P = x.shape[-1] // self.config.patch_size
-        packed, cu = self.forward_features(x, pos, chan_mask, keep)
-        return self.decode(packed, cu, keep, pos, chan_mask, P), self.predict_stats(packed, cu, keep, pos, chan_mask, P)
+        if plans is None:
+            plans = self.mask_plans(chan_mask, keep, P, x.device)
+        packed, cu = self.forward_features(x, pos, chan_mask, plans[0])
+        return self.decode(packed, plans, pos, chan_mask, P), self.predict_stats(packed, cu, plans[0], pos, chan_mask, P)

@@ -67,7 +67,8 @@ class DeeperBrainObjective(nn.Module):
         """Draw the masks (data-dependent sizes; runs before the compiled region of a training step).
 
         Returns:
-            The batch with ``keep`` (B 1-D tensors of visible token indices) and ``visible`` [B, N] bool added.
+            The batch with ``keep`` (B 1-D tensors of visible token indices), ``visible`` [B, N] bool and
+            ``plans`` (the model's packing of them, :meth:`~.model.DeeperBrain.mask_plans`) added.
         """
         chan_mask = batch["chan_mask"]
         B, C = chan_mask.shape
@@ -77,7 +78,8 @@ class DeeperBrainObjective(nn.Module):
         rows = torch.repeat_interleave(torch.arange(B), torch.tensor([k.numel() for k in keep]))  # [sum K_b]
         visible = torch.zeros_like(valid)
         visible[rows.to(valid.device), torch.cat(keep).to(valid.device)] = True
-        return {**batch, "keep": keep, "visible": visible}
+        plans = model.mask_plans(chan_mask, keep, P, batch["x"].device)
+        return {**batch, "keep": keep, "visible": visible, "plans": plans}
 
     def forward(self, model: nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Compute the loss.
@@ -101,7 +103,7 @@ class DeeperBrainObjective(nn.Module):
                             "set model.n_stats to the number of statistics the cache holds")
         valid = chan_mask[:, :, None].expand(B, C, P).reshape(B, C * P)  # [B, C, P] -> [B, N]
         visible = batch["visible"]
-        recon, pred_stats = model(x, pos, chan_mask, batch["keep"])
+        recon, pred_stats = model(x, pos, chan_mask, batch["keep"], batch.get("plans"))
         target = model.scale_input(x, chan_mask).reshape(B, C * P, cfg.patch_size)  # [B, C, T] -> [B, N, patch]
         # mask_ratio 0 leaves nothing masked: then every valid patch is reconstructed (no host read to decide)
         masked = valid & ~visible

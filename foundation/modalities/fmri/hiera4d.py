@@ -21,7 +21,9 @@ other kernels use ``conv{1,2,3}d`` (N <= 3, as Hiera's video models).
 """
 from __future__ import annotations
 
+import itertools
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -141,7 +143,12 @@ def _sample_drop_path(x: torch.Tensor, p: float, training: bool, units_cu: torch
         return x
     counts = (units_cu[1:] - units_cu[:-1]).to(torch.long)
     keep = x.new_empty(counts.numel()).bernoulli_(1 - p)
-    return x * torch.repeat_interleave(keep, counts)[:, None, None] / (1 - p)  # [B] -> [U, 1, 1]
+    return x * torch.repeat_interleave(keep, counts, output_size=x.shape[0])[:, None, None] / (1 - p)  # [B] -> [U, 1, 1]
+
+
+def _unit_counts(units_cu: torch.Tensor, counts: Sequence[int] | None) -> list[int]:
+    """Units per sample as host ints: ``counts`` when the caller knows them (no device read), else read once."""
+    return list(counts) if counts is not None else (units_cu[1:] - units_cu[:-1]).tolist()
 
 
 class MaskUnitAttention(nn.Module):
@@ -162,8 +169,12 @@ class MaskUnitAttention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim_out)
         self.proj = nn.Linear(dim_out, dim_out)
 
-    def forward(self, x: torch.Tensor, units_cu: torch.Tensor) -> torch.Tensor:
-        """x [U, T, D] (units of all samples, sample-major), units_cu [B + 1] -> [U, T / q_stride, D_out]."""
+    def forward(self, x: torch.Tensor, units_cu: torch.Tensor, counts: Sequence[int] | None = None) -> torch.Tensor:
+        """x [U, T, D] (units of all samples, sample-major), units_cu [B + 1] -> [U, T / q_stride, D_out].
+
+        ``counts``: the B per-sample unit counts as host ints (what ``units_cu`` holds), when the caller knows
+        them: then nothing is read from the device (one graph under ``torch.compile``).
+        """
         U, T, _ = x.shape
         H, Dh, s = self.heads, self.head_dim, self.q_stride
         q, k, v = self.qkv(x).reshape(U, T, 3, H, Dh).unbind(2)  # [U, T, 3D'] -> 3 x [U, T, H, Dh]
@@ -174,12 +185,12 @@ class MaskUnitAttention(nn.Module):
             o = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)).transpose(1, 2)
         elif s == 1:
             cu = (units_cu * T).to(torch.int32)  # one segment per sample
-            max_len = int((units_cu[1:] - units_cu[:-1]).max()) * T
+            max_len = max(_unit_counts(units_cu, counts), default=0) * T
             o = varlen_attention(q.reshape(U * T, H, Dh), k.reshape(U * T, H, Dh), v.reshape(U * T, H, Dh), cu, max_len,
                                  scale=Dh**-0.5, backend=self.backend).view(U, T, H, Dh)
         else:  # global attention with q pooling: q and k differ in length, one SDPA per sample
-            outs = []
-            for a, b in zip(units_cu[:-1].tolist(), units_cu[1:].tolist()):
+            outs, ends = [], list(itertools.accumulate(_unit_counts(units_cu, counts), initial=0))
+            for a, b in zip(ends[:-1], ends[1:]):
                 qs, ks, vs = (t[a:b].reshape(1, -1, H, Dh).transpose(1, 2) for t in (q, k, v))  # [1, H, n, Dh]
                 outs.append(F.scaled_dot_product_attention(qs, ks, vs).transpose(1, 2).reshape(b - a, Tq, H, Dh))
             o = torch.cat(outs)
@@ -200,14 +211,14 @@ class HieraBlock(nn.Module):
         if dim != dim_out:
             self.proj = nn.Linear(dim, dim_out)
 
-    def forward(self, x: torch.Tensor, units_cu: torch.Tensor) -> torch.Tensor:
-        """x [U, T, D] -> [U, T / q_stride, D_out]."""
+    def forward(self, x: torch.Tensor, units_cu: torch.Tensor, counts: Sequence[int] | None = None) -> torch.Tensor:
+        """x [U, T, D] -> [U, T / q_stride, D_out]; ``counts`` as in :meth:`MaskUnitAttention.forward`."""
         x_norm = self.norm1(x)
         if self.dim != self.dim_out:
             y = self.proj(x_norm)
             s = self.attn.q_stride
             x = y.view(y.shape[0], s, -1, y.shape[-1]).amax(dim=1)  # [U, T, D'] -> [U, T/s, D']
-        x = x + _sample_drop_path(self.attn(x_norm, units_cu), self.drop_path, self.training, units_cu)
+        x = x + _sample_drop_path(self.attn(x_norm, units_cu, counts), self.drop_path, self.training, units_cu)
         return x + _sample_drop_path(self.mlp(self.norm2(x)), self.drop_path, self.training, units_cu)
 
 
@@ -287,14 +298,14 @@ class Hiera4D(nn.Module, HubMixin):
             x = x * self._voxel_keep_mask(keep, B, x)  # as Hiera's masked conv: deleted units are zero for neighbours
         tok = self._embed_units(x) + self._to_units(self.pos().view(1, *self.config.tokens, -1))  # [B, U, T_u, D]
         if keep is None:
-            counts = torch.full((B,), self.n_units, dtype=torch.int32)
+            counts = [self.n_units] * B
             h = tok.flatten(0, 1)  # [B, U, T_u, D] -> [B * U, T_u, D]
         else:
             h = torch.cat([tok[b, keep[b]] for b in range(B)])  # -> [sum K_b, T_u, D]
-            counts = torch.tensor([len(k) for k in keep], dtype=torch.int32)
-        units_cu = F.pad(counts.cumsum(0), (1, 0)).to(device=x.device, dtype=torch.int32)
+            counts = [len(k) for k in keep]  # host ints (the index tensors' sizes): no device read
+        units_cu = F.pad(torch.tensor(counts, dtype=torch.int32).cumsum(0), (1, 0)).to(device=x.device, dtype=torch.int32)
         for blk in self.blocks:
-            h = blk(h, units_cu)
+            h = blk(h, units_cu, counts)
         return h, units_cu
 
     def _unit_order(self, extra: int) -> tuple[list[int], list[int]]:

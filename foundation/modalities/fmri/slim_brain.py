@@ -84,17 +84,18 @@ class JepaPredictor(nn.Module):
     def forward(self, ctx: torch.Tensor, ctx_pos: list[torch.Tensor], tgt_pos: list[torch.Tensor]) -> torch.Tensor:
         """ctx [Kc, D] packed context tokens; per-sample positions of context [Kc_b] and targets [Kt_b] -> [sum Kt_b, D]."""
         h = self.embed(ctx)
-        pieces, start, is_tgt = [], 0, []
+        pieces, start, rows, lens = [], 0, [], []
         for cp, tp in zip(ctx_pos, tgt_pos):
             pieces += [h[start:start + len(cp)] + self.pos_embed[cp], self.mask_token + self.pos_embed[tp]]
-            is_tgt += [torch.zeros(len(cp), dtype=torch.bool), torch.ones(len(tp), dtype=torch.bool)]
+            first = sum(lens) + len(cp)  # the sample's target rows follow its context rows
+            rows.append(torch.arange(first, first + len(tp), device=h.device))
+            lens.append(len(cp) + len(tp))  # host ints (the index tensors' sizes): no device read
             start += len(cp)
         x = torch.cat(pieces)  # [sum (Kc_b + Kt_b), Dp], one sample after another
-        lens = torch.tensor([len(c) + len(t) for c, t in zip(ctx_pos, tgt_pos)])
-        cu = F.pad(lens.cumsum(0), (1, 0)).to(device=x.device, dtype=torch.int32)
+        cu = F.pad(torch.tensor(lens).cumsum(0), (1, 0)).to(device=x.device, dtype=torch.int32)
         for blk in self.blocks:
-            x = blk(x, cu, int(lens.max()))
-        return self.out(self.norm(x[torch.cat(is_tgt).to(x.device)]))
+            x = blk(x, cu, max(lens))
+        return self.out(self.norm(x.index_select(0, torch.cat(rows))))  # the target rows [sum Kt_b, Dp]
 
 
 class SlimBrain(nn.Module, HubMixin):

@@ -273,12 +273,22 @@ class UltrasoundMTL(nn.Module, HubMixin):
         deep = self.backbone(x)[-1]
         return deep.flatten(2).transpose(1, 2)  # [B, C5, h, w] -> [B, h*w, C5]
 
-    def run_heads(self, deep: torch.Tensor, fpn: torch.Tensor, task: torch.Tensor) -> dict[str, tuple[torch.Tensor, Any]]:
-        """Route each task's rows to its head: classification from ``deep``, the rest from ``fpn``."""
+    def routes(self, task: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The rows of each task present in the batch: ``task [B]`` -> ``{task_id: rows [n]}`` in task order.
+
+        Data-dependent (one host read of ``task``); the objective's ``prepare`` calls it before the compiled
+        region of a training step, so that :meth:`run_heads` is shape-static.
+        """
+        return {self.task_ids[t]: (task == t).nonzero(as_tuple=True)[0] for t in torch.unique(task).tolist()}
+
+    def run_heads(self, deep: torch.Tensor, fpn: torch.Tensor, task: torch.Tensor,
+                  routes: dict[str, torch.Tensor] | None = None) -> dict[str, tuple[torch.Tensor, Any]]:
+        """Route each task's rows to its head: classification from ``deep``, the rest from ``fpn``.
+
+        ``routes``: :meth:`routes` of ``task`` when made in advance (None: made here).
+        """
         out: dict[str, tuple[torch.Tensor, Any]] = {}
-        for t in torch.unique(task).tolist():
-            tid = self.task_ids[t]
-            rows = (task == t).nonzero(as_tuple=True)[0]
+        for tid, rows in (self.routes(task) if routes is None else routes).items():
             source = deep if self.table[tid].type == "classification" else fpn
             out[tid] = (rows, self.heads[tid](source[rows]))
         return out

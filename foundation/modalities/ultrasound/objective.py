@@ -73,7 +73,7 @@ class MultiTaskObjective(nn.Module):
             raise ConfigError(f"objective.tasks ({len(self.task_ids)} tasks) differ from model.tasks "
                               f"({len(model.task_ids)}); give both sections (and data) the same tasks/extra_tasks")
         deep, fpn = model.features(batch["image"])
-        outputs = model.run_heads(deep, fpn, batch["task"])
+        outputs = model.run_heads(deep, fpn, batch["task"], batch.get("routes"))
         T = len(self.task_ids)
         losses = torch.zeros(T, device=deep.device, dtype=torch.float32)
         present = torch.zeros(T, dtype=torch.bool, device=deep.device)
@@ -89,13 +89,23 @@ class MultiTaskObjective(nn.Module):
             present[t] = True
         return losses, present, norms
 
-    def forward(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, Any]]:
+    def prepare(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, Any]:
+        """Route the batch's rows to their tasks (data-dependent; runs before the compiled region).
+
+        Returns:
+            The batch with ``routes`` (:meth:`~.model.UltrasoundMTL.routes` of ``task``) added.
+        """
+        return {**batch, "routes": model.routes(batch["task"])}
+
+    def forward(self, model: nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
+        if "routes" not in batch:
+            batch = self.prepare(model, batch)
         losses, present, norms = self.task_losses(model, batch)
         total, _ = self.balancer(losses, present, norms)
         # heads of tasks absent from this batch get zero gradients rather than none: data-parallel ranks
         # see different tasks, and DeepSpeed ZeRO-1/2 reduce gradients in buckets that must hold the
         # same parameters on every rank (a head without a gradient shifts the buckets)
-        absent = [t for t, here in zip(self.task_ids, present.tolist()) if not here]
+        absent = [t for t in self.task_ids if t not in batch["routes"]]  # known on the host: no device read
         if absent and torch.is_grad_enabled():
             total = total + 0.0 * sum(p.sum() for t in absent for p in model.heads[t].parameters())
         metrics: dict[str, Any] = {}
