@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from foundation.errors import ConfigError, DataError, did_you_mean
-from foundation.layers._batches import ForwardFn
+from foundation.layers._batches import ForwardFn, require_reiterable, run_batch
 from foundation.layers.mlp import KANMlp, Mlp
 from foundation.layers.sparsity import calibrate_channel_thresholds, wina_keep_count, wina_mask
 
@@ -148,6 +148,7 @@ class SparseMlp(nn.Module):
             self.keep_hidden = wina_keep_count(sparsity, H, f"{where} sparsity")
             self.keep_input = wina_keep_count(input_sparsity, mlp.fc1.in_features, f"{where} input_sparsity")
         self._norms: dict[str, tuple[int, torch.Tensor]] = {}
+        self.train(mlp.training)  # the wrapper takes the wrapped MLP's mode
 
     def _col_norm(self, layer: nn.Linear, key: str) -> torch.Tensor:
         """``||W[:, i]||_2`` [n], recomputed when the weight changed in place (its version counter moved)."""
@@ -237,15 +238,39 @@ def calibrate_chess(model: nn.Module, loader: Iterable[Any], target: float, modu
 
     Args:
         model: the model (its MLPs not yet wrapped).
-        loader: calibration batches (a re-iterable; see :func:`~foundation.layers.sparsity.calibrate_channel_thresholds`).
+        loader: calibration batches, re-iterable (see
+            :func:`~foundation.layers.sparsity.calibrate_channel_thresholds`).
         target: share per channel in (0, 1).
-        modules: MLP names (default :func:`mlp_names`).
+        modules: MLP names; default: the MLPs (of :func:`mlp_names`) that the forward on the loader's first batch
+            runs (one extra forward), e.g. DeeperBrain's encoder blocks and not its decoder under
+            ``forward_features``.
         forward_fn: ``forward_fn(model, batch)`` for batch formats other than a tensor or a tuple.
 
     Returns:
         MLP name -> thresholds [H], for :func:`apply_to_encoder`.
+
+    Raises:
+        ConfigError: as :func:`~foundation.layers.sparsity.calibrate_channel_thresholds`, or no MLP ran.
     """
-    names = list(modules) if modules is not None else mlp_names(model)
+    require_reiterable(loader, "calibrate_chess")
+    if modules is None:
+        candidates = {n: model.get_submodule(n) for n in mlp_names(model)}
+        ran: set[str] = set()
+        handles = [m.register_forward_pre_hook(lambda _m, _a, n=n: ran.add(n)) for n, m in candidates.items()]
+        was_training = model.training
+        try:
+            model.eval()
+            with torch.no_grad():
+                run_batch(model, next(iter(loader)), forward_fn, "calibrate_chess")
+        finally:
+            for h in handles:
+                h.remove()
+            model.train(was_training)
+        modules = [n for n in candidates if n in ran]
+        if not modules:
+            raise ConfigError(f"calibrate_chess: the forward ran none of the MLPs {list(candidates)[:4]}; pass a "
+                              f"forward_fn that runs the encoder (e.g. lambda m, b: m.forward_features(**b))")
+    names = list(modules)
     thr = calibrate_channel_thresholds(model, loader, target, modules=[f"{n}.act" for n in names], dim=-1,
                                        forward_fn=forward_fn)
     return {n: thr[f"{n}.act"] for n in names}
@@ -305,7 +330,8 @@ def apply_to_encoder(model: nn.Module, criterion: str, *, thresholds: dict[str, 
         criterion: ``chess`` (needs ``thresholds``) or ``wina`` (``sparsity``, ``input_sparsity``).
         thresholds: MLP name -> thresholds [H], from :func:`calibrate_chess`.
         sparsity, input_sparsity, mode: as for :class:`SparseMlp`.
-        modules: the MLP names to wrap (default :func:`mlp_names`).
+        modules: the MLP names to wrap; default: those of ``thresholds`` for ``chess`` (the MLPs calibrated), every
+            one of :func:`mlp_names` for ``wina``.
 
     Returns:
         The wrappers (``count()``, ``reset()``, ``remove()``; a context manager that removes them).
@@ -313,6 +339,8 @@ def apply_to_encoder(model: nn.Module, criterion: str, *, thresholds: dict[str, 
     Raises:
         ConfigError: no wrappable MLP, an unknown or unwrappable module name, thresholds missing for an MLP.
     """
+    if modules is None and criterion == "chess" and thresholds:
+        modules = list(thresholds)
     names = list(modules) if modules is not None else mlp_names(model)
     known = dict(model.named_modules())
     unknown = [n for n in names if n not in known]
