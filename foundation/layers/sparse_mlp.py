@@ -334,7 +334,8 @@ def apply_to_encoder(model: nn.Module, criterion: str, *, thresholds: dict[str, 
             one of :func:`mlp_names` for ``wina``.
 
     Returns:
-        The wrappers (``count()``, ``reset()``, ``remove()``; a context manager that removes them).
+        The wrappers (``count()``, ``reset()``, ``remove()``; a context manager that removes them). While they are
+        in, the state dict's MLP keys gain a ``.mlp`` level: ``remove()`` before saving the model.
 
     Raises:
         ConfigError: no wrappable MLP, an unknown or unwrappable module name, thresholds missing for an MLP.
