@@ -73,17 +73,17 @@ def _child(argv: list[str]) -> None:
         torch.manual_seed(0)
         mlp = Mlp(D, H, D, "gelu").eval()
         x = torch.randn(T, D)
-        fwd = lambda: mlp(x)  # noqa: E731
+        fwd = lambda: mlp(x)
         if mode != "dense":
             sp = SparseMlp(mlp, "wina", sparsity=s, mode=mode).eval()
-            fwd = lambda: sp(x)  # noqa: E731
+            fwd = lambda: sp(x)
     else:
         folder, name, batch_file, mode, s = argv[1], argv[2], argv[3], argv[4], float(argv[5])
         enc = MODELS.get(name).from_pretrained(folder).eval()
         inputs = torch.load(batch_file, weights_only=True)
         if mode != "dense":
             apply_to_encoder(enc, "wina", sparsity=s, mode=mode)
-        fwd = lambda: encode(enc, inputs)  # noqa: E731
+        fwd = lambda: encode(enc, inputs)
     base = _rss()
     with torch.no_grad():
         fwd()
@@ -112,8 +112,8 @@ def _pretrain(recipe: str, act: str, steps: int, root: Path) -> tuple[Path, str,
     return export_run(pre, result), pre.model.name, time.perf_counter() - t0
 
 
-def _study(recipe: str, act: str, levels: list[float], steps: int, repeats: int, memory: bool,
-           root: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def _study(recipe: str, act: str, levels: list[float], steps: int, repeats: int, memory: bool, root: Path,
+           time_levels: list[float], per_token_probe: bool) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     export, name, pre_s = _pretrain(recipe, act, steps, root)
     probe_name = f"{recipe}-probe"
     ft = load_recipe(probe_name, ["train.progress_bar=false", f"data.cache_dir={root / 'cache' / probe_name}"])
@@ -141,7 +141,7 @@ def _study(recipe: str, act: str, levels: list[float], steps: int, repeats: int,
         thr = None
         if crit == "chess":
             thr = calibrate_chess(model.encoder, calib, s, forward_fn=lambda e, b: encode(e, b))
-        kw = dict(thresholds=thr) if crit == "chess" else dict(sparsity=s, input_sparsity=s if crit == "wina-io" else 0)
+        kw = {"thresholds": thr} if crit == "chess" else {"sparsity": s, "input_sparsity": s if crit == "wina-io" else 0}
         handle = apply_to_encoder(model.encoder, "chess" if crit == "chess" else "wina", **kw) if crit != "dense" else None
         t0 = time.perf_counter()
         res = finetune_model(model, train, test, ft, opts, root / "probe" / f"{recipe}-{act}-{crit}-{s}")
@@ -152,15 +152,17 @@ def _study(recipe: str, act: str, levels: list[float], steps: int, repeats: int,
                      "skipped MACs %": 100 * count.skipped_share if count else 0.0,
                      "skipped by union gather %": 100 * count.skipped_run_share if count else 0.0,
                      "probe s": time.perf_counter() - t0})
+        if crit != "dense" and not any(abs(s - t) < 1e-9 for t in time_levels):
+            continue
         for mode in ("union", "per-token") if crit != "dense" else ("dense",):
             enc = copy.deepcopy(base.encoder).eval()
             if crit != "dense":
                 apply_to_encoder(enc, "chess" if crit == "chess" else "wina", mode=mode, **kw)
             encoders[(label, mode)] = enc
         print(f"{recipe} ({act}) {label}: {rows[-1]}", flush=True)
-    timing = []
     for bname, batch in (("batch 1", b1), (f"batch {n_probe}", bp)):
-        t = _interleaved({k: (lambda e=e: encode(e, batch)) for k, e in encoders.items()}, repeats)
+        timed = {k: e for k, e in encoders.items() if bname == "batch 1" or per_token_probe or k[1] != "per-token"}
+        t = _interleaved({k: (lambda e=e, b=batch: encode(e, b)) for k, e in timed.items()}, repeats)
         dense = t[("dense", "dense")]
         for row in rows:
             for mode in ("union", "per-token"):
@@ -174,7 +176,7 @@ def _study(recipe: str, act: str, levels: list[float], steps: int, repeats: int,
             bf = str(Path(tmp) / "batch.pt")
             torch.save(bp, bf)
             s = levels[len(levels) // 2]
-            for mode in ("dense", "union", "per-token"):
+            for mode in ("dense", "union", "per-token") if per_token_probe else ("dense", "union"):
                 mem.append({"model": f"{recipe} ({act})", "batch": n_probe, "path": mode if mode == "dense" else
                             f"wina {s:.2f} {mode}",
                             "extra peak RSS MiB": _peak_child(["encoder", str(export), name, bf, mode, str(s)])})
@@ -246,6 +248,11 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=30, help="pretraining steps per model")
     ap.add_argument("--repeats", type=int, default=5, help="timing repeats (median)")
     ap.add_argument("--wide", type=int, nargs=2, default=[768, 3072], metavar=("D", "H"))
+    ap.add_argument("--time-levels", type=float, nargs="*", default=[0.7], help="sparsities whose wall time is measured")
+    ap.add_argument("--per-token-probe", nargs="*", default=["deeperbrain-tiny"],
+                    help="recipes whose per-token gather is also timed at the probe batch (SLIM-Brain-tiny's probe "
+                         "batch holds 64 x 6912 tokens: its per-token weight copy runs to GBs)")
+    ap.add_argument("--skip-wide", action="store_true", help="leave out the wide MLP")
     ap.add_argument("--no-memory", dest="memory", action="store_false", help="skip the fresh-process peak RSS")
     ap.add_argument("--plot", default="benchmarks/figures/sparse_inference.png")
     args = ap.parse_args()
@@ -255,19 +262,26 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for spec in args.models:
             recipe, _, act = spec.partition(":")
-            r, m = _study(recipe, act or "gelu", args.levels, args.steps, args.repeats, args.memory, Path(tmp))
+            r, m = _study(recipe, act or "gelu", args.levels, args.steps, args.repeats, args.memory, Path(tmp),
+                          args.time_levels, recipe in args.per_token_probe)
             rows += r
             mem += m
-    wide = _wide(*args.wide, args.levels, args.repeats, args.memory)
+            Path("benchmarks/out").mkdir(parents=True, exist_ok=True)
+            Path("benchmarks/out/sparse_inference_partial.json").write_text(json.dumps(
+                {"encoders": rows, "memory": mem}, indent=1, default=str))
+            print(markdown_table(r, floatfmt=".3f"), flush=True)
+    wide = [] if args.skip_wide else _wide(*args.wide, args.levels, args.repeats, args.memory)
     print(f"load: {os.getloadavg()}")
     print("\n## Encoders: linear probe on held-out subjects, skipped MLP multiply-adds, time relative to dense\n")
     print(markdown_table(rows, floatfmt=".3f"))
     if mem:
         print("\n## Encoders: extra peak RSS of one forward at the probe batch (fresh process)\n")
         print(markdown_table(mem, floatfmt=".1f"))
-    print(f"\n## One MLP at D={args.wide[0]}, hidden {args.wide[1]} (WINA on fc2's inputs)\n")
-    print(markdown_table(wide, floatfmt=".3f"))
-    _plot(rows, Path(args.plot))
+    if wide:
+        print(f"\n## One MLP at D={args.wide[0]}, hidden {args.wide[1]} (WINA on fc2's inputs)\n")
+        print(markdown_table(wide, floatfmt=".3f"))
+    if rows:
+        _plot(rows, Path(args.plot))
     print(f"\nplot: {args.plot}")
     Path("benchmarks/out").mkdir(parents=True, exist_ok=True)
     Path("benchmarks/out/sparse_inference.json").write_text(json.dumps({"encoders": rows, "memory": mem,
