@@ -11,9 +11,9 @@
    suite's linear probe (``finetune_model`` with method ``linear-probe``, the runner's subject-disjoint held-out
    split): held-out balanced accuracy, and the share of the MLP multiply-adds skipped over the probe's forwards
    (token by token, and what the union gather really skipped).
-3. Wall time of the encoder's ``forward_features`` per config, union and per-token gathers, relative to dense, at
-   batch 1 and at the probe's batch (64, the feature loader's), one thread, configs interleaved within each repeat,
-   median of the repeats. Peak memory: extra RSS of one forward in a fresh process (``--memory``).
+3. Wall time of the encoder's ``forward_features`` per config timed (``--time-levels``), union and per-token
+   gathers, relative to dense, at batch 1 and at the probe's batch (64, the feature loader's), one thread, configs
+   interleaved within each repeat, median of the repeats. Peak memory: extra RSS of one forward in a fresh process (``--memory``).
 4. One MLP alone at a realistic width (``--wide``: D=768, hidden 3072 by default) at T = 1, 197 and 8 x 197
    tokens: dense vs the union and per-token gathers at the same sparsities (random weights: only time and memory).
 
@@ -26,7 +26,6 @@ import copy
 import dataclasses
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -52,10 +51,16 @@ from foundation.registry import DATASETS, MODELS
 PROBE_BATCH = 64  # FinetuneJob.loader's batch size: the frozen features are extracted in batches of 64
 
 
-def _rss() -> int:
-    """Resident set size now, bytes."""
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+def _status_bytes(field: str) -> int:
+    """A ``kB`` field of /proc/self/status (``VmRSS``: resident now, ``VmHWM``: this process image's peak), bytes.
+
+    ``VmHWM`` starts afresh at exec, unlike ``ru_maxrss``, which inherits the forking parent's peak.
+    """
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"/proc/self/status has no {field}")
 
 
 def _peak_child(args: list[str]) -> float:
@@ -84,10 +89,10 @@ def _child(argv: list[str]) -> None:
         if mode != "dense":
             apply_to_encoder(enc, "wina", sparsity=s, mode=mode)
         fwd = lambda: encode(enc, inputs)
-    base = _rss()
+    base = _status_bytes("VmRSS")
     with torch.no_grad():
         fwd()
-    print(max(0.0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base) / 2**20)
+    print(max(0, _status_bytes("VmHWM") - base) / 2**20)
 
 
 def _interleaved(fns: dict[str, Any], repeats: int) -> dict[str, float]:
@@ -113,7 +118,7 @@ def _pretrain(recipe: str, act: str, steps: int, root: Path) -> tuple[Path, str,
 
 
 def _study(recipe: str, act: str, levels: list[float], steps: int, repeats: int, memory: bool, root: Path,
-           time_levels: list[float], per_token_probe: bool) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+           time_levels: list[float]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     export, name, pre_s = _pretrain(recipe, act, steps, root)
     probe_name = f"{recipe}-probe"
     ft = load_recipe(probe_name, ["train.progress_bar=false", f"data.cache_dir={root / 'cache' / probe_name}"])
@@ -161,8 +166,7 @@ def _study(recipe: str, act: str, levels: list[float], steps: int, repeats: int,
             encoders[(label, mode)] = enc
         print(f"{recipe} ({act}) {label}: {rows[-1]}", flush=True)
     for bname, batch in (("batch 1", b1), (f"batch {n_probe}", bp)):
-        timed = {k: e for k, e in encoders.items() if bname == "batch 1" or per_token_probe or k[1] != "per-token"}
-        t = _interleaved({k: (lambda e=e, b=batch: encode(e, b)) for k, e in timed.items()}, repeats)
+        t = _interleaved({k: (lambda e=e, b=batch: encode(e, b)) for k, e in encoders.items()}, repeats)
         dense = t[("dense", "dense")]
         for row in rows:
             for mode in ("union", "per-token"):
@@ -176,7 +180,7 @@ def _study(recipe: str, act: str, levels: list[float], steps: int, repeats: int,
             bf = str(Path(tmp) / "batch.pt")
             torch.save(bp, bf)
             s = levels[len(levels) // 2]
-            for mode in ("dense", "union", "per-token") if per_token_probe else ("dense", "union"):
+            for mode in ("dense", "union", "per-token"):
                 mem.append({"model": f"{recipe} ({act})", "batch": n_probe, "path": mode if mode == "dense" else
                             f"wina {s:.2f} {mode}",
                             "extra peak RSS MiB": _peak_child(["encoder", str(export), name, bf, mode, str(s)])})
@@ -194,8 +198,6 @@ def _wide(D: int, H: int, levels: list[float], repeats: int, memory: bool) -> li
         wrappers = {}
         for s in levels:
             for mode in ("union", "per-token"):
-                if mode == "per-token" and T * round((1 - s) * H) * D * 4 > 2**31:
-                    continue  # the per-token weight copy T x K x D would exceed 2 GiB
                 wrappers[(s, mode)] = SparseMlp(mlp, "wina", sparsity=s, mode=mode).eval()
                 fns[f"{s}-{mode}"] = (lambda w=wrappers[(s, mode)]: w(x))
         t = _interleaved(fns, repeats)
@@ -249,12 +251,10 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5, help="timing repeats (median)")
     ap.add_argument("--wide", type=int, nargs=2, default=[768, 3072], metavar=("D", "H"))
     ap.add_argument("--time-levels", type=float, nargs="*", default=[0.7], help="sparsities whose wall time is measured")
-    ap.add_argument("--per-token-probe", nargs="*", default=["deeperbrain-tiny"],
-                    help="recipes whose per-token gather is also timed at the probe batch (SLIM-Brain-tiny's probe "
-                         "batch holds 64 x 6912 tokens: its per-token weight copy runs to GBs)")
     ap.add_argument("--skip-wide", action="store_true", help="leave out the wide MLP")
     ap.add_argument("--no-memory", dest="memory", action="store_false", help="skip the fresh-process peak RSS")
     ap.add_argument("--plot", default="benchmarks/figures/sparse_inference.png")
+    ap.add_argument("--json", default="benchmarks/out/sparse_inference.json", help="where the figures go")
     args = ap.parse_args()
     torch.set_num_threads(1)
     print(f"load: {os.getloadavg()}", flush=True)
@@ -263,11 +263,11 @@ def main() -> None:
         for spec in args.models:
             recipe, _, act = spec.partition(":")
             r, m = _study(recipe, act or "gelu", args.levels, args.steps, args.repeats, args.memory, Path(tmp),
-                          args.time_levels, recipe in args.per_token_probe)
+                          args.time_levels)
             rows += r
             mem += m
-            Path("benchmarks/out").mkdir(parents=True, exist_ok=True)
-            Path("benchmarks/out/sparse_inference_partial.json").write_text(json.dumps(
+            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.json).with_suffix(".partial.json").write_text(json.dumps(
                 {"encoders": rows, "memory": mem}, indent=1, default=str))
             print(markdown_table(r, floatfmt=".3f"), flush=True)
     wide = [] if args.skip_wide else _wide(*args.wide, args.levels, args.repeats, args.memory)
@@ -283,8 +283,8 @@ def main() -> None:
     if rows:
         _plot(rows, Path(args.plot))
     print(f"\nplot: {args.plot}")
-    Path("benchmarks/out").mkdir(parents=True, exist_ok=True)
-    Path("benchmarks/out/sparse_inference.json").write_text(json.dumps({"encoders": rows, "memory": mem,
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps({"encoders": rows, "memory": mem,
                                                                          "wide": wide}, indent=1, default=str))
 
 

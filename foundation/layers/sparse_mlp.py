@@ -16,13 +16,17 @@ Exact zeros (ReLU, top-k) are always inactive: skipping them changes nothing. Wh
 the hidden criterion is known only after fc1 ran, so it skips fc2's columns only (at most ``H * D_out`` of the
 ``D_in * H + H * D_out`` multiply-adds per token); only WINA on fc1's input skips fc1's columns too.
 
-The skipping is a gather path: ``index_select`` of the active columns of the weight, then a dense matmul on the
-smaller matrix. ``mode`` says how tokens share the gather:
+The skipping is a gather path over each weight stored transposed (``W^T [n, m]``, contiguous, so that the weights
+of input i are one contiguous row; a copy per wrapped linear layer, refreshed when the weight changes). ``mode``
+says how tokens share the gather:
 
-* ``union``: one gather of the columns active for any token of the call, one ``[T, k] @ [k, m]`` matmul; the
-  entries inactive for a given token are zeroed first, so the result equals the per-token gating exactly.
-* ``per-token``: each token gathers its own columns (padded to the largest active count of the call) and a batched
-  matmul ``[T, 1, k] @ [T, k, m]`` runs; its weight copy is T times larger.
+* ``union``: one ``index_select`` of the rows active for any token of the call, then one ``[T, k] @ [k, m]``
+  matmul; the entries inactive for a given token are zeroed first, so the result equals the per-token gating
+  exactly.
+* ``per-token``: ``F.embedding_bag`` sums each token's own active rows weighted by its active inputs: the rows are
+  read in place (no copy), the multiply-adds are exactly the active ones.
+
+The wrappers are for inference: no gradient reaches the weights through the gather.
 
 The result equals the hook-zeroing passes of :mod:`foundation.layers.sparsity`
 (:func:`~foundation.layers.sparsity.apply_channel_thresholds` on the activation, or
@@ -58,8 +62,8 @@ class MacCount:
     Attributes:
         dense: what the dense MLP does on the same tokens: ``T * (D_in * H + H * D_out)``.
         skipped: those of the inactive inputs, token by token (what a per-token kernel could skip).
-        skipped_run: those the gather path did not execute (``union`` executes every column active for any token
-            of the call; ``per-token`` pads to the largest active count of the call).
+        skipped_run: those the gather path did not execute (``union`` executes every row active for any token of
+            the call; ``per-token`` exactly the active ones).
     """
 
     dense: int = 0
@@ -80,27 +84,35 @@ class MacCount:
         return MacCount(self.dense + other.dense, self.skipped + other.skipped, self.skipped_run + other.skipped_run)
 
 
-def _gathered_linear(x: torch.Tensor, mask: torch.Tensor, layer: nn.Linear, mode: str) -> tuple[torch.Tensor, int]:
-    """``layer(x * mask)`` computed on the active columns of ``layer.weight`` only.
+def _gathered_linear(x: torch.Tensor, mask: torch.Tensor, weight_t: torch.Tensor, bias: torch.Tensor | None,
+                     mode: str) -> tuple[torch.Tensor, int]:
+    """``(x * mask) @ weight_t + bias`` computed on the active rows of ``weight_t`` only.
 
     Args:
-        x: inputs [T, n]. mask: bool [T, n], True = active. layer: ``nn.Linear`` with weight [m, n].
-        mode: ``union`` or ``per-token`` (see the module docstring).
+        x: inputs [T, n]. mask: bool [T, n], True = active.
+        weight_t: the layer's weight transposed, contiguous [n, m] (row i = input i's weights: a gather of rows
+            reads contiguous memory). bias: [m] or None.
+        mode: ``union``: one ``index_select`` of the rows active for any token, then ``[T, k] @ [k, m]``;
+            ``per-token``: ``F.embedding_bag`` over each token's own active rows, weighted by its active inputs
+            (the rows are read in place, never copied).
 
     Returns:
-        ``(y [T, m], executed)``: ``executed`` is the number of input columns multiplied, summed over tokens.
+        ``(y [T, m], executed)``: ``executed`` is the number of input rows multiplied, summed over tokens.
     """
-    w = layer.weight  # [m, n]
     T = x.shape[0]
     if mode == "union":
         cols = mask.any(dim=0).nonzero().flatten()  # [k]
         xs = x.index_select(1, cols) * mask.index_select(1, cols).to(x.dtype)  # [T, k]
-        return F.linear(xs, w.index_select(1, cols), layer.bias), T * cols.numel()  # [T, k] @ [k, m] -> [T, m]
-    k = int(mask.sum(dim=1).max()) if T else 0
-    idx = mask.to(torch.uint8).topk(k, dim=1, sorted=False).indices  # [T, k]: active first, then padding
-    xs = x.gather(1, idx) * mask.gather(1, idx).to(x.dtype)  # [T, k], padding zeroed
-    y = torch.bmm(xs.unsqueeze(1), w.t()[idx]).squeeze(1)  # [T, 1, k] @ [T, k, m] -> [T, m]
-    return (y + layer.bias if layer.bias is not None else y), T * k
+        w = weight_t.index_select(0, cols)  # [k, m]
+        y = torch.addmm(bias, xs, w) if bias is not None else xs @ w  # [T, k] @ [k, m] -> [T, m]
+        return y, T * cols.numel()
+    flat = mask.reshape(-1).nonzero().flatten()  # active (token, input) pairs, token-major
+    counts = mask.sum(dim=1)  # [T]
+    offsets = torch.zeros(T, dtype=torch.long, device=x.device)
+    offsets[1:] = counts.cumsum(0)[:-1]
+    n = mask.shape[1]
+    y = F.embedding_bag(flat % n, weight_t, offsets, mode="sum", per_sample_weights=x.reshape(-1)[flat])  # [T, m]
+    return (y + bias if bias is not None else y), int(counts.sum())
 
 
 class SparseMlp(nn.Module):
@@ -147,16 +159,19 @@ class SparseMlp(nn.Module):
                                   f"input_sparsity (shares of inputs skipped per token)")
             self.keep_hidden = wina_keep_count(sparsity, H, f"{where} sparsity")
             self.keep_input = wina_keep_count(input_sparsity, mlp.fc1.in_features, f"{where} input_sparsity")
-        self._norms: dict[str, tuple[int, torch.Tensor]] = {}
+        self._cache: dict[str, tuple[torch.Tensor, int, torch.Tensor, torch.Tensor]] = {}
         self.train(mlp.training)  # the wrapper takes the wrapped MLP's mode
 
-    def _col_norm(self, layer: nn.Linear, key: str) -> torch.Tensor:
-        """``||W[:, i]||_2`` [n], recomputed when the weight changed in place (its version counter moved)."""
-        version = layer.weight._version
-        cached = self._norms.get(key)
-        if cached is None or cached[0] != version or cached[1].device != layer.weight.device:
-            self._norms[key] = (version, layer.weight.detach().float().norm(dim=0))
-        return self._norms[key][1]
+    def _cached(self, layer: nn.Linear, key: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(W^T contiguous [n, m], ||W[:, i]||_2 [n])`` of ``layer``, recomputed when the weight changed in place
+        (its version counter moved), was replaced, or moved device or dtype."""
+        w = layer.weight
+        cached = self._cache.get(key)
+        if cached is None or cached[0] is not w or cached[1] != w._version or cached[2].device != w.device \
+                or cached[2].dtype != w.dtype:
+            d = w.detach()
+            self._cache[key] = (w, w._version, d.t().contiguous(), d.float().norm(dim=0))
+        return self._cache[key][2], self._cache[key][3]
 
     def reset(self) -> None:
         """Zero the multiply-add counts."""
@@ -181,20 +196,22 @@ class SparseMlp(nn.Module):
         T = x2.shape[0]
         skipped = skipped_run = 0
         if self.keep_input < D_in:
-            m_in = wina_mask(x2, self._col_norm(mlp.fc1, "fc1"), self.keep_input) & (x2 != 0)
-            h, run = _gathered_linear(x2, m_in, mlp.fc1, self.mode)
+            w1t, norm1 = self._cached(mlp.fc1, "fc1")
+            m_in = wina_mask(x2, norm1, self.keep_input) & (x2 != 0)
+            h, run = _gathered_linear(x2, m_in, w1t, mlp.fc1.bias, self.mode)
             skipped += int((~m_in).sum()) * H
             skipped_run += (T * D_in - run) * H
         else:
             h = mlp.fc1(x2)
         a = mlp.act(h.reshape(*lead, H)).reshape(T, H)  # the activation sees the original layout
         a = mlp.drop1(a)
+        w2t, norm2 = self._cached(mlp.fc2, "fc2")
         active = a != 0
         if self.criterion == "chess":
             active &= a.abs().float() >= self.thresholds.to(a.device)
         elif self.keep_hidden < H:
-            active &= wina_mask(a, self._col_norm(mlp.fc2, "fc2"), self.keep_hidden)
-        y, run = _gathered_linear(a, active, mlp.fc2, self.mode)
+            active &= wina_mask(a, norm2, self.keep_hidden)
+        y, run = _gathered_linear(a, active, w2t, mlp.fc2.bias, self.mode)
         skipped += int((~active).sum()) * D_out
         skipped_run += (T * H - run) * D_out
         self.count += MacCount(T * (D_in * H + H * D_out), skipped, skipped_run)

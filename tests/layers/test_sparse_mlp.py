@@ -99,7 +99,8 @@ def test_wina_mask_keeps_the_largest_weighted_magnitudes() -> None:
 
 def test_skipped_multiply_adds_equal_the_closed_form() -> None:
     """fc1 = identity, ReLU: token t has exactly p_t hidden units >= the threshold, so CHESS skips
-    (H - p_t) * D_out per token; the union gather executes the |union| columns for every token."""
+    (H - p_t) * D_out per token; the union gather executes the |union| columns for every token, the per-token one
+    exactly the active ones."""
     D, Dout, T = 8, 5, 4
     mlp = Mlp(D, D, Dout, "relu").eval()
     with torch.no_grad():
@@ -111,7 +112,7 @@ def test_skipped_multiply_adds_equal_the_closed_form() -> None:
         x[t, :k] = 2.0  # active: >= 1
         x[t, k:k + 1] = 0.5  # positive but below the threshold
     thr = torch.ones(D)
-    for mode, run in (("union", (D - max(p)) * Dout * T), ("per-token", (D - max(p)) * Dout * T)):
+    for mode, run in (("union", (D - max(p)) * Dout * T), ("per-token", sum(D - k for k in p) * Dout)):
         s = SparseMlp(mlp, "chess", thresholds=thr, mode=mode).eval()
         with torch.no_grad():
             s(x)
