@@ -18,6 +18,13 @@ gets a threshold thr_c such that a ``target`` share of that channel's activation
 (thr_c is the ``round(target * M)``-th smallest ``|a|`` of its M calibration values); at inference a forward hook
 zeroes ``|a| < thr_c`` (:func:`apply_channel_thresholds`). :func:`evaluate_channel_thresholds` reports what the pass
 costs on held-out data: the relative output error against the dense model and, given a metric, the metric drop.
+
+Weight-informed gating follows "WINA: Weight Informed Neuron Activation for Accelerating Large Language Model
+Inference" (Chen et al., 2025, https://arxiv.org/abs/2505.19427): for a linear layer ``y = W x`` with
+``W [m, n]``, the mask keeps the input entries i whose ``|x_i| * ||W[:, i]||_2`` is among the K largest of the token
+(:func:`wina_mask`), and the layer computes ``W (mask * x)``. :func:`apply_wina` does it with forward pre-hooks on
+chosen linear layers: the reference (zeroing, no compute saved) for the gather path of
+:mod:`foundation.layers.sparse_mlp`.
 """
 from __future__ import annotations
 
@@ -42,6 +49,9 @@ __all__ = [
     "calibrate_channel_thresholds",
     "apply_channel_thresholds",
     "evaluate_channel_thresholds",
+    "wina_keep_count",
+    "wina_mask",
+    "apply_wina",
 ]
 
 Metric = Callable[[torch.Tensor, Any], float]
@@ -356,3 +366,69 @@ def evaluate_channel_thresholds(model: nn.Module, thresholds: dict[str, torch.Te
         sparse_m = sum(w * float(metric(y, b)) for w, (y, b) in zip(weights, sparse_out)) / sum(weights)
         report.metric_dense, report.metric_sparse, report.metric_drop = dense_m, sparse_m, dense_m - sparse_m
     return report
+
+
+def wina_keep_count(sparsity: float, num_features: int, where: str = "wina") -> int:
+    """K, how many of ``num_features`` inputs WINA keeps per token at a ``sparsity`` in [0, 1): ``round((1-s) * n)``,
+    at least 1.
+
+    Raises:
+        ConfigError: ``sparsity`` outside [0, 1).
+    """
+    if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)) or not 0.0 <= sparsity < 1.0:
+        raise ConfigError(f"{where}: sparsity is the share of inputs to skip and must lie in [0, 1), "
+                          f"received {sparsity!r}")
+    return max(1, round((1.0 - sparsity) * num_features))
+
+
+def wina_mask(x: torch.Tensor, col_norm: torch.Tensor, keep: int) -> torch.Tensor:
+    """WINA's gate: True where ``|x_i| * col_norm_i`` is among the ``keep`` largest of its token.
+
+    Args:
+        x: layer inputs [..., n].
+        col_norm: ``||W[:, i]||_2`` [n] of the layer's weight ``W [m, n]``.
+        keep: K, entries kept per token (1 <= K <= n; ties broken by ``torch.topk``).
+
+    Returns:
+        Bool mask [..., n] with exactly K True per token.
+    """
+    score = x.abs().float() * col_norm.to(device=x.device, dtype=torch.float32)
+    if keep >= x.shape[-1]:
+        return torch.ones_like(x, dtype=torch.bool)
+    idx = score.topk(keep, dim=-1, sorted=False).indices
+    return torch.zeros_like(x, dtype=torch.bool).scatter_(-1, idx, True)
+
+
+def apply_wina(model: nn.Module, sparsity: dict[str, float]) -> ThresholdHooks:
+    """Zero the inputs that WINA gates off, with forward pre-hooks on linear layers (no compute saved).
+
+    Args:
+        model: any module.
+        sparsity: name of an ``nn.Linear`` in ``model`` -> share of its input entries to zero per token, in [0, 1).
+            The column norms are read from the layer's weight at call time.
+
+    Returns:
+        The hooks (``remove()`` them, or use as a context manager).
+
+    Raises:
+        ConfigError: an unknown name, a module that is not an ``nn.Linear``, or a sparsity outside [0, 1).
+    """
+    where = "apply_wina"
+    layers = _select(model, list(sparsity), where)
+    for name, layer in layers.items():
+        if not isinstance(layer, nn.Linear):
+            raise ConfigError(f"{where}: {name!r} is a {type(layer).__name__}, not an nn.Linear; WINA gates the "
+                              f"inputs of linear layers: name one (e.g. 'blocks.0.mlp.fc2')")
+        wina_keep_count(sparsity[name], layer.in_features, f"{where} ({name})")
+
+    def gate(name: str) -> Callable[..., tuple[torch.Tensor]]:
+        layer = layers[name]
+        keep = wina_keep_count(sparsity[name], layer.in_features)
+
+        def _hook(_m: nn.Module, args: tuple[Any, ...]) -> tuple[torch.Tensor]:
+            x = args[0]
+            col_norm = layer.weight.detach().float().norm(dim=0)  # [n]
+            return (x * wina_mask(x, col_norm, keep).to(x.dtype),)
+        return _hook
+
+    return ThresholdHooks([layers[n].register_forward_pre_hook(gate(n)) for n in sparsity])
