@@ -100,7 +100,7 @@ def test_a_module_without_a_rule_is_refused():
 def _dense_rollout(hiera: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Reference for a Hiera4D without pooling: the textbook product of [N, N] matrices per sample, mean row."""
     seen = []
-    hooks = [b.attn.register_forward_pre_hook(lambda _m, a: seen.append(a)) for b in hiera.blocks]
+    hooks = [b.attn.register_forward_pre_hook(lambda _m, a: seen.append(a[:2])) for b in hiera.blocks]  # (x, cu[, counts])
     with torch.no_grad():
         hiera.forward_units(x)
     for h in hooks:
