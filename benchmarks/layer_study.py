@@ -76,7 +76,7 @@ ROBUST_SWAPS = ("gelu", "topk-relu")  # Part 4: top-k vs GELU encoders
 SNRS_DB = (20.0, 10.0, 0.0)
 CHANNEL_DROPOUT = (0.25, 0.5)
 # default pretraining steps per model (chosen so that the whole study fits about 45 minutes on 2 shared cores)
-DEFAULT_STEPS = {"deeperbrain": 150, "slim-brain": 40, "ultrasound": 40}
+DEFAULT_STEPS = {"deeperbrain": 120, "slim-brain": 20, "ultrasound": 30}
 
 
 def ema(values: list[float], weight: float = 0.8) -> list[float]:
@@ -159,8 +159,11 @@ class Perturbed(torch.utils.data.Dataset):
         return item
 
 
-def robustness(model: str, export: Path, seed: int, cache: Path, out: Path) -> dict[str, float]:
-    """Balanced accuracy of the frozen linear probe, trained on clean items, on perturbed held-out items."""
+def robustness(model: str, export: Path, seed: int, cache: Path, out: Path, clean: float) -> dict[str, float]:
+    """Balanced accuracy of the frozen linear probe, trained on clean items, on perturbed held-out items.
+
+    ``clean`` is the cell's own probe score (:func:`run_finetune` with the same options: the same split, probe
+    and seed, so a clean condition here would repeat it; the smoke run checked that they agree)."""
     import foundation
     from foundation.config import load_recipe
     from foundation.data.protocol import class_labels, prepare_dataset
@@ -178,10 +181,10 @@ def robustness(model: str, export: Path, seed: int, cache: Path, out: Path) -> d
     opts = FinetuneOptions(method="linear-probe", split_seed=seed)
     # the runner's held-out split: subjects, stratified by class
     tr, te = group_split(data.groups(), opts.test_fraction, opts.split_seed, labels=class_labels(data))
-    conditions = [("clean", 0.0)] + [("noise", s) for s in SNRS_DB]
+    conditions = [("noise", s) for s in SNRS_DB]
     if model == "deeperbrain":
         conditions += [("dropout", p) for p in CHANNEL_DROPOUT]
-    scores = {}
+    scores = {"clean": clean}
     for kind, value in conditions:
         encoder = foundation.load(str(export))
         task_model = TaskModel.for_encoder(encoder, data.num_classes)
@@ -209,6 +212,7 @@ def run_cell(model: str, swap: str, seed: int, steps: int, out: Path, cache: Pat
     cuda = torch.cuda.is_available()
     if cuda:
         torch.cuda.reset_peak_memory_stats()
+    _malloc_trim()  # freed heap of earlier cells back to the system, so that growth is this run's
     t0 = time.perf_counter()
     with PeakRSS() as rss:
         result = Engine(recipe, run_dir).run()
@@ -222,12 +226,13 @@ def run_cell(model: str, swap: str, seed: int, steps: int, out: Path, cache: Pat
     fin = run_finetune(probe, str(export), run_dir / "probe", FinetuneOptions(method="linear-probe", split_seed=seed))
     cell = {"model": model, "swap": swap, "seed": seed, "steps": steps, "overrides": ov,
             "final_loss": final_loss(losses), "losses": losses, "step_s_median": statistics.median(step_s),
-            "wall_s": wall, "peak_mb": peak, "peak_kind": "cuda max_memory_allocated" if cuda else "cpu peak rss growth (sampled every 5 ms)",
+            "wall_s": wall, "peak_mb": peak, "saved_mb": saved_activation_mb(recipe), "peak_kind": "cuda max_memory_allocated" if cuda else "cpu peak rss growth (sampled every 5 ms)",
             "params": _exported_params(export),
             "probe_balanced_accuracy": fin["metrics"]["balanced_accuracy"],
             "sparsity": str(run_dir / "sparsity.jsonl") if (run_dir / "sparsity.jsonl").is_file() else None}
     if swap in ROBUST_SWAPS and model != "ultrasound":
-        cell["robustness"] = robustness(model, export, seed, cache, run_dir / "robustness")
+        cell["robustness"] = robustness(model, export, seed, cache, run_dir / "robustness",
+                                        cell["probe_balanced_accuracy"])
     return cell
 
 
@@ -236,6 +241,48 @@ def _exported_params(export: Path) -> int:
     from safetensors.torch import load_file
 
     return sum(t.numel() for t in load_file(str(export / "model.safetensors")).values())
+
+
+def saved_activation_mb(recipe: Any) -> float:
+    """MiB that autograd keeps for backward over one training micro-batch of ``recipe`` (model + objective, the
+    recipe's ``memory.act_bits`` applied), each storage counted once: the activation memory the swaps change
+    (Mesa stores int8 copies; KAN bases and KArAt's [N, N_max, 2G] scores are large). Deterministic, unlike
+    process RSS."""
+    from foundation.data.batch import to_device
+    from foundation.pretrain.components import TrainModule, build_components
+
+    with torch.random.fork_rng():
+        torch.manual_seed(recipe.train.seed)
+        parts = build_components(recipe, prepare=False)
+        if recipe.memory.act_bits:
+            from foundation.kernels.mesa import apply_act_bits
+
+            apply_act_bits(parts.model, recipe.memory.act_bits)
+        module = TrainModule(parts.model, parts.objective)
+        data = parts.dataset
+        batch = (getattr(data, "collate", None) or torch.utils.data.default_collate)(
+            [data[i] for i in range(recipe.train.micro_batch_size)])
+        seen: dict[tuple[int, int], int] = {}
+
+        def pack(t: torch.Tensor) -> torch.Tensor:
+            st = t.untyped_storage()
+            seen[(st.data_ptr(), st.nbytes())] = st.nbytes()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            loss, _ = module(to_device(batch, torch.device("cuda" if torch.cuda.is_available() else "cpu")))
+        del loss
+    params = {(p.untyped_storage().data_ptr(), p.untyped_storage().nbytes()) for p in module.parameters()}
+    return sum(v for k, v in seen.items() if k not in params) / 2**20  # weights saved for backward are not activations
+
+
+def _malloc_trim() -> None:
+    import ctypes
+
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:  # not glibc
+        pass
 
 
 def _rss_mb() -> float:
