@@ -377,7 +377,11 @@ def study(args: argparse.Namespace) -> None:
            "--steps", str(args.steps), "--models", *args.models, "--seeds", *map(str, args.seeds)]
     if args.swaps:
         cmd += ["--swaps", *args.swaps]
-    for _ in range(len(plan(args.models, args.swaps, args.seeds)) + 1):
+    cells = plan(args.models, args.swaps, args.seeds)
+    for _ in range(len(cells) + 1):
+        done = {(r["model"], r["swap"], r["seed"]) for r in read_results(out / "results.jsonl")}
+        if all(c in done for c in cells):  # resumed with nothing left: no worker to start
+            return
         proc = subprocess.run(cmd, env={**os.environ, "PYTHONUNBUFFERED": "1"})
         current = out / "current"
         if proc.returncode == 0 or not current.is_file():
