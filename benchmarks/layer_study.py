@@ -27,6 +27,7 @@ Cells are written as JSON lines to ``<out>/results.jsonl`` as they finish; a rer
 (resumable). ``--report`` writes the tables (markdown, mean ± std over seeds) and the figures from that file.
 
     OMP_NUM_THREADS=1 python benchmarks/layer_study.py --out runs/layer_study          # the study
+    python benchmarks/layer_study.py --out runs/layer_study --timing                    # interleaved step times
     python benchmarks/layer_study.py --out runs/layer_study --report --figures benchmarks/figures
     python benchmarks/layer_study.py --out /tmp/s --models deeperbrain --swaps gelu --seeds 0 --steps 2  # smoke
 """
@@ -319,6 +320,83 @@ class PeakRSS:
         return self.peak - self.start
 
 
+def timing(args: argparse.Namespace) -> None:
+    """Time per training step of every swap against the baseline, interleaved in one process (each round runs
+    every variant once, in turn), so that the machine's load falls on all variants alike; median over rounds.
+
+    A step is model + objective forward, backward and the suite's AdamW step (``build_optimizer``) on one fixed
+    micro-batch, without DeepSpeed (whose per-step overhead is the same for every swap). Written to
+    ``<out>/timing.jsonl``.
+    """
+    from foundation.config import load_recipe
+    from foundation.data.batch import to_device
+    from foundation.pretrain.components import TrainModule, build_components
+    from foundation.pretrain.optim import build_optimizer
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    cache = Path(args.cache).resolve()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    for model in args.models:
+        names = [BASELINE[model]] + [s for s in SWAPS[model] if s != BASELINE[model]]
+        names = [n for n in names if args.swaps is None or n in args.swaps or n == BASELINE[model]]
+        variants = {}
+        for name in names:
+            recipe = load_recipe(MODELS[model][0], overrides(model, name, 0, 10, cache))
+            torch.manual_seed(0)
+            parts = build_components(recipe, prepare=True)
+            if recipe.memory.act_bits:
+                from foundation.kernels.mesa import apply_act_bits
+
+                apply_act_bits(parts.model, recipe.memory.act_bits)
+            module = TrainModule(parts.model, parts.objective).to(device)
+            data = parts.dataset
+            batch = to_device((getattr(data, "collate", None) or torch.utils.data.default_collate)(
+                [data[i] for i in range(recipe.train.micro_batch_size)]), device)
+            variants[name] = (module, build_optimizer(module, recipe.train), batch)
+
+        def step(name: str) -> float:
+            module, opt, batch = variants[name]
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            loss, _ = module(batch)
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            return time.perf_counter() - t0
+
+        for name in names:  # warm-up
+            step(name), step(name)
+        times: dict[str, list[float]] = {n: [] for n in names}
+        for _ in range(args.rounds):
+            for name in names:
+                times[name].append(step(name))
+        base = statistics.median(times[names[0]])
+        with open(out / "timing.jsonl", "a") as f:
+            for name in names:
+                med = statistics.median(times[name])
+                rec = {"model": model, "swap": name, "rounds": args.rounds, "step_ms": 1000 * med,
+                       "ratio": med / base, "load": os.getloadavg()[0], "device": device.type}
+                f.write(json.dumps(rec) + "\n")
+                print(json.dumps(rec), flush=True)
+
+
+def timing_table(out: Path) -> str:
+    path = out / "timing.jsonl"
+    if not path.is_file():
+        return ""
+    rows = read_results(path)
+    lines = ["| model | swap | step ms (median) | x baseline |", "|---|---|---|---|"]
+    lines += [f"| {r['model']} | {r['swap']} | {r['step_ms']:.1f} | {r['ratio']:.2f}x |" for r in rows]
+    loads = [r["load"] for r in rows]
+    lines.append(f"\n{rows[0]['rounds']} interleaved rounds on {rows[0]['device']}; 1-min load average during the "
+                 f"runs {min(loads):.1f}-{max(loads):.1f}.")
+    return "\n".join(lines)
+
+
 # --------------------------------------------------------------------------------------------- the study
 def read_results(path: Path) -> list[dict[str, Any]]:
     if not path.is_file():
@@ -410,11 +488,14 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]
     for r in ok:
         a = agg.setdefault(r["model"], {}).setdefault(r["swap"], {
             "final_loss": [], "steps_to_base": [], "speedup": [], "step_ms": [], "peak_mb": [], "probe": [],
+            "saved_mb": [],
             "time_ratio": [], "reached": 0, "n": 0, "steps": r["steps"], "robustness": []})
         a["n"] += 1
         a["final_loss"].append(r["final_loss"])
         a["step_ms"].append(1000 * r["step_s_median"])
         a["peak_mb"].append(r["peak_mb"])
+        if "saved_mb" in r:
+            a["saved_mb"].append(r["saved_mb"])
         a["probe"].append(r["probe_balanced_accuracy"])
         if "robustness" in r:
             a["robustness"].append(r["robustness"])
@@ -441,17 +522,19 @@ def tables(agg: dict[str, dict[str, dict[str, Any]]]) -> str:
         steps = next((a["steps"] for a in swaps.values() if "steps" in a), "?")
         lines += [f"### {MODELS[model][0]} ({steps} pretraining steps per run; mean ± std over seeds)", "",
                   "| swap | seeds | final loss | steps to baseline loss (reached) | speed-up vs baseline | "
-                  "time/step ms | step time vs baseline | peak MB | probe bal. acc. |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+                  "time/step ms | step time vs baseline | activations saved MB | peak RSS growth MB | "
+                  "probe bal. acc. |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
         for swap, a in swaps.items():
             if "error" in a:
                 first = a["error"].strip().splitlines()[-1][:140] if a["error"].strip() else "failed"
-                lines.append(f"| {swap} | 0 | failed: {first} | | | | | | |")
+                lines.append(f"| {swap} | 0 | failed: {first} | | | | | | | |")
                 continue
             stb = f"{_ms(a['steps_to_base'], '{:.0f}')} ({a['reached']}/{a['n']})"
             lines.append(f"| {swap} | {a['n']} | {_ms(a['final_loss'], '{:.4f}')} | {stb} | "
                          f"{_ms(a['speedup'], '{:.2f}x')} | {_ms(a['step_ms'], '{:.1f}')} | "
-                         f"{_ms(a['time_ratio'], '{:.2f}x')} | {_ms(a['peak_mb'], '{:.0f}')} | "
+                         f"{_ms(a['time_ratio'], '{:.2f}x')} | {_ms(a['saved_mb'], '{:.2f}')} | "
+                         f"{_ms(a['peak_mb'], '{:.0f}')} | "
                          f"{_ms(a['probe'], '{:.3f}')} |")
         lines.append("")
     return "\n".join(lines)
@@ -552,7 +635,8 @@ def report(args: argparse.Namespace) -> None:
     rows = read_results(out / "results.jsonl")
     agg = summarise(rows)
     fig = sparsity_figure(rows, Path(args.figures) / "layer_study_sparsity.png")
-    text = ["## Layer study tables", "", tables(agg), "## Robustness", "", robustness_table(agg),
+    text = ["## Layer study tables", "", tables(agg), "## Step time, interleaved", "", timing_table(out), "",
+            "## Robustness", "", robustness_table(agg),
             "## Sparsity (near-zero share, |a| <= 0.01 max|a|, encoder MLP activations)", "", sparsity_table(rows),
             "", f"Figure: {fig}" if fig else ""]
     (out / "report.md").write_text("\n".join(text))
@@ -570,10 +654,14 @@ def main() -> None:
     ap.add_argument("--cache", default="runs/cache", help="data caches (shared by every cell)")
     ap.add_argument("--report", action="store_true", help="write the tables and figures from results.jsonl")
     ap.add_argument("--figures", default="benchmarks/figures", help="where --report writes the sparsity plot")
+    ap.add_argument("--timing", action="store_true", help="interleaved step-time comparison (timing.jsonl)")
+    ap.add_argument("--rounds", type=int, default=15, help="rounds of --timing")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
         worker(args)
+    elif args.timing:
+        timing(args)
     elif args.report:
         report(args)
     else:
