@@ -516,26 +516,28 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]
     return agg
 
 
-def tables(agg: dict[str, dict[str, dict[str, Any]]]) -> str:
+def tables(agg: dict[str, dict[str, dict[str, Any]]], timing: dict[tuple[str, str], dict[str, Any]]) -> str:
+    """One markdown table per model. Step time is the interleaved ``--timing`` figure (x baseline, one process,
+    the load shared alike); the in-run median of each cell (``step_s_median``) stays in results.jsonl but is not
+    compared, since cells ran minutes apart under a changing load."""
     lines = []
     for model, swaps in agg.items():
         steps = next((a["steps"] for a in swaps.values() if "steps" in a), "?")
         lines += [f"### {MODELS[model][0]} ({steps} pretraining steps per run; mean ± std over seeds)", "",
                   "| swap | seeds | final loss | steps to baseline loss (reached) | speed-up vs baseline | "
-                  "time/step ms | step time vs baseline | activations saved MB | peak RSS growth MB | "
-                  "probe bal. acc. |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
+                  "step time x baseline (interleaved) | activations saved MB | probe bal. acc. |",
+                  "|---|---|---|---|---|---|---|---|"]
         for swap, a in swaps.items():
             if "error" in a:
                 first = a["error"].strip().splitlines()[-1][:140] if a["error"].strip() else "failed"
-                lines.append(f"| {swap} | 0 | failed: {first} | | | | | | | |")
+                lines.append(f"| {swap} | 0 | failed: {first} | | | | | |")
                 continue
+            t = timing.get((model, swap))
+            ratio = f"{t['ratio']:.2f}x" if t else "–"
             stb = f"{_ms(a['steps_to_base'], '{:.0f}')} ({a['reached']}/{a['n']})"
             lines.append(f"| {swap} | {a['n']} | {_ms(a['final_loss'], '{:.4f}')} | {stb} | "
-                         f"{_ms(a['speedup'], '{:.2f}x')} | {_ms(a['step_ms'], '{:.1f}')} | "
-                         f"{_ms(a['time_ratio'], '{:.2f}x')} | {_ms(a['saved_mb'], '{:.2f}')} | "
-                         f"{_ms(a['peak_mb'], '{:.0f}')} | "
-                         f"{_ms(a['probe'], '{:.3f}')} |")
+                         f"{_ms(a['speedup'], '{:.2f}x')} | {ratio} | "
+                         f"{_ms(a['saved_mb'], '{:.2f}')} | {_ms(a['probe'], '{:.3f}')} |")
         lines.append("")
     return "\n".join(lines)
 
@@ -635,7 +637,8 @@ def report(args: argparse.Namespace) -> None:
     rows = read_results(out / "results.jsonl")
     agg = summarise(rows)
     fig = sparsity_figure(rows, Path(args.figures) / "layer_study_sparsity.png")
-    text = ["## Layer study tables", "", tables(agg), "## Step time, interleaved", "", timing_table(out), "",
+    timing_rows = {(r["model"], r["swap"]): r for r in read_results(out / "timing.jsonl")}
+    text = ["## Layer study tables", "", tables(agg, timing_rows), "## Step time, interleaved", "", timing_table(out), "",
             "## Robustness", "", robustness_table(agg),
             "## Sparsity (near-zero share, |a| <= 0.01 max|a|, encoder MLP activations)", "", sparsity_table(rows),
             "", f"Figure: {fig}" if fig else ""]
