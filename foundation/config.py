@@ -76,6 +76,9 @@ class TrainConfig:
     compile: bool = field(default=False, metadata=_help(
         "torch.compile the model and objective (the module DeepSpeed wraps); weights, checkpoints and export "
         "stay as without it"))
+    sparsity_every: int = field(default=0, metadata=_help(
+        "optimizer steps between measurements of the share of near-zero activations per activation layer on a "
+        "fixed batch, appended to sparsity.jsonl (0: off)"))
     compile_mode: str = field(default="default", metadata=_help(
         "torch.compile mode: default, reduce-overhead, max-autotune or max-autotune-no-cudagraphs"))
 
@@ -89,7 +92,7 @@ class TrainConfig:
         for name in ("steps", "micro_batch_size", "log_every", "keep_last"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("warmup_steps", "checkpoint_every", "max_nonfinite_skips", "num_workers"):
+        for name in ("warmup_steps", "checkpoint_every", "max_nonfinite_skips", "num_workers", "sparsity_every"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"train.{name} must be >= 0, got {getattr(self, name)}")
         if self.lr <= 0:

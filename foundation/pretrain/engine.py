@@ -41,12 +41,14 @@ from foundation.pretrain.checkpoint import CheckpointDir, seed_all
 from foundation.data.batch import to_device
 from foundation.data.protocol import preprocessing_of
 from foundation.pretrain.components import Components, TrainModule, build_components, build_objective
+from foundation.pretrain.ds_compat import scalar_safe_broadcast
 from foundation.pretrain.distributed import DistInfo, apply_timeout, init_distributed, is_collective_failure
 from foundation.pretrain.result import RunResult
 from foundation.pretrain.optim import WarmupCosineScheduler, build_optimizer
 from foundation.pretrain.run_log import RunLog
 from foundation.pretrain.sampler import ResumableDistributedSampler
 from foundation.pretrain.shard_sampler import ShardLocalSampler
+from foundation.pretrain.sparsity_log import SparsityLog
 
 __all__ = ["RunResult", "Engine", "deepspeed_config", "drop_identity_allreduce"]
 
@@ -237,10 +239,11 @@ class Engine:
             # the step after mask sampling is compiled; parameters and state-dict keys stay the module's own, so
             # checkpoints, resume and export read as without compile
             module.compile_step(train.compile_mode)
-        engine, _, _, _ = deepspeed.initialize(
-            model=module, optimizer=optimizer, config=deepspeed_config(recipe),
-            lr_scheduler=lambda opt: WarmupCosineScheduler(opt, train),
-        )
+        with scalar_safe_broadcast():  # learnable scalars (CRReLU, ASH, ProAct) would stop DeepSpeed's broadcast
+            engine, _, _, _ = deepspeed.initialize(
+                model=module, optimizer=optimizer, config=deepspeed_config(recipe),
+                lr_scheduler=lambda opt: WarmupCosineScheduler(opt, train),
+            )
         self.ds_engine = engine
         drop_identity_allreduce(engine)
         apply_timeout(train.collective_timeout_s)  # DeepSpeed's own groups, too
@@ -395,6 +398,8 @@ class Engine:
         bar = tqdm(total=train.steps, initial=start_step, desc=recipe.name, dynamic_ncols=True,
                    disable=not (dist.is_main and train.progress_bar))
         result = RunResult(self.output_dir, start_step, stopped_early=False)
+        sparsity = SparsityLog(self.output_dir, dataset, train.micro_batch_size, train.seed, engine.device, float_dtype,
+                               start_step if self.resume else None) if train.sparsity_every and dist.is_main else None
         sums: dict[str, float] = {}
         n_micro, t_step = 0, time.perf_counter()
         keys: list[str] | None = None
@@ -434,6 +439,8 @@ class Engine:
                 engine.module.on_step_end(state["step"])
                 within = sampler.fraction(state["shard_taken"]) if by_rank else state["position"] / sampler.total
                 record = self._record(state, sums, n_micro, engine, time.perf_counter() - t_step, dist, within)
+                if sparsity is not None and state["step"] % train.sparsity_every == 0:
+                    sparsity.measure(engine.module, state["step"])  # not in the step's time
                 sums, n_micro, t_step = {}, 0, time.perf_counter()
                 bar.update(1)
                 bar.set_postfix(loss=f"{record['loss']:.4g}", sps=f"{record['samples_per_s']:.1f}")

@@ -27,6 +27,7 @@ from foundation.errors import ConfigError, DataError
 from foundation.hub.mixin import HubMixin
 from foundation.kernels.packing import PackPlan, pack_visible, packed_mean, plan_pack, sample_ids
 from foundation.layers.block import Block
+from foundation.layers.noble import apply_noble
 from foundation.modalities.eeg.encoding import ChannelEncoding, TemporalEncoding
 
 __all__ = ["DeeperBrainConfig", "DeeperBrain"]
@@ -43,6 +44,12 @@ class DeeperBrainConfig:
     mlp_ratio: float = field(default=4.0, metadata={"help": "MLP hidden width / D"})
     mlp: str = field(default="mlp", metadata={"help": "MLP kind: mlp, kan, skan, afkan, noble"})
     activation: str = field(default="gelu", metadata={"help": "activation name (gelu, crrelu, ash, ...)"})
+    attention: str = field(default="softmax", metadata={"help": "encoder attention: softmax, or karat (Fourier-KArAt; "
+                                                                "a sample may hold at most karat_max_tokens visible tokens)"})
+    karat_max_tokens: int = field(default=256, metadata={"help": "longest row of KArAt's operator (attention: karat)"})
+    noble_rank: int = field(default=32, metadata={"help": "rank of the NOBLE branches (mlp: noble, noble_attention)"})
+    noble_attention: bool = field(default=False, metadata={"help": "NOBLE branches on the encoder attention's qkv "
+                                                                   "and proj linears"})
     drop_path: float = field(default=0.0, metadata={"help": "stochastic depth of the deepest block (linear ramp)"})
     decoder_dim: int = field(default=128, metadata={"help": "decoder width"})
     decoder_depth: int = field(default=2, metadata={"help": "decoder blocks"})
@@ -63,6 +70,11 @@ class DeeperBrainConfig:
                 raise ConfigError(f"model.{name} must be >= 1, got {getattr(self, name)}")
         if self.input_norm not in ("window", "none"):
             raise ConfigError(f"model.input_norm: unknown value {self.input_norm!r}; valid: none, window")
+        if self.attention not in ("softmax", "karat"):
+            raise ConfigError(f"model.attention: unknown value {self.attention!r}; valid: karat, softmax")
+        if self.karat_max_tokens < 1 or self.noble_rank < 1:
+            raise ConfigError(f"model.karat_max_tokens and model.noble_rank must be >= 1, got "
+                              f"{self.karat_max_tokens} and {self.noble_rank}")
         for d, h in (("embed_dim", "num_heads"), ("decoder_dim", "decoder_heads")):
             if getattr(self, d) % getattr(self, h):
                 raise ConfigError(f"model.{d}={getattr(self, d)} must be divisible by model.{h}={getattr(self, h)}")
@@ -88,9 +100,14 @@ class DeeperBrain(nn.Module, HubMixin):
         self.time_enc = TemporalEncoding(D, c.n_freqs, n_decays=c.n_decays)
         dpr = [c.drop_path * i / max(c.depth - 1, 1) for i in range(c.depth)]
         attn = {"backend": c.attention_backend}
+        enc_attn = {"max_tokens": c.karat_max_tokens} if c.attention == "karat" else attn
+        mlp_kw = {"rank": c.noble_rank} if c.mlp == "noble" else {}
         self.blocks = nn.ModuleList(
-            Block(D, c.num_heads, c.mlp_ratio, mlp=c.mlp, activation=c.activation, drop_path=p, attn_kwargs=attn)
+            Block(D, c.num_heads, c.mlp_ratio, attention=c.attention, mlp=c.mlp, activation=c.activation,
+                  drop_path=p, attn_kwargs=enc_attn, mlp_kwargs=mlp_kw)
             for p in dpr)
+        if c.noble_attention:
+            apply_noble(self.blocks, r"\d+\.attn\.(qkv|proj)", rank=c.noble_rank)
         self.norm = nn.LayerNorm(D)
         Dd = c.decoder_dim
         self.decoder_embed = nn.Linear(D, Dd)
@@ -98,7 +115,8 @@ class DeeperBrain(nn.Module, HubMixin):
         self.decoder_chan_enc = ChannelEncoding(Dd, c.tau_init)
         self.decoder_time_enc = TemporalEncoding(Dd, c.n_freqs, n_decays=c.n_decays)
         self.decoder_blocks = nn.ModuleList(
-            Block(Dd, c.decoder_heads, c.mlp_ratio, mlp=c.mlp, activation=c.activation, attn_kwargs=attn)
+            Block(Dd, c.decoder_heads, c.mlp_ratio, mlp=c.mlp, activation=c.activation, attn_kwargs=attn,
+                  mlp_kwargs=mlp_kw)
             for _ in range(c.decoder_depth))
         self.decoder_norm = nn.LayerNorm(Dd)
         self.decoder_pred = nn.Linear(Dd, c.patch_size)

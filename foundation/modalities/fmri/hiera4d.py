@@ -34,6 +34,7 @@ from foundation.errors import ConfigError, DataError
 from foundation.hub.mixin import HubMixin
 from foundation.kernels import varlen_attention
 from foundation.layers.create_mlp import make_mlp
+from foundation.layers.noble import apply_noble
 
 __all__ = ["Hiera4DConfig", "Hiera4D", "PatchEmbedND", "MaskUnitAttention", "HieraBlock"]
 
@@ -62,8 +63,14 @@ class Hiera4DConfig:
     drop_path_rate: float = field(default=0.0, metadata={"help": "stochastic depth at the last block (linear ramp)"})
     sep_pos_embed: bool = field(default=True, metadata={"help": "separate temporal + spatial position embeddings"})
     backend: str = field(default="auto", metadata={"help": "varlen attention backend: auto, triton, reference"})
+    noble_rank: int = field(default=32, metadata={"help": "rank of the encoder's NOBLE branches (mlp: noble, "
+                                                          "noble_attention); the JEPA predictor's stay at 32"})
+    noble_attention: bool = field(default=False, metadata={"help": "NOBLE branches on every block's attention qkv "
+                                                                   "and proj linears"})
 
     def __post_init__(self) -> None:
+        if self.noble_rank < 1:
+            raise ConfigError(f"Hiera4DConfig.noble_rank must be >= 1, got {self.noble_rank}")
         for name in ("input_size", "q_stride", "mask_unit_size", "patch_kernel", "patch_stride", "patch_padding", "stages", "mask_unit_attn"):
             setattr(self, name, tuple(getattr(self, name)))
         n = len(self.input_size)
@@ -201,13 +208,15 @@ class HieraBlock(nn.Module):
     """Hiera block: x = pool(proj(norm1 x)) + attn(norm1 x); x = x + mlp(norm2 x)."""
 
     def __init__(self, dim: int, dim_out: int, heads: int, mlp_ratio: float, drop_path: float, q_stride: int,
-                 use_mask_unit_attn: bool, mlp: str = "mlp", activation: str = "gelu", backend: str = "auto") -> None:
+                 use_mask_unit_attn: bool, mlp: str = "mlp", activation: str = "gelu", backend: str = "auto",
+                 mlp_kwargs: dict | None = None) -> None:
         super().__init__()
         self.dim, self.dim_out, self.drop_path = dim, dim_out, drop_path
         self.norm1 = nn.LayerNorm(dim)
         self.attn = MaskUnitAttention(dim, dim_out, heads, q_stride, use_mask_unit_attn, backend)
         self.norm2 = nn.LayerNorm(dim_out)
-        self.mlp = make_mlp(mlp, dim_out, int(dim_out * mlp_ratio), dim_out, activation, where="Hiera4DConfig.mlp")
+        self.mlp = make_mlp(mlp, dim_out, int(dim_out * mlp_ratio), dim_out, activation, where="Hiera4DConfig.mlp",
+                            **(mlp_kwargs or {}))
         if dim != dim_out:
             self.proj = nn.Linear(dim, dim_out)
 
@@ -261,8 +270,11 @@ class Hiera4D(nn.Module, HubMixin):
                 dim_out, heads, stage = int(dim * c.dim_mul), int(heads * c.head_mul), stage + 1
             stride = flat_q if i in q_pool_blocks else 1
             self.final_unit_tokens //= stride
-            self.blocks.append(HieraBlock(dim, dim_out, heads, c.mlp_ratio, dpr[i], stride, use_mu, c.mlp, c.activation, c.backend))
+            self.blocks.append(HieraBlock(dim, dim_out, heads, c.mlp_ratio, dpr[i], stride, use_mu, c.mlp, c.activation, c.backend,
+                                          mlp_kwargs={"rank": c.noble_rank} if c.mlp == "noble" else None))
             dim = dim_out
+        if c.noble_attention:
+            apply_noble(self.blocks, r"\d+\.attn\.(qkv|proj)", rank=c.noble_rank)
         self.norm = nn.LayerNorm(dim)
         self.embed_dim = dim
         for p in [getattr(self, n) for n in ("pos_embed", "pos_embed_spatial", "pos_embed_temporal") if hasattr(self, n)]:
