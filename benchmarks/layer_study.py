@@ -330,6 +330,7 @@ def timing(args: argparse.Namespace) -> None:
     """
     from foundation.config import load_recipe
     from foundation.data.batch import to_device
+    from foundation.errors import ConfigError
     from foundation.pretrain.components import TrainModule, build_components
     from foundation.pretrain.optim import build_optimizer
 
@@ -341,10 +342,15 @@ def timing(args: argparse.Namespace) -> None:
         names = [BASELINE[model]] + [s for s in SWAPS[model] if s != BASELINE[model]]
         names = [n for n in names if args.swaps is None or n in args.swaps or n == BASELINE[model]]
         variants = {}
-        for name in names:
+        for name in list(names):
             recipe = load_recipe(MODELS[model][0], overrides(model, name, 0, 10, cache))
             torch.manual_seed(0)
-            parts = build_components(recipe, prepare=True)
+            try:
+                parts = build_components(recipe, prepare=True)
+            except ConfigError as err:  # a swap the model cannot take (e.g. Dice through timm's act_layer)
+                print(f"{model} {name}: not timed, the model cannot be built: {err}", flush=True)
+                names.remove(name)
+                continue
             if recipe.memory.act_bits:
                 from foundation.kernels.mesa import apply_act_bits
 
