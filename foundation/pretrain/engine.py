@@ -399,7 +399,7 @@ class Engine:
                    disable=not (dist.is_main and train.progress_bar))
         result = RunResult(self.output_dir, start_step, stopped_early=False)
         sparsity = SparsityLog(self.output_dir, dataset, train.micro_batch_size, train.seed, engine.device, float_dtype,
-                               start_step if self.resume else None) if train.sparsity_every and dist.is_main else None
+                               start_step if self.resume else None, writer=dist.is_main) if train.sparsity_every else None
         sums: dict[str, float] = {}
         n_micro, t_step = 0, time.perf_counter()
         keys: list[str] | None = None

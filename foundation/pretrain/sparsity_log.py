@@ -34,7 +34,10 @@ FILE_NAME = "sparsity.jsonl"
 
 
 class SparsityLog:
-    """Measures and appends activation sparsity on a fixed batch (rank 0 only).
+    """Measures activation sparsity on a fixed batch; the writing rank appends it.
+
+    Every rank measures (the same batch through the same weights), so that a model whose forward runs
+    collectives (ZeRO-3 gathers parameters per module) stays in step on all ranks; only ``writer`` touches the file.
 
     Args:
         out_dir: the run folder (``sparsity.jsonl`` is appended there).
@@ -43,20 +46,22 @@ class SparsityLog:
         seed: seed of the forked generator used while measuring.
         device: where the batch goes. float_dtype: dtype of floating inputs (bf16 runs), or None.
         resume_step: drop lines with ``step > resume_step`` (a resumed run); None starts a new file.
+        writer: whether this process writes the file (rank 0 of a job).
     """
 
     def __init__(self, out_dir: str | Path, dataset: Any, batch_size: int, seed: int, device: torch.device,
-                 float_dtype: torch.dtype | None = None, resume_step: int | None = None) -> None:
+                 float_dtype: torch.dtype | None = None, resume_step: int | None = None, writer: bool = True) -> None:
         self.path = Path(out_dir) / FILE_NAME
-        self.seed, self.device = seed, device
+        self.seed, self.device, self.writer = seed, device, writer
         self.modules: list[str] | None = None  # the activation layers the batch reaches, found on first use
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):  # items may draw numbers
             items = [dataset[i] for i in range(min(batch_size, len(dataset)))]
         collate = getattr(dataset, "collate", None) or torch.utils.data.default_collate
         self.batch = to_device(collate(items), device, float_dtype)
-        kept = [r for r in read_sparsity(self.path) if r["step"] <= resume_step] if (
-            resume_step is not None and self.path.is_file()) else []
-        atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
+        if writer:
+            kept = [r for r in read_sparsity(self.path) if r["step"] <= resume_step] if (
+                resume_step is not None and self.path.is_file()) else []
+            atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
 
     def _forward(self, module: nn.Module, batch: Any) -> Any:
         devices = [self.device] if self.device.type == "cuda" else []
@@ -84,7 +89,7 @@ class SparsityLog:
         return list(dict.fromkeys(called))
 
     def measure(self, module: nn.Module, step: int) -> dict[str, Any]:
-        """Measure ``module`` (the model with its objective, called as ``module(batch)``) and append a line."""
+        """Measure ``module`` (the model with its objective, called as ``module(batch)``); the writer appends a line."""
         if self.modules is None:
             self.modules = self._reached(module)
         layers = measure_sparsity(module, [self.batch], modules=self.modules, forward_fn=self._forward)
@@ -92,8 +97,9 @@ class SparsityLog:
             name: {"zero_share": s.zero_share, "max_abs": s.max_abs,
                    "near_zero_share": {str(r): v for r, v in s.near_zero_share.items()}}
             for name, s in layers.items()}}
-        with open(self.path, "a") as f:  # one line per append, as metrics.jsonl
-            f.write(json.dumps(record) + "\n")
+        if self.writer:
+            with open(self.path, "a") as f:  # one line per append, as metrics.jsonl
+                f.write(json.dumps(record) + "\n")
         return record
 
 

@@ -75,3 +75,45 @@ def test_learnable_scalar_activations_start_under_deepspeed(tmp_path):
     eng.run()
     lam = eng.ds_engine.module.model.blocks[0].mlp.act.lam
     assert lam.dim() == 0 and torch.isfinite(lam)
+
+
+def test_a_rank_that_does_not_write_measures_the_same_and_leaves_the_file_alone(tmp_path):
+    """Every rank measures (a ZeRO-3 forward gathers parameters collectively, so all ranks must run it); only the
+    writer touches ``sparsity.jsonl``."""
+    from torch import nn
+
+    from foundation.layers.create_act import make_activation
+    from foundation.pretrain.sparsity_log import SparsityLog
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc, self.act = nn.Linear(8, 16), make_activation("relu")
+
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, dict]:
+            return self.act(self.fc(x)).mean(), {}
+
+    torch.manual_seed(0)
+    net, data = Net(), [torch.randn(8) for _ in range(4)]
+    (tmp_path / "w").mkdir()
+    (tmp_path / "r").mkdir()
+    written = SparsityLog(tmp_path / "w", data, 4, seed=0, device=torch.device("cpu")).measure(net, 1)
+    silent = SparsityLog(tmp_path / "r", data, 4, seed=0, device=torch.device("cpu"), writer=False).measure(net, 1)
+    assert silent == written and written["layers"]["act"]["zero_share"] > 0
+    assert not (tmp_path / "r" / "sparsity.jsonl").exists()
+    assert read_sparsity(tmp_path / "w" / "sparsity.jsonl") == [written]
+
+
+def test_two_ranks_write_one_line_per_measurement(tmp_path):
+    """Two ranks at ZeRO-3 with the log on: the run finishes and rank 0 alone writes (one line per step). The tiny
+    model's parameters are all below DeepSpeed's ZeRO-3 persistence threshold, so they stay whole and its forward
+    runs no gather: the hang a rank-0-only measurement would cause on a real model is not reproduced here."""
+    from tests.pretrain._launch import check, run_pretrain
+
+    out = tmp_path / "run"
+    check(run_pretrain(out, "train.steps=2", "train.warmup_steps=1", "train.sparsity_every=1",
+                       "deepspeed.zero_stage=3", f"data.cache_dir={tmp_path / 'cache'}", ranks=2,
+                       recipe="deeperbrain-tiny", extra=("--no-export",), timeout=300))
+    log = read_sparsity(out / "sparsity.jsonl")
+    assert [r["step"] for r in log] == [1, 2]
+    assert all(r["layers"] for r in log)
