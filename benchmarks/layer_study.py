@@ -46,6 +46,8 @@ from typing import Any
 
 import torch
 
+from foundation.pretrain.run_log import smooth
+
 # model key -> (pretraining recipe, probe recipe)
 MODELS = {
     "deeperbrain": ("deeperbrain-tiny", "deeperbrain-tiny-probe"),
@@ -80,15 +82,6 @@ CHANNEL_DROPOUT = (0.25, 0.5)
 DEFAULT_STEPS = {"deeperbrain": 120, "slim-brain": 20, "ultrasound": 30}
 
 
-def ema(values: list[float], weight: float = 0.8) -> list[float]:
-    """Bias-corrected exponential moving average (TensorBoard smoothing)."""
-    out, avg = [], 0.0
-    for i, v in enumerate(values, 1):
-        avg = weight * avg + (1 - weight) * v
-        out.append(avg / (1 - weight ** i))
-    return out
-
-
 def final_loss(losses: list[float]) -> float:
     """Mean of the last 10% of the steps (at least one)."""
     n = max(1, math.ceil(len(losses) / 10))
@@ -97,7 +90,7 @@ def final_loss(losses: list[float]) -> float:
 
 def steps_to_reach(losses: list[float], target: float) -> int | None:
     """First step (1-based) whose smoothed loss is <= target; None when never."""
-    for i, v in enumerate(ema(losses), 1):
+    for i, v in enumerate(smooth(losses), 1):
         if v <= target:
             return i
     return None
@@ -507,7 +500,7 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]
             a["robustness"].append(r["robustness"])
         b = base.get((r["model"], r["seed"]))
         if b is not None:
-            target = ema(b["losses"])[-1]
+            target = smooth(b["losses"])[-1]
             n = steps_to_reach(r["losses"], target)
             nb = steps_to_reach(b["losses"], target)
             a["time_ratio"].append(r["step_s_median"] / b["step_s_median"])

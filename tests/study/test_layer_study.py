@@ -20,7 +20,7 @@ def test_final_loss_and_steps_to_reach_on_a_known_curve():
     losses = [10.0 - i for i in range(10)]  # 10, 9, ..., 1
     assert study.final_loss(losses) == 1.0  # last 10% = last step
     assert study.final_loss([4.0] * 15 + [1.0, 3.0]) == 2.0  # ceil(1.7) = 2 steps
-    smoothed = study.ema(losses)
+    smoothed = study.smooth(losses)
     assert smoothed[0] == 10.0  # bias-corrected: the first value itself
     target = 5.0
     n = study.steps_to_reach(losses, target)
@@ -34,7 +34,7 @@ def test_summary_ratios_against_the_baseline_of_the_same_seed():
     fast = dict(base, swap="ash", losses=[1.0, 1.0, 1.0, 1.0], step_s_median=0.2)
     agg = study.summarise([base, fast])["deeperbrain"]
     assert agg["ash"]["steps_to_base"] == [1.0] and agg["ash"]["time_ratio"] == [2.0]
-    target = study.ema(base["losses"])[-1]  # the baseline's smoothed final loss: it reaches it at its last step
+    target = study.smooth(base["losses"])[-1]  # the baseline's smoothed final loss: it reaches it at its last step
     assert study.steps_to_reach(base["losses"], target) == 4
     assert agg["ash"]["speedup"] == [4.0] and agg["gelu"]["speedup"] == [1.0]
 
