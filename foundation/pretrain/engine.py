@@ -376,6 +376,9 @@ class Engine:
                                     seed=self.recipe.train.seed, batch=self.recipe.train.micro_batch_size,
                                     where=shard_map.where)
         check_shard_files(shard_map, sampler.shards, dist.rank, dist.world_size)
+        use_shards = getattr(dataset, "use_shards", None)  # a dataset whose items draw from several records
+        if callable(use_shards):  # (ultrasound planned batches) draws them from this rank's shards only
+            use_shards(sampler.shards)
         return sampler
 
     def _loop(self, engine: Any, dataset: Any, dist: DistInfo, ckpts: CheckpointDir, state: dict[str, Any],
