@@ -361,6 +361,9 @@ class Engine:
     def _shard_sampler(self, dataset: Any, dist: DistInfo) -> ShardLocalSampler:
         """The sampler of ``train.shard_assignment: rank``, once this node holds the rank's shard files.
 
+        A dataset with ``use_shards(shards)`` (the ultrasound one, whose items are batches planned from several
+        records) is then told the rank's shards, so that it draws its records from them only.
+
         Raises:
             DataError: the dataset keeps no shards, fewer shards than ranks, or a shard file of this rank is absent.
         """
