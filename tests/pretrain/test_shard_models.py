@@ -290,3 +290,19 @@ def test_ultrasound_task_sampling_is_balanced_within_each_ranks_shards(ultrasoun
         p = (shares[0][2].get(t, 0.0) + shares[1][2].get(t, 0.0)) / 2
         got = (shares[0][0][t] + shares[1][0][t]) / total
         assert abs(got - p) <= 5 * np.sqrt(p * (1 - p) / total * config.batch_size), (t, got, p)
+
+
+def test_fmri_windows_read_only_the_shards_of_the_windows_asked_for(fmri):
+    """The fMRI dataset reads a shard's entries, window starts and masks when one of its windows is first read:
+    constructing it and reading shard 2's windows touches no other shard, and its describe() reads none."""
+    from foundation.modalities.fmri.dataset import FMRIWindows
+
+    full = fmri["dataset"]
+    ds = FMRIWindows(full.config)
+    assert ds._shards == {} and ds._fg == {} and "8 fMRI scans" in ds.describe() and ds._shards == {}
+    mine = np.flatnonzero(fmri["shard_map"].item_shard == 2)
+    got = [ds[int(i)] for i in mine]
+    assert set(ds._shards) == {2} and set(ds._fg) == {4, 5}  # shard 2 holds scans 4 and 5, whole
+    want = [full.items[int(i)] for i in mine]  # the whole-corpus item list, read through every shard
+    assert [(int(g["scan"]), int(g["start"])) for g in got] == want
+    assert len(full.items) == len(ds) == 24 and len(full.scans) == 8
