@@ -16,6 +16,12 @@ shards), where the process should map about 1/W of the shards. It reports its pe
 (``VmHWM``, which counts the mapped file pages it touched; not ``ru_maxrss``, which a child inherits from the
 parent that built the caches), the seconds from opening the cache to the first
 batch, and how many shards it mapped. The corpus grows 8x; what the process reads stays the same.
+
+``--modality fmri`` measures the same on the real SLIM-Brain dataset (:class:`~foundation.modalities.fmri.dataset.
+FMRIWindows`, the tiny recipe's geometry: 24^3 grid at 8 mm, windows of 8 frames, top 3 per scan): the fMRI demo
+corpus at ``--scans`` scans x 1, 2, 4, 8, cached with scans grouped into ``--shard-mb`` shards, read by rank 0 in
+the global order (of 2) and in the rank order (of each W), micro-batches of 4 windows. "Shards mapped" is then the
+shards whose entries and window starts the reader loaded (it opens only those shards' scan files).
 """
 from __future__ import annotations
 
@@ -116,6 +122,92 @@ def child(folder: str, batches: int, order: str, world: int) -> None:
                       "owned": len(sampler.shards) if order == "rank" else windows.n_shards}))
 
 
+def _fmri_config(source: str, cache_dir: str) -> Any:
+    from foundation.modalities.fmri.dataset import FMRIWindowsConfig
+
+    return FMRIWindowsConfig(source=source, cache_dir=cache_dir, grid=(24, 24, 24), voxel_size=8.0, tr=2.0,
+                             window=8, top_k=3, unit_size=(2, 8, 8, 8))
+
+
+def fmri_child(source: str, cache_dir: str, batches: int, order: str, world: int) -> None:
+    """Rank 0 of ``world`` reading ``batches`` micro-batches of 4 fMRI windows; prints one JSON line."""
+    import torch
+
+    from foundation.modalities.fmri.dataset import FMRIWindows
+    from foundation.pretrain.sampler import ResumableDistributedSampler
+    from foundation.pretrain.shard_sampler import ShardLocalSampler
+
+    t0 = time.perf_counter()
+    ds = FMRIWindows(_fmri_config(source, cache_dir))
+    shard_map = ds.shard_map()
+    if order == "rank":
+        sampler = ShardLocalSampler(shard_map.item_shard, shard_map.n_shards, world, 0, seed=0, batch=4)
+    else:
+        sampler = ResumableDistributedSampler(len(ds), num_replicas=world, rank=0, seed=0)
+    loader = torch.utils.data.DataLoader(ds, batch_size=4, sampler=sampler, drop_last=True)
+    first = None
+    for k, _ in enumerate(loader):
+        first = first if first is not None else time.perf_counter() - t0
+        if k + 1 >= batches:
+            break
+    print(json.dumps({"rss_mib": _peak_rss_mib(), "first_batch_s": first, "opened": len(ds._shards),
+                      "scans_opened": len(ds._fg), "shards": shard_map.n_shards, "items": len(ds),
+                      "owned": len(sampler.shards) if order == "rank" else shard_map.n_shards}))
+
+
+def fmri_main(args: argparse.Namespace) -> None:
+    """The fMRI rows (see the module docstring)."""
+    from foundation.modalities.fmri.dataset import FMRIWindows, _cache
+    from foundation.modalities.fmri.demo_corpus import make_demo_corpus
+    from foundation.modalities.fmri.reader import find_scans
+
+    rows = []
+    with tempfile.TemporaryDirectory(dir=ROOT / "runs" if (ROOT / "runs").is_dir() else None) as tmp:
+        everything = make_demo_corpus(Path(tmp) / "all", args.scans * 8, 96, voxel_size=8.0, seed=0)
+        for scale in (1, 2, 4, 8):
+            src = Path(tmp) / f"src{scale}x"
+            src.mkdir()
+            for name in ("dataset_description.json", "labels.tsv"):
+                shutil.copy2(everything / name, src / name)
+            for k in range(1, args.scans * scale + 1):
+                (src / f"sub-{k:02d}").symlink_to(everything / f"sub-{k:02d}")
+            config = _fmri_config(str(src), str(Path(tmp) / f"cache{scale}x"))
+            cache = _cache(config)
+            cache.shard_bytes = int(args.shard_mb * 2**20)
+            t = time.perf_counter()
+            cache.prepare(find_scans(src))
+            FMRIWindows.prepare(config)
+            built = time.perf_counter() - t
+            mb = sum(p.stat().st_size for p in cache.folder.rglob("*.npy")) / 2**20
+            readers = [("grouped shards", "global", 2)] + [(f"grouped shards, rank order, {w} ranks", "rank", w)
+                                                           for w in args.worlds]
+            for name, order, world in readers:
+                proc = subprocess.run([sys.executable, __file__, "--fmri-child", str(src), config.cache_dir,
+                                       str(args.batches), order, str(world)], capture_output=True, text=True)
+                if proc.returncode != 0:
+                    reason = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}"
+                    print(scale, name, "refused:", reason, flush=True)
+                    rows.append((scale, name, {"refused": reason.split(": ", 1)[-1][:60]}, mb))
+                    continue
+                got = json.loads(proc.stdout.strip().splitlines()[-1])
+                rows.append((scale, name, got, mb))
+                print(scale, name, got, f"{mb:.0f} MB, built in {built:.1f} s", flush=True)
+    print(f"\nload: {subprocess.run(['uptime'], capture_output=True, text=True).stdout.strip()}")
+    print(f"reader: rank 0 of 2 (global order) or of W (rank order), {args.batches} micro-batches of 4 fMRI windows "
+          f"[1, 8, 24, 24, 24]; scans grouped into shards of {args.shard_mb:g} MB\n")
+    print("| corpus | scans | windows | cache MB | layout | peak RSS MiB | RSS / 1x | first batch s | "
+          "shards read / all | scans opened |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    base = {layout: got["rss_mib"] for scale, layout, got, _ in rows if scale == 1 and "refused" not in got}
+    for scale, layout, got, mb in rows:
+        if "refused" in got:
+            print(f"| {scale}x | {args.scans * scale} | | {mb:.0f} | {layout} | refused: {got['refused']} | | | | |")
+            continue
+        print(f"| {scale}x | {args.scans * scale} | {got['items']} | {mb:.0f} | {layout} | {got['rss_mib']:.0f} | "
+              f"{got['rss_mib'] / base[layout]:.2f} | {got['first_batch_s']:.3f} | {got['opened']} / {got['shards']}"
+              + (f" (owns {got['owned']})" if got["owned"] != got["shards"] else "") + f" | {got['scans_opened']} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--base", type=int, default=512, help="windows at 1x (a multiple of 64)")
@@ -123,10 +215,19 @@ def main() -> None:
     parser.add_argument("--shard-mb", type=float, default=4.0)
     parser.add_argument("--worlds", type=int, nargs="*", default=[2, 8],
                         help="rank counts of the rank-order reader (rank 0 of each)")
+    parser.add_argument("--modality", choices=("windows", "fmri"), default="windows",
+                        help="windows: generated EEG-shaped windows; fmri: the SLIM-Brain dataset on its demo corpus")
+    parser.add_argument("--scans", type=int, default=16, help="fmri: scans at 1x")
     parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
+    parser.add_argument("--fmri-child", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         return child(args.child[0], int(args.child[1]), args.child[2], int(args.child[3]))
+    if args.fmri_child:
+        a = args.fmri_child
+        return fmri_child(a[0], a[1], int(a[2]), a[3], int(a[4]))
+    if args.modality == "fmri":
+        return fmri_main(args)
     rows = []
     with tempfile.TemporaryDirectory(dir=ROOT / "runs" if (ROOT / "runs").is_dir() else None) as tmp:
         for scale in (1, 2, 4, 8):

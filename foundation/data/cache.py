@@ -30,6 +30,11 @@ Layout of a cache folder::
     shards/<name>.<k>.npy    the builder's per-item arrays (:attr:`CacheBuilder.item_arrays`), cut into shards of
                              ``shard_items`` rows (about :data:`SHARD_BYTES` each); ``index.json`` "shards" holds
                              the table: items, shard_items, each array's dtype and row shape
+    (grouped sources)        a builder that keeps one file per source (:attr:`CacheBuilder.part_arrays`, e.g. an
+                             fMRI scan) has its sources grouped into shards instead: consecutive whole sources, about
+                             :data:`SHARD_BYTES` of parts each (a source never straddles two shards; one larger than
+                             that is a shard alone); "shards" then holds {"sources", "first": [first source of each
+                             shard], "parts": names}, and shard ``k``'s files are its sources' ``parts/<key>.<name>.npy``
 
 **The index split by shard.** When the builder says which rows each source became, the per-source entries
 (the part of the index that grows with the corpus) are written per shard, ``shards/entries.<k>.json`` holding the
@@ -152,6 +157,7 @@ class CacheBuilder(ABC):
     kind: str = "data"
     version: str = "1"
     item_arrays: tuple[str, ...] = ()  # arrays finalize writes with one row per item: stored in shards
+    part_arrays: tuple[str, ...] = ()  # arrays kept one file per source (no item_arrays): sources grouped in shards
 
     @abstractmethod
     def settings(self) -> dict[str, Any]:
@@ -269,6 +275,9 @@ class DataCache:
                 if all(r is not None for r in rows):
                     _write_entries(stage, entries, rows, extra["shards"])
                     index["entries_in_shards"] = True
+            elif b.part_arrays:
+                extra["shards"] = _group_sources(stage, entries, b.part_arrays, self.shard_bytes)
+                index["entries_in_shards"] = True
             if not index.get("entries_in_shards"):
                 index["entries"] = entries
             index.update(extra)
@@ -337,9 +346,8 @@ class DataCache:
         head = json.loads(self._require(INDEX).read_text())
         if not head.get("entries_in_shards"):
             return list(head["entries"])
-        table = head["shards"]
         if shards is None:
-            shards = range(-(-int(table["items"]) // int(table["shard_items"])))
+            shards = range(_n_shards(head["shards"]))
         seen: dict[str, dict[str, Any]] = {}
         for k in shards:
             path = self.folder / SHARDS / f"entries.{k:05d}.json"
@@ -363,25 +371,59 @@ class DataCache:
             self._shards = json.loads(self._require(INDEX).read_text()).get("shards", {})
         return self._shards
 
+    def shard_files(self) -> tuple[tuple[Path, ...], ...]:
+        """Per shard ``k``, the files that hold it: its per-item array shards (or, for grouped sources, its
+        sources' parts), plus ``shards/entries.<k>.json`` where the index is split by shard.
+
+        Raises:
+            DataError: the cache keeps no shards (a builder with neither item nor part arrays, or an old cache).
+        """
+        table = self._shard_table()
+        if not table.get("arrays") and not table.get("first"):
+            raise DataError(f"{self.folder}: the {self.builder.kind} cache keeps no shards (built before they were "
+                            "introduced, or a builder without per-item arrays), so its items cannot be assigned to "
+                            "ranks; rebuild it (delete the folder) or set train.shard_assignment=global")
+        split = bool(json.loads(self._require(INDEX).read_text()).get("entries_in_shards"))
+        files = []
+        for k in range(_n_shards(table)):
+            if table.get("first"):
+                first, stop = table["first"][k], (table["first"] + [table["sources"]])[k + 1]
+                held = [self.folder / PARTS / f"{i:05d}.{name}.npy" for i in range(first, stop)
+                        for name in table["parts"]]
+            else:
+                held = [self.folder / SHARDS / f"{name}.{k:05d}.npy" for name in table["arrays"]]
+            files.append(tuple(held) + ((self.folder / SHARDS / f"entries.{k:05d}.json",) if split else ()))
+        return tuple(files)
+
+    def source_shards(self) -> np.ndarray:
+        """[kept sources] int64, the shard of each source of a grouped-sources cache (see the module docstring).
+
+        Raises:
+            DataError: the cache does not group its sources into shards.
+        """
+        table = self._shard_table()
+        if not table.get("first"):
+            raise DataError(f"{self.folder}: the {self.builder.kind} cache does not group its sources into shards; "
+                            "rebuild it (delete the folder) or set train.shard_assignment=global")
+        return np.repeat(np.arange(len(table["first"])), np.diff(table["first"] + [table["sources"]]))
+
     def shard_map(self, rows: Sequence[int] | np.ndarray) -> ShardMap:
         """Where the items at cache rows ``rows`` live: their shards and each shard's files.
 
         Args:
-            rows: [N] the cache row of each dataset item.
+            rows: [N] the cache row of each dataset item; in a grouped-sources cache, the index of the kept source
+                (entry) each item is read from (an fMRI window: its scan).
 
         Raises:
-            DataError: the cache stores no per-item shards (a builder without :attr:`CacheBuilder.item_arrays`).
+            DataError: the cache keeps no shards (see :meth:`shard_files`).
         """
-        table = self._shard_table()
-        if not table.get("arrays"):
-            raise DataError(f"{self.folder}: the {self.builder.kind} cache keeps no per-item shards, so its items "
-                            "cannot be assigned to ranks; set train.shard_assignment=global")
-        per, names = int(table["shard_items"]), list(table["arrays"])
-        n_shards = -(-int(table["items"]) // per)
-        split = bool(json.loads(self._require(INDEX).read_text()).get("entries_in_shards"))
-        files = tuple(tuple(self.folder / SHARDS / f"{name}.{k:05d}.npy" for name in names)
-                      + ((self.folder / SHARDS / f"entries.{k:05d}.json",) if split else ()) for k in range(n_shards))
-        return ShardMap(np.asarray(rows, dtype=np.int64) // per, files, str(self.folder))
+        files, table = self.shard_files(), self._shard_table()
+        rows = np.asarray(rows, dtype=np.int64)
+        if table.get("first"):
+            shard = np.searchsorted(np.asarray(table["first"]), rows, side="right") - 1
+        else:
+            shard = rows // int(table["shard_items"])
+        return ShardMap(shard.astype(np.int64), files, str(self.folder))
 
     def array(self, name: str, mmap: bool = True) -> np.ndarray | ShardedArray:
         """A store array written by the builder's finalize.
@@ -419,6 +461,35 @@ def _write_shards(folder: Path, names: Sequence[str], shard_bytes: int) -> dict[
     for name in names:
         (folder / f"{name}.npy").unlink()
     return {"items": n, "shard_items": per_shard, "arrays": table}
+
+
+def _n_shards(table: dict[str, Any]) -> int:
+    """Shards of a shard table: per-item shards (rows / shard_items) or groups of whole sources."""
+    if "first" in table:
+        return len(table["first"])
+    return -(-int(table["items"]) // int(table["shard_items"]))
+
+
+def _group_sources(folder: Path, entries: list[dict[str, Any]], names: Sequence[str],
+                   shard_bytes: int) -> dict[str, Any]:
+    """Group the kept sources (whole, in order) into shards of about ``shard_bytes`` of parts each; write each
+    shard's entries to ``shards/entries.<k>.json``.
+
+    Returns:
+        The shard table for ``index.json``: ``{"sources", "first": [first source of each shard], "parts": names}``.
+    """
+    first, size = [], 0
+    for i, e in enumerate(entries):
+        n = sum((folder / PARTS / f"{e['key']}.{name}.npy").stat().st_size for name in names)
+        if not first or size + n > shard_bytes:  # a new shard; a source larger than a shard stands alone
+            first.append(i)
+            size = 0
+        size += n
+    (folder / SHARDS).mkdir()
+    for k, a in enumerate(first):
+        b = (first + [len(entries)])[k + 1]
+        (folder / SHARDS / f"entries.{k:05d}.json").write_text(json.dumps(entries[a:b], default=str))
+    return {"sources": len(entries), "first": first, "parts": list(names)}
 
 
 def _write_entries(folder: Path, entries: list[dict[str, Any]], rows: list[tuple[int, int] | None],

@@ -16,7 +16,10 @@ and, optionally (the suite's datasets have them all):
 - ``preprocessing() -> dict``: what a model trained on the data expects of new data (sampling rate, grid,
   image size, units, normalisation); written into a model's ``config.json`` and card, checked by ``predict``;
 - ``shard_map() -> ShardMap``: which cache shard holds each item and each shard's files
-  (:mod:`foundation.data.shard_plan`); needed by ``train.shard_assignment: rank`` (the EEG windows have it).
+  (:mod:`foundation.data.shard_plan`); needed by ``train.shard_assignment: rank`` (every shipped pretraining
+  dataset has it);
+- ``use_shards(shards)``: told the rank's shards under ``train.shard_assignment: rank``, for a dataset whose
+  items draw from several records (the ultrasound planned batches draw them from those shards only).
 
 A wrong input (a bad file, a cache of other settings, a wrong shape) raises
 :class:`~foundation.errors.DataError`.

@@ -95,6 +95,8 @@ def check_shard_files(shard_map: ShardMap, shards: Sequence[int], rank: int, wor
                 raise DataError(
                     f"{path}: missing on this node ({socket.gethostname()}); under train.shard_assignment=rank, rank "
                     f"{rank} of {world_size} reads shards {first}-{last} of {shard_map.where}: copy those shard files "
-                    f"(shards/<array>.{first:05d}.npy to .{last:05d}.npy) beside the cache's index.json from the "
-                    "node that built the cache, or set train.shard_assignment=global with the whole cache on every "
+                    f"(every file the dataset's shard_map() lists for them: shards/<array>.{first:05d}.npy to "
+                    f".{last:05d}.npy and their entries files; for fMRI, their scans' parts/ files and window "
+                    "starts) beside the cache's index.json from the node that built the cache, or set "
+                    "train.shard_assignment=global with the whole cache on every "
                     "node")

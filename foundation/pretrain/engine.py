@@ -361,6 +361,9 @@ class Engine:
     def _shard_sampler(self, dataset: Any, dist: DistInfo) -> ShardLocalSampler:
         """The sampler of ``train.shard_assignment: rank``, once this node holds the rank's shard files.
 
+        A dataset with ``use_shards(shards)`` (the ultrasound one, whose items are batches planned from several
+        records) is then told the rank's shards, so that it draws its records from them only.
+
         Raises:
             DataError: the dataset keeps no shards, fewer shards than ranks, or a shard file of this rank is absent.
         """
@@ -376,6 +379,9 @@ class Engine:
                                     seed=self.recipe.train.seed, batch=self.recipe.train.micro_batch_size,
                                     where=shard_map.where)
         check_shard_files(shard_map, sampler.shards, dist.rank, dist.world_size)
+        use_shards = getattr(dataset, "use_shards", None)  # a dataset whose items draw from several records
+        if callable(use_shards):  # (ultrasound planned batches) draws them from this rank's shards only
+            use_shards(sampler.shards)
         return sampler
 
     def _loop(self, engine: Any, dataset: Any, dist: DistInfo, ckpts: CheckpointDir, state: dict[str, Any],

@@ -84,9 +84,47 @@ class _Whole(CacheBuilder):
 def test_a_cache_without_shards_is_refused_for_rank_assignment(tmp_path):
     cache = DataCache(tmp_path / "w", _Whole())
     cache.prepare(["a", "b"])
-    with pytest.raises(DataError, match="keeps no per-item shards.*train.shard_assignment=global"):
+    with pytest.raises(DataError, match="keeps no shards.*train.shard_assignment=global"):
         cache.shard_map([0, 1])
     assert Path(tmp_path / "w" / "parts").is_dir()
+
+
+class _Grouped(_Whole):
+    """One file per source of ``n`` float64 values (source ``"n"``), grouped into shards like the fMRI cache."""
+
+    kind, version = "grouped", "1"
+    part_arrays = ("x",)
+
+    def read_source(self, source: Any) -> Part:
+        n = int(source)
+        return Part({"x": np.full(n, float(n))}, {"n": n})
+
+
+def test_grouped_sources_lie_whole_in_one_shard_each_and_the_index_is_split(tmp_path):
+    """A cache keeping one file per source (fMRI scans) groups whole sources, in order, into shards of about
+    ``shard_bytes``; a source larger than that is a shard alone; each shard's entries are its own file."""
+    sizes = [10, 20, 5, 300, 40, 40, 40, 1, 2]  # float64 values: 8 bytes each (plus a 128-byte .npy header)
+    cache = DataCache(tmp_path / "g", _Grouped(), shard_bytes=600)
+    cache.prepare([str(n) for n in sizes])
+    head = cache.head()
+    assert "entries" not in head and head["entries_in_shards"]
+    of = cache.source_shards()
+    assert len(of) == len(sizes) and (np.diff(of) >= 0).all() and of[0] == 0  # consecutive runs of whole sources
+    files, parts = cache.shard_files(), tmp_path / "g" / "parts"
+    for k in range(len(files)):
+        mine = np.flatnonzero(of == k)
+        nbytes = sum((parts / f"{i:05d}.x.npy").stat().st_size for i in mine)
+        assert nbytes <= 600 or len(mine) == 1, (k, mine, nbytes)  # only a lone oversized source exceeds a shard
+        if k + 1 < len(files):  # the next source would not have fitted
+            nxt = (parts / f"{mine[-1] + 1:05d}.x.npy").stat().st_size
+            assert nbytes + nxt > 600
+        assert [e["meta"]["n"] for e in cache.entries([k])] == [sizes[i] for i in mine]
+        assert files[k] == tuple(parts / f"{i:05d}.x.npy" for i in mine) + (
+            tmp_path / "g" / SHARDS / f"entries.{k:05d}.json",)
+    assert of[3] != of[2] and of[3] != of[4]  # the 300-value source (2528 bytes) stands alone
+    assert [e["meta"]["n"] for e in cache.index()["entries"]] == sizes
+    items = np.array([8, 3, 0, 0, 5])  # the source of each item (an fMRI window: its scan)
+    assert cache.shard_map(items).item_shard.tolist() == of[items].tolist()
 
 
 class _SplitRows(_Rows):

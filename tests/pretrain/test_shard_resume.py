@@ -8,11 +8,13 @@ window index the dataset is asked for, so the reads are observed, not recomputed
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -112,29 +114,50 @@ def _reads(path: Path) -> list[int]:
     return [int(line) for line in path.read_text().split()] if path.is_file() else []
 
 
-def test_each_node_holds_its_shards_only_and_a_resume_on_one_rank_reads_every_window_once(data, tmp_path):
+@pytest.fixture(scope="module")
+def straight(data, tmp_path_factory) -> dict[str, Any]:
+    """One uninterrupted 2-rank run of 6 steps (checkpoints every 2), each rank on its node's partial cache, the
+    reads recorded: both resume tests start from its step-2 checkpoint (one launch fewer than a run per test)."""
+    root = tmp_path_factory.mktemp("straight")
+    out = root / "run"
+    _launch(out, [data["node0"], data["node1"]], data["corpus"], "train.steps=6", "train.checkpoint_every=2",
+            record=True)
+    return {"out": out, "reads": [_reads(root / f"run-reads{r}.txt") for r in range(2)], "losses": losses(out)}
+
+
+def _from_step_2(straight: dict[str, Any], to: Path) -> Path:
+    """A copy of the uninterrupted run as it was after step 2 (its later checkpoints and metrics dropped)."""
+    shutil.copytree(straight["out"], to)
+    (to / "checkpoints" / "latest").write_text("step_00000002")
+    for tag in ("step_00000004", "step_00000006"):
+        shutil.rmtree(to / "checkpoints" / tag)
+    metrics = to / "metrics.jsonl"
+    metrics.write_text("".join(line + "\n" for line in metrics.read_text().splitlines()
+                               if json.loads(line)["step"] <= 2))
+    return to
+
+
+def test_each_node_holds_its_shards_only_and_a_resume_on_one_rank_reads_every_window_once(data, straight, tmp_path):
     """2 ranks, each on a node whose cache holds only its own 3 of the 6 shards (arrays and index entries), train 2
     steps; 1 rank resumes (accumulation 2: the same global batch) and finishes the epoch: every window is read
     exactly once."""
     for rank in range(2):  # the other rank's shards, entries included, are not on this node
         names = sorted(p.name for p in (data[f"node{rank}"] / SHARDS).iterdir())
         assert len(names) == 3 * 7 and sum(n.startswith("entries.") for n in names) == 3, names
-    out = tmp_path / "run"
-    _launch(out, [data["node0"], data["node1"]], data["corpus"], "train.steps=6", "train.checkpoint_every=2",
-            extra=("--stop-after", "2"), record=True)
-    ranks = [_reads(tmp_path / f"run-reads{r}.txt") for r in range(2)]
-    assert [len(r) for r in ranks] == [8, 8]  # 2 steps x micro-batch 4 on each rank
+    ranks = [r[:8] for r in straight["reads"]]  # 2 steps x micro-batch 4 on each rank
+    assert [len(r) for r in straight["reads"]] == [24, 24]
 
     # the windows each rank read lie in its own shards (the other node's files are not there: reading one fails)
     recipe = load_recipe(str(RECIPE), list(_overrides(data["corpus"], data["full"], "train.steps=6",
                                                       "deepspeed.gradient_accumulation_steps=2")))
     shard_map = EEGWindows(recipe.data.config).shard_map()
     two = [ShardLocalSampler(shard_map.item_shard, shard_map.n_shards, 2, r, batch=4) for r in range(2)]
-    for rank, read in enumerate(ranks):
+    for rank, read in enumerate(straight["reads"]):
         assert set(shard_map.item_shard[read]) <= set(two[rank].shards)
-        assert read == two[rank].stream(rank)[:8].tolist()  # the engine reads in the sampler's order
+        assert read[:8] == two[rank].stream(rank)[:8].tolist()  # the engine reads in the sampler's order
 
     # 2 -> 1: this process is the one rank, on the full cache; its reads are recorded by patching the dataset
+    out = _from_step_2(straight, tmp_path / "run")
     resumed: list[int] = []
     get = EEGWindows.__getitem__
 
@@ -164,27 +187,19 @@ def test_each_node_holds_its_shards_only_and_a_resume_on_one_rank_reads_every_wi
     assert all(np.isfinite(v) for v in losses(out).values()) and sorted(losses(out)) == list(range(1, 7))
 
 
-def test_resume_on_the_same_rank_count_repeats_the_uninterrupted_losses(data, tmp_path):
-    straight = tmp_path / "straight"
-    full = [data["full"], data["full"]]  # a shared file system
-    _launch(straight, full, data["corpus"], "train.steps=4", "train.checkpoint_every=2", record=True)
-    want = losses(straight)
-    reads = [_reads(tmp_path / f"straight-reads{r}.txt") for r in range(2)]
-
-    chain = tmp_path / "chain"
-    shutil.copytree(straight, chain)
-    (chain / "checkpoints" / "latest").write_text("step_00000002")
-    for tag in ("step_00000004",):
-        shutil.rmtree(chain / "checkpoints" / tag)
-    _launch(chain, full, data["corpus"], "train.steps=4", "train.checkpoint_every=2", extra=("--resume",),
-            record=True)
-    got = losses(chain)
-    assert sorted(got) == [1, 2, 3, 4]
-    worst = max(abs(got[s] - want[s]) / abs(want[s]) for s in (3, 4))
+def test_resume_on_the_same_rank_count_repeats_the_uninterrupted_losses(data, straight, tmp_path):
+    """The uninterrupted run resumed at step 2 on 2 ranks (each node on its partial cache) repeats its losses and
+    its reads of steps 3-6."""
+    chain = _from_step_2(straight, tmp_path / "chain")
+    _launch(chain, [data["node0"], data["node1"]], data["corpus"], "train.steps=6", "train.checkpoint_every=2",
+            extra=("--resume",), record=True)
+    got, want = losses(chain), straight["losses"]
+    assert sorted(got) == list(range(1, 7))
+    worst = max(abs(got[s] - want[s]) / abs(want[s]) for s in range(3, 7))
     print(f"largest relative loss difference, same rank count: {worst:.3g}")
     assert worst <= 1e-6
     again = [_reads(tmp_path / f"chain-reads{r}.txt") for r in range(2)]
-    assert again == [r[8:] for r in reads]  # the same windows in the same order after the resume
+    assert again == [r[8:] for r in straight["reads"]]  # the same windows in the same order after the resume
 
 
 def test_a_missing_shard_file_and_a_changed_order_are_refused_by_name(data, tmp_path):

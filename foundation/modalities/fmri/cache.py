@@ -7,7 +7,10 @@ Each kept scan is stored as two parts (see :mod:`foundation.data.cache` for the 
 
 Volumes are z-scored (see :mod:`~foundation.modalities.fmri.preprocess`), so int8 with one scale per scan
 (max |z| / 127) keeps ~0.4% of the range per step while taking a quarter of the float32 bytes;
-``np.load(mmap_mode="r")`` reads only the windows a batch needs. A bad file (3D, truncated, NaN, absurd TR,
+``np.load(mmap_mode="r")`` reads only the windows a batch needs. Scans are grouped, whole and in order, into
+shards of about 64 MB (a scan never straddles two shards; a larger one is a shard alone), each shard's index
+entries in ``shards/entries.<k>.json``, so that a rank under ``train.shard_assignment: rank`` reads only its
+scans' files and entries. A bad file (3D, truncated, NaN, absurd TR,
 shorter than ``min_frames``, flat inside the brain mask, no parcel left for the saliency stage, no label in a
 given labels table) is left out and listed in ``report.json`` with its :class:`~foundation.errors.DataError`
 message; the rest of the folder is cached. A truncated file read under ``allow_truncated`` is kept with a note
@@ -52,7 +55,8 @@ class FMRICacheBuilder(CacheBuilder):
     """
 
     kind = "fmri"
-    version = "4"  # 4: anti-aliased resampling on a correct affine, polyphase TR, BIDS subject; flat/truncated scans
+    version = "5"  # 5: scans grouped into shards, index split by shard; 4: anti-aliased resampling, polyphase TR
+    part_arrays = ("vol", "mask")  # one file per scan, scans grouped whole into shards of about 64 MB
 
     def __init__(self, preprocess: PreprocessConfig, min_frames: int, labels: dict[str, Any] | None = None,
                  saliency_pool: int | None = None, allow_truncated: bool = False) -> None:

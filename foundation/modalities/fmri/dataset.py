@@ -14,6 +14,7 @@ must equal the encoder's patch_stride * mask_unit_size.
 """
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +24,7 @@ import numpy as np
 import torch
 
 from foundation.atomic import atomic_write_json
-from foundation.data.cache import DataCache
+from foundation.data.cache import DataCache, ShardMap
 from foundation.data.demo import check_source, is_demo, source_path
 from foundation.errors import ConfigError, DataError
 from foundation.modalities.fmri.cache import FMRICacheBuilder, open_scan
@@ -103,15 +104,33 @@ def _cache(config: FMRIWindowsConfig) -> DataCache:
     return DataCache(Path(config.cache_dir) / "store", builder)
 
 
+@dataclass
+class _Shard:
+    """The part of the corpus in one cache shard: its scans' entries and its windows ``(scan, start)``."""
+
+    first: int  # index of its first scan in the cache
+    entries: list[dict[str, Any]]
+    items: list[tuple[int, int]]
+
+
 class FMRIWindows(torch.utils.data.Dataset):
-    """Windows of cached scans (see the module docstring)."""
+    """Windows of cached scans (see the module docstring).
+
+    The scans are grouped into cache shards (:mod:`~foundation.modalities.fmri.cache`) and the window list is
+    split the same way (``windows-....json`` holds the fingerprint and the windows per shard,
+    ``windows-....<k>.json`` the starts of shard ``k``'s scans). The dataset reads a shard's entries, window
+    starts and masks the first time an item of it is read, so a rank under ``train.shard_assignment: rank`` never
+    loads another rank's part of the index; ``scans``, ``items`` and ``index`` read every shard, on first use.
+    """
 
     config_class = FMRIWindowsConfig
     collate = staticmethod(torch.utils.data.default_collate)
 
     @classmethod
-    def windows_file(cls, config: FMRIWindowsConfig) -> Path:
-        return Path(config.cache_dir) / f"windows-{config.selection}-k{config.top_k}-s{config.seed}-w{config.window}.json"
+    def windows_file(cls, config: FMRIWindowsConfig, shard: int | None = None) -> Path:
+        """The window list's head (``shard`` None) or the window starts of cache shard ``shard``."""
+        stem = f"windows-{config.selection}-k{config.top_k}-s{config.seed}-w{config.window}"
+        return Path(config.cache_dir) / (f"{stem}.json" if shard is None else f"{stem}.{shard:05d}.json")
 
     @classmethod
     def prepare(cls, config: FMRIWindowsConfig) -> dict[str, Any]:
@@ -129,49 +148,106 @@ class FMRIWindows(torch.utils.data.Dataset):
                              seed=config.seed)
         cache = _cache(config)
         report = cache.prepare(find_scans(source))
-        index = cache.index()
+        head = cache.head()
         path = cls.windows_file(config)
-        if path.is_file() and json.loads(path.read_text()).get("fingerprint") == index["fingerprint"]:
+        if path.is_file() and json.loads(path.read_text()).get("fingerprint") == head["fingerprint"]:
             return report  # windows already chosen from this cache build
         rng = np.random.default_rng(config.seed)
-        windows = []
-        for entry in index["entries"]:
-            n_times = entry["meta"]["n_times"]
-            if config.selection == "saliency":
-                vol, mask = open_scan(cache, entry)
-                starts = top_k_windows(vol, mask, config.window, config.top_k, pool=config.saliency_pool,
-                                       where=entry["source"])
-            elif config.selection == "random":
-                starts = random_windows(n_times, config.window, config.top_k, rng)
-            else:
-                starts = list(range(0, n_times - config.window + 1, config.window))
-            windows.append(starts)
-        atomic_write_json(path, {"fingerprint": index["fingerprint"], "windows": windows})
+        per_shard = []
+        for k in range(len(head["shards"]["first"])):
+            windows = []
+            for entry in cache.entries([k]):
+                n_times = entry["meta"]["n_times"]
+                if config.selection == "saliency":
+                    vol, mask = open_scan(cache, entry)
+                    starts = top_k_windows(vol, mask, config.window, config.top_k, pool=config.saliency_pool,
+                                           where=entry["source"])
+                elif config.selection == "random":
+                    starts = random_windows(n_times, config.window, config.top_k, rng)
+                else:
+                    starts = list(range(0, n_times - config.window + 1, config.window))
+                windows.append([int(v) for v in starts])
+            atomic_write_json(cls.windows_file(config, k), {"fingerprint": head["fingerprint"], "windows": windows})
+            per_shard.append(sum(len(w) for w in windows))
+        atomic_write_json(path, {"fingerprint": head["fingerprint"], "per_shard": per_shard})  # last: marks complete
         return report
 
     def __init__(self, config: FMRIWindowsConfig) -> None:
         self.config = config
         self.cache = _cache(config)
-        self.index = self.cache.index(lambda: find_scans(source_path(config.source, config.cache_dir)))
-        self.scans = self.index["entries"]
+        # the index without its per-scan entries (split by shard): read per shard, on first use
+        self.head = self.cache.head(lambda: find_scans(source_path(config.source, config.cache_dir)))
         path = self.windows_file(config)
         if not path.exists():
             raise DataError(f"{path}: no window list; run FMRIWindows.prepare(config) first (pretrain.py does)")
         chosen = json.loads(path.read_text())
-        if chosen.get("fingerprint") != self.index["fingerprint"]:
+        if chosen.get("fingerprint") != self.head["fingerprint"] or "per_shard" not in chosen:
             raise DataError(f"{path}: the window list belongs to another cache build; run FMRIWindows.prepare(config) again")
-        self.items = [(i, s) for i, starts in enumerate(chosen["windows"]) for s in starts]
-        ut = config.window // config.unit_size[0]
-        self._fg = []
-        for entry in self.scans:
+        self._first = [int(v) for v in self.head["shards"]["first"]]  # first scan of each shard
+        self._per_shard = np.asarray(chosen["per_shard"], np.int64)  # [shards] windows in each shard
+        self._ends = np.cumsum(self._per_shard)
+        self._shards: dict[int, _Shard] = {}
+        self._fg: dict[int, torch.Tensor] = {}  # scan -> [U] foreground of its mask units
+
+    def _shard(self, k: int) -> _Shard:
+        """Shard ``k``'s entries and windows (read once)."""
+        if k not in self._shards:
+            path = self.windows_file(self.config, k)
+            if not path.is_file():
+                raise DataError(f"{path}: the window starts of cache shard {k} are missing; copy the file from the "
+                                "node that ran FMRIWindows.prepare(config), or run it again")
+            windows = json.loads(path.read_text())
+            entries = self.cache.entries([k])
+            if windows.get("fingerprint") != self.head["fingerprint"] or len(windows["windows"]) != len(entries):
+                raise DataError(f"{path}: the window starts belong to another cache build; run "
+                                "FMRIWindows.prepare(config) again")
+            first = self._first[k]
+            items = [(first + j, int(s)) for j, starts in enumerate(windows["windows"]) for s in starts]
+            self._shards[k] = _Shard(first, entries, items)
+        return self._shards[k]
+
+    def _entry(self, scan: int) -> dict[str, Any]:
+        k = int(np.searchsorted(self._first, scan, side="right")) - 1
+        shard = self._shard(k)
+        return shard.entries[scan - shard.first]
+
+    def _foreground(self, scan: int, entry: dict[str, Any]) -> torch.Tensor:
+        """[U] bool: which mask units of a window of ``scan`` hold brain voxels (read once per scan)."""
+        if scan not in self._fg:
             _, mask = open_scan(self.cache, entry)
-            if tuple(mask.shape) != config.grid:
-                raise DataError(f"{self.cache.folder}: cached grid {tuple(mask.shape)} != data.grid {config.grid}; "
-                                "run FMRIWindows.prepare(config) or fix data.grid")
-            self._fg.append(torch.from_numpy(np.tile(unit_foreground(mask, config.unit_size[1:]), ut)))
+            if tuple(mask.shape) != self.config.grid:
+                raise DataError(f"{self.cache.folder}: cached grid {tuple(mask.shape)} != data.grid "
+                                f"{self.config.grid}; run FMRIWindows.prepare(config) or fix data.grid")
+            ut = self.config.window // self.config.unit_size[0]
+            self._fg[scan] = torch.from_numpy(np.tile(unit_foreground(mask, self.config.unit_size[1:]), ut))
+        return self._fg[scan]
+
+    @functools.cached_property
+    def index(self) -> dict[str, Any]:
+        """The whole cache index, every scan's entry included (read on first use)."""
+        return self.cache.index()
+
+    @functools.cached_property
+    def scans(self) -> list[dict[str, Any]]:
+        """Every scan's index entry (reads every shard's entries, on first use)."""
+        return [e for k in range(len(self._first)) for e in self._shard(k).entries]
+
+    @functools.cached_property
+    def items(self) -> list[tuple[int, int]]:
+        """``(scan, start)`` of every window, in item order (reads every shard's windows, on first use)."""
+        return [it for k in range(len(self._first)) for it in self._shard(k).items]
+
+    def shard_map(self) -> ShardMap:
+        """Which cache shard each window lives in (its scan's: a scan lies whole in one shard) and each shard's
+        files (its scans' volumes and masks, its index entries, its window starts), for
+        ``train.shard_assignment: rank``. Reads no entry: the windows per shard come from the window list's head."""
+        files = self.cache.shard_files()
+        files = tuple(held + (self.windows_file(self.config, k),) for k, held in enumerate(files))
+        item_shard = np.repeat(np.arange(len(self._per_shard), dtype=np.int64), self._per_shard)
+        return ShardMap(item_shard, files, str(self.cache.folder))
 
     def label(self, scan: int) -> Any:
-        row = self.scans[scan]["meta"].get("label")
+        row = self._entry(scan)["meta"].get("label")
         if row is None:
             return -1
         if self.config.label_column not in row:
@@ -180,17 +256,21 @@ class FMRIWindows(torch.utils.data.Dataset):
         return int(value) if value.is_integer() else value
 
     def __len__(self) -> int:
-        return len(self.items)
+        return int(self._ends[-1]) if len(self._ends) else 0
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        scan, start = self.items[i]
-        entry = self.scans[scan]
+        if not 0 <= i < len(self):
+            raise IndexError(f"window {i} outside the {len(self)} windows")
+        k = int(np.searchsorted(self._ends, i, side="right"))
+        shard = self._shard(k)
+        scan, start = shard.items[i - int(self._ends[k] - self._per_shard[k])]
+        entry = shard.entries[scan - shard.first]
         vol, _ = open_scan(self.cache, entry)
         x = torch.from_numpy(np.asarray(vol[start:start + self.config.window], dtype=np.float32) * entry["meta"]["scale"])
         lab = self.label(scan)
         return {
             "x": x.unsqueeze(0),  # [W, Z, Y, X] -> [1, W, Z, Y, X]
-            "unit_fg": self._fg[scan],
+            "unit_fg": self._foreground(scan, entry),
             "label": torch.tensor(lab, dtype=torch.int64 if isinstance(lab, int) else torch.float32),
             "scan": torch.tensor(scan),
             "start": torch.tensor(start),
@@ -240,5 +320,5 @@ class FMRIWindows(torch.utils.data.Dataset):
         c = self.config
         left = self.cache.report()["n_left_out"]
         src = "the generated demo corpus" if is_demo(c.source) else c.source
-        return (f"{len(self.scans)} fMRI scans ({src}; {left} left out), grid {c.grid} at {c.voxel_size} mm, "
+        return (f"{self.head['shards']['sources']} fMRI scans ({src}; {left} left out), grid {c.grid} at {c.voxel_size} mm, "
                 f"TR {c.tr} s, {len(self)} windows of {c.window} frames ({c.selection}, k={c.top_k}).")

@@ -12,7 +12,8 @@ masks.npy       [N, S, S] uint8             class per pixel (0 where the record 
 sizes.npy       [N, 2] int64                original (height, width)
 ==============  ==========================  ==========================================
 
-Row ``i`` belongs to ``index.json`` entry ``i``. The three arrays are then cut into shards
+Row ``i`` belongs to entry ``i`` (the ``i``-th kept record; entries split by shard into
+``shards/entries.<k>.json``). The three arrays are then cut into shards
 (``shards/<name>.<k>.npy``, read through :class:`~foundation.data.cache.ShardedArray`). A record whose image or mask is missing, unreadable or cut
 off, whose image is of one colour, or whose mask does not match its image, is left out and listed in
 ``report.json`` with the reason; every such reason starts with the CSV file and row that referenced the file.
@@ -61,7 +62,7 @@ class UltrasoundCacheBuilder(CacheBuilder):
     """
 
     kind = "ultrasound"
-    version = "3"  # 3: per-image arrays in shards
+    version = "4"  # 4: index entries split by shard; 3: per-image arrays in shards
     item_arrays = ("images", "masks", "sizes")
 
     def __init__(self, table: dict[str, TaskSpec], image_size: int, keep_aspect: bool) -> None:
@@ -107,6 +108,10 @@ class UltrasoundCacheBuilder(CacheBuilder):
                                 f"{W}x{H}; masks must match their image")
             mask = warp(torch.from_numpy(m)[None].float(), g, mode="nearest")[0].to(torch.uint8).numpy()
         return Part({"image": image, "mask": mask, "size": np.asarray([H, W], np.int64)})
+
+    def entry_rows(self, entry: dict[str, Any]) -> tuple[int, int]:
+        """Row ``i`` is entry ``i`` (one image per record): the index is split by shard."""
+        return int(entry["key"]), 1
 
     def finalize(self, folder: Path, entries: list[dict[str, Any]]) -> dict[str, Any]:
         """Stack the records' arrays into images.npy, masks.npy and sizes.npy (row i = entry i)."""

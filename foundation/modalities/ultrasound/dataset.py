@@ -20,13 +20,14 @@ Augmentation defaults (zoom 0.15, shift 0.05, intensity 0.15) are ours (unverifi
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
-from foundation.data.cache import DataCache
+from foundation.data.cache import DataCache, ShardMap
 from foundation.data.demo import check_source, demo_folder, is_demo, source_path
 from foundation.errors import ConfigError, DataError
 from foundation.modalities.ultrasound.augment import Geometry, fit_geometry, jitter_intensity, random_geometry, warp
@@ -138,12 +139,15 @@ class UltrasoundDataset(torch.utils.data.Dataset):
         self.max_points = max([s.num_points for s in self.table.values()] + [1])
         records = self._read(config)
         cache = _cache(config)
-        index = cache.index(records)
-        row = {e["source"]: i for i, e in enumerate(index["entries"])}
+        cache.head(records)  # current for these records (the entries, split by shard, are not read)
+        self.report = cache.report()
+        # row i of the cache is the i-th kept record: the report lists every record, kept or not, in cache order
+        kept = [e["source"] for e in self.report["sources"] if e["status"] == "kept"]
+        row = {name: i for i, name in enumerate(kept)}
         chosen = self._split(config, records)
         self.records = [r for r in chosen if record_name(r) in row]
         self.rows = np.asarray([row[record_name(r)] for r in self.records], np.int64)
-        self.report = cache.report()
+        self._cache = cache
         self.cache = {name: cache.array(name) for name in ("images", "masks", "sizes")}
         by_task: dict[str, list[int]] = {}
         for i, r in enumerate(self.records):
@@ -151,6 +155,37 @@ class UltrasoundDataset(torch.utils.data.Dataset):
         self.by_task = by_task
         self.planner = BatchPlanner(by_task, config.batch_size, config.sampling, config.temperature,
                                     config.mixed_tasks)
+        self._n_items = len(self.planner)  # planned batches per epoch, whatever shards the planner draws from
+
+    def shard_map(self) -> ShardMap:
+        """Which cache shard each planned batch (item) stands for, and each shard's files
+        (``train.shard_assignment: rank``).
+
+        Item ``i`` stands for the records ``[i * B, (i + 1) * B)`` in cache order (B = ``data.batch_size``) and
+        lives in the shard of the first of them, so each shard holds about its records / B items. Once the sampler
+        has given this rank its shards, :meth:`use_shards` makes the planner draw from their records only.
+        """
+        first = self.rows[np.minimum(np.arange(self._n_items) * self.config.batch_size, len(self.rows) - 1)]
+        return self._cache.shard_map(first)
+
+    def use_shards(self, shards: Sequence[int]) -> None:
+        """Plan every batch from the records in cache shards ``shards`` only (this rank's, under
+        ``train.shard_assignment: rank``), with the task probabilities of their own task counts: the task
+        sampling is balanced within the rank's shards (see the README). The item count stays the corpus's.
+
+        Raises:
+            DataError: the shards hold no record of the split.
+        """
+        mine = np.isin(self._cache.shard_map(self.rows).item_shard, list(shards))
+        by_task: dict[str, list[int]] = {}
+        for i in np.flatnonzero(mine):
+            by_task.setdefault(self.records[int(i)].task_id, []).append(int(i))
+        if not by_task:
+            raise DataError(f"{self._cache.folder}: cache shards {list(shards)} hold no record of split "
+                            f"{self.config.split!r}; use fewer ranks or set train.shard_assignment=global")
+        self.by_task = by_task
+        self.planner = BatchPlanner(by_task, self.config.batch_size, self.config.sampling, self.config.temperature,
+                                    self.config.mixed_tasks)
 
     @classmethod
     def prepare(cls, config: UltrasoundDatasetConfig) -> dict[str, Any]:
@@ -192,7 +227,7 @@ class UltrasoundDataset(torch.utils.data.Dataset):
         return [records[i] for i in (train if config.split == "train" else val)]
 
     def __len__(self) -> int:
-        return len(self.planner)
+        return self._n_items
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         """One planned batch, drawn from a generator seeded by torch's global RNG and ``i``.
