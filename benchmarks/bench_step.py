@@ -131,6 +131,14 @@ class _Worker:
             module = copy.deepcopy(self.module)
             cfg = deepspeed_config(self.recipe)
             cfg["zero_optimization"] = {"stage": stage}
+            clip = None
+            try:  # the new tree's engine clips itself at stage 0 in fp32 (foundation/pretrain/grad_clip.py)
+                from foundation.pretrain.grad_clip import StageZeroClip, split_clipping
+            except ImportError:
+                split_clipping = None
+            if split_clipping is not None:
+                cfg, max_norm = split_clipping(cfg)
+                clip = StageZeroClip(module, max_norm) if max_norm > 0 else None
             engine, _, _, _ = deepspeed.initialize(
                 model=module, optimizer=build_optimizer(module, self.recipe.train), config=cfg,
                 lr_scheduler=lambda opt: WarmupCosineScheduler(opt, self.recipe.train))
@@ -140,18 +148,20 @@ class _Worker:
                 drop_identity_allreduce = None
             if drop_identity_allreduce is not None:
                 drop_identity_allreduce(engine)
-            self.engines[stage] = engine
+            self.engines[stage] = (engine, clip)
         return self.engines[stage]
 
     def engine_vs_bare(self, reps: int, stage: int) -> tuple[float, float, float]:
         """Medians of a DeepSpeed step, a bare step and a bare step with the recipe's gradient clipping."""
-        engine = self._engine(stage)
+        engine, clip = self._engine(stage)
         eng, bare, clipped = [], [], []
         for i in range(reps):
             self.torch.manual_seed(i)
             t = time.perf_counter()
             loss, _ = engine(self.batch)
             engine.backward(loss)
+            if clip is not None and engine.is_gradient_accumulation_boundary():  # as Engine._loop does
+                clip()
             engine.step()
             eng.append(time.perf_counter() - t)
             t = time.perf_counter()
