@@ -52,7 +52,7 @@ RECIPES = ("deeperbrain-tiny", "slim-brain-tiny", "ultrasound-mtl-tiny")
 # corpus: only one batch is used); the ultrasound model's micro-batch is one planned batch, here of one image
 FULL: dict[str, list[str]] = {
     "deeperbrain": ["train.micro_batch_size=1", "data.demo.n_subjects=2"],
-    "slim-brain": ["train.micro_batch_size=1"],
+    "slim-brain": ["train.micro_batch_size=1", "data.demo_subjects=2", "data.demo_frames=48"],
     "ultrasound-mtl": ["train.micro_batch_size=1", "data.source=demo", "data.demo_images_per_task=1",
                        "data.batch_size=1", "data.cache_dir=runs/cache/ultrasound-full"],
 }
