@@ -6,7 +6,8 @@ Commands (one thread; the old tree is a git worktree of the commit before the is
     python benchmarks/bench_step.py --old /work/scratch-16/old --workdir /work/scratch-16/run \\
         --write /work/scratch-16/bench_step.md
 
-    --parts steps,act,kan   which tables (default all)
+    --parts steps,act,kan   which tables (default these three)
+    --parts full            the full recipes' geometry at micro-batch 1 (--full-recipes deeperbrain,slim-brain,...)
     --rounds N              interleaved rounds (default 5); --reps N steps timed per round (default 5)
 
 Part ``steps``: for each tiny recipe two long-lived worker processes are started, one importing the old tree and one
@@ -24,6 +25,9 @@ steps of a round. Measures:
 - engine: ``deepspeed.initialize`` with ZeRO stage 0 (and the recipe's own stage) in one process, forward +
   backward + step through DeepSpeed, against the bare loop of the same worker (alternating step by step), and
   against the bare loop with the recipe's gradient clipping (``clip_grad_norm_``), which DeepSpeed also does.
+
+Part ``full``: the full recipes (:data:`FULL`: their model and input geometry at micro-batch 1, a small generated
+demo corpus), eager only: the bare-loop step and the optimizer step, old against new, as above.
 
 Part ``act``: every registered activation fwd+bwd on tokens [16, 128, 512] against ``nn.GELU``, eager and
 ``torch.compile``-d, interleaved, median of repeats. Part ``kan``: ``KANLinear`` (each basis) against an MLP of
@@ -44,13 +48,21 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ("deeperbrain-tiny", "slim-brain-tiny", "ultrasound-mtl-tiny")
+# the full recipes at micro-batch 1 (``--full``): their model and input geometry, the generated demo data (a small
+# corpus: only one batch is used); the ultrasound model's micro-batch is one planned batch, here of one image
+FULL: dict[str, list[str]] = {
+    "deeperbrain": ["train.micro_batch_size=1", "data.demo.n_subjects=2"],
+    "slim-brain": ["train.micro_batch_size=1", "data.demo_subjects=2", "data.demo_frames=48"],
+    "ultrasound-mtl": ["train.micro_batch_size=1", "data.source=demo", "data.demo_images_per_task=1",
+                       "data.batch_size=1", "data.cache_dir=runs/cache/ultrasound-full"],
+}
 
 
 # ------------------------------------------------------------------ worker (runs inside old or new tree)
 class _Worker:
     """Holds one recipe's module, optimizer and batch; answers timing commands."""
 
-    def __init__(self, recipe: str, batch_file: str) -> None:
+    def __init__(self, recipe: str, batch_file: str, overrides: list[str] | None = None) -> None:
         import torch
 
         from foundation.config import load_recipe
@@ -58,7 +70,7 @@ class _Worker:
         from foundation.pretrain.optim import build_optimizer
 
         self.torch = torch
-        self.recipe = load_recipe(recipe)
+        self.recipe = load_recipe(recipe, overrides or None)
         torch.manual_seed(0)
         self.module = TrainModule(build_model(self.recipe), build_objective(self.recipe)).train()
         self.opt = build_optimizer(self.module, self.recipe.train)
@@ -131,6 +143,14 @@ class _Worker:
             module = copy.deepcopy(self.module)
             cfg = deepspeed_config(self.recipe)
             cfg["zero_optimization"] = {"stage": stage}
+            clip = None
+            try:  # the new tree's engine clips itself at stage 0 in fp32 (foundation/pretrain/grad_clip.py)
+                from foundation.pretrain.grad_clip import StageZeroClip, split_clipping
+            except ImportError:
+                split_clipping = None
+            if split_clipping is not None:
+                cfg, max_norm = split_clipping(cfg)
+                clip = StageZeroClip(module, max_norm) if max_norm > 0 else None
             engine, _, _, _ = deepspeed.initialize(
                 model=module, optimizer=build_optimizer(module, self.recipe.train), config=cfg,
                 lr_scheduler=lambda opt: WarmupCosineScheduler(opt, self.recipe.train))
@@ -140,18 +160,20 @@ class _Worker:
                 drop_identity_allreduce = None
             if drop_identity_allreduce is not None:
                 drop_identity_allreduce(engine)
-            self.engines[stage] = engine
+            self.engines[stage] = (engine, clip)
         return self.engines[stage]
 
     def engine_vs_bare(self, reps: int, stage: int) -> tuple[float, float, float]:
         """Medians of a DeepSpeed step, a bare step and a bare step with the recipe's gradient clipping."""
-        engine = self._engine(stage)
+        engine, clip = self._engine(stage)
         eng, bare, clipped = [], [], []
         for i in range(reps):
             self.torch.manual_seed(i)
             t = time.perf_counter()
             loss, _ = engine(self.batch)
             engine.backward(loss)
+            if clip is not None and engine.is_gradient_accumulation_boundary():  # as Engine._loop does
+                clip()
             engine.step()
             eng.append(time.perf_counter() - t)
             t = time.perf_counter()
@@ -163,11 +185,11 @@ class _Worker:
         return statistics.median(eng), statistics.median(bare), statistics.median(clipped)
 
 
-def worker_main(recipe: str, batch_file: str) -> None:
+def worker_main(recipe: str, batch_file: str, overrides: list[str]) -> None:
     import torch
 
     torch.set_num_threads(1)
-    w = _Worker(recipe, batch_file)
+    w = _Worker(recipe, batch_file, overrides)
     print(json.dumps({"ready": True}), flush=True)
     for line in sys.stdin:
         cmd = json.loads(line)
@@ -180,10 +202,11 @@ def worker_main(recipe: str, batch_file: str) -> None:
 
 # ------------------------------------------------------------------ parent
 class _Proc:
-    def __init__(self, tree: Path, recipe: str, batch_file: Path, workdir: Path) -> None:
+    def __init__(self, tree: Path, recipe: str, batch_file: Path, workdir: Path, overrides: list[str] | None = None) -> None:
         env = dict(os.environ, PYTHONPATH=str(tree), OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
                    TORCHINDUCTOR_CACHE_DIR=str(workdir / "inductor"))  # a cache no other job writes
-        self.p = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--worker", recipe, str(batch_file)],
+        self.p = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--worker", recipe, str(batch_file),
+                                   json.dumps(overrides or [])],
                                   cwd=workdir, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         self._read()
 
@@ -207,23 +230,26 @@ class _Proc:
         self.p.wait(timeout=120)
 
 
-def make_batches(workdir: Path) -> Path:
-    """One real micro-batch of each tiny recipe's demo data (caches built under ``workdir``)."""
+def make_batches(workdir: Path, recipes: dict[str, list[str]] | None = None, file: str = "batches.pt") -> Path:
+    """One real micro-batch of each recipe's demo data (default: the tiny recipes; caches built under ``workdir``).
+
+    ``recipes``: name -> ``--set`` overrides.
+    """
     import torch
     from torch.utils.data import DataLoader
 
     from foundation.config import load_recipe
     from foundation.pretrain.components import build_components
 
-    path = workdir / "batches.pt"
+    path = workdir / file
     if path.is_file():
         return path
     out = {}
     cwd = os.getcwd()
     os.chdir(workdir)
     try:
-        for name in RECIPES:
-            recipe = load_recipe(name)
+        for name, overrides in (recipes or {r: [] for r in RECIPES}).items():
+            recipe = load_recipe(name, overrides or None)
             ds = build_components(recipe, prepare=True).dataset
             loader = DataLoader(ds, batch_size=recipe.train.micro_batch_size, shuffle=True,
                                 generator=torch.Generator().manual_seed(0), collate_fn=getattr(ds, "collate", None))
@@ -278,6 +304,35 @@ def steps_table(old: Path, workdir: Path, recipes: list[str], rounds: int, reps:
             f"{f'{_med(comp) / _med(eager):.2f}' if comp else compile_s} | "
             f"{compile_s if isinstance(compile_s, str) else f'{compile_s:.0f}'} | {_med(stage[0]):.2f} | {_med(like_for_like):.2f} | {_med(stage[2]):.2f} | "
             f"{n_breaks} | {rss_old:.0f} / {rss_new:.0f} |")
+        print(rows[-1], flush=True)
+    return rows
+
+
+def full_table(old: Path, workdir: Path, recipes: list[str], rounds: int, reps: int) -> list[str]:
+    """The full recipes' geometry at micro-batch 1 (:data:`FULL`), eager only: old against new, alternating."""
+    rows = ["| recipe (micro-batch 1) | step new/old (eager) | step ms old -> new | opt new/old | peak RSS MiB old / new |",
+            "|---|---:|---:|---:|---:|"]
+    for recipe in recipes:
+        t0 = time.perf_counter()
+        batch_file = make_batches(workdir, {recipe: FULL[recipe]}, f"batch-{recipe}.pt")
+        print(f"[{time.strftime('%H:%M:%S')}] {recipe}: batch ready in {time.perf_counter() - t0:.0f} s",
+              file=sys.stderr, flush=True)
+        procs = {side: _Proc(tree, recipe, batch_file, workdir, FULL[recipe]) for side, tree in (("old", old), ("new", ROOT))}
+        t: dict[str, list[float]] = {k: [] for k in ("opt_old", "opt_new", "step_old", "step_new")}
+        for side in ("old", "new"):  # a warm-up step each (first-call allocations)
+            procs[side].ask("step", reps=1)
+        for _ in range(rounds):
+            for side in ("old", "new"):
+                t[f"step_{side}"].append(procs[side].ask("step", reps=reps))
+        for _ in range(rounds):
+            for side in ("old", "new"):
+                t[f"opt_{side}"].append(procs[side].ask("opt_step", reps=reps))
+        rss = {side: procs[side].ask("peak_rss_mib") for side in procs}
+        for p in procs.values():
+            p.close()
+        rows.append(f"| {recipe} | {_med(t['step_new']) / _med(t['step_old']):.2f} | "
+                    f"{1e3 * _med(t['step_old']):.0f} -> {1e3 * _med(t['step_new']):.0f} | "
+                    f"{_med(t['opt_new']) / _med(t['opt_old']):.2f} | {rss['old']:.0f} / {rss['new']:.0f} |")
         print(rows[-1], flush=True)
     return rows
 
@@ -348,13 +403,15 @@ def kan_table(repeats: int) -> list[str]:
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--worker":
-        worker_main(sys.argv[2], sys.argv[3])
+        worker_main(sys.argv[2], sys.argv[3], json.loads(sys.argv[4]))
         return
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--old", type=Path, required=True, help="a worktree of the code before the issue (b45ef54)")
     ap.add_argument("--workdir", type=Path, default=Path("runs/bench_step"), help="data caches and the batch file")
-    ap.add_argument("--parts", default="steps,act,kan")
+    ap.add_argument("--parts", default="steps,act,kan", help="steps, act, kan, full (the full recipes at "
+                    "micro-batch 1, eager, old vs new; not in the default)")
     ap.add_argument("--recipes", default=",".join(RECIPES))
+    ap.add_argument("--full-recipes", default=",".join(FULL), help="the recipes of --parts full")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--no-breaks", action="store_true", help="skip the torch._dynamo.explain count (minutes for the "
@@ -373,6 +430,9 @@ def main() -> None:
     if "steps" in parts:
         out += ["", *steps_table(args.old.resolve(), args.workdir.resolve(), args.recipes.split(","), args.rounds, args.reps,
                                  not args.no_breaks, not args.no_compile)]
+    if "full" in parts:
+        out += ["", *full_table(args.old.resolve(), args.workdir.resolve(), args.full_recipes.split(","), args.rounds,
+                                args.reps)]
     if "act" in parts:
         out += ["", *act_table(15, not args.no_compile, args.act_names.split(",") if args.act_names else None)]
     if "kan" in parts:

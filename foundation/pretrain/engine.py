@@ -43,6 +43,7 @@ from foundation.data.protocol import preprocessing_of
 from foundation.pretrain.components import Components, TrainModule, build_components, build_objective
 from foundation.pretrain.ds_compat import scalar_safe_broadcast
 from foundation.pretrain.distributed import DistInfo, apply_timeout, init_distributed, is_collective_failure
+from foundation.pretrain.grad_clip import StageZeroClip, split_clipping
 from foundation.pretrain.result import RunResult
 from foundation.pretrain.optim import WarmupCosineScheduler, build_optimizer
 from foundation.pretrain.run_log import RunLog
@@ -178,6 +179,7 @@ class Engine:
         self.model, self.dataset = model, dataset
         self.ds_engine: Any = None  # the DeepSpeed engine, set by run() (for inspection and benchmarks)
         self._step = 0  # optimizer steps done (named when a rank is lost)
+        self._clip: StageZeroClip | None = None  # the engine's own clipping (ZeRO stage 0, fp32), set by run()
 
     def run(self) -> RunResult:
         """Train until ``train.steps`` (or a stop request) and return where the results are.
@@ -239,12 +241,15 @@ class Engine:
             # the step after mask sampling is compiled; parameters and state-dict keys stay the module's own, so
             # checkpoints, resume and export read as without compile
             module.compile_step(train.compile_mode)
+        # at ZeRO stage 0 in fp32 the engine clips (one foreach pass) in place of DeepSpeed's per-parameter loop
+        ds_config, clip_at = split_clipping(deepspeed_config(recipe))
         with scalar_safe_broadcast():  # learnable scalars (CRReLU, ASH, ProAct) would stop DeepSpeed's broadcast
             engine, _, _, _ = deepspeed.initialize(
-                model=module, optimizer=optimizer, config=deepspeed_config(recipe),
+                model=module, optimizer=optimizer, config=ds_config,
                 lr_scheduler=lambda opt: WarmupCosineScheduler(opt, train),
             )
         self.ds_engine = engine
+        self._clip = StageZeroClip(module, clip_at) if clip_at > 0.0 else None
         drop_identity_allreduce(engine)
         apply_timeout(train.collective_timeout_s)  # DeepSpeed's own groups, too
         # epoch and position: where the data order stands (samples of the epoch's order consumed, all ranks);
@@ -409,6 +414,7 @@ class Engine:
         sums: dict[str, float] = {}
         n_micro, t_step = 0, time.perf_counter()
         keys: list[str] | None = None
+        grad_norm: torch.Tensor | None = None  # the step's norm before clipping, where the engine clips
         while state["step"] < train.steps:
             if by_rank:
                 sampler.set_epoch(state["epoch"], state["shard_base"], state["shard_taken"])
@@ -434,6 +440,8 @@ class Engine:
                         )
                     continue
                 engine.backward(loss)
+                if self._clip is not None and engine.is_gradient_accumulation_boundary():
+                    grad_norm = self._clip()  # on the gradients DeepSpeed averaged over the ranks in backward
                 engine.step()
                 n_micro += 1
                 for k, v in zip(["loss", *keys], [reduced[0], *reduced[3:]]):
@@ -444,7 +452,8 @@ class Engine:
                 self._step = state["step"]
                 engine.module.on_step_end(state["step"])
                 within = sampler.fraction(state["shard_taken"]) if by_rank else state["position"] / sampler.total
-                record = self._record(state, sums, n_micro, engine, time.perf_counter() - t_step, dist, within)
+                record = self._record(state, sums, n_micro, engine, time.perf_counter() - t_step, dist, within,
+                                      grad_norm)
                 if sparsity is not None and state["step"] % train.sparsity_every == 0:
                     sparsity.measure(engine.module, state["step"])  # not in the step's time
                 sums, n_micro, t_step = {}, 0, time.perf_counter()
@@ -484,13 +493,15 @@ class Engine:
         return result
 
     def _record(self, state: dict[str, Any], sums: dict[str, float], n_micro: int, engine: Any,
-                seconds: float, dist: DistInfo, within: float) -> dict[str, Any]:
+                seconds: float, dist: DistInfo, within: float,
+                grad_norm: torch.Tensor | None = None) -> dict[str, Any]:
+        """The step's log record; ``grad_norm``: the norm the engine clipped at (else DeepSpeed's, when it has one)."""
         samples = n_micro * self.recipe.train.micro_batch_size * dist.world_size
         record: dict[str, Any] = {"step": state["step"]}
         record.update({k: v / n_micro for k, v in sums.items()})
         lrs = engine.get_lr()
         record["lr"] = float(lrs[0]) if lrs else 0.0
-        norm = engine.get_global_grad_norm()
+        norm = grad_norm if grad_norm is not None else engine.get_global_grad_norm()
         if norm is not None:
             record["grad_norm"] = float(norm)
         record["samples_per_s"] = samples / max(seconds, 1e-9)

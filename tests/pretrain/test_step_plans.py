@@ -177,6 +177,44 @@ def test_ultrasound_routed_step_equals_the_old_path(tmp_path, monkeypatch):
         _assert_same(new[2], other[2])
 
 
+def test_ultrasound_channels_last_step_equals_the_nchw_one(tmp_path, monkeypatch):
+    """The model runs its backbone and FPN in channels-last layout (issue 16): loss, metrics and gradients of a
+    real batch's step equal those of the NCHW layout it used before, to float rounding (other oneDNN kernels)."""
+    from foundation.modalities.ultrasound.model import UltrasoundMTL
+
+    module = train_module("ultrasound-mtl-tiny")
+    batch = module.objective.prepare(module.model, dict(real_batch("ultrasound-mtl-tiny", tmp_path)))
+    layouts = []
+    inner = UltrasoundMTL._normalised
+
+    def run() -> tuple[torch.Tensor, dict[str, Any], dict[str, torch.Tensor]]:
+        torch.manual_seed(2)
+        loss, metrics = module.step(batch)
+        loss.backward()
+        return loss.detach(), metrics, _grads(module)
+
+    def spy(self, image):
+        x = inner(self, image)
+        layouts.append(x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous())
+        return x
+
+    monkeypatch.setattr(UltrasoundMTL, "_normalised", spy)
+    new = run()
+    monkeypatch.setattr(UltrasoundMTL, "_normalised", lambda self, image: inner(self, image).contiguous())
+    old = run()
+    assert layouts == [True]
+    torch.testing.assert_close(new[0], old[0], rtol=1e-6, atol=1e-6)
+    for key in old[1]:
+        torch.testing.assert_close(new[1][key], old[1][key], rtol=1e-5, atol=1e-6)
+    # a convolution's weight gradient sums over every pixel of the batch (32k terms for the stem): another
+    # kernel's summation order moves it by ~sqrt(n) ulps, 2e-5 of its norm here, so 1e-4 rather than 1e-5
+    scale = max(float(g.norm()) for g in old[2].values())
+    assert sorted(new[2]) == sorted(old[2])
+    for name, want in old[2].items():
+        err, size = float((new[2][name] - want).norm()), float(want.norm())
+        assert err <= 1e-4 * size + 1e-7 * scale, f"{name}: error {err:.2e} on a gradient of norm {size:.2e}"
+
+
 def test_dice_ce_loss_matches_monai_values_and_gradients():
     from monai.losses import DiceCELoss
 

@@ -308,7 +308,7 @@ class Hiera4D(nn.Module, HubMixin):
         B = x.shape[0]
         if keep is not None and not self.patch_embed.linear:
             x = x * self._voxel_keep_mask(keep, B, x)  # as Hiera's masked conv: deleted units are zero for neighbours
-        tok = self._embed_units(x) + self._to_units(self.pos().view(1, *self.config.tokens, -1))  # [B, U, T_u, D]
+        tok = self._unit_tokens(x)  # [B, U, T_u, D]
         if keep is None:
             counts = [self.n_units] * B
             h = tok.flatten(0, 1)  # [B, U, T_u, D] -> [B * U, T_u, D]
@@ -320,55 +320,43 @@ class Hiera4D(nn.Module, HubMixin):
             h = blk(h, units_cu, counts)
         return h, units_cu
 
-    def _unit_order(self, extra: int) -> tuple[list[int], list[int]]:
+    def _unit_order(self) -> tuple[list[int], list[int]]:
         """Split and order of the grid axes for :func:`~.hiera_utils.unit_permutation`'s layout.
 
-        Every token axis t_d splits into (u_d, r_L, ..., r_1) followed by ``extra`` inner axes of its own; the
-        order is every u, then every r_1, ..., every r_L, then the inner axes (dimension-major).
+        Every token axis t_d splits into (u_d, r_L, ..., r_1); the order is every u, then every r_1, ...,
+        every r_L.
 
         Returns:
-            (the sizes after the split, without the inner axes' sizes; the permutation of the split axes)
+            (the sizes after the split; the permutation of the split axes)
         """
         c, L = self.config, self.n_unroll
         sizes: list[int] = []
         for t, s in zip(c.tokens, c.q_stride):
             sizes += [t // s**L] + [s] * L
-        width, n = L + 1 + extra, len(c.tokens)
+        width, n = L + 1, len(c.tokens)
         order = [d * width for d in range(n)]  # u over all dims
         for k in range(1, L + 1):  # r_1 (offset L) ... r_L (offset 1)
             order += [d * width + (L + 1 - k) for d in range(n)]
-        order += [d * width + L + 1 + e for d in range(n) for e in range(extra)]
         return sizes, order
 
     def _to_units(self, t: torch.Tensor) -> torch.Tensor:
         """Row-major tokens [B, *tokens, F] -> unit-major [B, U, T_u, F] (one permute, no gather)."""
-        sizes, order = self._unit_order(0)
+        sizes, order = self._unit_order()
         B, F_ = t.shape[0], t.shape[-1]
         t = t.reshape(B, *sizes, F_)  # [B, *tokens, F] -> [B, (u, r_L..r_1) per dim, F]
         last = len(order) + 1
         t = t.permute(0, *(o + 1 for o in order), last)  # -> [B, u.., r_1.., .., r_L.., F]
         return t.reshape(B, self.n_units, self.unit_tokens, F_)
 
-    def _embed_units(self, x: torch.Tensor) -> torch.Tensor:
-        """Patch embedding straight into unit-major order: [B, C, *S] -> [B, U, T_u, D].
+    def _unit_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """Embedded tokens plus position embedding, in unit-major order: [B, C, *S] -> [B, U, T_u, D].
 
-        For a linear patch embedding (kernel == stride) the unit reordering is folded into the permute that
-        gathers each patch's voxels, so the tokens are written once, in their final order.
+        The position embedding is added in row-major order and the sum reordered once (one permute of the
+        D-wide tokens). Folding the reordering into the voxel permute of the patch embedding instead (an
+        18-axis copy with 2-element runs for a 4D 2x2x2x2 patch) took longer, forward and backward (measured in
+        ``benchmarks/RESULTS.md``, "Issue 16, the step and the engine"); the values are the same.
         """
-        pe = self.patch_embed
-        if not pe.linear:
-            return self._to_units(pe(x))  # conv [B, *S', D] -> [B, U, T_u, D]
-        B, C = x.shape[:2]
-        sizes, order = self._unit_order(1)
-        n, L = len(pe.kernel), self.n_unroll
-        shape = [B, C]
-        for d, k in enumerate(pe.kernel):
-            shape += sizes[d * (L + 1):(d + 1) * (L + 1)] + [k]
-        x = x.reshape(shape)  # [B, C, *S] -> [B, C, (u, r_L..r_1, k) per dim]
-        kernel_axes = order[-n:]
-        x = x.permute(0, *(o + 2 for o in order[:-n]), 1, *(o + 2 for o in kernel_axes))  # [B, u.., r.., C, k..]
-        x = x.reshape(B, self.n_units, self.unit_tokens, -1)  # -> [B, U, T_u, C * prod(kernel)]
-        return F.linear(x, pe.proj.weight.flatten(1), pe.proj.bias)  # [B, U, T_u, D]
+        return self._to_units(self.patch_embed(x) + self.pos().view(1, *self.config.tokens, -1))
 
     def _voxel_keep_mask(self, keep, B: int, x: torch.Tensor) -> torch.Tensor:
         m = torch.zeros(B, self.n_units, device=x.device, dtype=x.dtype)

@@ -240,16 +240,25 @@ class UltrasoundMTL(nn.Module, HubMixin):
 
     def features(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``image [B, 3, S, S]`` -> ``(deepest [B, C5, S/32, S/32], fused FPN [B, D, S/4, S/4])``."""
-        _check_images(image)
-        self._check_norm_dtypes()
-        x = (image - self.mean.to(image.dtype)) / self.std.to(image.dtype)
-        feats = self.backbone(x)
+        feats = self.backbone(self._normalised(image))
         levels = self.fpn(feats)
         # Panoptic-FPN-style fusion: every level, upsampled to the finest, summed (all FPN levels train)
         fused = levels[0]
         for level in levels[1:]:
             fused = fused + F.interpolate(level, size=fused.shape[-2:], mode="bilinear", align_corners=False)
         return feats[-1], fused
+
+    def _normalised(self, image: torch.Tensor) -> torch.Tensor:
+        """Checked, normalised images in channels-last layout: ``[B, 3, S, S]`` -> ``[B, 3, S, S]`` (NHWC strides).
+
+        The layout carries through the backbone and the FPN: oneDNN's convolutions run NHWC without reordering,
+        which took the ultrasound step (forward + backward) to about 0.8x of the NCHW one on CPU (measured in
+        ``benchmarks/RESULTS.md``, "Issue 16, the step and the engine"); values agree to float rounding.
+        """
+        _check_images(image)
+        self._check_norm_dtypes()
+        x = (image - self.mean.to(image.dtype)) / self.std.to(image.dtype)
+        return x.contiguous(memory_format=torch.channels_last)
 
     def _check_norm_dtypes(self) -> None:
         bn = self._first_norm[0] if self._first_norm else None
@@ -267,10 +276,7 @@ class UltrasoundMTL(nn.Module, HubMixin):
         """
         if keep is not None:
             raise ConfigError("UltrasoundMTL.forward_features: keep is not supported by a CNN backbone; pass None")
-        _check_images(x)
-        self._check_norm_dtypes()
-        x = (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
-        deep = self.backbone(x)[-1]
+        deep = self.backbone(self._normalised(x))[-1]
         return deep.flatten(2).transpose(1, 2)  # [B, C5, h, w] -> [B, h*w, C5]
 
     def routes(self, task: torch.Tensor) -> dict[str, torch.Tensor]:

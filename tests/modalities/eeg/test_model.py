@@ -160,3 +160,22 @@ def test_objective_equals_the_per_sample_loop_it_replaces(mask_ratio):
         assert (g is None) == (r is None)
         if g is not None:
             torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-7)
+
+
+def test_spectral_log1p_equals_aten_log1p():
+    """The spectral features' log(1 + |X|) (Goldberg's correction, issue 16) within 2e-7 of ``torch.log1p``,
+    from 0 through tiny to large magnitudes; exact 0 at 0; ATen's own log1p and derivative where x needs a
+    gradient."""
+    from foundation.modalities.eeg.model import _log1p
+
+    g = torch.Generator().manual_seed(0)
+    amp = torch.fft.rfft(torch.randn(4, 32, 4, 200, generator=g), dim=-1).abs()
+    x = torch.cat([amp.flatten(), torch.logspace(-30, 30, 2001), torch.zeros(3)])
+    ref = torch.log1p(x.double())
+    got = _log1p(x)
+    assert got.dtype == x.dtype and got.shape == x.shape
+    assert float(((got.double() - ref).abs() / ref.clamp_min(1e-300)).nan_to_num(0.0).max()) < 2e-7
+    assert torch.equal(got[-3:], torch.zeros(3))
+    xg = x[:100].clone().requires_grad_(True)
+    _log1p(xg).sum().backward()
+    torch.testing.assert_close(xg.grad, 1 / (1 + x[:100]), rtol=1e-6, atol=0)

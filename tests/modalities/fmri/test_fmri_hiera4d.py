@@ -144,7 +144,7 @@ def test_unit_foreground_counts_brain_voxels():
      "q_stride": (1, 2, 2), "mask_unit_size": (1, 4, 4)},  # a conv patch embedding (3D)
 ], ids=["4d-linear", "3d-conv"])
 def test_unit_major_embedding_equals_the_gather_by_unit_permutation(kw):
-    """The reordering folded into the patch-embedding permute gives what the old ``tok[:, perm]`` gather gave."""
+    """The unit-major tokens (one permute after the embedding) are what the old ``tok[:, perm]`` gather gave."""
     cfg = Hiera4DConfig(embed_dim=16, num_heads=1, stages=(1, 1, 1), q_pool=2, mask_unit_attn=(True, False, False),
                         **kw)
     torch.manual_seed(0)
@@ -152,5 +152,5 @@ def test_unit_major_embedding_equals_the_gather_by_unit_permutation(kw):
     x = torch.randn(2, 1, *cfg.input_size)
     perm = torch.from_numpy(unit_permutation(cfg.tokens, cfg.q_stride, len(cfg.stages) - 1))
     old = (model.patch_embed(x).flatten(1, -2) + model.pos())[:, perm]  # [B, N, D] in unit-major order
-    new = model._embed_units(x) + model._to_units(model.pos().view(1, *cfg.tokens, -1))
+    new = model._unit_tokens(x)
     torch.testing.assert_close(new.reshape(old.shape), old, rtol=1e-5, atol=1e-6)
