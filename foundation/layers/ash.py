@@ -91,6 +91,26 @@ class _SoftASHFn(torch.autograd.Function):
         return grad_x, grad_z, grad_alpha, None
 
 
+class _HardASHFn(torch.autograd.Function):
+    """``x * 1[x >= thr]`` with ``thr`` [..] per sample (no gradient through it), saving ``x`` and ``thr``.
+
+    Backward recomputes the step ``1[x >= thr]`` as ``clamp(sign(x - thr) + 1, max=1)`` (exact: a float difference
+    is 0 only when ``x == thr``), in float ops only. Written as a comparison, Inductor's partitioner saved the
+    boolean ``x >= thr`` from the forward, and its CPU code stores booleans element by element: the compiled forward
+    took 6.8 ms on [16, 128, 512] against GELU's 0.5 ms (one thread); with the float step it takes 0.3 ms.
+    """
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, x: torch.Tensor, thr: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x, thr)
+        return torch.where(x >= thr, x, 0)
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        x, thr = ctx.saved_tensors
+        return grad * (x - thr).sign_().add_(1).clamp_(max=1), None  # dL/dy 1[x >= thr]
+
+
 class ASH(nn.Module):
     """Soft ASH: ``x * sigmoid(alpha * (x - mean(x) - z_k * std(x)))``, stats over ``dim`` per sample.
 
@@ -175,7 +195,7 @@ class HardASH(nn.Module):
             Output of the same shape; entries below the threshold are 0.
         """
         thr = _threshold(x, self.dim, self.z_k, "HardASH")
-        return x * (x >= thr.detach()).to(x.dtype)
+        return _HardASHFn.apply(x, thr)
 
     def extra_repr(self) -> str:
         return f"k={self.k}, dim={self.dim}"
