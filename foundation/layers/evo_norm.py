@@ -33,6 +33,7 @@ from torch import nn
 
 from foundation.errors import ConfigError, DataError
 from foundation.layers._shape import along, feature_axis, require_num_features, stat_dtype
+from foundation.layers.compiled_core import CompiledCore
 
 __all__ = ["EvoNormB0", "EvoNormS0"]
 
@@ -154,6 +155,40 @@ class _EvoB0Fn(torch.autograd.Function):
         return grad_x, grad_v, grad_w, grad_b, None, None, None, None, None, None
 
 
+def _evo_b0(x: torch.Tensor, axis: int, v: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+            running_var: torch.Tensor, training: bool, momentum: float, eps: float) -> torch.Tensor:
+    """EvoNorm-B0 on ``x`` with feature axis ``axis``; in training the running variance is updated in place."""
+    x3 = _to_bcl(x, axis)  # [B, C, L]
+    stat = stat_dtype(x)
+    with torch.no_grad():  # the statistics' gradient is part of _EvoB0Fn's backward
+        ivar, imean = torch.var_mean(x3.to(stat), dim=2, correction=0, keepdim=True)  # [B, C, 1]
+        if training:  # taken directly, not combined from the instance ones: bit-identical to timm's
+            var, mean = torch.var_mean(x3.to(stat), dim=(0, 2), correction=0, keepdim=True)  # [1, C, 1]
+            n = x3.numel() // x3.shape[1]
+            running_var.copy_(running_var * (1 - momentum) + var.reshape(-1) * momentum * (n / (n - 1)))
+    if not training:
+        var = along(running_var.to(stat), x3, 1)
+        mean = torch.zeros_like(var)
+    left = var.add(eps).sqrt()
+    y = _EvoB0Fn.apply(x3, *(along(p.to(x.dtype), x3, 1) for p in (v, weight, bias)), left, mean, imean, ivar,
+                       training, eps)
+    return _from_bcl(y, x, axis)
+
+
+def _evo_s0(x: torch.Tensor, axis: int, v: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, groups: int,
+            eps: float) -> torch.Tensor:
+    """EvoNorm-S0 on ``x`` with feature axis ``axis`` and ``groups`` channel groups."""
+    x3 = _to_bcl(x, axis)  # [B, C, L]
+    y = _EvoS0Fn.apply(x3, *(along(p.to(x.dtype), x3, 1) for p in (v, weight, bias)), groups, eps)
+    return _from_bcl(y, x, axis)
+
+
+# static shapes (a new shape compiles again): with dynamic sizes Inductor's grouped reductions ran 1.5x (B0) and 13x
+# (S0) slower than static ones at [16, 128, 512] (one thread, torch 2.14.1)
+_B0_CORE = CompiledCore(_evo_b0, dynamic=False)
+_S0_CORE = CompiledCore(_evo_s0, dynamic=False)
+
+
 def _check_input(x: torch.Tensor, dim: int, num_features: int, layer: str) -> int:
     if x.ndim < 2:
         raise DataError(f"{layer}: expected [B, ..., C] or [B, C, ...] input, received shape {tuple(x.shape)}")
@@ -172,6 +207,8 @@ class EvoNormB0(nn.Module):
         apply_act: apply the normalisation-activation; False leaves only the affine ``x * gamma + beta`` (as timm).
         momentum: running-variance momentum.
         eps: added to both variances (1e-3, timm's default).
+        fused: run the layer's functional core through ``torch.compile`` (compiled once per process, see
+            :mod:`foundation.layers.compiled_core`); same numbers, fewer passes over memory in eager mode.
         dim: the feature axis: -1 for tokens [B, N, C], 1 for feature maps [B, C, L] / [B, C, H, W] /
             [B, C, D, H, W].
         device: device of the parameters and buffers.
@@ -182,9 +219,10 @@ class EvoNormB0(nn.Module):
     """
 
     def __init__(self, num_features: int | None = None, apply_act: bool = True, momentum: float = 0.1,
-                 eps: float = 1e-3, dim: int = -1, device: torch.device | str | None = None,
+                 eps: float = 1e-3, dim: int = -1, fused: bool = False, device: torch.device | str | None = None,
                  dtype: torch.dtype | None = None) -> None:
         super().__init__()
+        self.fused = fused
         dd = {"device": device, "dtype": dtype}
         self.num_features = require_num_features(num_features, "EvoNormB0")
         self.apply_act = apply_act
@@ -218,32 +256,19 @@ class EvoNormB0(nn.Module):
             DataError: wrong feature count, or a single value per channel in training (no batch variance).
         """
         axis = _check_input(x, self.dim, self.num_features, "EvoNormB0")
-        x3 = _to_bcl(x, axis)  # [B, C, L]
         if self.v is not None:
-            stat = stat_dtype(x)
-            if self.training:
-                n = x3.numel() // x3.shape[1]
-                if n < 2:
-                    raise DataError(f"EvoNormB0: training needs more than one value per channel for the batch "
-                                    f"variance, received input {tuple(x.shape)}; use a larger batch or eval mode")
-            with torch.no_grad():  # the statistics' gradient is part of _EvoB0Fn's backward
-                ivar, imean = torch.var_mean(x3.to(stat), dim=2, correction=0, keepdim=True)  # [B, C, 1]
-                if self.training:  # taken directly, not combined from the instance ones: bit-identical to timm's
-                    var, mean = torch.var_mean(x3.to(stat), dim=(0, 2), correction=0, keepdim=True)  # [1, C, 1]
-                    update = self.running_var * (1 - self.momentum) + var.reshape(-1) * self.momentum * (n / (n - 1))
-                    self.running_var.copy_(update)
-            if not self.training:
-                var = along(self.running_var.to(stat), x3, 1)
-                mean = torch.zeros_like(var)
-            left = var.add(self.eps).sqrt()
-            y = _EvoB0Fn.apply(x3, *(along(p.to(x.dtype), x3, 1) for p in (self.v, self.weight, self.bias)), left,
-                               mean, imean, ivar, self.training, self.eps)
-            return _from_bcl(y, x, axis)
+            if self.training and x.numel() // x.shape[axis] < 2:
+                raise DataError(f"EvoNormB0: training needs more than one value per channel for the batch "
+                                f"variance, received input {tuple(x.shape)}; use a larger batch or eval mode")
+            return (_B0_CORE if self.fused else _B0_CORE.fn)(x, axis, self.v, self.weight, self.bias, self.running_var,
+                                                             self.training, self.momentum, self.eps)
+        x3 = _to_bcl(x, axis)  # [B, C, L]
         y = x3 * along(self.weight.to(x.dtype), x3, 1) + along(self.bias.to(x.dtype), x3, 1)
         return _from_bcl(y, x, axis)
 
     def extra_repr(self) -> str:
-        return f"num_features={self.num_features}, apply_act={self.apply_act}, eps={self.eps}, dim={self.dim}"
+        return (f"num_features={self.num_features}, apply_act={self.apply_act}, eps={self.eps}, dim={self.dim}, "
+                f"fused={self.fused}")
 
 
 class EvoNormS0(nn.Module):
@@ -255,6 +280,8 @@ class EvoNormS0(nn.Module):
         group_size: channels per group instead of ``groups``; must divide C. Give one of the two, not both.
         apply_act: apply the normalisation-activation; False leaves only the affine ``x * gamma + beta``.
         eps: added to the group variance (1e-5, timm's default).
+        fused: run the layer's functional core through ``torch.compile`` (compiled once per process, see
+            :mod:`foundation.layers.compiled_core`); same numbers, fewer passes over memory in eager mode.
         dim: the feature axis: -1 for tokens [B, N, C], 1 for feature maps [B, C, ...].
         device: device of the parameters.
         dtype: dtype of the parameters.
@@ -265,9 +292,10 @@ class EvoNormS0(nn.Module):
     """
 
     def __init__(self, num_features: int | None = None, groups: int | None = None, group_size: int | None = None,
-                 apply_act: bool = True, eps: float = 1e-5, dim: int = -1, device: torch.device | str | None = None,
-                 dtype: torch.dtype | None = None) -> None:
+                 apply_act: bool = True, eps: float = 1e-5, dim: int = -1, fused: bool = False,
+                 device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> None:
         super().__init__()
+        self.fused = fused
         dd = {"device": device, "dtype": dtype}
         C = require_num_features(num_features, "EvoNormS0")
         if groups is not None and group_size is not None:
@@ -312,13 +340,13 @@ class EvoNormS0(nn.Module):
             DataError: wrong feature count.
         """
         axis = _check_input(x, self.dim, self.num_features, "EvoNormS0")
-        x3 = _to_bcl(x, axis)  # [B, C, L]
         if self.v is not None:
-            y = _EvoS0Fn.apply(x3, *(along(p.to(x.dtype), x3, 1) for p in (self.v, self.weight, self.bias)),
-                               self.groups, self.eps)
-            return _from_bcl(y, x, axis)
+            return (_S0_CORE if self.fused else _S0_CORE.fn)(x, axis, self.v, self.weight, self.bias, self.groups,
+                                                             self.eps)
+        x3 = _to_bcl(x, axis)  # [B, C, L]
         y = x3 * along(self.weight.to(x.dtype), x3, 1) + along(self.bias.to(x.dtype), x3, 1)
         return _from_bcl(y, x, axis)
 
     def extra_repr(self) -> str:
-        return f"num_features={self.num_features}, groups={self.groups}, apply_act={self.apply_act}, dim={self.dim}"
+        return (f"num_features={self.num_features}, groups={self.groups}, apply_act={self.apply_act}, dim={self.dim}, "
+                f"fused={self.fused}")

@@ -31,6 +31,7 @@ from torch import nn
 from foundation.errors import ConfigError, DataError
 from foundation.layers._batches import ForwardFn, run_batch
 from foundation.layers._shape import along, feature_axis, require_num_features
+from foundation.layers.compiled_core import CompiledCore
 
 __all__ = ["ProAct", "calibrate"]
 
@@ -68,6 +69,16 @@ class _SmoothClipFn(torch.autograd.Function):
         return grad_x, grad_lam, None
 
 
+def _proact(x: torch.Tensor, lam: torch.Tensor, k: float, training: bool) -> torch.Tensor:
+    """The smooth clip in training, ``x * 1[0 <= x <= lam]`` in eval mode; ``lam`` broadcasts against ``x``."""
+    if training:
+        return _SmoothClipFn.apply(x, lam, k)
+    return x * ((x >= 0) & (x <= lam)).to(x.dtype)
+
+
+_CORE = CompiledCore(_proact)
+
+
 class ProAct(nn.Module):
     """Hybrid clipped ReLU: smooth clip in training, hard clip ``x * 1[0 <= x <= lam]`` in eval mode.
 
@@ -78,6 +89,8 @@ class ProAct(nn.Module):
         k: steepness of the smooth clip in training (20).
         lam_init: threshold before calibration (6.0, unverified).
         dim: the feature axis: -1 for tokens [B, N, C], 1 for feature maps [B, C, ...] (per-neuron only).
+        fused: run the layer's functional core through ``torch.compile`` (compiled once per process, see
+            :mod:`foundation.layers.compiled_core`); same numbers, fewer passes over memory in eager mode.
         device: device of the parameter.
         dtype: dtype of the parameter.
 
@@ -86,9 +99,10 @@ class ProAct(nn.Module):
     """
 
     def __init__(self, num_features: int | None = None, per_neuron: bool = False, k: float = 20.0,
-                 lam_init: float = 6.0, dim: int = -1, device: torch.device | str | None = None,
+                 lam_init: float = 6.0, dim: int = -1, fused: bool = False, device: torch.device | str | None = None,
                  dtype: torch.dtype | None = None) -> None:
         super().__init__()
+        self.fused = fused
         if per_neuron:
             require_num_features(num_features, "ProAct")
         if not k > 0 or not lam_init > 0:
@@ -120,13 +134,11 @@ class ProAct(nn.Module):
         Returns:
             Output of the same shape, in [0, lam] in eval mode.
         """
-        lam = self._lam(x)
-        if self.training:
-            return _SmoothClipFn.apply(x, lam, self.k)
-        return x * ((x >= 0) & (x <= lam)).to(x.dtype)
+        return (_CORE if self.fused else _CORE.fn)(x, self._lam(x), self.k, self.training)
 
     def extra_repr(self) -> str:
-        return f"num_features={self.num_features}, per_neuron={self.per_neuron}, k={self.k}, dim={self.dim}"
+        return (f"num_features={self.num_features}, per_neuron={self.per_neuron}, k={self.k}, dim={self.dim}, "
+                f"fused={self.fused}")
 
 
 @torch.no_grad()

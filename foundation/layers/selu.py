@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from foundation.errors import ConfigError
+from foundation.layers.compiled_core import CompiledCore
 
 __all__ = ["SELU", "AlphaDropout", "lecun_normal_", "SELU_ALPHA", "SELU_SCALE"]
 
@@ -46,8 +47,24 @@ class _SELUFn(torch.autograd.Function):
         return grad * torch.where(x > 0, SELU_SCALE, torch.exp(x).mul_(SELU_SCALE * SELU_ALPHA))
 
 
+def _selu(x: torch.Tensor) -> torch.Tensor:
+    return _SELUFn.apply(x)
+
+
+_CORE = CompiledCore(_selu)
+
+
 class SELU(nn.Module):
-    """Scaled exponential linear unit, elementwise on any shape [...] (no feature axis, no parameters)."""
+    """Scaled exponential linear unit, elementwise on any shape [...] (no feature axis, no parameters).
+
+    Args:
+        fused: run the layer's functional core through ``torch.compile`` (compiled once per process, see
+            :mod:`foundation.layers.compiled_core`); same numbers, fewer passes over memory in eager mode.
+    """
+
+    def __init__(self, fused: bool = False) -> None:
+        super().__init__()
+        self.fused = fused
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Apply SELU.
@@ -58,7 +75,10 @@ class SELU(nn.Module):
         Returns:
             Output of the same shape [...].
         """
-        return _SELUFn.apply(x)
+        return (_CORE if self.fused else _CORE.fn)(x)
+
+    def extra_repr(self) -> str:
+        return f"fused={self.fused}"
 
 
 def lecun_normal_(module: nn.Module) -> nn.Module:

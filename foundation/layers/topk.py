@@ -17,6 +17,7 @@ from torch import nn
 
 from foundation.errors import ConfigError, DataError
 from foundation.layers._shape import feature_axis
+from foundation.layers.compiled_core import CompiledCore
 
 __all__ = ["TopKReLU"]
 
@@ -43,6 +44,13 @@ class _TopKReLUFn(torch.autograd.Function):
         return grad * y.sign(), None, None  # y >= 0, so sign(y) = 1[y > 0] (a float: no boolean saved, see HardASH)
 
 
+def _topk_relu(h: torch.Tensor, k: int, axis: int) -> torch.Tensor:
+    return _TopKReLUFn.apply(h, k, axis)
+
+
+_CORE = CompiledCore(_topk_relu)
+
+
 class TopKReLU(nn.Module):
     """Keep the k largest of ``relu(h)`` along the feature axis, zero the rest.
 
@@ -50,12 +58,14 @@ class TopKReLU(nn.Module):
         k: how many to keep: an int >= 1 (a count), or a float in (0, 1) (a fraction of the feature axis, rounded
             up: ``ceil(k * C)``).
         dim: the feature axis: -1 for tokens [B, N, C], 1 for feature maps [B, C, ...].
+        fused: run the layer's functional core through ``torch.compile`` (compiled once per process, see
+            :mod:`foundation.layers.compiled_core`); same numbers, fewer passes over memory in eager mode.
 
     Raises:
         ConfigError: ``k`` is a float outside (0, 1), an int below 1, or neither.
     """
 
-    def __init__(self, k: int | float = 0.1, dim: int = -1) -> None:
+    def __init__(self, k: int | float = 0.1, dim: int = -1, fused: bool = False) -> None:
         super().__init__()
         if isinstance(k, bool) or not isinstance(k, (int, float)):
             raise ConfigError(f"TopKReLU: k must be an int count >= 1 or a float fraction in (0, 1), received {k!r}")
@@ -67,6 +77,7 @@ class TopKReLU(nn.Module):
             raise ConfigError(f"TopKReLU: count k={k} must be >= 1")
         self.k = k
         self.dim = dim
+        self.fused = fused
 
     def num_kept(self, num_features: int) -> int:
         """How many features are kept out of ``num_features``."""
@@ -89,7 +100,7 @@ class TopKReLU(nn.Module):
         k = self.num_kept(C)
         if k > C:
             raise DataError(f"TopKReLU: k={k} exceeds the {C} features on axis {self.dim} (input {tuple(h.shape)})")
-        return _TopKReLUFn.apply(h, k, axis)
+        return (_CORE if self.fused else _CORE.fn)(h, k, axis)
 
     def extra_repr(self) -> str:
-        return f"k={self.k}, dim={self.dim}"
+        return f"k={self.k}, dim={self.dim}, fused={self.fused}"
