@@ -36,7 +36,7 @@ def _is_compile_error(err: Exception) -> bool:
 
 
 class CompiledCore:
-    """``fn`` compiled lazily with ``torch.compile(dynamic=True)``; plain ``fn`` inside an outer compile.
+    """``fn`` compiled lazily with ``torch.compile`` (dynamic shapes by default); plain ``fn`` inside an outer compile.
 
     Args:
         fn: the layer's functional core (tensors and constants in, a tensor out).
@@ -46,7 +46,7 @@ class CompiledCore:
     """
 
     def __init__(self, fn: Callable[..., torch.Tensor], backend: str | Callable[..., Any] = "inductor",
-                 dynamic: bool | None = True) -> None:
+                 dynamic: bool = True) -> None:
         self.fn = fn
         self.backend = backend
         self.dynamic = dynamic
@@ -63,13 +63,14 @@ class CompiledCore:
         except Exception as err:
             if not _is_compile_error(err):
                 raise
+            out = self.fn(*args)  # an error of the inputs themselves raises here, and the core stays compilable
             cause = getattr(err, "inner_exception", None) or err.__cause__ or err  # the backend's own error
             first = str(cause).strip().splitlines()
             self.unavailable = f"{type(err).__name__} from {type(cause).__name__}: {first[0] if first else ''}"
             warnings.warn(f"{self.fn.__module__}.{self.fn.__qualname__}: torch.compile failed ({self.unavailable}); "
                           f"the layer built with fused=True runs its plain, uncompiled core from now on (same "
                           f"numbers, eager speed)", RuntimeWarning, stacklevel=2)
-            return self.fn(*args)
+            return out
 
     def __repr__(self) -> str:
         return f"CompiledCore({self.fn.__qualname__})"

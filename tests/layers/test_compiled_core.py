@@ -92,3 +92,14 @@ def test_a_plain_layer_does_not_compile() -> None:
     layer(torch.randn(2, 8))
     assert "fused=False" in repr(layer)
     assert isinstance(ash._SOFT_CORE, CompiledCore) and ash._SOFT_CORE.fn is ash._soft_ash
+
+
+def test_an_error_of_the_inputs_still_raises_and_leaves_the_core_compilable() -> None:
+    def square(x: torch.Tensor) -> torch.Tensor:
+        return x @ x
+
+    core = CompiledCore(square, backend=_failing_backend)
+    dynamo.reset()
+    with pytest.raises(RuntimeError, match="cannot be multiplied"):
+        core(torch.randn(2, 3))
+    assert core.unavailable is None
