@@ -41,6 +41,13 @@ def _sum_to(grad: torch.Tensor, shape: torch.Size) -> torch.Tensor:
     return grad.sum_to_size(shape) if grad.shape != shape else grad
 
 
+# sigmoid(z) rounds to exactly 1 in float32 and float64 from z = 80 on (exp(-80) = 1.8e-35, below half an ulp of
+# 1), so clamping z there changes no value; it keeps exp(-z) out of the subnormal range (z > 87 in float32), where
+# the CPU's arithmetic is several times slower: ProAct's argument k (lam - x) = 20 (6 - x) passes 87 for x < 1.65,
+# i.e. for most entries (compiled forward 1.0 ms -> 0.3 ms on [16, 128, 512], one thread; GELU 0.35 ms).
+_Z_MAX = 80.0
+
+
 class _SmoothClipFn(torch.autograd.Function):
     """``relu(x) * sigmoid(-k (x - lam))`` saving only ``x`` and ``lam`` (``lam`` broadcast against ``x``).
 
@@ -54,14 +61,14 @@ class _SmoothClipFn(torch.autograd.Function):
                 k: float) -> torch.Tensor:
         ctx.save_for_backward(x, lam)
         ctx.k = k
-        s = torch.add(lam * k, x, alpha=-k).sigmoid_()  # sigmoid(-k (x - lam)), the one full-size allocation
+        s = torch.add(lam * k, x, alpha=-k).clamp_(max=_Z_MAX).sigmoid_()  # sigmoid(-k (x - lam)), one allocation
         return s.mul_(x).relu_()
 
     @staticmethod
     def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         x, lam = ctx.saved_tensors
         k = ctx.k
-        s = torch.add(lam * k, x, alpha=-k).sigmoid_()
+        s = torch.add(lam * k, x, alpha=-k).clamp_(max=_Z_MAX).sigmoid_()
         m = grad.masked_fill(x <= 0, 0)  # dL/dy where x > 0
         mxt = torch.addcmul(s, s, s, value=-1).mul_(m).mul_(x)  # m x s (1 - s)
         grad_lam = _sum_to(mxt * k, lam.shape) if ctx.needs_input_grad[1] else None
