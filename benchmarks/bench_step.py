@@ -29,8 +29,16 @@ steps of a round. Measures:
 Part ``full``: the full recipes (:data:`FULL`: their model and input geometry at micro-batch 1, a small generated
 demo corpus), eager only: the bare-loop step and the optimizer step, old against new, as above.
 
-Part ``act``: every registered activation fwd+bwd on tokens [16, 128, 512] against ``nn.GELU``, eager and
-``torch.compile``-d, interleaved, median of repeats. Part ``kan``: ``KANLinear`` (each basis) against an MLP of
+Part ``act``: every activation of ours fwd+bwd on tokens [16, 128, 512] against ``nn.GELU`` in the same worker,
+eager, eager with ``fused=True`` (new tree only) and ``torch.compile``-d; an old-tree worker and a new-tree worker
+alternate round by round (``--old`` any earlier tree, e.g. a worktree of the commit before the activation round;
+``--act-no-old`` for the new tree alone); each figure is the median over rounds of the ratio of the minima over a
+round's ``--reps`` calls. E.g.:
+
+    python benchmarks/bench_step.py --old /work/scratch-16a/old --workdir /work/scratch-16a/run --parts act \\
+        --rounds 5 --reps 7
+
+Part ``kan``: ``KANLinear`` (each basis) against an MLP of
 equal parameter count, fwd+bwd, compiled, at D=256 batch 4096 and D=1024 batch 1024.
 """
 from __future__ import annotations
@@ -189,7 +197,7 @@ def worker_main(recipe: str, batch_file: str, overrides: list[str]) -> None:
     import torch
 
     torch.set_num_threads(1)
-    w = _Worker(recipe, batch_file, overrides)
+    w = _ActWorker() if recipe == "act" else _Worker(recipe, batch_file, overrides)
     print(json.dumps({"ready": True}), flush=True)
     for line in sys.stdin:
         cmd = json.loads(line)
@@ -351,29 +359,98 @@ def _interleaved(fns: dict[str, Any], x: Any, repeats: int) -> dict[str, float]:
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-def act_table(repeats: int, compiled: bool = True, names: list[str] | None = None) -> list[str]:
-    import torch
+class _ActWorker:
+    """One activation at a time against ``nn.GELU`` on tokens [16, 128, 512], in one of three modes: ``eager``,
+    ``fused`` (eager, the layer built with ``fused=True``; new tree only) or ``compiled`` (``torch.compile`` of the
+    layer against ``torch.compile`` of GELU)."""
 
-    from foundation.layers.create_act import make_activation
-    from foundation.registry import ACTIVATIONS
+    def __init__(self) -> None:
+        import torch
 
-    x = torch.randn(16, 128, 512, requires_grad=True)
-    names = names or ["crrelu", "ash", "ash-hard", "selu", "dice", "proact", "topk-relu", "evonorm-b0", "evonorm-s0"]
-    rows = ["| layer | eager ms | eager x GELU | compiled ms | compiled x compiled GELU |", "|---|---:|---:|---:|---:|"]
+        self.torch = torch
+        self.x = torch.randn(16, 128, 512, generator=torch.Generator().manual_seed(0), requires_grad=True)
+        self.fns: dict[tuple[str, str], tuple[Any, Any]] = {}
+
+    def prepare(self, name: str, mode: str) -> float:
+        """Build (and, compiled or fused, compile by two warm-up calls) the pair; returns the warm-up seconds."""
+        from foundation.layers.create_act import make_activation
+
+        kw = {"fused": True} if mode == "fused" else {}
+        layer, gelu = make_activation(name, num_features=512, **kw).train(), self.torch.nn.GELU()
+        if mode == "compiled":
+            layer, gelu = self.torch.compile(layer), self.torch.compile(gelu)
+        t = time.perf_counter()
+        for fn in (layer, gelu):
+            for _ in range(2):
+                _fwd_bwd(fn, self.x)
+        self.fns[(name, mode)] = (layer, gelu)
+        return time.perf_counter() - t
+
+    def time(self, name: str, mode: str, reps: int) -> dict[str, float]:
+        """Minimum fwd+bwd seconds over ``reps`` interleaved calls of the layer and of GELU."""
+        layer, gelu = self.fns[(name, mode)]
+        times: dict[str, list[float]] = {"ours": [], "gelu": []}
+        for _ in range(reps):
+            for key, fn in (("ours", layer), ("gelu", gelu)):
+                t = time.perf_counter()
+                _fwd_bwd(fn, self.x)
+                times[key].append(time.perf_counter() - t)
+                self.x.grad = None
+        return {k: min(v) for k, v in times.items()}
+
+
+ACT_NAMES = ["crrelu", "ash", "ash-hard", "selu", "dice", "proact", "topk-relu", "evonorm-b0", "evonorm-s0"]
+
+
+def act_table(old: Path | None, workdir: Path, rounds: int, reps: int, compiled: bool = True,
+              names: list[str] | None = None) -> list[str]:
+    """Every activation against GELU, old tree and new tree in two workers fed alternately (old, new, old, new...).
+
+    Each figure: the median over rounds of (minimum over a round's ``reps`` calls of the layer) / (the same of GELU,
+    interleaved with it in the same worker). ``fused`` is the new tree's ``fused=True`` layer in eager mode; its
+    warm-up (two calls: compiling) is reported in seconds.
+    """
+    names = names or ACT_NAMES
+    workers = {"new": _Proc(ROOT, "act", Path("-"), workdir)}
+    if old is not None:
+        workers["old"] = _Proc(old, "act", Path("-"), workdir)
+    modes = ["eager", "fused"] + (["compiled"] if compiled else [])
+    rows = ["| layer | eager x GELU old | eager x GELU new | fused eager x GELU | fused first 2 calls s | compiled x "
+            "compiled GELU old | compiled x compiled GELU new | new ms eager / fused / compiled | GELU ms eager / "
+            "compiled |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name in names:
-        assert name in ACTIVATIONS.names()
-        layer, gelu = make_activation(name, num_features=512).train(), torch.nn.GELU()
-        fns = {"ours": layer, "gelu": gelu}
-        if compiled:
-            torch._dynamo.reset()
-            fns.update(c_ours=torch.compile(layer), c_gelu=torch.compile(gelu))
-            for fn in (fns["c_ours"], fns["c_gelu"]):  # compile outside the timing
-                for _ in range(2):
-                    _fwd_bwd(fn, x)
-        t = _interleaved(fns, x, repeats)
-        comp = (f"{1e3 * t['c_ours']:.1f} | {t['c_ours'] / t['c_gelu']:.2f}" if compiled else "not run | not run")
-        rows.append(f"| {name} | {1e3 * t['ours']:.1f} | {t['ours'] / t['gelu']:.2f} | {comp} |")
+        ratio: dict[tuple[str, str], float] = {}
+        ms: dict[tuple[str, str], tuple[float, float]] = {}
+        warm: dict[tuple[str, str], float] = {}
+        for mode in modes:
+            trees = [t for t in workers if not (t == "old" and mode == "fused")]
+            for tree in trees:
+                warm[(tree, mode)] = workers[tree].ask("prepare", name=name, mode=mode)
+            rs: dict[str, list[float]] = {t: [] for t in trees}
+            ts: dict[str, list[tuple[float, float]]] = {t: [] for t in trees}
+            for _ in range(rounds):
+                for tree in trees:
+                    r = workers[tree].ask("time", name=name, mode=mode, reps=reps)
+                    rs[tree].append(r["ours"] / r["gelu"])
+                    ts[tree].append((r["ours"], r["gelu"]))
+            for tree in trees:
+                ratio[(tree, mode)] = statistics.median(rs[tree])
+                ms[(tree, mode)] = (1e3 * statistics.median(o for o, _ in ts[tree]),
+                                    1e3 * statistics.median(g for _, g in ts[tree]))
+
+        def cell(tree: str, mode: str) -> str:
+            return f"{ratio[(tree, mode)]:.2f}" if (tree, mode) in ratio else "not run"
+
+        new_ms = " / ".join(f"{ms[('new', m)][0]:.2f}" if ("new", m) in ms else "-"
+                            for m in ("eager", "fused", "compiled"))
+        gelu_ms = " / ".join(f"{ms[('new', m)][1]:.2f}" if ("new", m) in ms else "-"
+                             for m in ("eager", "compiled"))
+        rows.append(f"| {name} | {cell('old', 'eager')} | {cell('new', 'eager')} | {cell('new', 'fused')} | "
+                    f"{warm[('new', 'fused')]:.1f} | {cell('old', 'compiled')} | {cell('new', 'compiled')} | {new_ms} | "
+                    f"{gelu_ms} |")
         print(rows[-1], flush=True)
+    for w in workers.values():
+        w.close()
     return rows
 
 
@@ -419,6 +496,7 @@ def main() -> None:
     ap.add_argument("--no-compile", action="store_true", help="skip the compiled step and compiled activations "
                     "(minutes per recipe on CPU)")
     ap.add_argument("--act-names", default="", help="activations of the act table, comma-separated (default: all)")
+    ap.add_argument("--act-no-old", action="store_true", help="act part: the new tree only (no old column)")
     ap.add_argument("--write", type=Path, default=None)
     args = ap.parse_args()
     import torch
@@ -434,7 +512,8 @@ def main() -> None:
         out += ["", *full_table(args.old.resolve(), args.workdir.resolve(), args.full_recipes.split(","), args.rounds,
                                 args.reps)]
     if "act" in parts:
-        out += ["", *act_table(15, not args.no_compile, args.act_names.split(",") if args.act_names else None)]
+        out += ["", *act_table(None if args.act_no_old else args.old.resolve(), args.workdir.resolve(), args.rounds,
+                               args.reps, not args.no_compile, args.act_names.split(",") if args.act_names else None)]
     if "kan" in parts:
         out += ["", *kan_table(5)]
     out.append(f"uptime at end: {os.popen('uptime').read().strip()}")

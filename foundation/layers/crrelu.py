@@ -15,6 +15,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from foundation.layers.compiled_core import CompiledCore
+
 __all__ = ["CRReLU"]
 
 
@@ -35,6 +37,13 @@ class _CRReLUFn(torch.autograd.Function):
         return grad_x, grad_eps
 
 
+def _crrelu(x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    return _CRReLUFn.apply(x, eps)
+
+
+_CORE = CompiledCore(_crrelu)
+
+
 class CRReLU(nn.Module):
     """Correction Regularized ReLU, elementwise: ``relu(x) + eps * x * exp(-x^2 / 2)``.
 
@@ -42,13 +51,16 @@ class CRReLU(nn.Module):
 
     Args:
         eps_init: initial value of the learnable scalar ``eps`` (0.01 in the paper).
+        fused: run the layer's functional core through ``torch.compile`` (compiled once per process, see
+            :mod:`foundation.layers.compiled_core`); same numbers, fewer passes over memory in eager mode.
         device: device of the parameter.
         dtype: dtype of the parameter.
     """
 
-    def __init__(self, eps_init: float = 0.01, device: torch.device | str | None = None,
+    def __init__(self, eps_init: float = 0.01, fused: bool = False, device: torch.device | str | None = None,
                  dtype: torch.dtype | None = None) -> None:
         super().__init__()
+        self.fused = fused
         self.eps_init = float(eps_init)
         self.eps = nn.Parameter(torch.empty((), device=device, dtype=dtype))
         self.reset_parameters()
@@ -66,7 +78,7 @@ class CRReLU(nn.Module):
         Returns:
             Output of the same shape [...].
         """
-        return _CRReLUFn.apply(x, self.eps.to(x.dtype))
+        return (_CORE if self.fused else _CORE.fn)(x, self.eps.to(x.dtype))
 
     def extra_repr(self) -> str:
-        return f"eps_init={self.eps_init}"
+        return f"eps_init={self.eps_init}, fused={self.fused}"

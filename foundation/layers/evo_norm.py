@@ -33,6 +33,7 @@ from torch import nn
 
 from foundation.errors import ConfigError, DataError
 from foundation.layers._shape import along, feature_axis, require_num_features, stat_dtype
+from foundation.layers.compiled_core import CompiledCore
 
 __all__ = ["EvoNormB0", "EvoNormS0"]
 
@@ -52,9 +53,11 @@ def _from_bcl(y: torch.Tensor, x: torch.Tensor, axis: int) -> torch.Tensor:
 class _EvoS0Fn(torch.autograd.Function):
     """S0 on [B, C, L] with G groups: ``x sigmoid(v x) / std_group * weight + bias``; v, weight, bias [1, C, 1].
 
-    The forward runs in place on its one new tensor (timm's order of operations, so bit-identical to it). The
-    backward keeps the plain form: a version folding ``weight / std_group`` per (sample, channel) stopped Inductor
-    with an assertion in its loop splitting (torch 2.14.1), so ``train.compile`` could not build it.
+    The forward runs in place on its one new tensor (timm's order of operations, so bit-identical to it). Every sum
+    of the backward is taken per (sample, channel) over L in one pass (``grad a``, ``grad``, ``grad x^2 sig (1 -
+    sig)``); the per-channel parameter gradients and the per-group ``dL/dstd`` are then sums of those [B, C, 1]
+    tensors, so Inductor reads ``grad`` and ``x`` twice in all (these sums, then ``dL/dx``) instead of writing
+    full-size intermediates between reductions of different shapes.
     """
 
     @staticmethod
@@ -74,19 +77,26 @@ class _EvoS0Fn(torch.autograd.Function):
         x3, v, weight, mean, std = ctx.saved_tensors
         B, C, L = x3.shape
         G = ctx.groups
+        sd = std.dtype
         sig = torch.sigmoid(x3 * v)
         dsig = sig * (1 - sig)
         a = x3 * sig
-        std_x = std.to(x3.dtype).expand(B, G, C // G, L).reshape(B, C, L)
-        grad_w = (grad * a / std_x).sum(dim=(0, 2), keepdim=True) if ctx.needs_input_grad[2] else None
-        grad_b = grad.sum(dim=(0, 2), keepdim=True) if ctx.needs_input_grad[3] else None
-        ga = grad * weight / std_x  # dL/da
+        # per (sample, channel) sums over L, one pass: [B, C, 1] each
+        ga_sum = (grad * a).to(sd).sum(dim=2, keepdim=True)
+        g_sum = grad.to(sd).sum(dim=2, keepdim=True)
+        gx2_sum = (grad * x3 * x3 * dsig).to(sd).sum(dim=2, keepdim=True)
+        std_c = std.expand(B, G, C // G, 1).reshape(B, C, 1)  # [B, G, 1, 1] -> [B, C, 1]
+        w = weight.to(sd)
+        grad_w = (ga_sum / std_c).sum(dim=0, keepdim=True).to(weight.dtype) if ctx.needs_input_grad[2] else None
+        grad_b = g_sum.sum(dim=0, keepdim=True).to(weight.dtype) if ctx.needs_input_grad[3] else None
+        grad_v = (gx2_sum * w / std_c).sum(dim=0, keepdim=True).to(v.dtype) if ctx.needs_input_grad[1] else None
         n = (C // G) * L
-        grad_std = -(ga * a).reshape(B, G, C // G, L).to(std.dtype).sum(dim=(2, 3), keepdim=True) / std
-        xg = x3.reshape(B, G, C // G, L).to(std.dtype)
-        via_std = (grad_std * (xg - mean) / (n * std)).reshape(B, C, L).to(x3.dtype)
-        grad_x = ga * (sig + v * x3 * dsig) + via_std
-        grad_v = (ga * x3 * x3 * dsig).sum(dim=(0, 2), keepdim=True) if ctx.needs_input_grad[1] else None
+        grad_std = -(ga_sum * w).reshape(B, G, C // G, 1).sum(dim=2, keepdim=True) / (std * std)  # [B, G, 1, 1]
+        slope = grad_std / (n * std)  # the group std's term: slope (x - mean), per (sample, group)
+        slope_c = slope.expand(B, G, C // G, 1).reshape(B, C, 1).to(x3.dtype)
+        offset_c = (-slope * mean).expand(B, G, C // G, 1).reshape(B, C, 1).to(x3.dtype)
+        ga = grad * weight / std_c.to(x3.dtype)  # dL/da
+        grad_x = ga * (sig + v * x3 * dsig) + x3 * slope_c + offset_c
         return grad_x, grad_v, grad_w, grad_b, None, None
 
 
@@ -94,14 +104,19 @@ class _EvoB0Fn(torch.autograd.Function):
     """B0 on [B, C, L]: ``x / max(left, v x + sqrt(instance_var + eps)) * weight + bias``; v, weight, bias [1, C, 1].
 
     ``left`` is ``sqrt(batch_var + eps)`` [1, C, 1]; with ``batch_stats`` it is the batch's own (its gradient flows
-    back to ``x``, ``batch_mean`` is the batch mean), otherwise it comes from the running variance.
+    back to ``x``, ``batch_mean`` is the batch mean), otherwise it comes from the running variance. ``imean`` and
+    ``ivar`` [B, C, 1] are the instance statistics.
+
+    The backward takes every sum per (sample, channel) over L in one pass and derives the per-channel ones from
+    those, so Inductor reads ``grad`` and ``x`` twice (these sums, then ``dL/dx``) and writes no full-size
+    intermediate; the side of ``max`` is ``(sign(right - left) + 1) / 2`` (1, 0, or 1/2 at a tie, as
+    ``torch.maximum``'s gradient), which Inductor vectorises where ``heaviside`` ran element by element.
     """
 
     @staticmethod
     def forward(ctx: torch.autograd.function.FunctionCtx, x3: torch.Tensor, v: torch.Tensor, weight: torch.Tensor,
-                bias: torch.Tensor, left: torch.Tensor, batch_mean: torch.Tensor, batch_stats: bool,
-                eps: float) -> torch.Tensor:
-        ivar, imean = torch.var_mean(x3.to(left.dtype), dim=2, correction=0, keepdim=True)  # [B, C, 1]
+                bias: torch.Tensor, left: torch.Tensor, batch_mean: torch.Tensor, imean: torch.Tensor,
+                ivar: torch.Tensor, batch_stats: bool, eps: float) -> torch.Tensor:
         inst = ivar.add(eps).sqrt()
         ctx.save_for_backward(x3, v, weight, left, batch_mean, imean, inst)
         ctx.batch_stats = batch_stats
@@ -115,25 +130,63 @@ class _EvoB0Fn(torch.autograd.Function):
         sd, dt = left.dtype, x3.dtype
         lx = left.to(dt)
         right = torch.mul(x3, v).add_(inst.to(dt))  # as in forward (the same rounding decides max's side)
-        # the share of den's gradient that goes to ``right``: 1 where right > left, 0 where smaller, 1/2 at a tie
-        to_right = torch.heaviside(right - lx, torch.tensor(0.5, dtype=dt, device=x3.device))
-        rden = torch.maximum(right, lx).reciprocal_()  # 1 / den (no out=: torch.compile refuses a strided out)
+        to_right = (right - lx).sign_().add_(1).mul_(0.5)  # share of den's gradient going to right: 1, 0, 1/2 at a tie
+        rden = torch.maximum(right, lx).reciprocal_()  # 1 / den
         q = x3 * rden  # x / den
-        grad_w = (grad * q).sum(dim=(0, 2), keepdim=True) if ctx.needs_input_grad[2] else None
-        grad_b = grad.sum(dim=(0, 2), keepdim=True) if ctx.needs_input_grad[3] else None
-        gq = rden.mul_(grad).mul_(weight)  # dL/dy weight / den
-        grad_den = q.mul_(gq).neg_()  # -dL/dy weight x / den^2
+        gq = grad * weight * rden  # dL/dy weight / den
+        grad_den = -gq * q  # -dL/dy weight x / den^2
         grad_right = grad_den * to_right
-        grad_inst = grad_right.to(sd).sum(dim=2, keepdim=True)  # [B, C, 1]
-        slope = grad_inst / (L * inst)  # the instance std's term: slope (x - imean), per (sample, channel)
+        # per (sample, channel) sums over L, one pass: [B, C, 1] each
+        gq_sum = (grad * q).to(sd).sum(dim=2, keepdim=True)
+        g_sum = grad.to(sd).sum(dim=2, keepdim=True)
+        right_sum = grad_right.to(sd).sum(dim=2, keepdim=True)  # dL/dinst
+        den_sum = grad_den.to(sd).sum(dim=2, keepdim=True)
+        rx_sum = (grad_right * x3).to(sd).sum(dim=2, keepdim=True)
+        grad_w = gq_sum.sum(dim=0, keepdim=True).to(weight.dtype) if ctx.needs_input_grad[2] else None
+        grad_b = g_sum.sum(dim=0, keepdim=True).to(weight.dtype) if ctx.needs_input_grad[3] else None
+        grad_v = rx_sum.sum(dim=0, keepdim=True).to(v.dtype) if ctx.needs_input_grad[1] else None
+        slope = right_sum / (L * inst)  # the instance std's term: slope (x - imean), per (sample, channel)
         offset = -slope * imean
         if ctx.batch_stats:
-            grad_left = (grad_den - grad_right).to(sd).sum(dim=(0, 2), keepdim=True)  # [1, C, 1]
+            grad_left = (den_sum - right_sum).sum(dim=0, keepdim=True)  # [1, C, 1]
             slope_b = grad_left / (B * L * left)
             slope, offset = slope + slope_b, offset - slope_b * batch_mean
-        grad_v = (grad_right * x3).sum(dim=(0, 2), keepdim=True) if ctx.needs_input_grad[1] else None
-        grad_x = gq.addcmul_(grad_right, v).addcmul_(x3, slope.to(dt)).add_(offset.to(dt))
-        return grad_x, grad_v, grad_w, grad_b, None, None, None, None
+        grad_x = gq + grad_right * v + x3 * slope.to(dt) + offset.to(dt)
+        return grad_x, grad_v, grad_w, grad_b, None, None, None, None, None, None
+
+
+def _evo_b0(x: torch.Tensor, axis: int, v: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+            running_var: torch.Tensor, training: bool, momentum: float, eps: float) -> torch.Tensor:
+    """EvoNorm-B0 on ``x`` with feature axis ``axis``; in training the running variance is updated in place."""
+    x3 = _to_bcl(x, axis)  # [B, C, L]
+    stat = stat_dtype(x)
+    with torch.no_grad():  # the statistics' gradient is part of _EvoB0Fn's backward
+        ivar, imean = torch.var_mean(x3.to(stat), dim=2, correction=0, keepdim=True)  # [B, C, 1]
+        if training:  # taken directly, not combined from the instance ones: bit-identical to timm's
+            var, mean = torch.var_mean(x3.to(stat), dim=(0, 2), correction=0, keepdim=True)  # [1, C, 1]
+            n = x3.numel() // x3.shape[1]
+            running_var.copy_(running_var * (1 - momentum) + var.reshape(-1) * momentum * (n / (n - 1)))
+    if not training:
+        var = along(running_var.to(stat), x3, 1)
+        mean = torch.zeros_like(var)
+    left = var.add(eps).sqrt()
+    y = _EvoB0Fn.apply(x3, *(along(p.to(x.dtype), x3, 1) for p in (v, weight, bias)), left, mean, imean, ivar,
+                       training, eps)
+    return _from_bcl(y, x, axis)
+
+
+def _evo_s0(x: torch.Tensor, axis: int, v: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, groups: int,
+            eps: float) -> torch.Tensor:
+    """EvoNorm-S0 on ``x`` with feature axis ``axis`` and ``groups`` channel groups."""
+    x3 = _to_bcl(x, axis)  # [B, C, L]
+    y = _EvoS0Fn.apply(x3, *(along(p.to(x.dtype), x3, 1) for p in (v, weight, bias)), groups, eps)
+    return _from_bcl(y, x, axis)
+
+
+# static shapes (a new shape compiles again): with dynamic sizes Inductor's grouped reductions ran 1.5x (B0) and 13x
+# (S0) slower than static ones at [16, 128, 512] (one thread, torch 2.14.1)
+_B0_CORE = CompiledCore(_evo_b0, dynamic=False)
+_S0_CORE = CompiledCore(_evo_s0, dynamic=False)
 
 
 def _check_input(x: torch.Tensor, dim: int, num_features: int, layer: str) -> int:
@@ -154,6 +207,8 @@ class EvoNormB0(nn.Module):
         apply_act: apply the normalisation-activation; False leaves only the affine ``x * gamma + beta`` (as timm).
         momentum: running-variance momentum.
         eps: added to both variances (1e-3, timm's default).
+        fused: run the layer's functional core through ``torch.compile`` (compiled once per process, see
+            :mod:`foundation.layers.compiled_core`); same numbers, fewer passes over memory in eager mode.
         dim: the feature axis: -1 for tokens [B, N, C], 1 for feature maps [B, C, L] / [B, C, H, W] /
             [B, C, D, H, W].
         device: device of the parameters and buffers.
@@ -164,9 +219,10 @@ class EvoNormB0(nn.Module):
     """
 
     def __init__(self, num_features: int | None = None, apply_act: bool = True, momentum: float = 0.1,
-                 eps: float = 1e-3, dim: int = -1, device: torch.device | str | None = None,
+                 eps: float = 1e-3, dim: int = -1, fused: bool = False, device: torch.device | str | None = None,
                  dtype: torch.dtype | None = None) -> None:
         super().__init__()
+        self.fused = fused
         dd = {"device": device, "dtype": dtype}
         self.num_features = require_num_features(num_features, "EvoNormB0")
         self.apply_act = apply_act
@@ -200,30 +256,19 @@ class EvoNormB0(nn.Module):
             DataError: wrong feature count, or a single value per channel in training (no batch variance).
         """
         axis = _check_input(x, self.dim, self.num_features, "EvoNormB0")
-        x3 = _to_bcl(x, axis)  # [B, C, L]
         if self.v is not None:
-            stat = stat_dtype(x)
-            if self.training:
-                n = x3.numel() // x3.shape[1]
-                if n < 2:
-                    raise DataError(f"EvoNormB0: training needs more than one value per channel for the batch "
-                                    f"variance, received input {tuple(x.shape)}; use a larger batch or eval mode")
-                with torch.no_grad():  # the batch statistics' gradient is part of _EvoB0Fn's backward
-                    var, mean = torch.var_mean(x3.to(stat), dim=(0, 2), correction=0, keepdim=True)  # [1, C, 1]
-                    update = self.running_var * (1 - self.momentum) + var.reshape(-1) * self.momentum * (n / (n - 1))
-                    self.running_var.copy_(update)
-            else:
-                var = along(self.running_var.to(stat), x3, 1)
-                mean = torch.zeros_like(var)
-            left = var.add(self.eps).sqrt()
-            y = _EvoB0Fn.apply(x3, *(along(p.to(x.dtype), x3, 1) for p in (self.v, self.weight, self.bias)), left,
-                               mean, self.training, self.eps)
-            return _from_bcl(y, x, axis)
+            if self.training and x.numel() // x.shape[axis] < 2:
+                raise DataError(f"EvoNormB0: training needs more than one value per channel for the batch "
+                                f"variance, received input {tuple(x.shape)}; use a larger batch or eval mode")
+            return (_B0_CORE if self.fused else _B0_CORE.fn)(x, axis, self.v, self.weight, self.bias, self.running_var,
+                                                             self.training, self.momentum, self.eps)
+        x3 = _to_bcl(x, axis)  # [B, C, L]
         y = x3 * along(self.weight.to(x.dtype), x3, 1) + along(self.bias.to(x.dtype), x3, 1)
         return _from_bcl(y, x, axis)
 
     def extra_repr(self) -> str:
-        return f"num_features={self.num_features}, apply_act={self.apply_act}, eps={self.eps}, dim={self.dim}"
+        return (f"num_features={self.num_features}, apply_act={self.apply_act}, eps={self.eps}, dim={self.dim}, "
+                f"fused={self.fused}")
 
 
 class EvoNormS0(nn.Module):
@@ -235,6 +280,8 @@ class EvoNormS0(nn.Module):
         group_size: channels per group instead of ``groups``; must divide C. Give one of the two, not both.
         apply_act: apply the normalisation-activation; False leaves only the affine ``x * gamma + beta``.
         eps: added to the group variance (1e-5, timm's default).
+        fused: run the layer's functional core through ``torch.compile`` (compiled once per process, see
+            :mod:`foundation.layers.compiled_core`); same numbers, fewer passes over memory in eager mode.
         dim: the feature axis: -1 for tokens [B, N, C], 1 for feature maps [B, C, ...].
         device: device of the parameters.
         dtype: dtype of the parameters.
@@ -245,9 +292,10 @@ class EvoNormS0(nn.Module):
     """
 
     def __init__(self, num_features: int | None = None, groups: int | None = None, group_size: int | None = None,
-                 apply_act: bool = True, eps: float = 1e-5, dim: int = -1, device: torch.device | str | None = None,
-                 dtype: torch.dtype | None = None) -> None:
+                 apply_act: bool = True, eps: float = 1e-5, dim: int = -1, fused: bool = False,
+                 device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> None:
         super().__init__()
+        self.fused = fused
         dd = {"device": device, "dtype": dtype}
         C = require_num_features(num_features, "EvoNormS0")
         if groups is not None and group_size is not None:
@@ -292,13 +340,13 @@ class EvoNormS0(nn.Module):
             DataError: wrong feature count.
         """
         axis = _check_input(x, self.dim, self.num_features, "EvoNormS0")
-        x3 = _to_bcl(x, axis)  # [B, C, L]
         if self.v is not None:
-            y = _EvoS0Fn.apply(x3, *(along(p.to(x.dtype), x3, 1) for p in (self.v, self.weight, self.bias)),
-                               self.groups, self.eps)
-            return _from_bcl(y, x, axis)
+            return (_S0_CORE if self.fused else _S0_CORE.fn)(x, axis, self.v, self.weight, self.bias, self.groups,
+                                                             self.eps)
+        x3 = _to_bcl(x, axis)  # [B, C, L]
         y = x3 * along(self.weight.to(x.dtype), x3, 1) + along(self.bias.to(x.dtype), x3, 1)
         return _from_bcl(y, x, axis)
 
     def extra_repr(self) -> str:
-        return f"num_features={self.num_features}, groups={self.groups}, apply_act={self.apply_act}, dim={self.dim}"
+        return (f"num_features={self.num_features}, groups={self.groups}, apply_act={self.apply_act}, dim={self.dim}, "
+                f"fused={self.fused}")

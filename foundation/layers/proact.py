@@ -31,6 +31,7 @@ from torch import nn
 from foundation.errors import ConfigError, DataError
 from foundation.layers._batches import ForwardFn, run_batch
 from foundation.layers._shape import along, feature_axis, require_num_features
+from foundation.layers.compiled_core import CompiledCore
 
 __all__ = ["ProAct", "calibrate"]
 
@@ -38,6 +39,13 @@ __all__ = ["ProAct", "calibrate"]
 def _sum_to(grad: torch.Tensor, shape: torch.Size) -> torch.Tensor:
     """Sum a broadcast gradient back to ``shape`` (a scalar, or a per-feature vector viewed with :func:`along`)."""
     return grad.sum_to_size(shape) if grad.shape != shape else grad
+
+
+# sigmoid(z) rounds to exactly 1 in float32 and float64 from z = 80 on (exp(-80) = 1.8e-35, below half an ulp of
+# 1), so clamping z there changes no value; it keeps exp(-z) out of the subnormal range (z > 87 in float32), where
+# the CPU's arithmetic is several times slower: ProAct's argument k (lam - x) = 20 (6 - x) passes 87 for x < 1.65,
+# i.e. for most entries (compiled forward 1.0 ms -> 0.3 ms on [16, 128, 512], one thread; GELU 0.35 ms).
+_Z_MAX = 80.0
 
 
 class _SmoothClipFn(torch.autograd.Function):
@@ -53,19 +61,29 @@ class _SmoothClipFn(torch.autograd.Function):
                 k: float) -> torch.Tensor:
         ctx.save_for_backward(x, lam)
         ctx.k = k
-        s = torch.add(lam * k, x, alpha=-k).sigmoid_()  # sigmoid(-k (x - lam)), the one full-size allocation
+        s = torch.add(lam * k, x, alpha=-k).clamp_(max=_Z_MAX).sigmoid_()  # sigmoid(-k (x - lam)), one allocation
         return s.mul_(x).relu_()
 
     @staticmethod
     def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         x, lam = ctx.saved_tensors
         k = ctx.k
-        s = torch.add(lam * k, x, alpha=-k).sigmoid_()
+        s = torch.add(lam * k, x, alpha=-k).clamp_(max=_Z_MAX).sigmoid_()
         m = grad.masked_fill(x <= 0, 0)  # dL/dy where x > 0
         mxt = torch.addcmul(s, s, s, value=-1).mul_(m).mul_(x)  # m x s (1 - s)
         grad_lam = _sum_to(mxt * k, lam.shape) if ctx.needs_input_grad[1] else None
         grad_x = s.mul_(m).add_(mxt, alpha=-k)
         return grad_x, grad_lam, None
+
+
+def _proact(x: torch.Tensor, lam: torch.Tensor, k: float, training: bool) -> torch.Tensor:
+    """The smooth clip in training, ``x * 1[0 <= x <= lam]`` in eval mode; ``lam`` broadcasts against ``x``."""
+    if training:
+        return _SmoothClipFn.apply(x, lam, k)
+    return x * ((x >= 0) & (x <= lam)).to(x.dtype)
+
+
+_CORE = CompiledCore(_proact)
 
 
 class ProAct(nn.Module):
@@ -78,6 +96,8 @@ class ProAct(nn.Module):
         k: steepness of the smooth clip in training (20).
         lam_init: threshold before calibration (6.0, unverified).
         dim: the feature axis: -1 for tokens [B, N, C], 1 for feature maps [B, C, ...] (per-neuron only).
+        fused: run the layer's functional core through ``torch.compile`` (compiled once per process, see
+            :mod:`foundation.layers.compiled_core`); same numbers, fewer passes over memory in eager mode.
         device: device of the parameter.
         dtype: dtype of the parameter.
 
@@ -86,9 +106,10 @@ class ProAct(nn.Module):
     """
 
     def __init__(self, num_features: int | None = None, per_neuron: bool = False, k: float = 20.0,
-                 lam_init: float = 6.0, dim: int = -1, device: torch.device | str | None = None,
+                 lam_init: float = 6.0, dim: int = -1, fused: bool = False, device: torch.device | str | None = None,
                  dtype: torch.dtype | None = None) -> None:
         super().__init__()
+        self.fused = fused
         if per_neuron:
             require_num_features(num_features, "ProAct")
         if not k > 0 or not lam_init > 0:
@@ -120,13 +141,11 @@ class ProAct(nn.Module):
         Returns:
             Output of the same shape, in [0, lam] in eval mode.
         """
-        lam = self._lam(x)
-        if self.training:
-            return _SmoothClipFn.apply(x, lam, self.k)
-        return x * ((x >= 0) & (x <= lam)).to(x.dtype)
+        return (_CORE if self.fused else _CORE.fn)(x, self._lam(x), self.k, self.training)
 
     def extra_repr(self) -> str:
-        return f"num_features={self.num_features}, per_neuron={self.per_neuron}, k={self.k}, dim={self.dim}"
+        return (f"num_features={self.num_features}, per_neuron={self.per_neuron}, k={self.k}, dim={self.dim}, "
+                f"fused={self.fused}")
 
 
 @torch.no_grad()

@@ -9,6 +9,11 @@ Activations keep zero mean and unit variance through depth only when the weights
 1 / fan_in (LeCun normal, :func:`lecun_normal_`) and dropout is alpha dropout (:class:`AlphaDropout`, torch's own,
 which keeps mean and variance by dropping to the SELU's negative saturation value instead of 0). The paper draws
 weights from N(0, 1/fan_in); we do the same (not Keras's truncated variant).
+
+The forward writes ``exp(x) - 1`` where torch's ``F.selu`` calls ``expm1``: ATen's and Inductor's CPU ``expm1`` run
+one scalar call per element (14 ms against 0.6 ms for ``exp`` on 1M floats, one thread), so the compiled layer cost
+7-9x GELU. The two differ by at most one float32 rounding of 1 (6e-8 absolute; tested against ``F.selu``). The
+backward is written out, ``dy/dx = scale`` (x > 0) or ``scale * alpha * exp(x)``, and saves only ``x`` (as GELU).
 """
 from __future__ import annotations
 
@@ -18,6 +23,7 @@ import torch
 from torch import nn
 
 from foundation.errors import ConfigError
+from foundation.layers.compiled_core import CompiledCore
 
 __all__ = ["SELU", "AlphaDropout", "lecun_normal_", "SELU_ALPHA", "SELU_SCALE"]
 
@@ -27,8 +33,38 @@ SELU_SCALE = 1.0507009873554804934193349852946
 AlphaDropout = nn.AlphaDropout
 
 
+class _SELUFn(torch.autograd.Function):
+    """``where(x > 0, scale x, scale alpha (exp(x) - 1))``, saving only ``x``; backward in one elementwise pass."""
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, x: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x)
+        return torch.where(x > 0, x * SELU_SCALE, torch.exp(x).sub_(1).mul_(SELU_SCALE * SELU_ALPHA))
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> torch.Tensor:
+        (x,) = ctx.saved_tensors
+        return grad * torch.where(x > 0, SELU_SCALE, torch.exp(x).mul_(SELU_SCALE * SELU_ALPHA))
+
+
+def _selu(x: torch.Tensor) -> torch.Tensor:
+    return _SELUFn.apply(x)
+
+
+_CORE = CompiledCore(_selu)
+
+
 class SELU(nn.Module):
-    """Scaled exponential linear unit, elementwise on any shape [...] (no feature axis, no parameters)."""
+    """Scaled exponential linear unit, elementwise on any shape [...] (no feature axis, no parameters).
+
+    Args:
+        fused: run the layer's functional core through ``torch.compile`` (compiled once per process, see
+            :mod:`foundation.layers.compiled_core`); same numbers, fewer passes over memory in eager mode.
+    """
+
+    def __init__(self, fused: bool = False) -> None:
+        super().__init__()
+        self.fused = fused
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Apply SELU.
@@ -39,7 +75,10 @@ class SELU(nn.Module):
         Returns:
             Output of the same shape [...].
         """
-        return torch.nn.functional.selu(x)
+        return (_CORE if self.fused else _CORE.fn)(x)
+
+    def extra_repr(self) -> str:
+        return f"fused={self.fused}"
 
 
 def lecun_normal_(module: nn.Module) -> nn.Module:

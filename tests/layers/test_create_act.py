@@ -72,7 +72,7 @@ def test_unknown_name_suggests_closest() -> None:
 def test_bad_types_and_keywords() -> None:
     with pytest.raises(ConfigError, match=r"received GELU\(approximate='none'\) of type GELU"):
         get_act_layer(nn.GELU())
-    with pytest.raises(ConfigError, match=r"CRReLU does not take \['k'\]; it accepts: eps_init, device, dtype"):
+    with pytest.raises(ConfigError, match=r"CRReLU does not take \['k'\]; it accepts: eps_init, fused, device, dtype"):
         make_activation("crrelu", k=3)
     with pytest.raises(ConfigError, match="activation is None"):
         make_activation(None, k=3)

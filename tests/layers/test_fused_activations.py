@@ -1,8 +1,9 @@
-"""The hand-written backward of ASH, Dice, ProAct, EvoNorm-B0 and EvoNorm-S0 against the autograd formulas they
-replace: outputs, input gradients, parameter gradients and running statistics equal.
+"""The hand-written backward of ASH, hard ASH, SELU, top-k ReLU, Dice, ProAct, EvoNorm-B0 and EvoNorm-S0 against
+the autograd formulas they replace: outputs, input gradients, parameter gradients and running statistics equal.
 
-The reference forwards below are the layers' code before the hand-written backward (commit b45ef54), kept here
-verbatim in functional form, so autograd differentiates them the way it used to.
+The reference forwards below are the layers' code before the hand-written backward (commit b45ef54; SELU, hard ASH
+and top-k ReLU before issue 16's compiled-speed round), kept here verbatim in functional form, so autograd
+differentiates them the way it used to.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from timm.layers.evo_norm import EvoNorm2dB0, EvoNorm2dS0
 
-from foundation.layers import ASH, Dice, EvoNormB0, EvoNormS0, ProAct
+from foundation.layers import ASH, SELU, Dice, EvoNormB0, EvoNormS0, HardASH, ProAct, TopKReLU
 from foundation.layers._shape import along, feature_axis, stat_dtype
 from foundation.layers.evo_norm import _from_bcl, _to_bcl
 
@@ -25,6 +26,26 @@ def _old_ash(m: ASH, x: torch.Tensor) -> torch.Tensor:
     var, mean = torch.var_mean(xf, dim=axes, correction=0, keepdim=True)
     thr = (mean + m.z_k.to(xf.dtype) * var.sqrt()).to(x.dtype)
     return x * torch.sigmoid(m.alpha.to(x.dtype) * (x - thr))
+
+
+def _old_hard_ash(m: HardASH, x: torch.Tensor) -> torch.Tensor:
+    dims = (m.dim,) if isinstance(m.dim, int) else tuple(m.dim)
+    axes = tuple(feature_axis(x, d, None, "HardASH") for d in dims)
+    xf = x.to(stat_dtype(x))
+    var, mean = torch.var_mean(xf, dim=axes, correction=0, keepdim=True)
+    thr = (mean + m.z_k.to(xf.dtype) * var.sqrt()).to(x.dtype)
+    return x * (x >= thr.detach()).to(x.dtype)
+
+
+def _old_selu(m: SELU, x: torch.Tensor) -> torch.Tensor:
+    return F.selu(x)
+
+
+def _old_topk(m: TopKReLU, h: torch.Tensor) -> torch.Tensor:
+    axis = feature_axis(h, m.dim, None, "TopKReLU")
+    r = torch.relu(h)
+    values, index = r.topk(m.num_kept(h.shape[axis]), dim=axis)
+    return torch.zeros_like(r).scatter(axis, index, values)
 
 
 def _old_dice(m: Dice, s: torch.Tensor) -> torch.Tensor:
@@ -91,6 +112,11 @@ def _randomise(m: torch.nn.Module, g: torch.Generator) -> None:
 CASES = [
     ("ash-tokens", lambda: ASH(learn_alpha=True), _old_ash, (4, 6, 32)),
     ("ash-map", lambda: ASH(learn_alpha=True, dim=(1, 2, 3)), _old_ash, (3, 8, 5, 5)),
+    ("ash-hard-tokens", lambda: HardASH(k=0.2), _old_hard_ash, (4, 6, 32)),
+    ("ash-hard-map", lambda: HardASH(k=0.2, dim=(1, 2, 3)), _old_hard_ash, (3, 8, 5, 5)),
+    ("selu", SELU, _old_selu, (4, 6, 32)),
+    ("topk-tokens", lambda: TopKReLU(k=5), _old_topk, (4, 6, 32)),
+    ("topk-map", lambda: TopKReLU(k=0.25, dim=1), _old_topk, (3, 8, 5, 5)),
     ("dice-tokens", lambda: Dice(32), _old_dice, (4, 6, 32)),
     ("dice-map", lambda: Dice(8, dim=1), _old_dice, (3, 8, 5, 5)),
     ("proact-layer", lambda: ProAct(lam_init=1.0), _old_proact, (4, 6, 32)),
@@ -172,3 +198,20 @@ def test_backward_saves_only_the_input_at_full_size(name, build, old, shape) -> 
         m(x)
     full = {t.data_ptr() for t in saved if t.numel() >= x.numel()}
     assert len(full) <= 1, f"{name}: {len(full)} full-size tensors saved"
+
+
+def test_hard_ash_step_passes_the_gradient_at_the_threshold_itself() -> None:
+    """``clamp(sign(x - thr) + 1, max=1)`` is ``1[x >= thr]``, equality included, as the comparison it replaces."""
+    from foundation.layers.ash import _HardASHFn
+
+    thr = torch.tensor([[0.5], [-1.0]])
+    x = torch.tensor([[0.5, 0.49, 2.0], [-1.0, -1.5, 0.0]], requires_grad=True)
+    y = _HardASHFn.apply(x, thr)
+    y.backward(torch.full_like(y, 3.0))
+    assert torch.equal(y.detach(), torch.tensor([[0.5, 0.0, 2.0], [-1.0, 0.0, 0.0]]))
+    assert torch.equal(x.grad, torch.tensor([[3.0, 0.0, 3.0], [3.0, 0.0, 3.0]]))
+
+
+def test_selu_exp_minus_one_stays_within_one_rounding_of_expm1() -> None:
+    x = torch.cat([torch.linspace(-20, 5, 10001), -torch.logspace(-12, 0, 1001)])
+    torch.testing.assert_close(SELU()(x), F.selu(x), rtol=0, atol=2e-7)

@@ -109,3 +109,15 @@ def test_errors() -> None:
     with pytest.raises(DataError, match=r"\['unused'\] were never called"):
         calibrate(branchy, [torch.zeros(2, 3)], forward_fn=lambda m, b: m["used"](b))
     assert branchy["used"].lam.item() == 6.0  # validate, then mutate: nothing written
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_clamping_the_sigmoid_argument_changes_no_value(dtype: torch.dtype) -> None:
+    """``sigmoid(min(z, 80)) == sigmoid(z)`` bit for bit: both round to 1 from z = 80 on (the clamp only keeps
+    ``exp(-z)`` out of the slow subnormal range)."""
+    from foundation.layers.proact import _Z_MAX
+
+    z = torch.cat([torch.linspace(-120, 120, 24001, dtype=dtype), torch.tensor([80, 87.5, 1e4, 3e38], dtype=dtype)])
+    assert torch.equal(torch.sigmoid(z.clamp(max=_Z_MAX)), torch.sigmoid(z))
+    assert torch.equal(torch.compile(lambda t: torch.sigmoid(t.clamp(max=_Z_MAX)))(z), torch.sigmoid(z))
