@@ -263,9 +263,10 @@ class DataCache:
         if index.get("kind") != b.kind or str(index.get("version")) != b.version or differ:
             what = f"settings {differ}" if differ else f"code ({index.get('kind')}/{index.get('version')} against " \
                                                        f"{b.kind}/{b.version})"
-            raise DataError(f"{self.folder}: the {b.kind} cache was built with other {what} than the config asks for, "
-                            f"and its sources ({self.source_root}) are not on this machine to rebuild it; rebuild it "
-                            "where they are and copy it here, or fix the config")
+            fix = "set data.check_sources=auto to rebuild it from the sources" if self.check_sources == "never" \
+                else f"its sources ({self.source_root}) are not on this machine: rebuild it where they are and copy it here"
+            raise DataError(f"{self.folder}: the {b.kind} cache was built with other {what} than the config asks for; "
+                            f"{fix}, or fix the config")
         if not self._noted:
             self._noted = True
             why = "data.check_sources=never" if self.check_sources == "never" else \
@@ -289,8 +290,9 @@ class DataCache:
     def prepare(self, sources: Sequence[Any] | Callable[[], Sequence[Any]]) -> dict[str, Any]:
         """Build the cache unless it is current; return the report (see the module docstring).
 
-        ``sources`` may be a function listing them: it is not called when :meth:`trusts_sources` (the cache must
-        then be complete already: it is checked against the settings and code, not rebuilt).
+        ``sources`` may be a function listing them: it is not called when :meth:`trusts_sources` and the cache is
+        complete (it is then checked against the settings and code, not rebuilt); with ``never`` and no cache yet,
+        the cache is built as usual where the sources are.
 
         Another process preparing the same folder is waited for (see :mod:`foundation.data.lock`); its cache is
         then reused when current. Sources left out are logged (:func:`announce`) on every call.
@@ -299,8 +301,9 @@ class DataCache:
             DataError: no source could be cached (the message gives each reason); the old cache is kept. When
                 the sources are trusted: no complete cache, or one of other settings or code.
         """
-        if self.trusts_sources():
-            missing = [n for n in (INDEX, REPORT) if not (self.folder / n).is_file()]
+        missing = [n for n in (INDEX, REPORT) if not (self.folder / n).is_file()]
+        absent = self.source_root is not None and not self.source_root.exists()
+        if self.trusts_sources() and (not missing or absent):  # never with no cache yet and the sources here: build
             if missing:
                 raise DataError(f"{self.folder}: no complete {self.builder.kind} cache (no {', '.join(missing)}) and "
                                 f"the sources are not read here ({self.source_root} absent, or data.check_sources="

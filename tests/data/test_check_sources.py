@@ -74,12 +74,12 @@ def test_trust_still_checks_settings_and_code_and_always_requires_the_sources(bu
     folder, src = built
     shutil.rmtree(src)
     listed, calls = _listing(src)
-    with pytest.raises(DataError, match=r"other settings \['scale'\].*not on this machine"):
+    with pytest.raises(DataError, match=r"other settings \['scale'\].*not on this machine: rebuild it where"):
         DataCache(folder, TextBuilder(scale=2.0), check_sources="auto", source_root=src).head(listed)
 
     class Newer(TextBuilder):
         version = "2"
-    with pytest.raises(DataError, match="other code"):
+    with pytest.raises(DataError, match="other code.*set data.check_sources=auto to rebuild"):
         DataCache(folder, Newer(), check_sources="never").prepare(listed)
     with pytest.raises(FileNotFoundError):  # always: the walk runs, and finds no folder
         DataCache(folder, TextBuilder(), check_sources="always", source_root=src).head(listed)
@@ -97,3 +97,11 @@ def test_never_skips_the_walk_even_where_the_sources_are(built, caplog):
     with caplog.at_level(logging.WARNING, logger="foundation.data.cache"):
         DataCache(folder, TextBuilder(), check_sources="never", source_root=src).head(listed)
     assert calls == [] and any("data.check_sources=never" in r.getMessage() for r in caplog.records)
+
+
+def test_never_still_builds_a_missing_cache_where_the_sources_are(built, tmp_path):
+    _, src = built
+    listed, calls = _listing(src)
+    builder = TextBuilder()
+    report = DataCache(tmp_path / "new", builder, check_sources="never", source_root=src).prepare(listed)
+    assert report["n_kept"] == 2 and builder.reads == ["a.txt", "b.txt"] and calls == [1]
