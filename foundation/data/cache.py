@@ -305,10 +305,10 @@ class DataCache:
         absent = self.source_root is not None and not self.source_root.exists()
         if self.trusts_sources() and (not missing or absent):  # never with no cache yet and the sources here: build
             if missing:
-                raise DataError(f"{self.folder}: no complete {self.builder.kind} cache (no {', '.join(missing)}) and "
-                                f"the sources are not read here ({self.source_root} absent, or data.check_sources="
-                                f"{self.check_sources}); build the cache where the sources are and copy index.json, "
-                                "report.json and this node's shard files here, or set data.source to the sources")
+                raise DataError(f"{self.source_root}: the {self.builder.kind} sources do not exist on this machine, "
+                                f"and {self.folder} holds no complete cache to use without them (no "
+                                f"{', '.join(missing)}); fix data.source, or build the cache where the sources are "
+                                "and copy index.json, report.json and this node's shard files here")
             self.head(sources)  # complete, built by this code and these settings; logs the note
             report = self.report()
             announce(report, self.folder)

@@ -83,7 +83,8 @@ def test_trust_still_checks_settings_and_code_and_always_requires_the_sources(bu
         DataCache(folder, Newer(), check_sources="never").prepare(listed)
     with pytest.raises(FileNotFoundError):  # always: the walk runs, and finds no folder
         DataCache(folder, TextBuilder(), check_sources="always", source_root=src).head(listed)
-    with pytest.raises(DataError, match="no complete toy cache.*build the cache where the sources are"):
+    with pytest.raises(DataError, match=r"src: the toy sources do not exist on this machine, .*elsewhere holds no "
+                                        r"complete cache .*fix data.source, or build the cache where the sources are"):
         DataCache(tmp_path / "elsewhere", TextBuilder(), check_sources="auto", source_root=src).prepare(listed)
     with pytest.raises(ConfigError, match="data.check_sources: unknown 'sometimes'; valid: auto, always, never"):
         DataCache(folder, TextBuilder(), check_sources="sometimes")
