@@ -21,7 +21,10 @@ batch, and how many shards it mapped. The corpus grows 8x; what the process read
 FMRIWindows`, the tiny recipe's geometry: 24^3 grid at 8 mm, windows of 8 frames, top 3 per scan): the fMRI demo
 corpus at ``--scans`` scans x 1, 2, 4, 8, cached with scans grouped into ``--shard-mb`` shards, read by rank 0 in
 the global order (of 2) and in the rank order (of each W), micro-batches of 4 windows. "Shards mapped" is then the
-shards whose entries and window starts the reader loaded (it opens only those shards' scan files).
+shards whose entries and window starts the reader loaded (it opens only those shards' scan files). It also times
+opening the cache's index at each size with the source walk (``data.check_sources: always``, or ``auto`` where the
+scans are visible: list the scans and stat each one for the fingerprint) and without it (``never``, or ``auto`` on
+a node without the scans: the recorded fingerprint trusted), the median of ``--repeats`` opens in this process.
 """
 from __future__ import annotations
 
@@ -155,13 +158,35 @@ def fmri_child(source: str, cache_dir: str, batches: int, order: str, world: int
                       "owned": len(sampler.shards) if order == "rank" else shard_map.n_shards}))
 
 
+def _open_times(config: Any, repeats: int) -> tuple[float, float]:
+    """Median seconds to open the fMRI cache's index with the source walk (check always) and without (never)."""
+    import dataclasses
+    import logging
+
+    from foundation.data.demo import source_path
+    from foundation.modalities.fmri.dataset import _cache
+    from foundation.modalities.fmri.reader import find_scans
+
+    logging.getLogger("foundation.data.cache").setLevel(logging.ERROR)  # the trust note, once per open
+    out = []
+    for check in ("always", "never"):
+        times = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            cfg = dataclasses.replace(config, check_sources=check)
+            _cache(cfg).head(lambda: find_scans(source_path(cfg.source, cfg.cache_dir)))
+            times.append(time.perf_counter() - t)
+        out.append(float(np.median(times)))
+    return out[0], out[1]
+
+
 def fmri_main(args: argparse.Namespace) -> None:
     """The fMRI rows (see the module docstring)."""
     from foundation.modalities.fmri.dataset import FMRIWindows, _cache
     from foundation.modalities.fmri.demo_corpus import make_demo_corpus
     from foundation.modalities.fmri.reader import find_scans
 
-    rows = []
+    rows, opens = [], []
     with tempfile.TemporaryDirectory(dir=ROOT / "runs" if (ROOT / "runs").is_dir() else None) as tmp:
         everything = make_demo_corpus(Path(tmp) / "all", args.scans * 8, 96, voxel_size=8.0, seed=0)
         for scale in (1, 2, 4, 8):
@@ -178,6 +203,7 @@ def fmri_main(args: argparse.Namespace) -> None:
             cache.prepare(find_scans(src))
             FMRIWindows.prepare(config)
             built = time.perf_counter() - t
+            opens.append((scale, args.scans * scale, *_open_times(config, args.repeats)))
             mb = sum(p.stat().st_size for p in cache.folder.rglob("*.npy")) / 2**20
             readers = [("grouped shards", "global", 2)] + [(f"grouped shards, rank order, {w} ranks", "rank", w)
                                                            for w in args.worlds]
@@ -206,6 +232,12 @@ def fmri_main(args: argparse.Namespace) -> None:
         print(f"| {scale}x | {args.scans * scale} | {got['items']} | {mb:.0f} | {layout} | {got['rss_mib']:.0f} | "
               f"{got['rss_mib'] / base[layout]:.2f} | {got['first_batch_s']:.3f} | {got['opened']} / {got['shards']}"
               + (f" (owns {got['owned']})" if got["owned"] != got["shards"] else "") + f" | {got['scans_opened']} |")
+    print(f"\nopening the cache index (median of {args.repeats}, this process): with the source walk (list + stat "
+          "every scan, check_sources always) and without it (recorded fingerprint trusted, never)\n")
+    print("| corpus | scans | with walk ms | without ms | with / without |")
+    print("|---|---|---|---|---|")
+    for scale, scans, walk, trust in opens:
+        print(f"| {scale}x | {scans} | {walk * 1e3:.2f} | {trust * 1e3:.2f} | {walk / trust:.1f} |")
 
 
 def main() -> None:
@@ -218,6 +250,7 @@ def main() -> None:
     parser.add_argument("--modality", choices=("windows", "fmri"), default="windows",
                         help="windows: generated EEG-shaped windows; fmri: the SLIM-Brain dataset on its demo corpus")
     parser.add_argument("--scans", type=int, default=16, help="fmri: scans at 1x")
+    parser.add_argument("--repeats", type=int, default=21, help="fmri: opens of the index timed per check mode")
     parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     parser.add_argument("--fmri-child", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -50,6 +50,12 @@ at once (least recently used closed first). A process therefore maps only the sh
 samples fall in, and holds no per-item table: its memory does not grow with the corpus
 (``benchmarks/bench_cache_memory.py`` measures it).
 
+**A node without the sources.** Listing and stat-ing every source proves a cache current, but needs the raw
+corpus on every node. ``check_sources`` (a dataset's ``data.check_sources``) says when to do it: ``always``;
+``never``; ``auto`` (the datasets' default): where the source folder exists, so a single machine always checks
+and a changed source is rebuilt, while a node that holds only its cache shards trusts the fingerprint recorded
+where the cache was built, still checks the code version and the settings, and logs one line saying so.
+
 Building once in a distributed run (rank 0 builds, the others wait) is done by
 :func:`foundation.data.protocol.prepare_dataset`.
 """
@@ -73,10 +79,10 @@ from tqdm.auto import tqdm
 from foundation.atomic import replace_folder
 from foundation.data.lock import clear_stale_stages, folder_lock, stage_prefix
 from foundation.data.shard_plan import ShardMap
-from foundation.errors import DataError
+from foundation.errors import ConfigError, DataError
 
 __all__ = ["CacheBuilder", "DataCache", "Part", "ShardedArray", "ShardMap", "fingerprint", "path_signature", "announce", "INDEX",
-           "REPORT", "PARTS", "SHARDS", "SHARD_BYTES", "SHOWN"]
+           "REPORT", "PARTS", "SHARDS", "SHARD_BYTES", "SHOWN", "CHECKS", "check_sources_option"]
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +92,18 @@ PARTS = "parts"
 SHARDS = "shards"
 SHARD_BYTES = 64 * 2**20  # target size of one shard of the largest per-item array
 SHOWN = 5  # left-out sources whose reasons are logged; the report lists all
+CHECKS = ("auto", "always", "never")  # data.check_sources: when the sources are walked to check the fingerprint
+
+
+def check_sources_option(value: str, key: str = "data.check_sources") -> None:
+    """Refuse an unknown ``data.check_sources`` value.
+
+    Raises:
+        ConfigError: ``value`` is not one of :data:`CHECKS`.
+    """
+    if value not in CHECKS:
+        raise ConfigError(f"{key}: unknown {value!r}; valid: {', '.join(CHECKS)} (auto: check the sources where "
+                          "their folder exists, trust the cache's recorded fingerprint where it does not)")
 
 
 def path_signature(path: str | Path) -> list[Any]:
@@ -158,6 +176,7 @@ class CacheBuilder(ABC):
     version: str = "1"
     item_arrays: tuple[str, ...] = ()  # arrays finalize writes with one row per item: stored in shards
     part_arrays: tuple[str, ...] = ()  # arrays kept one file per source (no item_arrays): sources grouped in shards
+    source_settings: tuple[str, ...] = ()  # keys of settings() read from the source folder (not compared without it)
 
     @abstractmethod
     def settings(self) -> dict[str, Any]:
@@ -203,13 +222,58 @@ class DataCache:
     Args:
         folder: the cache folder (created by :meth:`prepare`).
         builder: the modality's builder.
+        shard_bytes: target size of one shard.
+        check_sources: when :meth:`prepare` and :meth:`head` walk the sources to check the fingerprint (see
+            :meth:`trusts_sources`): ``always``; ``never`` (trust the recorded fingerprint); ``auto``: where
+            ``source_root`` exists.
+        source_root: the folder (or file) the sources are listed from, whose presence ``auto`` looks at.
     """
 
-    def __init__(self, folder: str | Path, builder: CacheBuilder, shard_bytes: int = SHARD_BYTES) -> None:
+    def __init__(self, folder: str | Path, builder: CacheBuilder, shard_bytes: int = SHARD_BYTES,
+                 check_sources: str = "always", source_root: str | Path | None = None) -> None:
+        check_sources_option(check_sources)
         self.folder = Path(folder)
         self.builder = builder
         self.shard_bytes = shard_bytes
+        self.check_sources = check_sources
+        self.source_root = Path(source_root) if source_root is not None else None
         self._shards: dict[str, Any] | None = None  # the index's shard table, read once
+        self._noted = False  # the trust note is logged once per cache object
+
+    def trusts_sources(self) -> bool:
+        """Whether the sources are left unread and the cache's recorded fingerprint is trusted instead:
+        ``check_sources`` is ``never``, or ``auto`` and ``source_root`` does not exist on this machine (a node
+        holding only its cache shards). A visible source folder is always checked under ``auto``, so a changed
+        source is caught on any machine that can see it."""
+        if self.check_sources == "never":
+            return True
+        return self.check_sources == "auto" and self.source_root is not None and not self.source_root.exists()
+
+    def _trusted(self, index: dict[str, Any]) -> None:
+        """Check what can be checked without the sources (kind, code version, settings) and log the note once.
+
+        Raises:
+            DataError: the cache was built by other code or settings (these need no source to compare).
+        """
+        b = self.builder
+        want = json.loads(json.dumps(b.settings(), default=str))
+        have = index.get("settings", {})
+        differ = sorted(k for k in set(want) | set(have)
+                        if k not in b.source_settings and want.get(k) != have.get(k))
+        if index.get("kind") != b.kind or str(index.get("version")) != b.version or differ:
+            what = f"settings {differ}" if differ else f"code ({index.get('kind')}/{index.get('version')} against " \
+                                                       f"{b.kind}/{b.version})"
+            fix = "set data.check_sources=auto to rebuild it from the sources" if self.check_sources == "never" \
+                else f"its sources ({self.source_root}) are not on this machine: rebuild it where they are and copy it here"
+            raise DataError(f"{self.folder}: the {b.kind} cache was built with other {what} than the config asks for; "
+                            f"{fix}, or fix the config")
+        if not self._noted:
+            self._noted = True
+            why = "data.check_sources=never" if self.check_sources == "never" else \
+                f"the sources ({self.source_root}) are not on this machine"
+            log.warning("%s cache %s: %s, so its recorded fingerprint %s is trusted (sources not listed or checked); "
+                        "set data.check_sources=always to require and check them", b.kind, self.folder, why,
+                        index.get("fingerprint"))
 
     def fingerprint(self, sources: Sequence[Any]) -> str:
         """Fingerprint of ``sources`` under the builder's settings and version."""
@@ -223,16 +287,33 @@ class DataCache:
             return False
         return json.loads(index.read_text()).get("fingerprint") == self.fingerprint(sources)
 
-    def prepare(self, sources: Sequence[Any]) -> dict[str, Any]:
+    def prepare(self, sources: Sequence[Any] | Callable[[], Sequence[Any]]) -> dict[str, Any]:
         """Build the cache unless it is current; return the report (see the module docstring).
+
+        ``sources`` may be a function listing them: it is not called when :meth:`trusts_sources` and the cache is
+        complete (it is then checked against the settings and code, not rebuilt); with ``never`` and no cache yet,
+        the cache is built as usual where the sources are.
 
         Another process preparing the same folder is waited for (see :mod:`foundation.data.lock`); its cache is
         then reused when current. Sources left out are logged (:func:`announce`) on every call.
 
         Raises:
-            DataError: no source could be cached (the message gives each reason); the old cache is kept.
+            DataError: no source could be cached (the message gives each reason); the old cache is kept. When
+                the sources are trusted: no complete cache, or one of other settings or code.
         """
-        sources = list(sources)
+        missing = [n for n in (INDEX, REPORT) if not (self.folder / n).is_file()]
+        absent = self.source_root is not None and not self.source_root.exists()
+        if self.trusts_sources() and (not missing or absent):  # never with no cache yet and the sources here: build
+            if missing:
+                raise DataError(f"{self.source_root}: the {self.builder.kind} sources do not exist on this machine, "
+                                f"and {self.folder} holds no complete cache to use without them (no "
+                                f"{', '.join(missing)}); fix data.source, or build the cache where the sources are "
+                                "and copy index.json, report.json and this node's shard files here")
+            self.head(sources)  # complete, built by this code and these settings; logs the note
+            report = self.report()
+            announce(report, self.folder)
+            return report
+        sources = list(sources() if callable(sources) else sources)
         with folder_lock(self.folder):
             if self.is_current(sources):
                 report = self.report()
@@ -326,10 +407,15 @@ class DataCache:
     def head(self, sources: Sequence[Any] | Callable[[], Sequence[Any]] | None = None) -> dict[str, Any]:
         """``index.json`` as stored: without the entries where they are split by shard (see :meth:`index`).
 
+        With ``sources`` where :meth:`trusts_sources`, they are not listed: only the settings and code are checked.
+
         Raises:
             DataError: as :meth:`index`.
         """
         index = json.loads(self._require(INDEX).read_text())
+        if sources is not None and self.trusts_sources():
+            self._trusted(index)
+            return index
         if callable(sources):
             sources = sources()
         if sources is not None and index.get("fingerprint") != self.fingerprint(sources):

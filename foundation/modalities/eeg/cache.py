@@ -15,7 +15,9 @@ chan_mask.npy       [W, Cmax] bool                  True = real channel, False =
 stats.npy           [W, Cmax, S] float32            z-scored statistics of the unmasked window
 labels.npy          [W] int64                       class index, -1 when unlabelled
 subjects.npy        [W] int64                       index into index.json "subjects"
-index.json          entries, subjects, stats mean/std, settings, the shard table (see foundation.data.cache)
+index.json          entries, subjects, stats mean/std, settings, the shard table (see foundation.data.cache),
+                    subject_runs: [[first window, windows, subject], ...], the runs of consecutive windows of one
+                    subject (one per change of subject between recordings), so a subject filter needs no shard
 report.json         every recording, kept or left out and why (see foundation.data.cache)
 ==================  ==============================  =============================================
 
@@ -40,7 +42,7 @@ from foundation.modalities.eeg.neurostats import StatsConfig, stat_names, window
 from foundation.modalities.eeg.preprocess import PreprocessConfig, cut_windows, preprocess
 from foundation.modalities.eeg.reader import read_recording
 
-__all__ = ["EEGCacheBuilder", "drop_flat_windows", "FLAT"]
+__all__ = ["EEGCacheBuilder", "drop_flat_windows", "subject_runs", "rows_of_subjects", "FLAT"]
 
 FLAT = 1e-4  # model units (1e-4 * 100 uV = 10 nV): a window whose every channel varies less is a dead segment
 FLAT_RATIO = 0.05  # ... or less than this share of the recording's median window (a zero gap plus filter ringing)
@@ -73,6 +75,22 @@ def drop_flat_windows(win: np.ndarray, y: np.ndarray, where: str) -> tuple[np.nd
     return win[~flat], y[~flat], f"{int(flat.sum())} of {len(flat)} windows left out: flat (all channels constant or zero)"
 
 
+def subject_runs(subjects: np.ndarray) -> list[list[int]]:
+    """The runs of equal values in ``subjects`` [W] int64: ``[[first, length, subject], ...]`` in order."""
+    if not len(subjects):
+        return []
+    starts = np.flatnonzero(np.r_[True, subjects[1:] != subjects[:-1]])
+    lengths = np.diff(np.r_[starts, len(subjects)])
+    return [[int(a), int(n), int(subjects[a])] for a, n in zip(starts, lengths)]
+
+
+def rows_of_subjects(runs: list[list[int]], keep: list[int]) -> np.ndarray:
+    """[rows] int64, in order, the cache rows whose subject (per :func:`subject_runs`) is in ``keep``."""
+    wanted = set(keep)
+    chosen = [np.arange(a, a + n, dtype=np.int64) for a, n, s in runs if s in wanted]
+    return np.concatenate(chosen) if chosen else np.empty(0, np.int64)
+
+
 class EEGCacheBuilder(CacheBuilder):
     """Recordings -> windows, positions, channel masks and statistics.
 
@@ -89,7 +107,7 @@ class EEGCacheBuilder(CacheBuilder):
     """
 
     kind = "eeg"
-    version = "6"  # 6: per-window arrays in shards; 5: BIDS through mne_bids, truncation, flat windows
+    version = "7"  # 7: subject_runs in the index; 6: per-window arrays in shards; 5: BIDS, truncation, flat windows
     item_arrays = ("windows", "positions", "chan_mask", "stats", "labels", "subjects")
 
     def __init__(self, pre: PreprocessConfig, stats: StatsConfig, window_s: float, labels: tuple[str, ...] = (),
@@ -164,7 +182,7 @@ class EEGCacheBuilder(CacheBuilder):
         np.save(folder / "labels.npy", ys)
         np.save(folder / "subjects.npy", subj)
         shutil.rmtree(parts)
-        return {"subjects": subjects, "label_names": list(self.labels), "stat_names": stat_names(self.stats),
+        return {"subjects": subjects, "subject_runs": subject_runs(subj), "label_names": list(self.labels), "stat_names": stat_names(self.stats),
                 "stats_mean": mean.tolist(), "stats_std": std.tolist(), "sfreq": self.pre.sfreq,
                 "window_seconds": self.window_s, "max_channels": c_max, "n_recordings": len(entries),
                 "channel_counts": sorted({len(e["meta"]["channels"]) for e in entries})}

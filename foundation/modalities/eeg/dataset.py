@@ -16,10 +16,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from foundation.data.cache import DataCache, ShardMap
+from foundation.data.cache import DataCache, ShardMap, check_sources_option
 from foundation.data.demo import check_source, is_demo, source_path
 from foundation.errors import ConfigError, DataError
-from foundation.modalities.eeg.cache import EEGCacheBuilder
+from foundation.modalities.eeg.cache import EEGCacheBuilder, rows_of_subjects
 from foundation.modalities.eeg.demo_corpus import DemoCorpusConfig, make_demo_corpus
 from foundation.modalities.eeg.neurostats import StatsConfig
 from foundation.modalities.eeg.preprocess import PreprocessConfig
@@ -46,12 +46,14 @@ class EEGWindowsConfig:
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig, metadata={"help": "preprocessing preset"})
     stats: StatsConfig = field(default_factory=StatsConfig, metadata={"help": "neurodynamics statistics settings"})
     demo: DemoCorpusConfig = field(default_factory=DemoCorpusConfig, metadata={"help": "demo corpus size (source: demo)"})
+    check_sources: str = field(default="auto", metadata={"help": "walk the recordings to check the cache is current: auto (where data.source exists; a node holding only its cache shards trusts the recorded fingerprint), always, never"})
 
     def __post_init__(self) -> None:
         if self.window_seconds <= 0 or abs(self.window_seconds - round(self.window_seconds)) > 1e-9:
             raise ConfigError(f"data.window_seconds must be a positive whole number of seconds (1-s patches), "
                               f"got {self.window_seconds}")
         check_source(self.source)
+        check_sources_option(self.check_sources)
         bad = {k: v for k, v in self.channel_types.items() if v not in CHANNEL_TYPES}
         if bad:
             raise ConfigError(f"data.channel_types: unknown type(s) {bad}; valid: {', '.join(CHANNEL_TYPES)}")
@@ -63,7 +65,8 @@ class EEGWindowsConfig:
 def _cache(config: EEGWindowsConfig) -> DataCache:
     builder = EEGCacheBuilder(config.preprocess, config.stats, config.window_seconds, config.labels,
                               config.montage or None, config.allow_truncated, config.channel_map, config.channel_types)
-    return DataCache(config.cache_dir, builder)
+    return DataCache(config.cache_dir, builder, check_sources=config.check_sources,
+                     source_root=source_path(config.source, config.cache_dir))
 
 
 class EEGWindows(torch.utils.data.Dataset):
@@ -92,7 +95,7 @@ class EEGWindows(torch.utils.data.Dataset):
         """
         if is_demo(config.source):
             make_demo_corpus(source_path(config.source, config.cache_dir), config.demo)
-        return _cache(config).prepare(find_recordings(source_path(config.source, config.cache_dir)))
+        return _cache(config).prepare(lambda: find_recordings(source_path(config.source, config.cache_dir)))
 
     def __init__(self, config: EEGWindowsConfig) -> None:
         self.config = config
@@ -105,7 +108,8 @@ class EEGWindows(torch.utils.data.Dataset):
         self.chan_mask = self.cache.array("chan_mask")
         self.stats = self.cache.array("stats")
         # labels and subjects are read per item from their shards: a rank under train.shard_assignment=rank
-        # touches only its own shards (``labels`` and ``subject_ids`` read them all, on first use)
+        # touches only its own shards (``labels`` and ``subject_ids`` read them all, on first use); the subject
+        # filter reads the index's subject runs, no shard
         self._label_rows = self.cache.array("labels")
         self._subject_rows = self.cache.array("subjects")
         self.subjects = list(self.head["subjects"])
@@ -115,8 +119,7 @@ class EEGWindows(torch.utils.data.Dataset):
             if unknown:
                 raise DataError(f"data.subjects: {unknown} are not in the cache {config.cache_dir}; subjects there: "
                                 f"{self.subjects}")
-            keep = [self.subjects.index(s) for s in config.subjects]
-            rows = rows[np.isin(self.subject_ids, keep)]
+            rows = rows_of_subjects(self.head["subject_runs"], [self.subjects.index(s) for s in config.subjects])
         self.rows = rows
 
     def __len__(self) -> int:

@@ -57,6 +57,7 @@ class FMRICacheBuilder(CacheBuilder):
     kind = "fmri"
     version = "5"  # 5: scans grouped into shards, index split by shard; 4: anti-aliased resampling, polyphase TR
     part_arrays = ("vol", "mask")  # one file per scan, scans grouped whole into shards of about 64 MB
+    source_settings = ("labels",)  # the labels table may be the source folder's labels.tsv
 
     def __init__(self, preprocess: PreprocessConfig, min_frames: int, labels: dict[str, Any] | None = None,
                  saliency_pool: int | None = None, allow_truncated: bool = False) -> None:

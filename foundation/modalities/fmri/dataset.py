@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from foundation.atomic import atomic_write_json
-from foundation.data.cache import DataCache, ShardMap
+from foundation.data.cache import DataCache, ShardMap, check_sources_option
 from foundation.data.demo import check_source, is_demo, source_path
 from foundation.errors import ConfigError, DataError
 from foundation.modalities.fmri.cache import FMRICacheBuilder, open_scan
@@ -59,10 +59,12 @@ class FMRIWindowsConfig:
     demo_subjects: int = field(default=24, metadata={"help": "demo corpus: subjects (one scan each)"})
     demo_frames: int = field(default=96, metadata={"help": "demo corpus: frames per scan"})
     demo_voxel_size: float = field(default=6.0, metadata={"help": "demo corpus: voxel size in mm"})
+    check_sources: str = field(default="auto", metadata={"help": "walk the scans to check the cache is current: auto (where data.source exists; a node holding only its cache shards trusts the recorded fingerprint), always, never"})
 
     def __post_init__(self) -> None:
         self.grid, self.unit_size = tuple(self.grid), tuple(self.unit_size)
         check_source(self.source)
+        check_sources_option(self.check_sources)
         if self.selection not in SELECTIONS:
             raise ConfigError(f"data.selection: unknown {self.selection!r}; valid: {', '.join(SELECTIONS)}")
         if self.window < 1 or self.top_k < 1:
@@ -101,7 +103,8 @@ def _cache(config: FMRIWindowsConfig) -> DataCache:
     # the parcel check runs whatever data.selection says, so switching selection reuses the cache
     builder = FMRICacheBuilder(config.preprocess, config.window, _labels(config), config.saliency_pool,
                                config.allow_truncated)
-    return DataCache(Path(config.cache_dir) / "store", builder)
+    return DataCache(Path(config.cache_dir) / "store", builder, check_sources=config.check_sources,
+                     source_root=source_path(config.source, config.cache_dir))
 
 
 @dataclass
@@ -147,7 +150,7 @@ class FMRIWindows(torch.utils.data.Dataset):
             make_demo_corpus(source, config.demo_subjects, config.demo_frames, voxel_size=config.demo_voxel_size,
                              seed=config.seed)
         cache = _cache(config)
-        report = cache.prepare(find_scans(source))
+        report = cache.prepare(lambda: find_scans(source))
         head = cache.head()
         path = cls.windows_file(config)
         if path.is_file() and json.loads(path.read_text()).get("fingerprint") == head["fingerprint"]:
