@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from foundation.errors import ConfigError
+from foundation.kernels.varlen import varlen_attention, varlen_attention_grads
 
 __all__ = [
     "apply_act_bits",
@@ -154,44 +155,84 @@ class _SoftmaxFn(torch.autograd.Function):
         return gx.to(ctx.p_dtype), None
 
 
+def _dense_core_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor,
+                         scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradients of ``softmax(scale * q k^T) v`` w.r.t. q, k, v, written out (no autograd call).
+
+    Args:
+        q, k, v: [B, H, N, Dh] (v may have its own last size); g: the output's gradient [B, H, N, Dv].
+
+    Returns:
+        dq, dk, dv in the shapes of q, k, v. The attention matrix [B, H, N, N] is rebuilt once in float32 (float64
+        stays float64), as SDPA's math backend does.
+    """
+    acc = torch.float64 if q.dtype == torch.float64 else torch.float32
+    qa, ka, va, ga = (t.to(acc) for t in (q, k, v, g))
+    p = torch.softmax(torch.matmul(qa, ka.transpose(-2, -1)) * scale, dim=-1)  # [B, H, N, N]
+    dv = torch.matmul(p.transpose(-2, -1), ga)  # [B, H, N, Dv]
+    dp = torch.matmul(ga, va.transpose(-2, -1))  # [B, H, N, N]
+    ds = p * (dp - (dp * p).sum(-1, keepdim=True)) * scale
+    dq = torch.matmul(ds, ka)
+    dk = torch.matmul(ds.transpose(-2, -1), qa)
+    return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
+
+
 class _CoreFn(torch.autograd.Function):
-    """Attention core recomputed in backward from int8 q, k, v (one scale per head, axis 1)."""
+    """Attention core recomputed in backward from int8 q, k, v (one scale per head, axis 1).
+
+    The backward is plain tensor code and the varlen custom ops (no ``torch.autograd.grad``), so ``torch.compile``
+    traces the forward and the backward without a graph break.
+    """
 
     @staticmethod
-    def forward(ctx, q, k, v, fn):
+    def forward(ctx, q, k, v, scale, cu_seqlens, max_seqlen, backend):
         saved = []
         for t in (q, k, v):
             dims = tuple(d for d in range(t.dim()) if d != 1)
-            scale = _absmax(t.detach(), dims).float().clamp_min(1e-12)
-            saved += [_quantize(t, scale), scale]
+            scale_t = _absmax(t.detach(), dims).float().clamp_min(1e-12)
+            saved += [_quantize(t, scale_t), scale_t]
+        ctx.packed = cu_seqlens is not None
+        if ctx.packed:
+            saved.append(cu_seqlens)
+            out = varlen_attention(q, k, v, cu_seqlens, max_seqlen, scale=scale, backend=backend)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, scale=scale)
         ctx.save_for_backward(*saved)
-        ctx.fn, ctx.dtype = fn, q.dtype
-        return fn(q, k, v)
+        ctx.dtype, ctx.scale, ctx.max_seqlen, ctx.backend = q.dtype, scale, max_seqlen, backend
+        return out
 
     @staticmethod
     def backward(ctx, g):
-        qq, sq, qk, sk, qv, sv = ctx.saved_tensors
-        with torch.enable_grad():
-            leaves = [_dequantize(t, s, ctx.dtype).requires_grad_(True) for t, s in ((qq, sq), (qk, sk), (qv, sv))]
-            grads = torch.autograd.grad(ctx.fn(*leaves), leaves, g)
-        return (*grads, None)
+        qq, sq, qk, sk, qv, sv, *cu = ctx.saved_tensors
+        q, k, v = (_dequantize(t, s, ctx.dtype) for t, s in ((qq, sq), (qk, sk), (qv, sv)))
+        if ctx.packed:
+            dq, dk, dv = varlen_attention_grads(q, k, v, cu[0], ctx.max_seqlen, g, scale=ctx.scale,
+                                                backend=ctx.backend)
+        else:
+            dq, dk, dv = _dense_core_backward(q, k, v, g, ctx.scale)
+        return dq, dk, dv, None, None, None, None
 
 
-def attention_core_8bit(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, fn) -> torch.Tensor:
-    """Run an attention core ``fn(q, k, v)`` keeping only int8 q, k, v (per-head scales) for backward.
+def attention_core_8bit(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None,
+                        cu_seqlens: torch.Tensor | None = None, max_seqlen: int = 0,
+                        backend: str = "auto") -> torch.Tensor:
+    """Softmax attention keeping only int8 q, k, v (per-head scales) for backward.
 
-    The backward dequantises q, k, v and runs ``fn`` again under autograd (one extra
-    attention forward), so nothing of the core's own saved state (output, log-sum-exp)
-    outlives the forward.
+    The backward dequantises q, k, v and recomputes the attention (one extra attention forward), so nothing of the
+    core's own saved state (output, log-sum-exp) outlives the forward.
 
     Args:
-        q, k, v: [K, H, Dh] packed or [B, H, N, Dh] dense; the head axis is 1.
-        fn: the attention core, e.g. a ``varlen_attention`` or ``scaled_dot_product_attention`` call.
+        q, k, v: [B, H, N, Dh] dense (``F.scaled_dot_product_attention``), or packed [K, H, Dh] with
+            ``cu_seqlens`` (``varlen_attention``); the head axis is 1.
+        scale: factor on q.k; default Dh ** -0.5.
+        cu_seqlens, max_seqlen, backend: for packed tokens, as in :func:`foundation.kernels.varlen_attention`.
 
     Returns:
-        ``fn(q, k, v)``, computed in full precision.
+        The attention output, computed in full precision: [B, H, N, Dh] dense or [K, H, Dh] packed.
     """
-    return _CoreFn.apply(q, k, v, fn)
+    if scale is None:
+        scale = q.shape[-1] ** -0.5
+    return _CoreFn.apply(q, k, v, scale, cu_seqlens, max_seqlen, backend)
 
 
 def softmax_8bit(x: torch.Tensor, dim: int = -1) -> torch.Tensor:

@@ -327,3 +327,37 @@ def varlen_attention(
     if validate:
         _check_values(cu_seqlens, max_seqlen, q.shape[0])
     return VarlenAttentionFunction.apply(q, k, v, cu_seqlens, max_seqlen, scale, backend, mode)
+
+
+def varlen_attention_grads(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    max_seqlen: int,
+    grad_out: torch.Tensor,
+    scale: float | None = None,
+    backend: str = "auto",
+    mode: str = "auto",
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradients of :func:`varlen_attention` w.r.t. q, k, v at ``grad_out``, recomputing the forward.
+
+    For backwards that keep only a compressed q, k, v (:func:`foundation.kernels.attention_core_8bit`): the
+    forward (output and log-sum-exp) is recomputed by the backend's own kernel, then its backward runs, through
+    the ``foundation::varlen_attn_*`` custom ops, so ``torch.compile`` traces it without a graph break and no
+    ``torch.autograd.grad`` call is made. The "sdpa" baseline has no kernel pair of its own; the reference
+    backend computes the same function for it.
+
+    Args:
+        q, k, v, cu_seqlens, max_seqlen, scale, backend, mode: as in :func:`varlen_attention`.
+        grad_out: the output's gradient [T, H, Dh].
+
+    Returns:
+        dq, dk, dv, each [T, H, Dh] in the dtype of q.
+    """
+    backend = resolve_backend(backend, q)
+    if backend == "sdpa":
+        backend = "reference"
+    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    out, lse = _varlen_fwd_op(q, k, v, cu_seqlens, max_seqlen, scale, backend, mode, False)
+    return _varlen_bwd_op(grad_out, q, k, v, out, lse, cu_seqlens, max_seqlen, scale, backend, mode)

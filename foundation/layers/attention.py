@@ -114,10 +114,10 @@ class Attention(nn.Module):
             o = reference_varlen_dropout(q, k, v, cu_seqlens, self.scale, self.attn_drop_p)
         else:
 
-            def core(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-                return varlen_attention(q, k, v, cu_seqlens, max_seqlen, scale=self.scale, backend=self.backend)
-
-            o = attention_core_8bit(q, k, v, core) if self._core_8bit() else core(q, k, v)
+            if self._core_8bit():
+                o = attention_core_8bit(q, k, v, self.scale, cu_seqlens, max_seqlen, self.backend)
+            else:
+                o = varlen_attention(q, k, v, cu_seqlens, max_seqlen, scale=self.scale, backend=self.backend)
         o = o.reshape(K, D)  # [K, H, Dh] -> [K, D]
         return self.proj_drop(self.proj(o))
 
@@ -173,7 +173,7 @@ class Attention(nn.Module):
         qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim)  # [B, N, 3D] -> [B, N, 3, H, Dh]
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # -> 3 x [B, H, N, Dh]
         if self._core_8bit():
-            o = attention_core_8bit(q, k, v, lambda q, k, v: F.scaled_dot_product_attention(q, k, v, scale=self.scale))
+            o = attention_core_8bit(q, k, v, self.scale)
         else:
             drop = self.attn_drop_p if self.training else 0.0
             o = F.scaled_dot_product_attention(q, k, v, dropout_p=drop, scale=self.scale)

@@ -48,8 +48,6 @@ CASES["Block:8-bit-activations"] = (lambda: _act_bits(Block(D, 4)), lambda m: la
 for _cls in (GELU8, SiLU8):  # Linear8 and LayerNorm8 are reached through apply_act_bits (the Block case)
     CASES[f"mesa:{_cls.__name__}"] = (lambda c=_cls: c(), lambda m: lambda: m(_tokens()))
 CASES["mesa:Softmax8"] = (lambda: Softmax8(dim=-1), lambda m: lambda: m(_tokens()))
-# the 8-bit attention core recomputes the attention in backward with torch.autograd.grad, which dynamo does not trace
-KNOWN_BREAKS = {"Block:8-bit-activations"}
 
 
 def _act_bits(m: nn.Module) -> nn.Module:
@@ -58,9 +56,7 @@ def _act_bits(m: nn.Module) -> nn.Module:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.xfail(strict=True, reason="8-bit attention core: "
-                                              "torch.autograd.grad in backward")) if c in KNOWN_BREAKS else c
-                                  for c in sorted(CASES)])
+@pytest.mark.parametrize("case", sorted(CASES))
 def test_layer_traces_without_graph_breaks(case: str) -> None:
     build, call = CASES[case]
     torch.manual_seed(0)
