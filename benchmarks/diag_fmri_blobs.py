@@ -1,6 +1,6 @@
 """Where the fMRI demo corpus's planted drive sits in the model's input, per network (issue 18, the fMRI blobs).
 
-    python benchmarks/diag_fmri_blobs.py --cache runs/bx5-fmri/fmri-cache --subjects 48 [--explain DIR]
+    python benchmarks/diag_fmri_blobs.py --cache runs/bx5-fmri/fmri-cache --subjects 48 [--explain DIR] [--run DIR]
 
 On the ``slim-brain-tiny-probe`` data (the cached, preprocessed windows the fine-tune reads), per scan:
 
@@ -15,6 +15,9 @@ On the ``slim-brain-tiny-probe`` data (the cached, preprocessed windows the fine
 
 With ``--explain DIR`` (a ``foundation explain`` folder on this data), the share of |attribution| per network's
 blobs for each explained scan, by its class, and the share of the brain mask's voxels each network's blobs hold.
+With ``--run DIR`` (a ``bench_explain.py --out`` folder on this data: ``fmri/ft/model`` and ``results.json``), each
+network's blobs are zeroed in turn in the explained windows and the mean logits printed per class: a class whose
+logit does not drop when its own blobs go, and rises when another network's go, is read by elimination.
 """
 from __future__ import annotations
 
@@ -43,6 +46,7 @@ def main() -> None:
     parser.add_argument("--cache", default="runs/bx5-fmri/fmri-cache")
     parser.add_argument("--subjects", type=int, default=48)
     parser.add_argument("--explain", default="", help="a foundation explain folder on this data (voxels_*.nii.gz)")
+    parser.add_argument("--run", default="", help="a bench_explain.py --out folder on this data (blob ablation)")
     args = parser.parse_args()
 
     from foundation.config import load_recipe
@@ -150,6 +154,43 @@ def main() -> None:
             print(f"{method:10s} scan {scan:2d} class {names[label]:13s} " + " ".join(
                 f"{n} {s:.3f}" for n, s in zip(names, shares)) + "  | uniform " + " ".join(
                 f"{b.sum() / m.sum():.3f}" for b in blobs) + f"  | auroc {blob_auroc(vmap, grid_affine(ds, scan), m, label):.3f}")
+
+    if args.run:
+        ablation(ds, Path(args.run), names)
+
+
+def ablation(ds, run: Path, names: list[str]) -> None:
+    """Mean logits of the fine-tune on its explained windows, clean and with each network's blobs zeroed."""
+    import torch
+
+    import foundation
+    from foundation.explain.fmri import grid_affine
+    from foundation.explain.target import InputModel
+    from foundation.modalities.fmri.cache import open_scan
+    from foundation.modalities.fmri.demo_corpus import BLOB_SIGMA_MM
+
+    model = foundation.load(run / "fmri" / "ft" / "model").eval()
+    net = InputModel(model, {})
+    items = json.loads((run / "results.json").read_text())["fmri"]["summary"]["items"]
+    out: dict[int, list[dict[str, np.ndarray]]] = {}
+    with torch.no_grad():
+        for i in items:
+            it = ds[i]
+            scan, label = int(it["scan"]), int(it["label"])
+            m = np.asarray(open_scan(ds.cache, ds.scans[scan])[1]).transpose(2, 1, 0)  # [Z, Y, X] -> [X, Y, Z]
+            blobs = blob_masks(m.shape, grid_affine(ds, scan), m, BLOB_SIGMA_MM)
+            x = it["x"][None]  # [1, 1, W, Z, Y, X]
+            row = {"clean": net(x)[0].numpy()}
+            for k, name in enumerate(names):
+                keep = torch.from_numpy(~blobs[k].transpose(2, 1, 0))  # [X, Y, Z] -> [Z, Y, X]
+                row[f"without {name}"] = net(x * keep)[0].numpy()
+            out.setdefault(label, []).append(row)
+    print("\n| windows of class | input | " + " | ".join(f"logit {n}" for n in names) + " |")
+    print("|" + "---|" * (2 + len(names)))
+    for label, rows in sorted(out.items()):
+        for key in rows[0]:
+            mean = np.mean([r[key] for r in rows], 0)
+            print(f"| {names[label]} ({len(rows)}) | {key} | " + " | ".join(f"{v:.2f}" for v in mean) + " |")
 
 
 if __name__ == "__main__":
