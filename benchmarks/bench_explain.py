@@ -3,6 +3,7 @@
     python benchmarks/bench_explain.py --out runs/bench-explain [--steps 120] [--items 16]
         [--only eeg fmri us-cls us-seg]
         [--base-eeg RUN/export] [--base-fmri RUN/export] [--base-us RUN/export] [--head-init random] [--set K=V]
+        [--fmri-subjects N] [--fmri-train-selection saliency|all|random]
 
 For each shipped model a tiny encoder (the ``*-tiny`` recipe's sizes; pretrained by ``foundation pretrain`` when
 ``--base-eeg`` / ``--base-fmri`` / ``--base-us`` name the run's export folder, else random init) is fully
@@ -75,6 +76,21 @@ def _spread(test: list[int], labels: list, n: int) -> list[int]:
     return sorted(out)
 
 
+def _accuracy(model: torch.nn.Module, dataset, items: list[int]) -> dict[str, float]:
+    """Balanced accuracy of a classification fine-tune on ``items`` of ``dataset`` (windows it did not train on)."""
+    from sklearn.metrics import balanced_accuracy_score
+
+    from foundation.explain.target import InputModel
+
+    net, pred, true = InputModel(model, {}), [], []
+    with torch.no_grad():
+        for a in range(0, len(items), 8):
+            batch = [dataset[i] for i in items[a:a + 8]]
+            pred += net(torch.stack([b["x"] for b in batch])).argmax(-1).tolist()
+            true += [int(b["label"]) for b in batch]
+    return {"balanced_accuracy": float(balanced_accuracy_score(true, pred)), "n": len(items)}
+
+
 def _encoder(recipe: str, **changes):
     rec = load_recipe(recipe)
     cls = MODELS.get(rec.model.name)
@@ -143,6 +159,9 @@ def main() -> None:
     parser.add_argument("--base-us", default="", help="export folder of an ultrasound-mtl-tiny pretraining run (else "
                                                      "random init)")
     parser.add_argument("--fmri-subjects", type=int, default=24, help="demo subjects of the fMRI fine-tune")
+    parser.add_argument("--fmri-train-selection", default="saliency", choices=["saliency", "all", "random"],
+                        help="windows the fMRI fine-tune trains on ('all': every window of a scan carries its label, "
+                             "rest included); explained are always the held-out scans' salient windows")
     parser.add_argument("--head-init", default="probe", choices=["probe", "random"],
                         help="the fine-tunes' new head: LP-FT (a linear probe of the frozen features) or random")
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
@@ -178,12 +197,20 @@ def main() -> None:
         _save(out, results)
     if "fmri" in args.only:
         data = [f"data.cache_dir={out / 'fmri-cache'}", f"data.demo_subjects={args.fmri_subjects}"]
-        model, ds, test, metrics, secs = _finetune("slim-brain-tiny-probe", data,
+        model, ds, test, metrics, secs = _finetune("slim-brain-tiny-probe",
+                                                   data + [f"data.selection={args.fmri_train_selection}"],
                                                    args.base_fmri or _encoder("slim-brain-tiny"), out / "fmri",
                                                    args.steps, args.head_init, tuple(args.sets))
+        if args.fmri_train_selection != "saliency":  # explain the held-out scans' salient windows (task blocks)
+            held = {int(ds.items[i][0]) for i in test}
+            recipe = load_recipe("slim-brain-tiny-probe", data)
+            DATASETS.get(recipe.data.name).prepare(recipe.data.config)
+            ds = DATASETS.get(recipe.data.name)(recipe.data.config)
+            test = [i for i, (scan, _) in enumerate(ds.items) if scan in held]
+            metrics = {**metrics, "salient_windows": _accuracy(model, ds, test)}
         opts = ExplainOptions(items=tuple(_spread(test, ds.item_labels(), args.fmri_items)), batch_size=2, ig_steps=16)
         results["fmri"] = {"finetune": metrics, "train_s": secs, "base": args.base_fmri or "random init",
-                           "head_init": args.head_init, "sets": args.sets,
+                           "head_init": args.head_init, "sets": args.sets, "train_selection": args.fmri_train_selection,
                            "summary": explain(model, ds, out=out / "fmri" / "explain", options=opts)}
         print("fmri done", json.dumps(results["fmri"]["summary"].get("blob_auroc")), flush=True)
         _save(out, results)
@@ -235,6 +262,9 @@ def report(results: dict) -> str:
         if "finetune" in r:
             lines.append(f"- {mod}: held-out balanced accuracy of the fine-tune {r['finetune']['balanced_accuracy']:.3f} "
                          f"(trained {r['train_s']:.0f} s, from {r.get('base', 'random init')})")
+            if "salient_windows" in r["finetune"]:
+                lines.append(f"  (trained on {r['train_selection']} windows; on the held-out scans' salient windows "
+                             f"{r['finetune']['salient_windows']['balanced_accuracy']:.3f})")
     lines.append("")
     lines.append(markdown_table(rows, ".3f"))
     if "eeg" in results and "relp" in results["eeg"]["summary"]:
