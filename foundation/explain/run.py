@@ -433,7 +433,7 @@ def _explain_fmri(model: nn.Module, dataset: Any, methods: list[str], opts: Expl
         res["seconds_per_item"][method] = (time.perf_counter() - t0) / len(idx)
         a = attr.float().numpy()
         scores[method] = torch.from_numpy(np.abs(a).sum(axis=(1, 2)).reshape(len(idx), -1))  # [S, Z*Y*X]
-        aucs = []
+        aucs, auc_labels = [], []
         for k, scan in enumerate(sorted(set(scans.tolist()))):
             sel = [s for s in range(len(idx)) if int(scans[s]) == scan]
             vmap = voxel_map(a[sel])
@@ -445,8 +445,9 @@ def _explain_fmri(model: nn.Module, dataset: Any, methods: list[str], opts: Expl
             if demo and labels[idx[sel[0]]] >= 0:
                 _, mask = open_scan(dataset.cache, dataset.scans[scan])
                 aucs.append(blob_auroc(vmap, affine, np.asarray(mask).transpose(2, 1, 0), labels[idx[sel[0]]]))
+                auc_labels.append(labels[idx[sel[0]]])
         if aucs:
-            res["blob_auroc"][method] = {"mean": float(np.mean(aucs)), "per_scan": aucs}
+            res["blob_auroc"][method] = {"mean": float(np.mean(aucs)), "per_scan": aucs, "labels": auc_labels}
     for scan in sorted(set(scans.tolist())):
         plot_saliency(out / f"saliency_scan{scan}.png", dataset, scan)
     batches = [{"x": x[a:a + bs]} for a in range(0, len(idx), bs)]
