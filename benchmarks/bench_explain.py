@@ -281,9 +281,9 @@ def report(results: dict) -> str:
             row["deletion area vs random"] = dele.get(m)
             rows.append(row)
         if "finetune" in r:
+            trained = f"trained {r['train_s']:.0f} s" if r["train_s"] else "reused"
             lines.append(f"- {mod}: held-out balanced accuracy of the fine-tune {r['finetune']['balanced_accuracy']:.3f} "
-                         f"({'reused' if not r['train_s'] else 'trained %.0f s' % r['train_s']}, from "
-                         f"{r.get('base', 'random init')})")
+                         f"({trained}, from {r.get('base', 'random init')})")
             if "salient_windows" in r["finetune"]:
                 lines.append(f"  (trained on {r['train_selection']} windows; on the held-out scans' salient windows "
                              f"{r['finetune']['salient_windows']['balanced_accuracy']:.3f})")

@@ -52,7 +52,12 @@ def main() -> None:
     from foundation.config import load_recipe
     from foundation.explain.fmri import blob_auroc, grid_affine
     from foundation.modalities.fmri.cache import open_scan
-    from foundation.modalities.fmri.demo_corpus import BLOB_SIGMA_MM, NETWORKS, task_frames, task_regressor
+    from foundation.modalities.fmri.demo_corpus import (
+        BLOB_SIGMA_MM,
+        NETWORKS,
+        task_frames,
+        task_regressor,
+    )
     from foundation.registry import DATASETS
 
     names = list(NETWORKS)
