@@ -3,6 +3,8 @@
     python benchmarks/bench_explain.py --out runs/bench-explain [--steps 120] [--items 16]
         [--only eeg fmri us-cls us-seg]
         [--base-eeg RUN/export] [--base-fmri RUN/export] [--base-us RUN/export] [--head-init random] [--set K=V]
+        [--fmri-subjects N] [--fmri-train-selection saliency|all|random] [--reuse-finetune] [--explain-name NAME]
+        [--lrp-attention cp|attnlrp]
 
 For each shipped model a tiny encoder (the ``*-tiny`` recipe's sizes; pretrained by ``foundation pretrain`` when
 ``--base-eeg`` / ``--base-fmri`` / ``--base-us`` name the run's export folder, else random init) is fully
@@ -43,8 +45,20 @@ TRAIN = ["train.warmup_steps=5", "train.progress_bar=false"]
 
 
 def _finetune(recipe_name: str, data: list[str], base_model: torch.nn.Module | str, out: Path, steps: int,
-              head_init: str = "probe", sets: tuple[str, ...] = ()):
+              head_init: str = "probe", sets: tuple[str, ...] = (), reuse: bool = False):
+    """Fine-tune (or, with ``reuse``, load the fine-tune an earlier run left in ``out/ft``) and return
+    (model, data set, held-out indices, held-out metrics, seconds)."""
     recipe = load_recipe(recipe_name, data + TRAIN + [f"train.steps={steps}", *sets])
+    if reuse and (out / "ft" / "model").is_dir():
+        import foundation
+
+        ds_cls = DATASETS.get(recipe.data.name)
+        ds_cls.prepare(recipe.data.config)
+        dataset = ds_cls(recipe.data.config)
+        _, test, _ = _split(dataset, FinetuneOptions(method="full"), "classification")
+        metrics = json.loads((out / "ft" / "metrics.json").read_text())["metrics"]
+        print(f"{recipe_name}: reusing the fine-tune in {out / 'ft'}", flush=True)
+        return foundation.load(out / "ft" / "model"), dataset, list(test.indices), metrics, 0.0
     if isinstance(base_model, str):  # a pretraining run's export folder
         base = Path(base_model)
     else:
@@ -73,6 +87,21 @@ def _spread(test: list[int], labels: list, n: int) -> list[int]:
             if q and len(out) < n:
                 out.append(q.pop(0))
     return sorted(out)
+
+
+def _accuracy(model: torch.nn.Module, dataset, items: list[int]) -> dict[str, float]:
+    """Balanced accuracy of a classification fine-tune on ``items`` of ``dataset`` (windows it did not train on)."""
+    from sklearn.metrics import balanced_accuracy_score
+
+    from foundation.explain.target import InputModel
+
+    net, pred, true = InputModel(model, {}), [], []
+    with torch.no_grad():
+        for a in range(0, len(items), 8):
+            batch = [dataset[i] for i in items[a:a + 8]]
+            pred += net(torch.stack([b["x"] for b in batch])).argmax(-1).tolist()
+            true += [int(b["label"]) for b in batch]
+    return {"balanced_accuracy": float(balanced_accuracy_score(true, pred)), "n": len(items)}
 
 
 def _encoder(recipe: str, **changes):
@@ -116,12 +145,13 @@ def _train_segmentation(out: Path, steps: int, images: int, base: str = "") -> t
     return model, [*data[:3], "data.split=val", "data.augment=false"], time.perf_counter() - t0
 
 
-def _save(out: Path, results: dict) -> dict:
-    """Merge ``results`` into ``out/results.json`` after each section (sections run separately add up, and a
-    later section's failure keeps the earlier ones); returns the merged results."""
+def _save(out: Path, results: dict, name: str = "explain") -> dict:
+    """Merge ``results`` into ``out/results.json`` (``out/results-<name>.json`` for another ``--explain-name``)
+    after each section (sections run separately add up, and a later section's failure keeps the earlier ones);
+    returns the merged results."""
     from foundation.atomic import atomic_write_json
 
-    saved = out / "results.json"
+    saved = out / ("results.json" if name == "explain" else f"results-{name}.json")
     merged = {**(json.loads(saved.read_text()) if saved.is_file() else {}),
               **json.loads(json.dumps(results, default=str))}
     atomic_write_json(saved, merged)
@@ -143,6 +173,15 @@ def main() -> None:
     parser.add_argument("--base-us", default="", help="export folder of an ultrasound-mtl-tiny pretraining run (else "
                                                      "random init)")
     parser.add_argument("--fmri-subjects", type=int, default=24, help="demo subjects of the fMRI fine-tune")
+    parser.add_argument("--fmri-train-selection", default="saliency", choices=["saliency", "all", "random"],
+                        help="windows the fMRI fine-tune trains on ('all': every window of a scan carries its label, "
+                             "rest included); explained are always the held-out scans' salient windows")
+    parser.add_argument("--reuse-finetune", action="store_true",
+                        help="load the fine-tune an earlier run left under --out (same data options) instead of "
+                             "training again: explain it with other items or rules")
+    parser.add_argument("--explain-name", default="explain", help="folder (under --out/<modality>/) of the explanation")
+    parser.add_argument("--lrp-attention", default="cp", choices=["cp", "attnlrp"],
+                        help="lrp on the transformers: CP-LRP or AttnLRP's softmax and uniform q.k / P.v rules")
     parser.add_argument("--head-init", default="probe", choices=["probe", "random"],
                         help="the fine-tunes' new head: LP-FT (a linear probe of the frozen features) or random")
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
@@ -167,26 +206,35 @@ def main() -> None:
         data = [f"data.cache_dir={out / 'eeg-cache'}", "train.micro_batch_size=16"]
         model, ds, test, metrics, secs = _finetune("deeperbrain-tiny-probe", data,
                                                    args.base_eeg or _encoder("deeperbrain-tiny"), out / "eeg",
-                                                   args.steps, args.head_init, tuple(args.sets))
+                                                   args.steps, args.head_init, tuple(args.sets), args.reuse_finetune)
         opts = ExplainOptions(methods=("ig", "lrp", "occlusion", "rollout", "random", "relp"),
                               items=tuple(test[:args.items]),
-                              threshold=args.threshold)
+                              threshold=args.threshold, lrp_attention=args.lrp_attention)
         results["eeg"] = {"finetune": metrics, "train_s": secs, "base": args.base_eeg or "random init",
                           "head_init": args.head_init, "sets": args.sets,
-                          "summary": explain(model, ds, out=out / "eeg" / "explain", options=opts)}
+                          "summary": explain(model, ds, out=out / "eeg" / args.explain_name, options=opts)}
         print("eeg done", json.dumps(results["eeg"]["summary"].get("planted_share")), flush=True)
-        _save(out, results)
+        _save(out, results, args.explain_name)
     if "fmri" in args.only:
         data = [f"data.cache_dir={out / 'fmri-cache'}", f"data.demo_subjects={args.fmri_subjects}"]
-        model, ds, test, metrics, secs = _finetune("slim-brain-tiny-probe", data,
+        model, ds, test, metrics, secs = _finetune("slim-brain-tiny-probe",
+                                                   data + [f"data.selection={args.fmri_train_selection}"],
                                                    args.base_fmri or _encoder("slim-brain-tiny"), out / "fmri",
-                                                   args.steps, args.head_init, tuple(args.sets))
-        opts = ExplainOptions(items=tuple(_spread(test, ds.item_labels(), args.fmri_items)), batch_size=2, ig_steps=16)
+                                                   args.steps, args.head_init, tuple(args.sets), args.reuse_finetune)
+        if args.fmri_train_selection != "saliency":  # explain the held-out scans' salient windows (task blocks)
+            held = {int(ds.items[i][0]) for i in test}
+            recipe = load_recipe("slim-brain-tiny-probe", data)
+            DATASETS.get(recipe.data.name).prepare(recipe.data.config)
+            ds = DATASETS.get(recipe.data.name)(recipe.data.config)
+            test = [i for i, (scan, _) in enumerate(ds.items) if scan in held]
+            metrics = {**metrics, "salient_windows": _accuracy(model, ds, test)}
+        opts = ExplainOptions(items=tuple(_spread(test, ds.item_labels(), args.fmri_items)), batch_size=2, ig_steps=16,
+                              lrp_attention=args.lrp_attention)
         results["fmri"] = {"finetune": metrics, "train_s": secs, "base": args.base_fmri or "random init",
-                           "head_init": args.head_init, "sets": args.sets,
-                           "summary": explain(model, ds, out=out / "fmri" / "explain", options=opts)}
+                           "head_init": args.head_init, "sets": args.sets, "train_selection": args.fmri_train_selection,
+                           "summary": explain(model, ds, out=out / "fmri" / args.explain_name, options=opts)}
         print("fmri done", json.dumps(results["fmri"]["summary"].get("blob_auroc")), flush=True)
-        _save(out, results)
+        _save(out, results, args.explain_name)
     if "us-cls" in args.only:
         data = [f"data.cache_dir={out / 'us-cache'}"]
         model, ds, test, metrics, secs = _finetune("ultrasound-mtl-tiny-probe", data,
@@ -197,7 +245,7 @@ def main() -> None:
         results["us-cls"] = {"finetune": metrics, "train_s": secs, "base": args.base_us or "random init",
                              "summary": explain(model, ds, out=out / "us-cls" / "explain", options=opts)}
         print("us-cls done", flush=True)
-        _save(out, results)
+        _save(out, results, args.explain_name)
     if "us-seg" in args.only:
         model, data, secs = _train_segmentation(out, args.steps, images=48, base=args.base_us)
         opts = ExplainOptions(n_items=args.items, task="lung")
@@ -205,8 +253,8 @@ def main() -> None:
                              "summary": explain(model, "ultrasound-mtl-tiny", data, out=out / "us-seg" / "explain",
                                                 options=opts)}
         print("us-seg done", json.dumps(results["us-seg"]["summary"].get("pointing_game")), flush=True)
-        _save(out, results)
-    results = _save(out, results)
+        _save(out, results, args.explain_name)
+    results = _save(out, results, args.explain_name)
     print(f"machine load after: {subprocess.run(['uptime'], capture_output=True, text=True, check=False).stdout.strip()}")
     print(report(results))
 
@@ -233,10 +281,27 @@ def report(results: dict) -> str:
             row["deletion area vs random"] = dele.get(m)
             rows.append(row)
         if "finetune" in r:
+            trained = f"trained {r['train_s']:.0f} s" if r["train_s"] else "reused"
             lines.append(f"- {mod}: held-out balanced accuracy of the fine-tune {r['finetune']['balanced_accuracy']:.3f} "
-                         f"(trained {r['train_s']:.0f} s, from {r.get('base', 'random init')})")
+                         f"({trained}, from {r.get('base', 'random init')})")
+            if "salient_windows" in r["finetune"]:
+                lines.append(f"  (trained on {r['train_selection']} windows; on the held-out scans' salient windows "
+                             f"{r['finetune']['salient_windows']['balanced_accuracy']:.3f})")
     lines.append("")
     lines.append(markdown_table(rows, ".3f"))
+    per_class = []
+    for mod, r in results.items():
+        for m, v in r["summary"].get("blob_auroc", {}).items():
+            if "labels" in v:  # fMRI blob AUROC per driven network (mean over the explained scans of that class)
+                from foundation.modalities.fmri.demo_corpus import NETWORKS
+
+                row = {"modality": mod, "method": m, "scans": len(v["per_scan"])}
+                for c, name in enumerate(NETWORKS):
+                    got = [a for a, lab in zip(v["per_scan"], v["labels"]) if lab == c]
+                    row[name] = sum(got) / len(got) if got else None
+                per_class.append(row)
+    if per_class:
+        lines.append(markdown_table(per_class, ".3f"))
     if "eeg" in results and "relp" in results["eeg"]["summary"]:
         lines.append(markdown_table([results["eeg"]["summary"]["relp"]], ".3f"))
     for mod, r in results.items():

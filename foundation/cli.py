@@ -155,6 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--threshold", type=float, default=0.1,
                      help="layer activity: relative change of the residual stream that counts as material")
     exp.add_argument("--task", default="", help="ultrasound multi-task model: the segmentation head to explain")
+    exp.add_argument("--lrp-attention", default="cp", choices=["cp", "attnlrp"],
+                     help="--method lrp on the transformers: CP-LRP (attention weights held) or AttnLRP's softmax "
+                          "and uniform q.k / P.v rules")
     add("info", "versions, accelerator, recipes and registered components")
     return parser
 
@@ -360,7 +363,8 @@ def _explain(args: argparse.Namespace) -> int:
     from foundation.explain import ExplainOptions, explain
 
     opts = ExplainOptions(methods=tuple(args.methods), n_items=args.n_items, items=tuple(args.items),
-                          ig_steps=args.ig_steps, threshold=args.threshold, task=args.task)
+                          ig_steps=args.ig_steps, threshold=args.threshold, task=args.task,
+                          lrp_attention=args.lrp_attention)
     load_recipe(args.data, args.overrides)  # checked before the model loads
     model = foundation.load(args.model, revision=args.revision)
     summary = explain(model, args.data, args.overrides, out=args.out, options=opts)

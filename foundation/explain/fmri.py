@@ -8,7 +8,9 @@ canonical (RAS+) affine, scaled by the voxel resampling and shifted by the centr
 
 Ground truth (:func:`blob_auroc`): the demo corpus drives one network per subject (the label), two Gaussian
 blobs of ``BLOB_SIGMA_MM`` at known MNI centres (jittered by 4 mm per subject); voxels of the brain mask within
-one sigma of a driven centre are the positives of an AUROC of the voxel map.
+one sigma of a driven centre are the positives of an AUROC of the voxel map. :func:`drive_map` is the planted
+activation itself, read off the model's input (the voxel series correlated with the corpus's task regressor): the
+reference an explanation is scored beside (its AUROC is what a perfect map of the drive reaches on those frames).
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ from foundation.atomic import atomic_path
 from foundation.errors import DataError
 from foundation.explain.figure import pyplot, save_figure
 
-__all__ = ["blob_auroc", "grid_affine", "plot_brain", "plot_saliency", "voxel_map", "write_nifti"]
+__all__ = ["blob_auroc", "drive_map", "grid_affine", "plot_brain", "plot_saliency", "voxel_map", "write_nifti"]
 
 
 def grid_affine(dataset: Any, scan: int) -> np.ndarray:
@@ -129,3 +131,37 @@ def blob_auroc(vmap: np.ndarray, affine: np.ndarray, mask_xyz: np.ndarray, label
         raise DataError(f"fMRI ground truth: the driven blobs cover {int(y.sum())} of {len(y)} brain voxels; the grid "
                         "does not hold the demo network (is it the demo corpus in MNI space?)")
     return float(roc_auc_score(y, vmap.reshape(-1)[inside]))
+
+
+def drive_map(x: np.ndarray, tr: float, start: int = 0, n_frames: int | None = None) -> np.ndarray:
+    """The demo corpus's planted activation in a window of a scan: ``|r|`` of each voxel's series with the drive.
+
+    Args:
+        x: ``[T, Z, Y, X]`` preprocessed frames of one scan (the model's input), ``T >= 3``, taken from frame
+            ``start`` of a scan of ``n_frames`` frames (default: ``start + T``, i.e. the scan's first frames).
+        tr: seconds per frame of ``x``.
+        start: the first frame of ``x`` in its scan (the task design is fixed in scan time).
+        n_frames: frames of the whole scan (the design's epochs are fractions of it).
+
+    Returns:
+        ``[X, Y, Z]`` Pearson |r| with :func:`~foundation.modalities.fmri.demo_corpus.task_regressor` over these
+        frames (0 for flat voxels, e.g. outside the brain mask).
+
+    Raises:
+        DataError: fewer than 3 frames, or frames in which the task regressor is flat (no task block in them).
+    """
+    from foundation.modalities.fmri.demo_corpus import task_regressor
+
+    T = x.shape[0]
+    total = n_frames if n_frames is not None else start + T
+    if T < 3 or start < 0 or start + T > total:
+        raise DataError(f"drive_map: need >= 3 frames inside the scan; got {T} frames from {start} of {total}")
+    reg = task_regressor(total, tr)[start:start + T]
+    if reg.std() < 1e-6:
+        raise DataError(f"drive_map: frames {start}-{start + T} of {total} hold no task block (the regressor is flat "
+                        "there); give frames that cover a task epoch")
+    r = (reg - reg.mean()) / reg.std()
+    v = np.asarray(x, np.float64)
+    sd = v.std(axis=0)
+    z = (v - v.mean(axis=0)) / np.where(sd > 1e-6, sd, np.inf)  # [T, Z, Y, X]; flat voxels -> 0
+    return np.abs(np.tensordot(r, z, axes=(0, 0)) / T).transpose(2, 1, 0)  # [Z, Y, X] -> [X, Y, Z]

@@ -34,6 +34,7 @@ from torch import nn
 
 from foundation.atomic import atomic_path, atomic_write_json
 from foundation.errors import ConfigError, DataError
+from foundation.explain.attnlrp import ATTENTION_RULES
 from foundation.explain.methods import (
     METHODS,
     attribute,
@@ -69,11 +70,17 @@ class ExplainOptions:
     task: str = field(default="", metadata={"help": "ultrasound multi-task model: the head to explain ('' = first "
                                                     "segmentation task of the data)"})
     deletion: bool = field(default=True, metadata={"help": "deletion curves (fine-tunes with labels)"})
+    lrp_attention: str = field(default="cp", metadata={"help": "lrp on the transformers: the attention rule, 'cp' "
+                                                                "(CP-LRP, weights held) or 'attnlrp' (softmax and "
+                                                                "uniform q.k / P.v rules)"})
 
     def __post_init__(self) -> None:
         self.methods, self.items = tuple(self.methods), tuple(int(i) for i in self.items)
         for m in self.methods:
             check_method(m, METHODS)
+        if self.lrp_attention not in ATTENTION_RULES:
+            raise ConfigError(f"explain: lrp_attention {self.lrp_attention!r} is not a rule; valid: "
+                              f"{', '.join(ATTENTION_RULES)}")
         if self.n_items < 1 or self.ig_steps < 1 or self.batch_size < 1 or self.threshold <= 0:
             raise ConfigError(f"explain: n_items, ig_steps and batch_size must be >= 1 and threshold > 0; got {self}")
 
@@ -316,7 +323,7 @@ def _explain_eeg(model: nn.Module, dataset: Any, methods: list[str], opts: Expla
             attr = _batched(lambda sl: attribute("occlusion", net(sl), bands[sl], target[sl],
                                                  window=(1, 1, x.shape[-1])), len(idx), bs)
         elif method == "lrp":  # AttnLRP (transformer rules) over the band components
-            attr = _batched(lambda sl: transformer_lrp(net(sl), bands[sl], target[sl]), len(idx), bs)
+            attr = _batched(lambda sl: transformer_lrp(net(sl), bands[sl], target[sl], opts.lrp_attention), len(idx), bs)
         else:
             attr = attribute(method, None, bands, target)
         res["seconds_per_item"][method] = (time.perf_counter() - t0) / len(idx)
@@ -414,7 +421,7 @@ def _explain_fmri(model: nn.Module, dataset: Any, methods: list[str], opts: Expl
                      for a in range(0, len(idx), bs)]
             attr = torch.cat([p[0] for p in parts])
         elif method == "lrp":
-            attr = _batched(lambda sl: transformer_lrp(net, x[sl], target[sl]), len(idx), bs)
+            attr = _batched(lambda sl: transformer_lrp(net, x[sl], target[sl], opts.lrp_attention), len(idx), bs)
         elif method == "rollout":
             attr = _batched(lambda sl: hiera_rollout(encoder_of(model), x[sl]), len(idx), bs)
         elif method == "occlusion":
@@ -426,7 +433,7 @@ def _explain_fmri(model: nn.Module, dataset: Any, methods: list[str], opts: Expl
         res["seconds_per_item"][method] = (time.perf_counter() - t0) / len(idx)
         a = attr.float().numpy()
         scores[method] = torch.from_numpy(np.abs(a).sum(axis=(1, 2)).reshape(len(idx), -1))  # [S, Z*Y*X]
-        aucs = []
+        aucs, auc_labels = [], []
         for k, scan in enumerate(sorted(set(scans.tolist()))):
             sel = [s for s in range(len(idx)) if int(scans[s]) == scan]
             vmap = voxel_map(a[sel])
@@ -438,8 +445,9 @@ def _explain_fmri(model: nn.Module, dataset: Any, methods: list[str], opts: Expl
             if demo and labels[idx[sel[0]]] >= 0:
                 _, mask = open_scan(dataset.cache, dataset.scans[scan])
                 aucs.append(blob_auroc(vmap, affine, np.asarray(mask).transpose(2, 1, 0), labels[idx[sel[0]]]))
+                auc_labels.append(labels[idx[sel[0]]])
         if aucs:
-            res["blob_auroc"][method] = {"mean": float(np.mean(aucs)), "per_scan": aucs}
+            res["blob_auroc"][method] = {"mean": float(np.mean(aucs)), "per_scan": aucs, "labels": auc_labels}
     for scan in sorted(set(scans.tolist())):
         plot_saliency(out / f"saliency_scan{scan}.png", dataset, scan)
     batches = [{"x": x[a:a + bs]} for a in range(0, len(idx), bs)]

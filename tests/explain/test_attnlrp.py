@@ -67,17 +67,84 @@ def test_relevance_is_conserved_on_the_shipped_encoders(make):
     assert ((plain - f).abs() > 0.2 * f.abs()).all()
 
 
+@pytest.mark.parametrize("rule", ["cp", "attnlrp"])
 @pytest.mark.parametrize("make", [_eeg_net, _fmri_net], ids=["deeperbrain", "hiera4d"])
-def test_rules_leave_the_forward_values_and_the_model_unchanged(make):
+def test_rules_leave_the_forward_values_and_the_model_unchanged(make, rule):
     net, x = make()
     with torch.no_grad():
         before = net(x)
-        with lrp_rules(net):
+        with lrp_rules(net, rule):
             during = net(x)
         after = net(x)
     torch.testing.assert_close(during, before, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(after, before, rtol=0, atol=0)
     assert "scale_input" not in vars(net.model.encoder)  # the instance override is gone
+
+
+def _explicit_attnlrp(att: nn.Module, x: torch.Tensor, e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """AttnLRP of ``f = sum(e * att(x))`` through one dense attention layer (biases zero) by explicit relevance
+    messages, the paper's equations written out: the z-rule on the linear maps (``R_in = in * W^T (R_out /
+    out)``), the uniform rule on ``P v`` and ``q k^T`` (half to each factor, in proportion to its term), the softmax
+    rule ``R_s = s * (R_P - P sum_j R_P)``. x ``[N, D]`` -> (R_x ``[N, D]``, relevance the softmax absorbs)."""
+    N, D = x.shape
+    H, Dh = att.num_heads, att.head_dim
+    qkv = x @ att.qkv.weight.T  # [N, 3D]
+    q, k, v = qkv.reshape(N, 3, H, Dh).unbind(1)  # 3 x [N, H, Dh]
+    s = torch.einsum("ihd,jhd->hij", q, k) * att.scale  # [H, N, N]
+    P = s.softmax(-1)
+    o = torch.einsum("hij,jhd->ihd", P, v)  # [N, H, Dh]
+    y = o.reshape(N, D) @ att.proj.weight.T  # [N, D]
+    r_o = (o.reshape(N, D) * ((e * y / y) @ att.proj.weight)).reshape(N, H, Dh)
+    ratio = r_o / o
+    r_p = 0.5 * torch.einsum("hij,jhd,ihd->hij", P, v, ratio)
+    r_v = 0.5 * torch.einsum("hij,jhd,ihd->jhd", P, v, ratio)
+    r_s = s * (r_p - P * r_p.sum(-1, keepdim=True))
+    ratio_s = r_s / s
+    r_q = 0.5 * att.scale * torch.einsum("ihd,jhd,hij->ihd", q, k, ratio_s)
+    r_k = 0.5 * att.scale * torch.einsum("ihd,jhd,hij->jhd", q, k, ratio_s)
+    r_qkv = torch.stack([r_q, r_k, r_v], 1).reshape(N, 3 * D)
+    return x * ((r_qkv / qkv) @ att.qkv.weight), r_p.sum() - r_s.sum()
+
+
+def test_attnlrp_rule_matches_the_explicit_relevance_messages_and_accounts_for_every_share():
+    """AttnLRP's softmax and uniform rules as gradient x input (the hooks) against the paper's equations written
+    out message by message, on one attention layer in float64: equal per input element. Conservation: the input
+    relevance plus what the softmax's bias term absorbs is the output's relevance; CP-LRP conserves it alone."""
+    from foundation.layers.attention import Attention
+
+    torch.manual_seed(0)
+    att = Attention(16, num_heads=2, qkv_bias=False, proj_bias=False).double().eval()
+    x, e = torch.randn(6, 16, dtype=torch.float64), torch.randn(6, 16, dtype=torch.float64)
+    f = (e * att(x[None])[0]).sum()
+    ref, absorbed = _explicit_attnlrp(att, x, e)
+    out = {}
+    for rule in ("attnlrp", "cp"):
+        xg = x[None].clone().requires_grad_(True)
+        with lrp_rules(att, rule):
+            (e * att(xg)[0]).sum().backward()
+        out[rule] = (xg * xg.grad)[0]
+    torch.testing.assert_close(out["attnlrp"], ref, rtol=1e-7, atol=1e-9)
+    torch.testing.assert_close(out["attnlrp"].sum() + absorbed, f, rtol=1e-9, atol=1e-9)
+    assert absorbed.abs() > 1e-3 * f.abs()  # the softmax rule really is not conservative here
+    torch.testing.assert_close(out["cp"].sum(), f, rtol=1e-9, atol=1e-9)
+    assert (out["attnlrp"] - out["cp"]).abs().max() > 1e-3 * out["cp"].abs().max()  # q and k now get relevance
+
+
+@pytest.mark.parametrize("make", [_eeg_net, _fmri_net], ids=["deeperbrain", "hiera4d"])
+def test_attnlrp_rule_runs_on_the_shipped_encoders(make):
+    """Through DeeperBrain's attention and Hiera4D's mask-unit attention with q pooling: finite relevance that
+    differs from CP-LRP's (relevance through q and k) and an unknown rule refused with the valid names."""
+    net, x = make()
+    target = torch.tensor([0, 2])
+    cp, full = transformer_lrp(net, x, target), transformer_lrp(net, x, target, attention="attnlrp")
+    assert torch.isfinite(full).all() and full.shape == x.shape
+    assert (full - cp).abs().max() > 1e-4 * cp.abs().max()
+    with pytest.raises(ConfigError, match="unknown attention rule 'bilinear'; valid: cp, attnlrp"):
+        transformer_lrp(net, x, target, attention="bilinear")
+    from foundation.explain import ExplainOptions
+
+    with pytest.raises(ConfigError, match="lrp_attention 'bilinear' is not a rule; valid: cp, attnlrp"):
+        ExplainOptions(lrp_attention="bilinear")
 
 
 def test_padded_channels_get_no_relevance():

@@ -6,6 +6,7 @@ import pytest
 
 from foundation.explain.fmri import (
     blob_auroc,
+    drive_map,
     grid_affine,
     plot_brain,
     plot_saliency,
@@ -59,6 +60,42 @@ def test_blob_auroc_scores_a_planted_map_high_and_noise_at_chance(dataset):
         assert blob_auroc(planted, affine, mask, other) < 0.7
     noise = np.random.default_rng(0).random(mask.shape)
     assert abs(blob_auroc(noise, affine, mask, 0) - 0.5) < 0.1
+
+
+def test_the_planted_drive_sits_on_the_ground_truth_blobs_of_every_network(dataset):
+    """Planted signal through the whole input path (corpus -> resample/crop/pad -> z-score -> int8 cache): the voxels
+    that follow the task design are the ground-truth blobs of the scan's network, motor (at the top of the brain,
+    where the mask's edge and the padding of z are) as much as the others; a flipped axis or a shifted grid
+    (y or z; the networks are left-right symmetric, so x cannot show) would drop the AUROC or move the peak a blob away."""
+    from foundation.modalities.fmri.cache import open_scan
+    from foundation.modalities.fmri.demo_corpus import NETWORKS
+
+    seen = set()
+    for scan, entry in enumerate(dataset.scans):
+        label = dataset.label(scan)
+        vol, _ = open_scan(dataset.cache, entry)
+        x = np.asarray(vol, np.float32) * entry["meta"]["scale"]  # [T, Z, Y, X]
+        vmap = drive_map(x, dataset.config.tr)
+        affine, mask = grid_affine(dataset, scan), _mask_xyz(dataset, scan)
+        assert blob_auroc(vmap, affine, mask, label) > 0.95, (scan, label)
+        for other in set(range(len(NETWORKS))) - {label}:
+            assert blob_auroc(vmap, affine, mask, other) < 0.75, (scan, label, other)
+        peak = np.array(np.unravel_index(np.argmax(vmap), vmap.shape))
+        world = affine[:3, :3] @ peak + affine[:3, 3]
+        centres = np.array(list(NETWORKS.values())[label], float)
+        assert np.linalg.norm(centres - world, axis=1).min() <= 2 * dataset.config.voxel_size  # jitter 4 mm/axis
+        seen.add(label)
+    assert seen == set(range(len(NETWORKS)))
+
+
+def test_drive_map_refuses_frames_without_a_task_block(dataset):
+    from foundation.errors import DataError
+
+    x = np.random.default_rng(0).normal(size=(8, *dataset.config.grid)).astype(np.float32)
+    with pytest.raises(DataError, match="hold no task block"):
+        drive_map(x, dataset.config.tr, start=0, n_frames=48)  # the first epoch starts at frame 12
+    with pytest.raises(DataError, match="inside the scan"):
+        drive_map(x, dataset.config.tr, start=44, n_frames=48)
 
 
 def test_nifti_keeps_the_affine_and_every_plot_writes_a_png(dataset, tmp_path):

@@ -33,7 +33,7 @@ import numpy as np
 
 from foundation.data.demo import make_once
 
-__all__ = ["make_demo_corpus", "hrf", "NETWORKS", "N_NETWORKS", "TASK_EPOCHS", "DRIVE_RANGE", "BLOB_SIGMA_MM", "read_labels", "task_frames"]
+__all__ = ["make_demo_corpus", "hrf", "NETWORKS", "N_NETWORKS", "TASK_EPOCHS", "DRIVE_RANGE", "BLOB_SIGMA_MM", "read_labels", "task_frames", "task_regressor"]
 
 NETWORKS: dict[str, list[tuple[float, float, float]]] = {
     "visual": [(-12, -88, 4), (14, -88, 4)],
@@ -101,12 +101,7 @@ def _write(out: Path, n_subjects: int, n_frames: int, tr: float, voxel_size: flo
     base = gaussian_filter(base, 0.7)
     grad = np.stack(np.gradient(base), -1)  # [X, Y, Z, 3] per voxel
     h = hrf(tr)
-    t = np.arange(n_frames) * tr
-    task = np.zeros(n_frames)
-    for e0 in TASK_EPOCHS:  # two task epochs, each 2 blocks long
-        start = e0 * n_frames * tr
-        on = (t >= start) & (t < start + 2 * block) & (((t - start) // (block / 2)) % 2 == 0)  # block/2 on, block/2 off
-        task[on] = 1.0
+    drive_shape = task_regressor(n_frames, tr, block)
     rows = ["file\tsubject\tlabel\tdrive"]
     for s in range(n_subjects):
         sub = f"sub-{s + 1:02d}"
@@ -117,7 +112,7 @@ def _write(out: Path, n_subjects: int, n_frames: int, tr: float, voxel_size: flo
             spont = np.convolve(gaussian_filter(rng.normal(size=n_frames + len(h)), 1.5), h)[len(h):len(h) + n_frames]
             tc = 0.3 * spont / (spont.std() + 1e-9)
             if k == label:
-                tc = tc + drive * np.convolve(task, h)[:n_frames] / max(np.convolve(task, h).max(), 1e-9)
+                tc = tc + drive * drive_shape
             amp = rng.uniform(0.8, 1.2)
             for c in centres:
                 c = np.asarray(c) + rng.normal(scale=4.0, size=3)
@@ -139,6 +134,23 @@ def _write(out: Path, n_subjects: int, n_frames: int, tr: float, voxel_size: flo
         (func / f"{sub}_task-demo_bold.json").write_text(json.dumps({"RepetitionTime": tr, "TaskName": "demo"}))
         rows.append(f"{name}\t{sub}\t{label}\t{drive:.4f}")
     (out / "labels.tsv").write_text("\n".join(rows) + "\n")
+
+
+def task_regressor(n_frames: int, tr: float = 2.0, block: float = 16.0) -> np.ndarray:
+    """[T] the shape of the planted task drive: the block design (two epochs at ``TASK_EPOCHS``, each two blocks
+    of ``block / 2`` s on, ``block / 2`` s off) convolved with :func:`hrf`, scaled to a peak of 1.
+
+    The driven network's blobs follow ``drive * task_regressor(...)`` on top of their spontaneous activity, so the
+    correlation of a voxel's series with it is the planted activation map (a GLM of the known design).
+    """
+    t = np.arange(n_frames) * tr
+    task = np.zeros(n_frames)
+    for e0 in TASK_EPOCHS:  # two task epochs, each 2 blocks long
+        start = e0 * n_frames * tr
+        on = (t >= start) & (t < start + 2 * block) & (((t - start) // (block / 2)) % 2 == 0)  # block/2 on, block/2 off
+        task[on] = 1.0
+    full = np.convolve(task, hrf(tr))
+    return full[:n_frames] / max(full.max(), 1e-9)
 
 
 def task_frames(n_frames: int, tr: float = 2.0, block: float = 16.0, lag: float = 6.0) -> np.ndarray:
