@@ -160,7 +160,8 @@ class UltrasoundDataset(torch.utils.data.Dataset):
         self._cache = cache
         table = np.load(cache.folder / RECORDS) if (cache.folder / RECORDS).is_file() else None
         if table is None or "records" not in head:
-            raise DataError(f"{cache.folder}: the ultrasound cache has no {RECORDS}; delete the folder and run "
+            raise DataError(f"{cache.folder / RECORDS}: the ultrasound cache's record table is missing; copy it "
+                            "from the node that built the cache (every node needs it), or delete the folder and run "
                             "the dataset's prepare(config) where the CSVs are")
         names = list(head["settings"]["tasks"])
         missing = sorted(set(config.train_tasks or self.table) - {names[t] for t in np.unique(table[:, 0])})

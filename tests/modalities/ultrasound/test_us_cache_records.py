@@ -122,6 +122,9 @@ def test_a_node_without_the_csvs_and_images_reads_its_shards_only_and_logs_the_n
             ds.record(int(np.flatnonzero(ds._shard_of == 2)[0]))
         with pytest.raises(DataError, match="no CSV files"):  # always: the CSVs are required
             UltrasoundDataset(data_config(built["csv_dir"], node, check_sources="always"))
+        (node / RECORDS).unlink()
+        with pytest.raises(DataError, match="records.npy: the ultrasound cache's record table is missing; copy it"):
+            UltrasoundDataset(data_config(built["csv_dir"], node))
     finally:
         moved.rename(corpus)
 
