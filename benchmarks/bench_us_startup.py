@@ -28,7 +28,11 @@ import time
 import tracemalloc
 from pathlib import Path
 
-from foundation.modalities.ultrasound.dataset import UltrasoundDataset, UltrasoundDatasetConfig, _cache
+from foundation.modalities.ultrasound.dataset import (
+    UltrasoundDataset,
+    UltrasoundDatasetConfig,
+    _cache,
+)
 from foundation.modalities.ultrasound.demo_corpus import make_demo_corpus
 from foundation.modalities.ultrasound.tasks import task_table
 
@@ -53,7 +57,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7, help="opens per mode and size (median reported)")
     args = parser.parse_args()
     logging.getLogger("foundation.data.cache").setLevel(logging.ERROR)  # the trust note, once per open
-    print(subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip())
+    print(subprocess.run(["uptime"], capture_output=True, text=True, check=False).stdout.strip())
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-us-startup-") as tmp:
         for n in args.per_task:
@@ -64,7 +68,7 @@ def main() -> None:
                                            cache_dir=str(root / "cache"))
             cache = _cache(base)
             cache.shard_bytes = 64 * 64 * 64 * 3  # 64 images a shard
-            report = cache.prepare(lambda: UltrasoundDataset._read(base))
+            report = cache.prepare(UltrasoundDataset._read(base))
             times: dict[str, list[float]] = {"always": [], "never": []}
             configs = {m: dataclasses.replace(base, check_sources=m) for m in times}
             for _ in range(args.repeats):
@@ -86,7 +90,7 @@ def main() -> None:
     for n, recs, shards, a, b, pa, pb, read in rows:
         print(f"| {n} | {recs} | {shards} | {a * 1e3:.1f} | {b * 1e3:.1f} | {a / b:.1f} | {pa:.0f} | {pb:.0f} "
               f"| {read} of {shards} |")
-    print(subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip())
+    print(subprocess.run(["uptime"], capture_output=True, text=True, check=False).stdout.strip())
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -148,7 +147,7 @@ def test_a_changed_csv_field_or_image_is_still_caught_on_one_machine(built):
         assert str(ds.record(j).label) != fields[4]  # the cached (old) label: never does not look
     finally:
         csv.write_text(text)
-    image = sorted((built["root"] / "corpus" / "images").glob("fetal_head_0*"))[0]
+    image = min((built["root"] / "corpus" / "images").glob("fetal_head_0*"))
     st = image.stat()
     os.utime(image, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
     try:
