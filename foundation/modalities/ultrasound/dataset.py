@@ -4,6 +4,11 @@
 demo corpus when ``source: demo`` and builds the cache (:mod:`.cache`: every image of the selected tasks,
 all splits, fitted to ``image_size x image_size`` as uint8 in a ``.npy`` memmap, segmentation masks
 alongside); records whose files are unreadable are left out and listed in the cache's ``report.json``.
+The dataset then takes its records from the cache, not the CSVs: the global table ``records.npy`` (task, patient,
+cache row of every record) for the patient split, the task pools and the item -> shard map, and each record's
+fields from the entry file of its shard, read when one of its records is first sampled. The CSVs are read (and
+every image stat-ed) only to prove the cache current: ``data.check_sources`` ``auto`` does it where the CSV folder
+exists and trusts the recorded fingerprint on a node without it (one log line), ``always``, ``never``.
 
 One item of the dataset is one whole batch drawn by the task sampler (single-task or
 mixed), so the engine's micro-batch of k items concatenates k planned batches
