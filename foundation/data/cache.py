@@ -24,6 +24,8 @@ Layout of a cache folder::
                     plus whatever finalize adds; a builder that says which rows each source became
                     (:meth:`CacheBuilder.entry_rows`) has its entries split by shard instead
                     ("entries_in_shards": true, ``shards/entries.<k>.json``)
+    (source table)  whatever :meth:`CacheBuilder.source_table` writes over every source, kept or not (ultrasound:
+                    ``records.npy``, each record's task, patient and row), for a dataset that must not read them
     report.json     {"fingerprint", "kind", "n_sources", "n_kept", "n_left_out", "n_noted",
                      "sources": [{"source", "status": "kept" | "left_out", "reason"?, "notes"?}]}
     parts/<key>.<name>.npy   arrays of each kept source (unless finalize combined and removed them)
@@ -203,6 +205,20 @@ class CacheBuilder(ABC):
         or None (default): the entries then stay whole in ``index.json`` instead of being split by shard."""
         return None
 
+    def source_table(self, folder: Path, sources: Sequence[Any], kept: Sequence[int]) -> dict[str, Any]:
+        """Write a small table over every source, kept or left out, into ``folder`` (default: none): what a
+        dataset needs of every source without reading them, e.g. their rows and groups (one small array).
+
+        Args:
+            folder: the staging folder.
+            sources: every source, in order.
+            kept: [sources] the entry (kept-source) index of each source, -1 where it was left out.
+
+        Returns:
+            Extra keys for ``index.json``.
+        """
+        return {}
+
     def finalize(self, folder: Path, entries: list[dict[str, Any]]) -> dict[str, Any]:
         """Combine the kept sources' parts into the store (default: keep one file per array per source).
 
@@ -329,7 +345,7 @@ class DataCache:
         stage = Path(tempfile.mkdtemp(prefix=stage_prefix(self.folder), dir=self.folder.parent))
         try:
             (stage / PARTS).mkdir()
-            entries, listed = [], []
+            entries, listed, kept = [], [], []
             bar = tqdm(sources, desc=f"{b.kind} cache: reading {len(sources)} source(s) into {self.folder.name}",
                        unit="source", disable=len(sources) < 2, dynamic_ncols=True, mininterval=1.0, leave=False)
             for source in bar:
@@ -338,7 +354,9 @@ class DataCache:
                     part = b.read_source(source)
                 except DataError as err:
                     listed.append({"source": name, "status": "left_out", "reason": str(err)})
+                    kept.append(-1)
                     continue
+                kept.append(len(entries))
                 key = f"{len(entries):05d}"
                 for arr_name, arr in part.arrays.items():
                     np.save(stage / PARTS / f"{key}.{arr_name}.npy", arr)
@@ -349,6 +367,7 @@ class DataCache:
                 raise DataError(f"{b.kind} cache {self.folder}: none of the {len(sources)} source(s) could be cached; "
                                 f"fix or replace them:\n{reasons}")
             extra = b.finalize(stage, entries)
+            extra.update(b.source_table(stage, sources, kept))
             index = {"fingerprint": fp, "kind": b.kind, "version": b.version, "settings": b.settings()}
             if b.item_arrays:
                 extra["shards"] = _write_shards(stage, b.item_arrays, self.shard_bytes)

@@ -3,7 +3,7 @@
 The same checks as the DeeperBrain test (``test_shard_resume.py``), per model: a small demo corpus is cached in a
 few shards (shards shrunk from the shipped 64 MB, which hold the whole demo corpus); each of 2 ranks runs on a
 node whose cache holds only its own shards (plus ``index.json``, ``report.json`` and, for fMRI, the window list's
-head); every rank's reads lie in its shards; 1 rank resumes (accumulation 2: the same global batch) and finishes
+head, for ultrasound the record table ``records.npy``); every rank's reads lie in its shards; 1 rank resumes (accumulation 2: the same global batch) and finishes
 the epoch, every item read exactly once across the resume; a missing shard file stops the run with a
 ``DataError`` naming it. Rank processes are started the way a multi-node launcher does (``LOCAL_RANK=0``: one rank
 per node); a ``sitecustomize`` on their path records every item index the dataset is asked for (and, for
@@ -118,7 +118,7 @@ def _build(model: Model, root: Path) -> dict[str, Any]:
         cache = _cache(config)
         cache.shard_bytes = 16 * 64 * 64 * 3  # 16 images a shard
         cache.prepare(UltrasoundDataset._read(config))
-        shared = [cache.folder / "index.json", cache.folder / "report.json"]
+        shared = [cache.folder / "index.json", cache.folder / "report.json", cache.folder / "records.npy"]
     dataset = model.dataset_class()(config)
     shard_map = dataset.shard_map()
     runs = ShardLocalSampler(shard_map.item_shard, shard_map.n_shards, 2, 0).runs

@@ -4,7 +4,9 @@ source files, train and resume (``data.check_sources: auto`` trusts the recorded
 
 - tiny DeeperBrain with ``data.subjects`` (3 of 4 subjects): the filter is read from the index's subject runs, so
   no rank reads another rank's subject shard (which is not on its node);
-- tiny SLIM-Brain: the scans' folder is gone, the labels table with it.
+- tiny SLIM-Brain: the scans' folder is gone, the labels table with it;
+- the tiny ultrasound model: the CSVs and images are gone; the records come from the cache's table
+  (``records.npy``) and the entry files of the rank's shards.
 
 Each run stops after 2 steps and resumes on 2 ranks to step 4; the reads of both legs (recorded by the
 ``sitecustomize`` of ``test_shard_models.py``) are the sampler's order for the rank, within its shards. On one
@@ -28,7 +30,7 @@ from foundation.errors import DataError
 from foundation.pretrain.distributed import free_port
 from foundation.pretrain.shard_sampler import ShardLocalSampler
 from tests.pretrain._launch import ROOT, env, losses
-from tests.pretrain.test_shard_models import _SITECUSTOMIZE, FMRI, _build
+from tests.pretrain.test_shard_models import _SITECUSTOMIZE, FMRI, ULTRASOUND, _build
 
 pytestmark = pytest.mark.slow
 
@@ -167,3 +169,21 @@ def test_fmri_trains_and_resumes_on_nodes_with_only_their_shards_and_no_corpus(t
     overrides = [list(_overrides(FMRI, data["corpus"], data[f"node{r}"])) for r in range(2)]
     _train_and_resume(FMRI.recipe, FMRI.module, FMRI.cls, overrides, data["shard_map"], FMRI.micro_batch,
                       data["corpus"], tmp_path)
+
+
+def test_ultrasound_trains_and_resumes_on_nodes_with_only_their_shards_and_no_csvs_or_images(tmp_path_factory,
+                                                                                             tmp_path):
+    from tests.pretrain.test_shard_models import _overrides
+
+    data = _build(ULTRASOUND, tmp_path_factory.mktemp("shard-nodes-us"))
+    for rank in range(2):  # the other rank's entry files are absent from this node
+        held = {p.name for p in (data[f"node{rank}"] / SHARDS).iterdir() if p.name.startswith("entries.")}
+        assert 0 < len(held) < data["shard_map"].n_shards
+    shutil.rmtree(data["corpus"].parent)  # the CSVs and the images live on another machine
+    overrides = [list(_overrides(ULTRASOUND, data["corpus"], data[f"node{r}"])) for r in range(2)]
+    _train_and_resume(ULTRASOUND.recipe, ULTRASOUND.module, ULTRASOUND.cls, overrides, data["shard_map"],
+                      ULTRASOUND.micro_batch, data["corpus"], tmp_path)
+    shard_items = data["dataset"].cache["images"].shard_items  # cache row r lies in shard r // shard_items
+    for rank in range(2):  # every image of both legs' planned batches lies in the rank's shards
+        rows = _reads(tmp_path / f"reads{rank}.txt.rows")
+        assert rows and {r // shard_items for r in rows} <= set(data["runs"][rank])

@@ -13,7 +13,12 @@ sizes.npy       [N, 2] int64                original (height, width)
 ==============  ==========================  ==========================================
 
 Row ``i`` belongs to entry ``i`` (the ``i``-th kept record; entries split by shard into
-``shards/entries.<k>.json``). The three arrays are then cut into shards
+``shards/entries.<k>.json``); an entry's ``meta`` is its record (:func:`record_meta`: task, label, box, points,
+patient, file paths, CSV row), so a rank rebuilds the records of its shards from their entry files alone. The
+small global table ``records.npy`` [every record, kept or not, 3] int64 holds per record its task (index into the
+settings' ``tasks``), its patient (index into the sorted patients of the corpus) and its cache row (-1: left out):
+what the patient split, the task pools of the planner and the item -> shard map need of every record, 24 bytes a
+record, without the CSVs or ``report.json``. The three arrays are then cut into shards
 (``shards/<name>.<k>.npy``, read through :class:`~foundation.data.cache.ShardedArray`). A record whose image or mask is missing, unreadable or cut
 off, whose image is of one colour, or whose mask does not match its image, is left out and listed in
 ``report.json`` with the reason; every such reason starts with the CSV file and row that referenced the file.
@@ -21,6 +26,7 @@ off, whose image is of one colour, or whose mask does not match its image, is le
 from __future__ import annotations
 
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +40,9 @@ from foundation.modalities.ultrasound.csv_reader import Record
 from foundation.modalities.ultrasound.images import read_image, read_mask
 from foundation.modalities.ultrasound.tasks import TaskSpec
 
-__all__ = ["UltrasoundCacheBuilder", "record_name"]
+__all__ = ["UltrasoundCacheBuilder", "record_name", "record_meta", "meta_record", "RECORDS"]
+
+RECORDS = "records.npy"  # the global per-record table (see the module docstring)
 
 
 def _signature(path: Any) -> Any:
@@ -52,6 +60,23 @@ def record_name(r: Record) -> str:
     return f"{r.source} ({r.image})"
 
 
+def record_meta(r: Record) -> dict[str, Any]:
+    """A record as plain JSON data (an entry's ``meta``); :func:`meta_record` inverts it."""
+    return {"image": str(r.image), "image_path": r.image_path, "task": r.task_id, "label": int(r.label),
+            "mask": None if r.mask is None else str(r.mask), "mask_path": r.mask_path,
+            "box": None if r.box is None else [float(v) for v in r.box],
+            "points": [[float(x), float(y)] for x, y in r.points], "group": r.group, "source": r.source}
+
+
+def meta_record(meta: dict[str, Any]) -> Record:
+    """The :class:`Record` an entry's ``meta`` was written from."""
+    return Record(image=Path(meta["image"]), image_path=meta["image_path"], task_id=meta["task"],
+                  label=int(meta["label"]), mask=None if meta["mask"] is None else Path(meta["mask"]),
+                  mask_path=meta["mask_path"], box=None if meta["box"] is None else tuple(meta["box"]),
+                  points=tuple((float(x), float(y)) for x, y in meta["points"]), group=meta["group"],
+                  source=meta["source"])
+
+
 class UltrasoundCacheBuilder(CacheBuilder):
     """CSV records -> fitted uint8 images and masks.
 
@@ -59,24 +84,41 @@ class UltrasoundCacheBuilder(CacheBuilder):
         table: the task table (mask class counts).
         image_size: network input side S.
         keep_aspect: letterbox instead of stretching.
+        tasks: the tasks whose records the cache holds (default: the whole table).
     """
 
     kind = "ultrasound"
-    version = "4"  # 4: index entries split by shard; 3: per-image arrays in shards
+    version = "5"  # 5: records in the entries, records.npy; 4: index entries split by shard; 3: arrays in shards
     item_arrays = ("images", "masks", "sizes")
 
-    def __init__(self, table: dict[str, TaskSpec], image_size: int, keep_aspect: bool) -> None:
+    def __init__(self, table: dict[str, TaskSpec], image_size: int, keep_aspect: bool,
+                 tasks: Sequence[str] = ()) -> None:
         self.table, self.image_size, self.keep_aspect = table, image_size, keep_aspect
+        self.tasks = sorted(tasks or table)
 
     def settings(self) -> dict[str, Any]:
-        return {"image_size": self.image_size, "keep_aspect": self.keep_aspect,
+        return {"image_size": self.image_size, "keep_aspect": self.keep_aspect, "tasks": self.tasks,
                 "mask_classes": {t: s.num_classes for t, s in sorted(self.table.items())}}
 
     def source_name(self, source: Record) -> str:
         return record_name(source)
 
     def signature(self, source: Record) -> Any:
-        return [source.task_id, _signature(source.image), _signature(source.mask)]
+        """The record's CSV fields (a changed label, box, point or patient changes the cache: it holds them) and
+        its files' signatures."""
+        meta = record_meta(source)
+        return [[meta[k] for k in ("task", "label", "box", "points", "group", "image_path", "mask_path", "source")],
+                _signature(source.image), _signature(source.mask)]
+
+    def source_table(self, folder: Path, sources: Sequence[Record], kept: Sequence[int]) -> dict[str, Any]:
+        """Write ``records.npy`` (see the module docstring): [records, 3] int64 task, patient, row."""
+        patients = sorted({r.group for r in sources})
+        code = {g: i for i, g in enumerate(patients)}
+        task = {t: i for i, t in enumerate(self.tasks)}
+        table = np.asarray([[task[r.task_id], code[r.group], row] for r, row in zip(sources, kept)],
+                           np.int64).reshape(-1, 3)
+        np.save(folder / RECORDS, table)
+        return {"records": {"n": len(table), "patients": len(patients)}}
 
     def read_source(self, source: Record) -> Part:
         """One record: ``image`` [S, S, 3] uint8, ``mask`` [S, S] uint8, ``size`` [2] int64.
@@ -107,7 +149,7 @@ class UltrasoundCacheBuilder(CacheBuilder):
                 raise DataError(f"{r.source}: mask {r.mask_path!r} is {m.shape[1]}x{m.shape[0]} but the image is "
                                 f"{W}x{H}; masks must match their image")
             mask = warp(torch.from_numpy(m)[None].float(), g, mode="nearest")[0].to(torch.uint8).numpy()
-        return Part({"image": image, "mask": mask, "size": np.asarray([H, W], np.int64)})
+        return Part({"image": image, "mask": mask, "size": np.asarray([H, W], np.int64)}, meta=record_meta(r))
 
     def entry_rows(self, entry: dict[str, Any]) -> tuple[int, int]:
         """Row ``i`` is entry ``i`` (one image per record): the index is split by shard."""

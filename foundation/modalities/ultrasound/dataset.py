@@ -4,6 +4,11 @@
 demo corpus when ``source: demo`` and builds the cache (:mod:`.cache`: every image of the selected tasks,
 all splits, fitted to ``image_size x image_size`` as uint8 in a ``.npy`` memmap, segmentation masks
 alongside); records whose files are unreadable are left out and listed in the cache's ``report.json``.
+The dataset then takes its records from the cache, not the CSVs: the global table ``records.npy`` (task, patient,
+cache row of every record) for the patient split, the task pools and the item -> shard map, and each record's
+fields from the entry file of its shard, read when one of its records is first sampled. The CSVs are read (and
+every image stat-ed) only to prove the cache current: ``data.check_sources`` ``auto`` does it where the CSV folder
+exists and trusts the recorded fingerprint on a node without it (one log line), ``always``, ``never``.
 
 One item of the dataset is one whole batch drawn by the task sampler (single-task or
 mixed), so the engine's micro-batch of k items concatenates k planned batches
@@ -27,11 +32,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from foundation.data.cache import DataCache, ShardMap
+from foundation.data.cache import DataCache, ShardMap, check_sources_option
 from foundation.data.demo import check_source, demo_folder, is_demo, source_path
 from foundation.errors import ConfigError, DataError
 from foundation.modalities.ultrasound.augment import Geometry, fit_geometry, jitter_intensity, random_geometry, warp
-from foundation.modalities.ultrasound.cache import UltrasoundCacheBuilder, record_name
+from foundation.modalities.ultrasound.cache import RECORDS, UltrasoundCacheBuilder, meta_record
 from foundation.modalities.ultrasound.csv_reader import Record, read_csv_folder
 from foundation.modalities.ultrasound.sampler import SAMPLING_MODES, BatchPlanner
 from foundation.modalities.ultrasound.tasks import TaskSpec, task_table
@@ -76,9 +81,11 @@ class UltrasoundDatasetConfig:
     intensity: float = field(default=0.15, metadata=_h("brightness / contrast / gamma jitter strength"))
     flip: bool = field(default=True, metadata=_h("horizontal flips for tasks whose spec is flip_safe"))
     cache_dir: str = field(default="runs/cache/ultrasound", metadata=_h("folder of the resized-array cache; the demo corpus goes to <cache_dir>-demo"))
+    check_sources: str = field(default="auto", metadata=_h("read the CSVs and stat the images to check the cache is current: auto (where the CSV folder exists; a node holding only its cache shards trusts the recorded fingerprint), always, never"))
 
     def __post_init__(self) -> None:
         check_source(self.source)
+        check_sources_option(self.check_sources)
         if self.split not in ("train", "val", "all"):
             raise ConfigError(f"data.split must be train, val or all, got {self.split!r}")
         if self.sampling not in SAMPLING_MODES:
@@ -99,18 +106,29 @@ class UltrasoundDatasetConfig:
 
 def split_records(records: list[Record], val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
     """Patient-disjoint train / val indices, split within each task (a task of one patient stays in train)."""
+    return split_rows([r.task_id for r in records], [r.group for r in records], val_fraction, seed)
+
+
+def split_rows(tasks: Sequence[Any], groups: Sequence[str], val_fraction: float,
+               seed: int) -> tuple[list[int], list[int]]:
+    """:func:`split_records` over each record's task and patient (group) alone.
+
+    Args:
+        tasks: [records] task of each record (any hashable).
+        groups: [records] patient of each record.
+    """
     from foundation.data.splits import group_split
 
     train, val = [], []
-    by_task: dict[str, list[int]] = {}
-    for i, r in enumerate(records):
-        by_task.setdefault(r.task_id, []).append(i)
+    by_task: dict[Any, list[int]] = {}
+    for i, t in enumerate(tasks):
+        by_task.setdefault(t, []).append(i)
     for idx in by_task.values():
-        groups = [records[i].group for i in idx]
-        if len(set(groups)) < 2:
+        members = [groups[i] for i in idx]
+        if len(set(members)) < 2:
             train.extend(idx)
             continue
-        tr, te = group_split(groups, val_fraction, seed)
+        tr, te = group_split(members, val_fraction, seed)
         train.extend(idx[j] for j in tr)
         val.extend(idx[j] for j in te)
     return sorted(train), sorted(val)
@@ -123,7 +141,9 @@ def collate_batches(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Ten
 
 def _cache(config: UltrasoundDatasetConfig) -> DataCache:
     table = task_table(config.tasks, config.extra_tasks, "data")
-    return DataCache(config.cache_dir, UltrasoundCacheBuilder(table, config.image_size, config.keep_aspect))
+    builder = UltrasoundCacheBuilder(table, config.image_size, config.keep_aspect, config.train_tasks or tuple(table))
+    return DataCache(config.cache_dir, builder, check_sources=config.check_sources,
+                     source_root=source_path(config.source, config.cache_dir, inside="csv_files"))
 
 
 class UltrasoundDataset(torch.utils.data.Dataset):
@@ -137,25 +157,60 @@ class UltrasoundDataset(torch.utils.data.Dataset):
         self.table: dict[str, TaskSpec] = task_table(config.tasks, config.extra_tasks, "data")
         self.task_ids = list(self.table)
         self.max_points = max([s.num_points for s in self.table.values()] + [1])
-        records = self._read(config)
         cache = _cache(config)
-        cache.head(records)  # current for these records (the entries, split by shard, are not read)
-        self.report = cache.report()
-        # row i of the cache is the i-th kept record: the report lists every record, kept or not, in cache order
-        kept = [e["source"] for e in self.report["sources"] if e["status"] == "kept"]
-        row = {name: i for i, name in enumerate(kept)}
-        chosen = self._split(config, records)
-        self.records = [r for r in chosen if record_name(r) in row]
-        self.rows = np.asarray([row[record_name(r)] for r in self.records], np.int64)
+        # current for the CSV records (they are read and their images stat-ed where the CSV folder is visible, or
+        # with check_sources=always); a node without them trusts the recorded fingerprint. Either way the records
+        # come from the cache: the global table (task, patient, row of every record) and, per shard, the entries
+        head = cache.head(lambda: self._read(config))
         self._cache = cache
+        table = np.load(cache.folder / RECORDS) if (cache.folder / RECORDS).is_file() else None
+        if table is None or "records" not in head:
+            raise DataError(f"{cache.folder / RECORDS}: the ultrasound cache's record table is missing; copy it "
+                            "from the node that built the cache (every node needs it), or delete the folder and run "
+                            "the dataset's prepare(config) where the CSVs are")
+        names = list(head["settings"]["tasks"])
+        missing = sorted(set(config.train_tasks or self.table) - {names[t] for t in np.unique(table[:, 0])})
+        if missing:
+            raise DataError(f"{cache.folder}: no records of task(s) {', '.join(missing)} in the cache; add their "
+                            "CSVs or leave them out of data.train_tasks / data.tasks")
+        chosen = np.arange(len(table))
+        if config.split != "all":
+            patient = [f"{g:012d}" for g in table[:, 1]]  # codes in the patients' sorted order: the same split
+            train, val = split_rows(table[:, 0].tolist(), patient, config.val_fraction, config.split_seed)
+            chosen = np.asarray(train if config.split == "train" else val, np.int64)
+        chosen = chosen[table[chosen, 2] >= 0]  # records left out of the cache are not served
+        self.rows = table[chosen, 2].astype(np.int64)  # [records of the split] cache row of record j
+        self.record_tasks = [names[t] for t in table[chosen, 0]]  # [records of the split] task id of record j
+        self._shard_of = cache.shard_map(self.rows).item_shard  # [records of the split] cache shard of record j
+        self._entries: dict[int, dict[int, Record]] = {}  # shard -> {row: record}, read on first use
+        self._all: list[Record] | None = None
         self.cache = {name: cache.array(name) for name in ("images", "masks", "sizes")}
         by_task: dict[str, list[int]] = {}
-        for i, r in enumerate(self.records):
-            by_task.setdefault(r.task_id, []).append(i)
+        for j, t in enumerate(self.record_tasks):
+            by_task.setdefault(t, []).append(j)
         self.by_task = by_task
         self.planner = BatchPlanner(by_task, config.batch_size, config.sampling, config.temperature,
                                     config.mixed_tasks)
         self._n_items = len(self.planner)  # planned batches per epoch, whatever shards the planner draws from
+
+    @property
+    def report(self) -> dict[str, Any]:
+        """The cache's ``report.json`` (every record, kept or left out and why), read when asked for."""
+        return self._cache.report()
+
+    def record(self, j: int) -> Record:
+        """Record ``j`` of the split, from the entries of its cache shard (read the first time one is asked for)."""
+        row, shard = int(self.rows[j]), int(self._shard_of[j])
+        if shard not in self._entries:
+            self._entries[shard] = {int(e["key"]): meta_record(e["meta"]) for e in self._cache.entries([shard])}
+        return self._entries[shard][row]
+
+    @property
+    def records(self) -> list[Record]:
+        """Every record of the split (reads every shard's entries: fine-tuning, explanations, not pretraining)."""
+        if self._all is None:
+            self._all = [self.record(j) for j in range(len(self.rows))]
+        return self._all
 
     def shard_map(self) -> ShardMap:
         """Which cache shard each planned batch (item) stands for, and each shard's files
@@ -176,10 +231,10 @@ class UltrasoundDataset(torch.utils.data.Dataset):
         Raises:
             DataError: the shards hold no record of the split.
         """
-        mine = np.isin(self._cache.shard_map(self.rows).item_shard, list(shards))
+        mine = np.isin(self._shard_of, list(shards))
         by_task: dict[str, list[int]] = {}
         for i in np.flatnonzero(mine):
-            by_task.setdefault(self.records[int(i)].task_id, []).append(int(i))
+            by_task.setdefault(self.record_tasks[int(i)], []).append(int(i))
         if not by_task:
             raise DataError(f"{self._cache.folder}: cache shards {list(shards)} hold no record of split "
                             f"{self.config.split!r}; use fewer ranks or set train.shard_assignment=global")
@@ -199,7 +254,7 @@ class UltrasoundDataset(torch.utils.data.Dataset):
 
             make_demo_corpus(demo_folder(config.cache_dir), task_table(config.tasks, config.extra_tasks, "data"),
                              config.demo_images_per_task, config.demo_seed)
-        return _cache(config).prepare(cls._read(config))
+        return _cache(config).prepare(lambda: cls._read(config))
 
     @staticmethod
     def _read(config: UltrasoundDatasetConfig) -> list[Record]:
@@ -218,13 +273,6 @@ class UltrasoundDataset(torch.utils.data.Dataset):
             raise DataError(f"data.source {str(root)!r}: no rows for task(s) {', '.join(missing)}; add their "
                             "CSVs or leave them out of data.train_tasks / data.tasks")
         return records
-
-    @staticmethod
-    def _split(config: UltrasoundDatasetConfig, records: list[Record]) -> list[Record]:
-        if config.split == "all":
-            return records
-        train, val = split_records(records, config.val_fraction, config.split_seed)
-        return [records[i] for i in (train if config.split == "train" else val)]
 
     def __len__(self) -> int:
         return self._n_items
@@ -248,7 +296,7 @@ class UltrasoundDataset(torch.utils.data.Dataset):
 
     def sample(self, j: int, train: bool = False, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
         """Record ``j`` as a batch of one (augmented when ``train`` and ``augment``, drawing from ``generator``)."""
-        c, r = self.config, self.records[j]
+        c, r = self.config, self.record(j)
         spec, S, P = self.table[r.task_id], c.image_size, self.max_points
         base = self.geometry(j)
         image = torch.from_numpy(np.array(self.cache["images"][self.rows[j]])).permute(2, 0, 1).float() / 255  # [S,S,3] -> [3,S,S]
@@ -308,11 +356,11 @@ class UltrasoundDataset(torch.utils.data.Dataset):
         """One paragraph for the model card."""
         c = self.config
         types: dict[str, int] = {}
-        for r in self.records:
-            types[self.table[r.task_id].type] = types.get(self.table[r.task_id].type, 0) + 1
+        for t in self.record_tasks:
+            types[self.table[t].type] = types.get(self.table[t].type, 0) + 1
         parts = ", ".join(f"{n} {t}" for t, n in sorted(types.items()))
         src = "the generated demo corpus" if is_demo(c.source) else c.source
-        return (f"{len(self.records)} ultrasound images ({parts}) over {len(self.by_task)} tasks from "
+        return (f"{len(self.rows)} ultrasound images ({parts}) over {len(self.by_task)} tasks from "
                 f"{src} (split {c.split}; {self.report['n_left_out']} left out), {c.image_size}x{c.image_size} "
                 f"{'letterboxed' if c.keep_aspect else 'stretched'}, {c.sampling} task sampling"
                 f"{', mixed-task batches' if c.mixed_tasks else ''}.")

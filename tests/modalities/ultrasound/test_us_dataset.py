@@ -96,7 +96,10 @@ def test_letterbox_cache_and_describe(corpus, tmp_path):
 
 
 def test_errors(corpus, tmp_path):
-    with pytest.raises(DataError, match="no CSV files in .*nothing.*set data.source: demo"):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="no CSV files in .*empty.*set data.source: demo"):
+        UltrasoundDataset.prepare(data_config(tmp_path / "empty", tmp_path))
+    with pytest.raises(DataError, match="nothing: the ultrasound sources do not exist.*no complete cache"):
         UltrasoundDataset.prepare(data_config(tmp_path / "nothing", tmp_path))
     with pytest.raises(DataError, match="not a complete ultrasound cache"):
         UltrasoundDataset(data_config(corpus, tmp_path / "never-built"))
