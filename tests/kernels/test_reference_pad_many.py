@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-
 from foundation.kernels.reference import _Padded, reference_varlen_bwd, reference_varlen_fwd
 from tests.kernels._helpers import packed_case
 
