@@ -77,6 +77,12 @@ class _Worker:
         from foundation.pretrain.components import TrainModule, build_model, build_objective
         from foundation.pretrain.optim import build_optimizer
 
+        try:  # what `foundation pretrain` / `finetune` set up before training (issue 16; absent in the old tree)
+            from foundation.kernels.host_memory import keep_freed_memory
+        except ImportError:
+            keep_freed_memory = None
+        if keep_freed_memory is not None and os.environ.get("BENCH_KEEP_FREED", "1") == "1":
+            keep_freed_memory()
         self.torch = torch
         self.recipe = load_recipe(recipe, overrides or None)
         torch.manual_seed(0)

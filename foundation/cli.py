@@ -167,8 +167,10 @@ def _run(args: argparse.Namespace) -> int:
     import time
 
     from foundation.config import load_recipe
+    from foundation.kernels.host_memory import keep_freed_memory
     from foundation.pretrain.engine import Engine
 
+    keep_freed_memory()  # each step reuses the last one's freed activations (no page faults; kernels/host_memory.py)
     recipe = load_recipe(args.recipe, args.overrides)
     if args.command == "finetune":
         return _finetune(recipe, args, run_output_dir(args, recipe.name, args.method))

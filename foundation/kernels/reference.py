@@ -52,6 +52,19 @@ class _Padded:
         out[self.seg, self.pos] = t
         return out.transpose(1, 2)
 
+    def pad_many(self, *ts: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """n tensors [T, H, Dh] -> n x [S, H, L, Dh] (zeros at padding), in one zero-fill and one scatter.
+
+        The n results are views of one [S, L, n, H, Dh] buffer (rows of Dh contiguous, as ATen's CPU flash
+        kernels read them); the values are those of :meth:`pad` on each tensor.
+        """
+        if len({(t.dtype, t.shape) for t in ts}) > 1:  # mixed dtypes or widths: one buffer each
+            return tuple(self.pad(t) for t in ts)
+        stacked = torch.stack(ts, 1)  # n x [T, H, Dh] -> [T, n, H, Dh]
+        out = stacked.new_zeros(self.S, self.L, *stacked.shape[1:])
+        out[self.seg, self.pos] = stacked
+        return out.permute(2, 0, 3, 1, 4).unbind(0)  # [S, L, n, H, Dh] -> n x [S, H, L, Dh]
+
     def unpad(self, t: torch.Tensor) -> torch.Tensor:
         """[S, H, L, Dh] -> [T, H, Dh]."""
         return t.transpose(1, 2)[self.seg, self.pos]
@@ -100,7 +113,7 @@ def reference_varlen_fwd(
         return torch.empty_like(q), torch.empty(H, 0, dtype=acc, device=q.device)
     if q.device.type == "cpu" and aten_cpu:
         pad = _Padded(cu_seqlens, T, q.dtype)
-        o, lse = _CPU_FLASH(pad.pad(q), pad.pad(k), pad.pad(v), 0.0, False, attn_mask=pad.mask, scale=scale)
+        o, lse = _CPU_FLASH(*pad.pad_many(q, k, v), 0.0, False, attn_mask=pad.mask, scale=scale)
         return pad.unpad(o).to(q.dtype), pad.unpad_rows(lse).to(acc)
     pad = _Padded(cu_seqlens, T, acc)
     qs, ks, vs = (pad.pad(t.to(acc)) for t in (q, k, v))  # [S, H, L, Dh]
@@ -145,8 +158,9 @@ def reference_varlen_bwd(
     acc = _acc_dtype(q)
     if q.device.type == "cpu" and aten_cpu:
         pad = _Padded(cu_seqlens, T, q.dtype)
-        grads = _CPU_FLASH_BWD(pad.pad(grad_out), pad.pad(q), pad.pad(k), pad.pad(v), pad.pad(out),
-                               pad.pad_rows(lse).contiguous(), 0.0, False, attn_mask=pad.mask, scale=scale)
+        dos, qs, ks, vs, os_ = pad.pad_many(grad_out, q, k, v, out)
+        grads = _CPU_FLASH_BWD(dos, qs, ks, vs, os_, pad.pad_rows(lse).contiguous(), 0.0, False,
+                               attn_mask=pad.mask, scale=scale)
         return tuple(pad.unpad(g).to(t.dtype) for g, t in zip(grads, (q, k, v)))  # type: ignore[return-value]
     pad = _Padded(cu_seqlens, T, acc)
     delta = pad.pad_rows((grad_out.to(acc) * out.to(acc)).sum(-1).transpose(0, 1))  # [T, H] -> [S, H, L]

@@ -46,7 +46,7 @@ def _masked_mean(values: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     """Mean of ``values`` [B, N, F] over the rows where ``rows`` [B, N] is True, without a data-dependent shape
     (``values[rows].mean()`` as one graph); entries outside the rows do not count, even non-finite ones."""
     inside = rows[..., None].expand_as(values)
-    total = torch.where(inside, values, torch.zeros_like(values)).sum()
+    total = torch.where(inside, values, 0.0).sum()  # a scalar other: no zero-filled [B, N, F] buffer
     return total / inside.sum().clamp(min=1)
 
 

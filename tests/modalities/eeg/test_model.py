@@ -179,3 +179,24 @@ def test_spectral_log1p_equals_aten_log1p():
     xg = x[:100].clone().requires_grad_(True)
     _log1p(xg).sum().backward()
     torch.testing.assert_close(xg.grad, 1 / (1 + x[:100]), rtol=1e-6, atol=0)
+
+
+def test_masked_mean_ignores_entries_outside_the_rows_values_and_gradients():
+    """Issue 16: the masked mean selects against a scalar zero (no zero-filled buffer); the mean and its
+    gradient are those of indexing the rows, and a non-finite entry outside them changes neither."""
+    from foundation.modalities.eeg.objective import _masked_mean
+
+    g = torch.Generator().manual_seed(0)
+    values = torch.randn(3, 5, 4, generator=g)
+    rows = torch.rand(3, 5, generator=g) > 0.4
+    values[~rows] = float("nan")
+    values[0, torch.nonzero(~rows[0])[:1, 0]] = float("inf")
+    a = values.clone().requires_grad_(True)
+    got = _masked_mean(a, rows)
+    got.backward()
+    b = values.clone().requires_grad_(True)
+    want = b[rows].mean()
+    want.backward()
+    assert torch.equal(got, want) or torch.allclose(got, want, rtol=1e-6, atol=0)
+    assert torch.equal(a.grad, b.grad)
+    assert float(_masked_mean(values, torch.zeros_like(rows))) == 0.0  # no row: 0 / 1, not nan
