@@ -167,10 +167,8 @@ def _run(args: argparse.Namespace) -> int:
     import time
 
     from foundation.config import load_recipe
-    from foundation.kernels.host_memory import keep_freed_memory
     from foundation.pretrain.engine import Engine
 
-    keep_freed_memory()  # each step reuses the last one's freed activations (no page faults; kernels/host_memory.py)
     recipe = load_recipe(args.recipe, args.overrides)
     if args.command == "finetune":
         return _finetune(recipe, args, run_output_dir(args, recipe.name, args.method))
@@ -537,10 +535,17 @@ def script_main(argv: Sequence[str] | None = None) -> NoReturn:
     PR 179291 describes the mechanism); the launcher then kills the other ranks and reports the job as failed.
     By this point every rank has passed the teardown barrier and the run's files are written (atomically) and
     closed. ``main`` itself never exits the process: tests and scripts call it in-process.
+
+    A program also keeps the memory it frees for reuse (:func:`foundation.kernels.host_memory.keep_freed_memory`:
+    each training step reuses the last one's activations instead of faulting their pages in again). This is a
+    setting of the whole process, so it is made here and not in ``main``, which tests call in-process.
     """
     import logging
     import os
 
+    from foundation.kernels.host_memory import keep_freed_memory
+
+    keep_freed_memory()
     status = main(argv)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         logging.shutdown()
