@@ -177,19 +177,28 @@ class DeeperBrain(nn.Module, HubMixin):
         m = torch.ones_like(xf[:, :, :1]) if chan_mask is None else chan_mask[:, :, None].float()  # [B, C, 1]
         n = (m.sum((1, 2), keepdim=True) * x.shape[-1]).clamp(min=1)
         mean = (xf * m).sum((1, 2), keepdim=True) / n
-        std = (((xf - mean) * m) ** 2).sum((1, 2), keepdim=True).div(n).sqrt()  # population std over real samples
-        return (xf / (std + 1e-6)).to(x.dtype)
+        dev = (xf - mean) * m
+        std = (dev * dev).sum((1, 2), keepdim=True).div(n).sqrt()  # population std over real samples (d * d: ATen's
+        return (xf / (std + 1e-6)).to(x.dtype)  # CPU pow is not vectorised; the same values as d ** 2)
 
-    def tokens(self, x: torch.Tensor, pos: torch.Tensor, chan_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Embedded tokens of every patch with both encodings added: x [B, C, T] -> [B, N, D], N = C * P."""
+    def tokens(self, x: torch.Tensor, pos: torch.Tensor, chan_mask: torch.Tensor | None = None, *,
+               scaled: bool = False, chan_code: torch.Tensor | None = None) -> torch.Tensor:
+        """Embedded tokens of every patch with both encodings added: x [B, C, T] -> [B, N, D], N = C * P.
+
+        ``scaled``: x is already :meth:`scale_input`'s output (the objective scales it once for the model and its
+        target). ``chan_code``: ``self.chan_enc(pos, chan_mask)`` [B, C, D] when the caller has it already.
+        """
         B, C, P = self._check(x, pos, chan_mask)
-        x = self.scale_input(x, chan_mask)
+        if not scaled:
+            x = self.scale_input(x, chan_mask)
         patches = x.reshape(B, C, P, self.config.patch_size)  # [B, C, T] -> [B, C, P, patch]
         tok = self.patch_embed(patches.to(self.patch_embed.weight.dtype))  # [B, C, P, D]
         if self.spectral_embed is not None:
             amp = torch.fft.rfft(patches.float(), dim=-1).abs()  # [B, C, P, patch // 2 + 1]
             tok = tok + self.spectral_embed(_log1p(amp).to(tok.dtype))
-        tok = tok + self.chan_enc(pos, chan_mask)[:, :, None, :] + self.time_enc(self.patch_times(P, x.device))[None, None]
+        if chan_code is None:
+            chan_code = self.chan_enc(pos, chan_mask)  # [B, C, D]
+        tok = tok + chan_code[:, :, None, :] + self.time_enc(self.patch_times(P, x.device))[None, None]
         return tok.reshape(B, C * P, self.embed_dim)  # [B, C, P, D] -> [B, N, D]
 
     # ---------------------------------------------------------------- encoder
@@ -209,7 +218,12 @@ class DeeperBrain(nn.Module, HubMixin):
             ``(tokens [sum K_b, D] packed, cu_seqlens [B + 1] int32)``: sample b's visible tokens are
             ``tokens[cu_seqlens[b]:cu_seqlens[b + 1]]`` in the order of ``keep[b]``.
         """
-        tok = self.tokens(x, pos, chan_mask)  # [B, N, D]
+        return self._encode(self.tokens(x, pos, chan_mask), x, chan_mask, keep)
+
+    def _encode(self, tok: torch.Tensor, x: torch.Tensor, chan_mask: torch.Tensor | None,
+                keep: torch.Tensor | Sequence[torch.Tensor] | PackPlan | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The encoder over embedded tokens [B, N, D]: -> (packed [K, D], cu_seqlens [B + 1]); see
+        :meth:`forward_features`."""
         if keep is None:
             mask = chan_mask if chan_mask is not None else torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
             keep = self.valid_tokens(mask, tok.shape[1] // x.shape[1])  # bool [B, N]
@@ -242,11 +256,12 @@ class DeeperBrain(nn.Module, HubMixin):
         return plan_pack(keep, B, C * n_patches, device), plan_pack(valid, B, C * n_patches, device)
 
     def predict_stats(self, packed: torch.Tensor, cu: torch.Tensor, plan: PackPlan, pos: torch.Tensor,
-                      chan_mask: torch.Tensor, n_patches: int) -> torch.Tensor:
+                      chan_mask: torch.Tensor, n_patches: int, chan_code: torch.Tensor | None = None) -> torch.Tensor:
         """Per-channel statistics from the channel's visible tokens: -> [B, C, S].
 
         A channel's tokens are averaged; a channel with no visible token takes the sample's mean.
-        The channel encoding is added so that the head knows where each channel sits.
+        The channel encoding is added so that the head knows where each channel sits (``chan_code``:
+        ``self.chan_enc(pos, chan_mask)`` [B, C, D] when the caller has it already, as :meth:`forward` does).
         """
         B, C = chan_mask.shape
         slot = torch.div(plan.index, n_patches, rounding_mode="floor")  # b * N + c * P + p -> b * C + c
@@ -254,7 +269,9 @@ class DeeperBrain(nn.Module, HubMixin):
         cnt = packed.new_zeros(B * C).index_add_(0, slot, packed.new_ones(slot.shape))[:, None]  # [B * C, 1]
         per_sample = packed_mean(packed, cu)  # [K, D] -> [B, D]
         pooled = torch.where(cnt > 0, sums / cnt.clamp(min=1), per_sample.repeat_interleave(C, 0))
-        pooled = pooled.reshape(B, C, -1) + self.chan_enc(pos, chan_mask)  # [B * C, D] -> [B, C, D]
+        if chan_code is None:
+            chan_code = self.chan_enc(pos, chan_mask)  # [B, C, D]
+        pooled = pooled.reshape(B, C, -1) + chan_code  # [B * C, D] -> [B, C, D]
         return self.stats_head(self.stats_norm(pooled))
 
     def decode(self, packed: torch.Tensor, plans: tuple[PackPlan, PackPlan], pos: torch.Tensor,
@@ -280,7 +297,7 @@ class DeeperBrain(nn.Module, HubMixin):
         return out.view(B, N, -1)
 
     def forward(self, x: torch.Tensor, pos: torch.Tensor, chan_mask: torch.Tensor, keep: Sequence[torch.Tensor],
-                plans: tuple[PackPlan, PackPlan] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                plans: tuple[PackPlan, PackPlan] | None = None, *, scaled: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """Masked reconstruction and statistics prediction.
 
         Args:
@@ -291,6 +308,9 @@ class DeeperBrain(nn.Module, HubMixin):
             plans: :meth:`mask_plans` of ``keep``, made in advance (the objective's ``prepare``), so that this
                 forward reads nothing from the data on the host (one graph under ``torch.compile``); None
                 makes them here.
+            scaled: x is :meth:`scale_input`'s output already (the objective scales once for input and target).
+
+        The channel encoding is computed once and shared by the encoder's tokens and the statistics head.
 
         Returns:
             ``(reconstruction [B, N, patch_size], statistics [B, C, S])``.
@@ -298,5 +318,8 @@ class DeeperBrain(nn.Module, HubMixin):
         P = x.shape[-1] // self.config.patch_size
         if plans is None:
             plans = self.mask_plans(chan_mask, keep, P, x.device)
-        packed, cu = self.forward_features(x, pos, chan_mask, plans[0])
-        return self.decode(packed, plans, pos, chan_mask, P), self.predict_stats(packed, cu, plans[0], pos, chan_mask, P)
+        chan_code = self.chan_enc(pos, chan_mask)  # [B, C, D], for the tokens and the statistics head
+        tok = self.tokens(x, pos, chan_mask, scaled=scaled, chan_code=chan_code)  # [B, N, D]
+        packed, cu = self._encode(tok, x, chan_mask, plans[0])
+        recon = self.decode(packed, plans, pos, chan_mask, P)
+        return recon, self.predict_stats(packed, cu, plans[0], pos, chan_mask, P, chan_code)
