@@ -192,14 +192,46 @@ class DeeperBrain(nn.Module, HubMixin):
         if not scaled:
             x = self.scale_input(x, chan_mask)
         patches = x.reshape(B, C, P, self.config.patch_size)  # [B, C, T] -> [B, C, P, patch]
-        tok = self.patch_embed(patches.to(self.patch_embed.weight.dtype))  # [B, C, P, D]
-        if self.spectral_embed is not None:
-            amp = torch.fft.rfft(patches.float(), dim=-1).abs()  # [B, C, P, patch // 2 + 1]
-            tok = tok + self.spectral_embed(_log1p(amp).to(tok.dtype))
+        tok = self._embed(patches)  # [B, C, P, D]
         if chan_code is None:
             chan_code = self.chan_enc(pos, chan_mask)  # [B, C, D]
         tok = tok + chan_code[:, :, None, :] + self.time_enc(self.patch_times(P, x.device))[None, None]
         return tok.reshape(B, C * P, self.embed_dim)  # [B, C, P, D] -> [B, N, D]
+
+    def _embed(self, patches: torch.Tensor) -> torch.Tensor:
+        """Patch embedding plus the spectral projection: patches [..., patch] (scaled) -> [..., D]."""
+        tok = self.patch_embed(patches.to(self.patch_embed.weight.dtype))
+        if self.spectral_embed is not None:
+            amp = torch.fft.rfft(patches.float(), dim=-1).abs()  # [..., patch // 2 + 1]
+            tok = tok + self.spectral_embed(_log1p(amp).to(tok.dtype))
+        return tok
+
+    def visible_tokens(self, x: torch.Tensor, pos: torch.Tensor, chan_mask: torch.Tensor | None, plan: PackPlan, *,
+                       scaled: bool = False, chan_code: torch.Tensor | None = None) -> torch.Tensor:
+        """The packed visible tokens of :meth:`tokens`, embedding only the visible patches: -> [K, D].
+
+        Equal to ``pack_visible(self.tokens(x, pos, chan_mask), plan)[0]`` row for row (the same sums in the
+        same order), without embedding, transforming and encoding the masked patches that the encoder deletes.
+
+        Args:
+            x: windows [B, C, T]; pos [B, C, 3]; chan_mask [B, C] bool or None.
+            plan: the encoder's :class:`~foundation.kernels.PackPlan` over [B, N] (index ``b * N + c * P + p``).
+            scaled, chan_code: as in :meth:`tokens`.
+        """
+        B, C, P = self._check(x, pos, chan_mask)
+        if (plan.batch, plan.tokens) != (B, C * P):
+            raise DataError(f"DeeperBrain: the PackPlan was made for [B, N] = {[plan.batch, plan.tokens]}, the "
+                            f"windows give {[B, C * P]}; build it with mask_plans for this batch")
+        if not scaled:
+            x = self.scale_input(x, chan_mask)
+        patches = x.reshape(B * C * P, self.config.patch_size).index_select(0, plan.index)  # [K, patch]
+        tok = self._embed(patches)  # [K, D]
+        if chan_code is None:
+            chan_code = self.chan_enc(pos, chan_mask)  # [B, C, D]
+        slot = torch.div(plan.index, P, rounding_mode="floor")  # b * N + c * P + p -> b * C + c
+        tok = tok + chan_code.reshape(B * C, -1).index_select(0, slot)  # [K, D]
+        time_code = self.time_enc(self.patch_times(P, x.device))  # [P, D]
+        return tok + time_code.index_select(0, plan.index - slot * P)  # p of each token
 
     # ---------------------------------------------------------------- encoder
     def forward_features(self, x: torch.Tensor, pos: torch.Tensor, chan_mask: torch.Tensor | None = None,
@@ -227,7 +259,10 @@ class DeeperBrain(nn.Module, HubMixin):
         if keep is None:
             mask = chan_mask if chan_mask is not None else torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
             keep = self.valid_tokens(mask, tok.shape[1] // x.shape[1])  # bool [B, N]
-        packed, cu, max_len = pack_visible(tok, keep)  # [B, N, D] -> [K, D]
+        return self._blocks(*pack_visible(tok, keep))  # [B, N, D] -> [K, D]
+
+    def _blocks(self, packed: torch.Tensor, cu: torch.Tensor, max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The encoder blocks and the final norm over packed tokens [K, D] -> ([K, D], cu_seqlens)."""
         for blk in self.blocks:
             packed = blk(packed, cu, max_len)
         return self.norm(packed), cu
@@ -310,7 +345,8 @@ class DeeperBrain(nn.Module, HubMixin):
                 makes them here.
             scaled: x is :meth:`scale_input`'s output already (the objective scales once for input and target).
 
-        The channel encoding is computed once and shared by the encoder's tokens and the statistics head.
+        The channel encoding is computed once and shared by the encoder's tokens and the statistics head; only
+        the visible patches are embedded (:meth:`visible_tokens`).
 
         Returns:
             ``(reconstruction [B, N, patch_size], statistics [B, C, S])``.
@@ -319,7 +355,7 @@ class DeeperBrain(nn.Module, HubMixin):
         if plans is None:
             plans = self.mask_plans(chan_mask, keep, P, x.device)
         chan_code = self.chan_enc(pos, chan_mask)  # [B, C, D], for the tokens and the statistics head
-        tok = self.tokens(x, pos, chan_mask, scaled=scaled, chan_code=chan_code)  # [B, N, D]
-        packed, cu = self._encode(tok, x, chan_mask, plans[0])
+        packed = self.visible_tokens(x, pos, chan_mask, plans[0], scaled=scaled, chan_code=chan_code)  # [K, D]
+        packed, cu = self._blocks(packed, plans[0].cu, plans[0].max_len)
         recon = self.decode(packed, plans, pos, chan_mask, P)
         return recon, self.predict_stats(packed, cu, plans[0], pos, chan_mask, P, chan_code)
