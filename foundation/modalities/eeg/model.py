@@ -273,13 +273,16 @@ class DeeperBrain(nn.Module, HubMixin):
         return packed_mean(packed, cu)  # [K, D] -> [B, D]
 
     # ------------------------------------------------------------------ heads
-    def mask_plans(self, chan_mask: torch.Tensor, keep: Sequence[torch.Tensor], n_patches: int,
+    def mask_plans(self, chan_mask: torch.Tensor, keep: Sequence[torch.Tensor] | torch.Tensor, n_patches: int,
                    device: torch.device | str | None = None) -> tuple[PackPlan, PackPlan]:
         """The packing of a masked batch, worked out once (host reads; the objective's ``prepare`` calls it
         before the compiled region): the encoder's visible tokens and the decoder's real-channel tokens.
 
         Args:
-            chan_mask: [B, C] bool. keep: B 1-D tensors of visible token indices. n_patches: P.
+            chan_mask: [B, C] bool. n_patches: P.
+            keep: B 1-D tensors of visible token indices, or the visible tokens as a bool mask [B, N] (the
+                objective's ``prepare`` passes its mask: one host read of the lengths, no per-sample checks;
+                the same plan as the sorted index lists).
             device: where the plans' tensors go (default: chan_mask's).
 
         Returns:

@@ -82,7 +82,7 @@ class DeeperBrainObjective(nn.Module):
         rows = torch.repeat_interleave(torch.arange(B), torch.tensor([k.numel() for k in keep]))  # [sum K_b]
         visible = torch.zeros_like(valid)
         visible[rows.to(valid.device), torch.cat(keep).to(valid.device)] = True
-        plans = model.mask_plans(chan_mask, keep, P, batch["x"].device)
+        plans = model.mask_plans(chan_mask, visible, P, batch["x"].device)  # keep is sorted: the same plan
         return {**batch, "keep": keep, "visible": visible, "plans": plans}
 
     def forward(self, model: nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
