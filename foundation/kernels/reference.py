@@ -31,14 +31,17 @@ __all__ = ["reference_varlen_fwd", "reference_varlen_bwd", "reference_varlen_dro
 class _Padded:
     """The packed layout as a padded batch: token t of sequence b sits at ``[b, pos]``; keys past a length masked.
 
-    Built from ``cu_seqlens`` with one host read (the longest length); no Python loop over sequences.
+    Built from ``cu_seqlens`` with no Python loop over sequences, and no host read when ``max_len`` (the
+    longest length, or an upper bound: the padded length L) is given, else one (the longest length).
     """
 
-    def __init__(self, cu_seqlens: torch.Tensor, total: int, dtype: torch.dtype) -> None:
+    def __init__(self, cu_seqlens: torch.Tensor, total: int, dtype: torch.dtype, max_len: int | None = None) -> None:
         cu = cu_seqlens.long()
         lens = cu[1:] - cu[:-1]  # [S]
         self.S = lens.numel()
-        self.L = max(int(lens.max()), 1) if total else 1
+        if max_len is None:
+            max_len = int(lens.max()) if total else 1
+        self.L = max(max_len, 1)
         tok = torch.arange(total, device=cu.device)
         self.seg = torch.searchsorted(cu[1:].contiguous(), tok, right=True)  # [T] sequence of each token
         self.pos = tok - cu[self.seg]  # [T] position inside it
@@ -90,7 +93,8 @@ def _acc_dtype(q: torch.Tensor) -> torch.dtype:
 
 
 def reference_varlen_fwd(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor, scale: float, aten_cpu: bool = True
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor, scale: float, aten_cpu: bool = True,
+    max_seqlen: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Forward of packed attention.
 
@@ -102,6 +106,8 @@ def reference_varlen_fwd(
         scale: factor applied to q.k (usually Dh ** -0.5).
         aten_cpu: for CPU tensors use ATen's CPU flash kernel (False: explicit
             matmuls, the path of other devices).
+        max_seqlen: the longest sequence (or an upper bound), a host int; None reads it from cu_seqlens (one
+            host read per call).
 
     Returns:
         ``(out [T, H, Dh] in q.dtype, lse [H, T] fp32, fp64 for fp64 inputs)``: the attention output and the
@@ -112,10 +118,10 @@ def reference_varlen_fwd(
     if T == 0:
         return torch.empty_like(q), torch.empty(H, 0, dtype=acc, device=q.device)
     if q.device.type == "cpu" and aten_cpu:
-        pad = _Padded(cu_seqlens, T, q.dtype)
+        pad = _Padded(cu_seqlens, T, q.dtype, max_seqlen)
         o, lse = _CPU_FLASH(*pad.pad_many(q, k, v), 0.0, False, attn_mask=pad.mask, scale=scale)
         return pad.unpad(o).to(q.dtype), pad.unpad_rows(lse).to(acc)
-    pad = _Padded(cu_seqlens, T, acc)
+    pad = _Padded(cu_seqlens, T, acc, max_seqlen)
     qs, ks, vs = (pad.pad(t.to(acc)) for t in (q, k, v))  # [S, H, L, Dh]
     scores = torch.matmul(qs, ks.transpose(-1, -2)) * scale + pad.mask  # [S, H, L, L]
     row_lse = torch.logsumexp(scores, dim=-1)  # [S, H, L]
@@ -134,6 +140,7 @@ def reference_varlen_bwd(
     cu_seqlens: torch.Tensor,
     scale: float,
     aten_cpu: bool = True,
+    max_seqlen: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Backward of packed attention from the saved log-sum-exp.
 
@@ -148,6 +155,7 @@ def reference_varlen_bwd(
         cu_seqlens: sequence starts [S + 1].
         scale: the forward scale.
         aten_cpu: for CPU tensors use ATen's CPU flash backward (False: explicit matmuls).
+        max_seqlen: as in :func:`reference_varlen_fwd`.
 
     Returns:
         ``(dq, dk, dv)``, each [T, H, Dh] in the dtype of q.
@@ -157,12 +165,12 @@ def reference_varlen_bwd(
         return torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
     acc = _acc_dtype(q)
     if q.device.type == "cpu" and aten_cpu:
-        pad = _Padded(cu_seqlens, T, q.dtype)
+        pad = _Padded(cu_seqlens, T, q.dtype, max_seqlen)
         dos, qs, ks, vs, os_ = pad.pad_many(grad_out, q, k, v, out)
         grads = _CPU_FLASH_BWD(dos, qs, ks, vs, os_, pad.pad_rows(lse).contiguous(), 0.0, False,
                                attn_mask=pad.mask, scale=scale)
         return tuple(pad.unpad(g).to(t.dtype) for g, t in zip(grads, (q, k, v)))  # type: ignore[return-value]
-    pad = _Padded(cu_seqlens, T, acc)
+    pad = _Padded(cu_seqlens, T, acc, max_seqlen)
     delta = pad.pad_rows((grad_out.to(acc) * out.to(acc)).sum(-1).transpose(0, 1))  # [T, H] -> [S, H, L]
     qs, ks, vs, dos = (pad.pad(t.to(acc)) for t in (q, k, v, grad_out))  # [S, H, L, Dh]
     scores = torch.matmul(qs, ks.transpose(-1, -2)) * scale + pad.mask  # [S, H, L, L]

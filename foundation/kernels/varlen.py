@@ -165,7 +165,7 @@ def _forward(q, k, v, cu_seqlens, max_seqlen, scale, backend, mode):
         from foundation.kernels.triton_varlen import triton_varlen_fwd
 
         return triton_varlen_fwd(q, k, v, cu_seqlens, max_seqlen, scale, _resolve_mode(mode, max_seqlen))
-    return reference_varlen_fwd(q, k, v, cu_seqlens, scale)
+    return reference_varlen_fwd(q, k, v, cu_seqlens, scale, max_seqlen=max_seqlen)
 
 
 def _backward(grad_out, q, k, v, out, lse, cu_seqlens, max_seqlen, scale, backend, mode):
@@ -176,7 +176,7 @@ def _backward(grad_out, q, k, v, out, lse, cu_seqlens, max_seqlen, scale, backen
         return triton_varlen_bwd(
             grad_out, q, k, v, out, lse, cu_seqlens, max_seqlen, scale, _resolve_mode(mode, max_seqlen)
         )
-    return reference_varlen_bwd(grad_out, q, k, v, out, lse, cu_seqlens, scale)
+    return reference_varlen_bwd(grad_out, q, k, v, out, lse, cu_seqlens, scale, max_seqlen=max_seqlen)
 
 
 class VarlenAttentionFunction(torch.autograd.Function):
