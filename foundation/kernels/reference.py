@@ -25,20 +25,23 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["reference_varlen_fwd", "reference_varlen_bwd", "reference_varlen_dropout"]
+__all__ = ["reference_layout", "reference_varlen_fwd", "reference_varlen_bwd", "reference_varlen_dropout"]
 
 
 class _Padded:
     """The packed layout as a padded batch: token t of sequence b sits at ``[b, pos]``; keys past a length masked.
 
-    Built from ``cu_seqlens`` with one host read (the longest length); no Python loop over sequences.
+    Built from ``cu_seqlens`` with no Python loop over sequences, and no host read when ``max_len`` (the
+    longest length, or an upper bound: the padded length L) is given, else one (the longest length).
     """
 
-    def __init__(self, cu_seqlens: torch.Tensor, total: int, dtype: torch.dtype) -> None:
+    def __init__(self, cu_seqlens: torch.Tensor, total: int, dtype: torch.dtype, max_len: int | None = None) -> None:
         cu = cu_seqlens.long()
         lens = cu[1:] - cu[:-1]  # [S]
         self.S = lens.numel()
-        self.L = max(int(lens.max()), 1) if total else 1
+        if max_len is None:
+            max_len = int(lens.max()) if total else 1
+        self.L = max(max_len, 1)
         tok = torch.arange(total, device=cu.device)
         self.seg = torch.searchsorted(cu[1:].contiguous(), tok, right=True)  # [T] sequence of each token
         self.pos = tok - cu[self.seg]  # [T] position inside it
@@ -80,6 +83,32 @@ class _Padded:
         return t.transpose(1, 2)[self.seg, self.pos].transpose(0, 1).contiguous()
 
 
+def _layout_dtype(q: torch.Tensor, aten_cpu: bool) -> torch.dtype:
+    """The dtype of the additive key mask: q's on ATen's CPU kernels, the accumulation dtype elsewhere."""
+    return q.dtype if q.device.type == "cpu" and aten_cpu else _acc_dtype(q)
+
+
+def reference_layout(cu_seqlens: torch.Tensor, q: torch.Tensor, max_seqlen: int | None = None) -> _Padded:
+    """The padded layout of a packed batch, built once to serve a forward and its backward (the eager autograd
+    function of :mod:`foundation.kernels.varlen` keeps it between the two): pass it as ``layout`` to
+    :func:`reference_varlen_fwd` and :func:`reference_varlen_bwd` (default paths, ``aten_cpu=True``).
+
+    Args:
+        cu_seqlens: sequence starts [S + 1] int32. q: the queries [T, H, Dh] (device, dtype and T are read).
+        max_seqlen: the longest sequence (or an upper bound); None reads it from cu_seqlens.
+    """
+    return _Padded(cu_seqlens, q.shape[0], _layout_dtype(q, True), max_seqlen)
+
+
+def _layout(layout: _Padded | None, cu_seqlens: torch.Tensor, q: torch.Tensor, aten_cpu: bool,
+            max_seqlen: int | None) -> _Padded:
+    """``layout`` when it was built for this path's mask dtype, else a new one."""
+    dtype = _layout_dtype(q, aten_cpu)
+    if layout is not None and layout.mask.dtype == dtype:
+        return layout
+    return _Padded(cu_seqlens, q.shape[0], dtype, max_seqlen)
+
+
 _CPU_FLASH = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
 _CPU_FLASH_BWD = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
 
@@ -90,7 +119,8 @@ def _acc_dtype(q: torch.Tensor) -> torch.dtype:
 
 
 def reference_varlen_fwd(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor, scale: float, aten_cpu: bool = True
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor, scale: float, aten_cpu: bool = True,
+    max_seqlen: int | None = None, layout: _Padded | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Forward of packed attention.
 
@@ -102,6 +132,9 @@ def reference_varlen_fwd(
         scale: factor applied to q.k (usually Dh ** -0.5).
         aten_cpu: for CPU tensors use ATen's CPU flash kernel (False: explicit
             matmuls, the path of other devices).
+        max_seqlen: the longest sequence (or an upper bound), a host int; None reads it from cu_seqlens (one
+            host read per call).
+        layout: :func:`reference_layout` of these cu_seqlens and q, built by the caller (None: built here).
 
     Returns:
         ``(out [T, H, Dh] in q.dtype, lse [H, T] fp32, fp64 for fp64 inputs)``: the attention output and the
@@ -112,10 +145,10 @@ def reference_varlen_fwd(
     if T == 0:
         return torch.empty_like(q), torch.empty(H, 0, dtype=acc, device=q.device)
     if q.device.type == "cpu" and aten_cpu:
-        pad = _Padded(cu_seqlens, T, q.dtype)
+        pad = _layout(layout, cu_seqlens, q, aten_cpu, max_seqlen)
         o, lse = _CPU_FLASH(*pad.pad_many(q, k, v), 0.0, False, attn_mask=pad.mask, scale=scale)
         return pad.unpad(o).to(q.dtype), pad.unpad_rows(lse).to(acc)
-    pad = _Padded(cu_seqlens, T, acc)
+    pad = _layout(layout, cu_seqlens, q, aten_cpu, max_seqlen)
     qs, ks, vs = (pad.pad(t.to(acc)) for t in (q, k, v))  # [S, H, L, Dh]
     scores = torch.matmul(qs, ks.transpose(-1, -2)) * scale + pad.mask  # [S, H, L, L]
     row_lse = torch.logsumexp(scores, dim=-1)  # [S, H, L]
@@ -134,6 +167,8 @@ def reference_varlen_bwd(
     cu_seqlens: torch.Tensor,
     scale: float,
     aten_cpu: bool = True,
+    max_seqlen: int | None = None,
+    layout: _Padded | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Backward of packed attention from the saved log-sum-exp.
 
@@ -148,6 +183,7 @@ def reference_varlen_bwd(
         cu_seqlens: sequence starts [S + 1].
         scale: the forward scale.
         aten_cpu: for CPU tensors use ATen's CPU flash backward (False: explicit matmuls).
+        max_seqlen, layout: as in :func:`reference_varlen_fwd` (the forward's layout serves here).
 
     Returns:
         ``(dq, dk, dv)``, each [T, H, Dh] in the dtype of q.
@@ -157,12 +193,12 @@ def reference_varlen_bwd(
         return torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
     acc = _acc_dtype(q)
     if q.device.type == "cpu" and aten_cpu:
-        pad = _Padded(cu_seqlens, T, q.dtype)
+        pad = _layout(layout, cu_seqlens, q, aten_cpu, max_seqlen)
         dos, qs, ks, vs, os_ = pad.pad_many(grad_out, q, k, v, out)
         grads = _CPU_FLASH_BWD(dos, qs, ks, vs, os_, pad.pad_rows(lse).contiguous(), 0.0, False,
                                attn_mask=pad.mask, scale=scale)
         return tuple(pad.unpad(g).to(t.dtype) for g, t in zip(grads, (q, k, v)))  # type: ignore[return-value]
-    pad = _Padded(cu_seqlens, T, acc)
+    pad = _layout(layout, cu_seqlens, q, aten_cpu, max_seqlen)
     delta = pad.pad_rows((grad_out.to(acc) * out.to(acc)).sum(-1).transpose(0, 1))  # [T, H] -> [S, H, L]
     qs, ks, vs, dos = (pad.pad(t.to(acc)) for t in (q, k, v, grad_out))  # [S, H, L, Dh]
     scores = torch.matmul(qs, ks.transpose(-1, -2)) * scale + pad.mask  # [S, H, L, L]

@@ -38,7 +38,7 @@ import torch
 
 from foundation.errors import ConfigError, did_you_mean
 from foundation.kernels.padded import padded_sdpa
-from foundation.kernels.reference import reference_varlen_bwd, reference_varlen_fwd
+from foundation.kernels.reference import reference_layout, reference_varlen_bwd, reference_varlen_fwd
 
 __all__ = ["varlen_attention", "VarlenAttentionFunction", "BACKENDS", "MODES", "PACK_MAX_SEQLEN", "resolve_backend"]
 
@@ -159,16 +159,17 @@ def _resolve_mode(mode: str, max_seqlen: int) -> str:
     return mode
 
 
-def _forward(q, k, v, cu_seqlens, max_seqlen, scale, backend, mode):
-    """(out, lse) of one backend; the one forward of both call paths."""
+def _forward(q, k, v, cu_seqlens, max_seqlen, scale, backend, mode, layout=None):
+    """(out, lse) of one backend; the one forward of both call paths (``layout``: the reference's padded
+    layout, :func:`~foundation.kernels.reference.reference_layout`, when the caller keeps it for the backward)."""
     if backend == "triton":
         from foundation.kernels.triton_varlen import triton_varlen_fwd
 
         return triton_varlen_fwd(q, k, v, cu_seqlens, max_seqlen, scale, _resolve_mode(mode, max_seqlen))
-    return reference_varlen_fwd(q, k, v, cu_seqlens, scale)
+    return reference_varlen_fwd(q, k, v, cu_seqlens, scale, max_seqlen=max_seqlen, layout=layout)
 
 
-def _backward(grad_out, q, k, v, out, lse, cu_seqlens, max_seqlen, scale, backend, mode):
+def _backward(grad_out, q, k, v, out, lse, cu_seqlens, max_seqlen, scale, backend, mode, layout=None):
     """(dq, dk, dv) of one backend; the one backward of both call paths."""
     if backend == "triton":
         from foundation.kernels.triton_varlen import triton_varlen_bwd
@@ -176,7 +177,7 @@ def _backward(grad_out, q, k, v, out, lse, cu_seqlens, max_seqlen, scale, backen
         return triton_varlen_bwd(
             grad_out, q, k, v, out, lse, cu_seqlens, max_seqlen, scale, _resolve_mode(mode, max_seqlen)
         )
-    return reference_varlen_bwd(grad_out, q, k, v, out, lse, cu_seqlens, scale)
+    return reference_varlen_bwd(grad_out, q, k, v, out, lse, cu_seqlens, scale, max_seqlen=max_seqlen, layout=layout)
 
 
 class VarlenAttentionFunction(torch.autograd.Function):
@@ -188,9 +189,11 @@ class VarlenAttentionFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, cu_seqlens, max_seqlen, scale, backend, mode):
-        out, lse = _forward(q, k, v, cu_seqlens, max_seqlen, scale, backend, mode)
+        # the reference's padded layout is built once and kept for the backward (issue 16)
+        layout = reference_layout(cu_seqlens, q, max_seqlen) if backend == "reference" and q.shape[0] else None
+        out, lse = _forward(q, k, v, cu_seqlens, max_seqlen, scale, backend, mode, layout)
         ctx.save_for_backward(q, k, v, out, lse, cu_seqlens)
-        ctx.args = (max_seqlen, scale, backend, mode)
+        ctx.args = (max_seqlen, scale, backend, mode, layout)
         return out
 
     @staticmethod

@@ -177,20 +177,61 @@ class DeeperBrain(nn.Module, HubMixin):
         m = torch.ones_like(xf[:, :, :1]) if chan_mask is None else chan_mask[:, :, None].float()  # [B, C, 1]
         n = (m.sum((1, 2), keepdim=True) * x.shape[-1]).clamp(min=1)
         mean = (xf * m).sum((1, 2), keepdim=True) / n
-        std = (((xf - mean) * m) ** 2).sum((1, 2), keepdim=True).div(n).sqrt()  # population std over real samples
-        return (xf / (std + 1e-6)).to(x.dtype)
+        dev = (xf - mean) * m
+        std = (dev * dev).sum((1, 2), keepdim=True).div(n).sqrt()  # population std over real samples (d * d: ATen's
+        return (xf / (std + 1e-6)).to(x.dtype)  # CPU pow is not vectorised; the same values as d ** 2)
 
-    def tokens(self, x: torch.Tensor, pos: torch.Tensor, chan_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Embedded tokens of every patch with both encodings added: x [B, C, T] -> [B, N, D], N = C * P."""
+    def tokens(self, x: torch.Tensor, pos: torch.Tensor, chan_mask: torch.Tensor | None = None, *,
+               scaled: bool = False, chan_code: torch.Tensor | None = None) -> torch.Tensor:
+        """Embedded tokens of every patch with both encodings added: x [B, C, T] -> [B, N, D], N = C * P.
+
+        ``scaled``: x is already :meth:`scale_input`'s output (the objective scales it once for the model and its
+        target). ``chan_code``: ``self.chan_enc(pos, chan_mask)`` [B, C, D] when the caller has it already.
+        """
         B, C, P = self._check(x, pos, chan_mask)
-        x = self.scale_input(x, chan_mask)
+        if not scaled:
+            x = self.scale_input(x, chan_mask)
         patches = x.reshape(B, C, P, self.config.patch_size)  # [B, C, T] -> [B, C, P, patch]
-        tok = self.patch_embed(patches.to(self.patch_embed.weight.dtype))  # [B, C, P, D]
-        if self.spectral_embed is not None:
-            amp = torch.fft.rfft(patches.float(), dim=-1).abs()  # [B, C, P, patch // 2 + 1]
-            tok = tok + self.spectral_embed(_log1p(amp).to(tok.dtype))
-        tok = tok + self.chan_enc(pos, chan_mask)[:, :, None, :] + self.time_enc(self.patch_times(P, x.device))[None, None]
+        tok = self._embed(patches)  # [B, C, P, D]
+        if chan_code is None:
+            chan_code = self.chan_enc(pos, chan_mask)  # [B, C, D]
+        tok = tok + chan_code[:, :, None, :] + self.time_enc(self.patch_times(P, x.device))[None, None]
         return tok.reshape(B, C * P, self.embed_dim)  # [B, C, P, D] -> [B, N, D]
+
+    def _embed(self, patches: torch.Tensor) -> torch.Tensor:
+        """Patch embedding plus the spectral projection: patches [..., patch] (scaled) -> [..., D]."""
+        tok = self.patch_embed(patches.to(self.patch_embed.weight.dtype))
+        if self.spectral_embed is not None:
+            amp = torch.fft.rfft(patches.float(), dim=-1).abs()  # [..., patch // 2 + 1]
+            tok = tok + self.spectral_embed(_log1p(amp).to(tok.dtype))
+        return tok
+
+    def visible_tokens(self, x: torch.Tensor, pos: torch.Tensor, chan_mask: torch.Tensor | None, plan: PackPlan, *,
+                       scaled: bool = False, chan_code: torch.Tensor | None = None) -> torch.Tensor:
+        """The packed visible tokens of :meth:`tokens`, embedding only the visible patches: -> [K, D].
+
+        Equal to ``pack_visible(self.tokens(x, pos, chan_mask), plan)[0]`` row for row (the same sums in the
+        same order), without embedding, transforming and encoding the masked patches that the encoder deletes.
+
+        Args:
+            x: windows [B, C, T]; pos [B, C, 3]; chan_mask [B, C] bool or None.
+            plan: the encoder's :class:`~foundation.kernels.PackPlan` over [B, N] (index ``b * N + c * P + p``).
+            scaled, chan_code: as in :meth:`tokens`.
+        """
+        B, C, P = self._check(x, pos, chan_mask)
+        if (plan.batch, plan.tokens) != (B, C * P):
+            raise DataError(f"DeeperBrain: the PackPlan was made for [B, N] = {[plan.batch, plan.tokens]}, the "
+                            f"windows give {[B, C * P]}; build it with mask_plans for this batch")
+        if not scaled:
+            x = self.scale_input(x, chan_mask)
+        patches = x.reshape(B * C * P, self.config.patch_size).index_select(0, plan.index)  # [K, patch]
+        tok = self._embed(patches)  # [K, D]
+        if chan_code is None:
+            chan_code = self.chan_enc(pos, chan_mask)  # [B, C, D]
+        slot = torch.div(plan.index, P, rounding_mode="floor")  # b * N + c * P + p -> b * C + c
+        tok = tok + chan_code.reshape(B * C, -1).index_select(0, slot)  # [K, D]
+        time_code = self.time_enc(self.patch_times(P, x.device))  # [P, D]
+        return tok + time_code.index_select(0, plan.index - slot * P)  # p of each token
 
     # ---------------------------------------------------------------- encoder
     def forward_features(self, x: torch.Tensor, pos: torch.Tensor, chan_mask: torch.Tensor | None = None,
@@ -209,11 +250,19 @@ class DeeperBrain(nn.Module, HubMixin):
             ``(tokens [sum K_b, D] packed, cu_seqlens [B + 1] int32)``: sample b's visible tokens are
             ``tokens[cu_seqlens[b]:cu_seqlens[b + 1]]`` in the order of ``keep[b]``.
         """
-        tok = self.tokens(x, pos, chan_mask)  # [B, N, D]
+        return self._encode(self.tokens(x, pos, chan_mask), x, chan_mask, keep)
+
+    def _encode(self, tok: torch.Tensor, x: torch.Tensor, chan_mask: torch.Tensor | None,
+                keep: torch.Tensor | Sequence[torch.Tensor] | PackPlan | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The encoder over embedded tokens [B, N, D]: -> (packed [K, D], cu_seqlens [B + 1]); see
+        :meth:`forward_features`."""
         if keep is None:
             mask = chan_mask if chan_mask is not None else torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
             keep = self.valid_tokens(mask, tok.shape[1] // x.shape[1])  # bool [B, N]
-        packed, cu, max_len = pack_visible(tok, keep)  # [B, N, D] -> [K, D]
+        return self._blocks(*pack_visible(tok, keep))  # [B, N, D] -> [K, D]
+
+    def _blocks(self, packed: torch.Tensor, cu: torch.Tensor, max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The encoder blocks and the final norm over packed tokens [K, D] -> ([K, D], cu_seqlens)."""
         for blk in self.blocks:
             packed = blk(packed, cu, max_len)
         return self.norm(packed), cu
@@ -224,13 +273,16 @@ class DeeperBrain(nn.Module, HubMixin):
         return packed_mean(packed, cu)  # [K, D] -> [B, D]
 
     # ------------------------------------------------------------------ heads
-    def mask_plans(self, chan_mask: torch.Tensor, keep: Sequence[torch.Tensor], n_patches: int,
+    def mask_plans(self, chan_mask: torch.Tensor, keep: Sequence[torch.Tensor] | torch.Tensor, n_patches: int,
                    device: torch.device | str | None = None) -> tuple[PackPlan, PackPlan]:
         """The packing of a masked batch, worked out once (host reads; the objective's ``prepare`` calls it
         before the compiled region): the encoder's visible tokens and the decoder's real-channel tokens.
 
         Args:
-            chan_mask: [B, C] bool. keep: B 1-D tensors of visible token indices. n_patches: P.
+            chan_mask: [B, C] bool. n_patches: P.
+            keep: B 1-D tensors of visible token indices, or the visible tokens as a bool mask [B, N] (the
+                objective's ``prepare`` passes its mask: one host read of the lengths, no per-sample checks;
+                the same plan as the sorted index lists).
             device: where the plans' tensors go (default: chan_mask's).
 
         Returns:
@@ -242,11 +294,12 @@ class DeeperBrain(nn.Module, HubMixin):
         return plan_pack(keep, B, C * n_patches, device), plan_pack(valid, B, C * n_patches, device)
 
     def predict_stats(self, packed: torch.Tensor, cu: torch.Tensor, plan: PackPlan, pos: torch.Tensor,
-                      chan_mask: torch.Tensor, n_patches: int) -> torch.Tensor:
+                      chan_mask: torch.Tensor, n_patches: int, chan_code: torch.Tensor | None = None) -> torch.Tensor:
         """Per-channel statistics from the channel's visible tokens: -> [B, C, S].
 
         A channel's tokens are averaged; a channel with no visible token takes the sample's mean.
-        The channel encoding is added so that the head knows where each channel sits.
+        The channel encoding is added so that the head knows where each channel sits (``chan_code``:
+        ``self.chan_enc(pos, chan_mask)`` [B, C, D] when the caller has it already, as :meth:`forward` does).
         """
         B, C = chan_mask.shape
         slot = torch.div(plan.index, n_patches, rounding_mode="floor")  # b * N + c * P + p -> b * C + c
@@ -254,7 +307,9 @@ class DeeperBrain(nn.Module, HubMixin):
         cnt = packed.new_zeros(B * C).index_add_(0, slot, packed.new_ones(slot.shape))[:, None]  # [B * C, 1]
         per_sample = packed_mean(packed, cu)  # [K, D] -> [B, D]
         pooled = torch.where(cnt > 0, sums / cnt.clamp(min=1), per_sample.repeat_interleave(C, 0))
-        pooled = pooled.reshape(B, C, -1) + self.chan_enc(pos, chan_mask)  # [B * C, D] -> [B, C, D]
+        if chan_code is None:
+            chan_code = self.chan_enc(pos, chan_mask)  # [B, C, D]
+        pooled = pooled.reshape(B, C, -1) + chan_code  # [B * C, D] -> [B, C, D]
         return self.stats_head(self.stats_norm(pooled))
 
     def decode(self, packed: torch.Tensor, plans: tuple[PackPlan, PackPlan], pos: torch.Tensor,
@@ -280,7 +335,7 @@ class DeeperBrain(nn.Module, HubMixin):
         return out.view(B, N, -1)
 
     def forward(self, x: torch.Tensor, pos: torch.Tensor, chan_mask: torch.Tensor, keep: Sequence[torch.Tensor],
-                plans: tuple[PackPlan, PackPlan] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                plans: tuple[PackPlan, PackPlan] | None = None, *, scaled: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """Masked reconstruction and statistics prediction.
 
         Args:
@@ -291,6 +346,10 @@ class DeeperBrain(nn.Module, HubMixin):
             plans: :meth:`mask_plans` of ``keep``, made in advance (the objective's ``prepare``), so that this
                 forward reads nothing from the data on the host (one graph under ``torch.compile``); None
                 makes them here.
+            scaled: x is :meth:`scale_input`'s output already (the objective scales once for input and target).
+
+        The channel encoding is computed once and shared by the encoder's tokens and the statistics head; only
+        the visible patches are embedded (:meth:`visible_tokens`).
 
         Returns:
             ``(reconstruction [B, N, patch_size], statistics [B, C, S])``.
@@ -298,5 +357,8 @@ class DeeperBrain(nn.Module, HubMixin):
         P = x.shape[-1] // self.config.patch_size
         if plans is None:
             plans = self.mask_plans(chan_mask, keep, P, x.device)
-        packed, cu = self.forward_features(x, pos, chan_mask, plans[0])
-        return self.decode(packed, plans, pos, chan_mask, P), self.predict_stats(packed, cu, plans[0], pos, chan_mask, P)
+        chan_code = self.chan_enc(pos, chan_mask)  # [B, C, D], for the tokens and the statistics head
+        packed = self.visible_tokens(x, pos, chan_mask, plans[0], scaled=scaled, chan_code=chan_code)  # [K, D]
+        packed, cu = self._blocks(packed, plans[0].cu, plans[0].max_len)
+        recon = self.decode(packed, plans, pos, chan_mask, P)
+        return recon, self.predict_stats(packed, cu, plans[0], pos, chan_mask, P, chan_code)

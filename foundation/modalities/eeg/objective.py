@@ -44,10 +44,14 @@ class DeeperBrainObjectiveConfig:
 
 def _masked_mean(values: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     """Mean of ``values`` [B, N, F] over the rows where ``rows`` [B, N] is True, without a data-dependent shape
-    (``values[rows].mean()`` as one graph); entries outside the rows do not count, even non-finite ones."""
-    inside = rows[..., None].expand_as(values)
-    total = torch.where(inside, values, 0.0).sum()  # a scalar other: no zero-filled [B, N, F] buffer
-    return total / inside.sum().clamp(min=1)
+    (``values[rows].mean()`` as one graph); entries outside the rows do not count, even non-finite ones.
+
+    Each row is summed first ([B, N, F] -> [B, N]) and the rows are selected after (a non-finite row sum outside
+    the rows is dropped with its row), so no [B, N, F] mask is expanded, selected against or counted (issue 16:
+    counting the expanded bool mask alone wrote an int64 [B, N, F] buffer each step).
+    """
+    total = torch.where(rows, values.sum(-1), 0.0).sum()  # [B, N, F] -> [B, N] -> scalar
+    return total / (rows.sum() * values.shape[-1]).clamp(min=1)
 
 
 class DeeperBrainObjective(nn.Module):
@@ -78,7 +82,7 @@ class DeeperBrainObjective(nn.Module):
         rows = torch.repeat_interleave(torch.arange(B), torch.tensor([k.numel() for k in keep]))  # [sum K_b]
         visible = torch.zeros_like(valid)
         visible[rows.to(valid.device), torch.cat(keep).to(valid.device)] = True
-        plans = model.mask_plans(chan_mask, keep, P, batch["x"].device)
+        plans = model.mask_plans(chan_mask, visible, P, batch["x"].device)  # keep is sorted: the same plan
         return {**batch, "keep": keep, "visible": visible, "plans": plans}
 
     def forward(self, model: nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -103,8 +107,9 @@ class DeeperBrainObjective(nn.Module):
                             "set model.n_stats to the number of statistics the cache holds")
         valid = chan_mask[:, :, None].expand(B, C, P).reshape(B, C * P)  # [B, C, P] -> [B, N]
         visible = batch["visible"]
-        recon, pred_stats = model(x, pos, chan_mask, batch["keep"], batch.get("plans"))
-        target = model.scale_input(x, chan_mask).reshape(B, C * P, cfg.patch_size)  # [B, C, T] -> [B, N, patch]
+        xs = model.scale_input(x, chan_mask)  # [B, C, T], once: the model's input and the target
+        recon, pred_stats = model(xs, pos, chan_mask, batch["keep"], batch.get("plans"), scaled=True)
+        target = xs.reshape(B, C * P, cfg.patch_size)  # [B, C, T] -> [B, N, patch]
         # mask_ratio 0 leaves nothing masked: then every valid patch is reconstructed (no host read to decide)
         masked = valid & ~visible
         masked = torch.where(masked.any(), masked, valid)
