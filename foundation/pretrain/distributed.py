@@ -66,6 +66,11 @@ def _process_alive(pid: int, started: str | None) -> bool:
     return fields[0] not in ("Z", "X") and (started is None or fields[19] == started)
 
 
+RENDEZVOUS_S = 300.0
+"""How long the ranks of a job may take to join the process group, at least (their start-up: imports, a node's
+load); collectives then wait ``train.collective_timeout_s``."""
+
+
 def apply_timeout(timeout_s: float) -> int:
     """Give every process group of this process the collective timeout ``timeout_s``.
 
@@ -243,6 +248,11 @@ def init_distributed(timeout_s: float = 1800.0) -> DistInfo:
     ``python`` start has none, so a one-process group on 127.0.0.1 is made.
     DeepSpeed picks the backend of its accelerator (NCCL on CUDA, gloo on CPU).
 
+    The ranks meet (torch's rendezvous: rank 0's store waits for every rank to join) under
+    ``max(timeout_s, RENDEZVOUS_S)``, and the collective timeout ``timeout_s`` is set once the group exists: a short
+    collective timeout (seconds, to name a hung rank quickly) must not fail a job whose ranks merely take longer
+    than that to import and start on a loaded node.
+
     Args:
         timeout_s: how long a collective waits for the other ranks before it fails
             (applies when this call creates the group).
@@ -255,7 +265,8 @@ def init_distributed(timeout_s: float = 1800.0) -> DistInfo:
     if not torch.distributed.is_initialized():
         announce_op_build()
         deepspeed.init_distributed(dist_backend=deepspeed.get_accelerator().communication_backend_name(),
-                                   auto_mpi_discovery=False, timeout=timedelta(seconds=timeout_s))
+                                   auto_mpi_discovery=False, timeout=timedelta(seconds=max(timeout_s, RENDEZVOUS_S)))
+        apply_timeout(timeout_s)
         release_shm_buffer()
     return DistInfo(
         rank=torch.distributed.get_rank(),
