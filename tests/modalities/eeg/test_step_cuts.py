@@ -31,9 +31,12 @@ def _grads(model, out) -> dict[str, torch.Tensor]:
 
 
 def _assert_grads(got, want):
+    """Each gradient within 1e-5 of its norm: the cuts reorder float sums (and ATen's reductions split by thread
+    count), so single elements near zero may differ by rounding; a wrong path differs by O(1)."""
     assert sorted(got) == sorted(want)
     for n in want:
-        torch.testing.assert_close(got[n], want[n], rtol=1e-5, atol=1e-7, msg=n)
+        err = float((got[n] - want[n]).norm() / want[n].norm().clamp_min(1e-30))
+        assert err <= 1e-5, f"{n}: gradients differ by {err:.2e} of their norm"
 
 
 def test_visible_tokens_equal_packing_every_token():
