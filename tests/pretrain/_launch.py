@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,21 @@ from foundation.pretrain.run_log import read_jsonl
 
 ROOT = Path(__file__).resolve().parents[2]
 TOY_RECIPE = ROOT / "tests" / "fixtures" / "recipes" / "toy-mae.yaml"
+
+
+def node_caches(full: Path, shared: list[Path], files: list[list[Path]], runs: list[list[int]], root: Path) -> list[Path]:
+    """Lay out what each node of a job holds of the cache ``full``: ``root/node<r>`` gets the ``shared`` files
+    and the files of rank r's shards (``files[k]``: shard k's, as ``ShardMap.files``; ``runs[r]``: rank r's
+    shards), each at its place relative to ``full``. Returns the node folders, by rank."""
+    nodes = []
+    for rank, run in enumerate(runs):
+        node = root / f"node{rank}"
+        for path in shared + [p for k in run for p in files[k]]:
+            target = node / path.relative_to(full)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, target)
+        nodes.append(node)
+    return nodes
 
 
 def env() -> dict[str, str]:

@@ -34,7 +34,7 @@ from foundation.pretrain.checkpoint import CheckpointDir
 from foundation.pretrain.distributed import free_port
 from foundation.pretrain.engine import Engine
 from foundation.pretrain.shard_sampler import ShardLocalSampler
-from tests.pretrain._launch import ROOT, env, losses
+from tests.pretrain._launch import ROOT, env, losses, node_caches
 
 pytestmark = pytest.mark.slow
 
@@ -124,12 +124,7 @@ def _build(model: Model, root: Path) -> dict[str, Any]:
     runs = ShardLocalSampler(shard_map.item_shard, shard_map.n_shards, 2, 0).runs
     out = {"root": root, "corpus": Path(config.source), "full": full, "shard_map": shard_map, "runs": runs,
            "dataset": dataset}
-    for rank, run in enumerate(runs):
-        node = root / f"node{rank}"
-        for path in shared + [p for k in run for p in shard_map.files[k]]:
-            target = node / path.relative_to(full)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(path, target)
+    for rank, node in enumerate(node_caches(full, shared, shard_map.files, runs, root)):
         out[f"node{rank}"] = node
     return out
 

@@ -29,7 +29,7 @@ from foundation.data.cache import INDEX, REPORT, SHARDS
 from foundation.errors import DataError
 from foundation.pretrain.distributed import free_port
 from foundation.pretrain.shard_sampler import ShardLocalSampler
-from tests.pretrain._launch import ROOT, env, losses
+from tests.pretrain._launch import ROOT, env, losses, node_caches
 from tests.pretrain.test_shard_models import _SITECUSTOMIZE, FMRI, ULTRASOUND, _build
 
 pytestmark = pytest.mark.slow
@@ -119,14 +119,7 @@ def eeg(tmp_path_factory) -> dict[str, Any]:
     assert kept == {dataset.subjects.index(s) for s in config.subjects} and len(dataset.rows) < len(dataset.labels)
     runs = ShardLocalSampler(shard_map.item_shard, shard_map.n_shards, 2, 0).runs
     out = {"root": root, "corpus": corpus, "full": full, "shard_map": shard_map, "config": config}
-    for rank, run in enumerate(runs):
-        node = root / f"node{rank}"
-        (node / SHARDS).mkdir(parents=True)
-        for name in (INDEX, REPORT):
-            shutil.copy2(full / name, node / name)
-        for k in run:
-            for path in shard_map.files[k]:
-                shutil.copy2(path, node / SHARDS / path.name)
+    for rank, node in enumerate(node_caches(full, [full / INDEX, full / REPORT], shard_map.files, runs, root)):
         out[f"node{rank}"] = node
     return out
 

@@ -29,7 +29,7 @@ from foundation.pretrain.checkpoint import CheckpointDir
 from foundation.pretrain.distributed import free_port
 from foundation.pretrain.engine import Engine
 from foundation.pretrain.shard_sampler import ShardLocalSampler
-from tests.pretrain._launch import ROOT, env, losses
+from tests.pretrain._launch import ROOT, env, losses, node_caches
 
 pytestmark = pytest.mark.slow
 
@@ -71,14 +71,7 @@ def data(tmp_path_factory) -> dict[str, Path]:
     assert "entries" not in cache.head() and cache.head()["entries_in_shards"]  # the index is split by shard
     runs = ShardLocalSampler(shard_map.item_shard, shard_map.n_shards, 2, 0).runs
     out = {"root": root, "corpus": corpus, "full": full}
-    for rank, run in enumerate(runs):
-        node = root / f"node{rank}"
-        (node / SHARDS).mkdir(parents=True)
-        for name in (INDEX, REPORT):
-            shutil.copy2(full / name, node / name)
-        for k in run:
-            for path in shard_map.files[k]:
-                shutil.copy2(path, node / SHARDS / path.name)
+    for rank, node in enumerate(node_caches(full, [full / INDEX, full / REPORT], shard_map.files, runs, root)):
         out[f"node{rank}"] = node
     return out
 
